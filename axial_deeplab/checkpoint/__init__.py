@@ -1,0 +1,1 @@
+"""Checkpoint conversion and safe saving/loading."""

@@ -1,0 +1,1 @@
+"""Data: dataset readers, metadata validation, augmentation, loaders and synthetic scenes."""

@@ -1,0 +1,50 @@
+"""Reading and writing panoptic PNGs (segment id = R + 256 * G + 256^2 * B)."""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+MAX_SEGMENT_ID = 256**3 - 1
+
+
+def rgb2id(rgb: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB to ``[H, W]`` int64 segment ids."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an [H, W, 3] RGB array, got shape {rgb.shape}")
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def id2rgb(ids: np.ndarray) -> np.ndarray:
+    """``[H, W]`` integer segment ids (``0 <= id < 2^24``) to ``[H, W, 3]`` uint8 RGB."""
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() > MAX_SEGMENT_ID):
+        raise ValueError(
+            f"segment ids must lie in [0, {MAX_SEGMENT_ID}] to fit a panoptic PNG, "
+            f"got range [{ids.min()}, {ids.max()}]"
+        )
+    ids = ids.astype(np.int64)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+
+
+def read_panoptic_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a panoptic PNG into ``[H, W]`` int64 segment ids; clear error if missing or corrupt."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"panoptic PNG not found: {path}")
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"cannot decode panoptic PNG (corrupt or not an image): {path}")
+    return rgb2id(bgr[..., ::-1])
+
+
+def write_panoptic_png(path: str | os.PathLike, ids: np.ndarray) -> None:
+    """Write ``[H, W]`` segment ids as a panoptic PNG, atomically (temp file then rename)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp.png"
+    if not cv2.imwrite(tmp, id2rgb(ids)[..., ::-1]):
+        raise OSError(f"could not write {path}")
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Evaluation: panoptic quality, mIoU and AP, equal to the official tools."""

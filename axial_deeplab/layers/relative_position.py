@@ -1,0 +1,45 @@
+"""Relative positions along one axis, as pure functions.
+
+Convention: an embedding table of ``T`` entries holds ``r_d`` for relative distances
+``d = p - o`` (key position ``p`` minus query position ``o``) from ``-(T - 1) // 2`` to ``(T - 1) // 2``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SPAN_MODES = ("global", "local")
+
+
+def table_size(span: int, span_mode: str) -> int:
+    """Number of relative embeddings a layer with this span needs.
+
+    ``global``: distances up to ``span - 1`` each way (``2 * span - 1`` entries), larger ones clipped.
+    ``local``: the ``span`` positions centred on the query, distances up to ``span // 2`` each way.
+    """
+    if span_mode not in SPAN_MODES:
+        raise ValueError(f"span_mode must be one of {SPAN_MODES}, got {span_mode!r}")
+    if span < 1:
+        raise ValueError(f"span must be >= 1, got {span}")
+    if span_mode == "global":
+        return 2 * span - 1
+    if span % 2 == 0:
+        raise ValueError(f"a local span must be odd (centred on the query), got {span}")
+    return span
+
+
+def relative_index(length: int, size: int, device: torch.device | None = None) -> torch.Tensor:
+    """Table index of every (query, key) pair of an axis of ``length`` positions.
+
+    Returns a ``[length, length]`` int64 tensor ``idx[o, p] = clip(p - o) + (size - 1) // 2``, where
+    distances beyond the table are clipped to its edge.
+    """
+    reach = (size - 1) // 2
+    pos = torch.arange(length, device=device)
+    return (pos[None, :] - pos[:, None]).clamp(-reach, reach) + reach
+
+
+def local_mask(length: int, span: int, device: torch.device | None = None) -> torch.Tensor:
+    """``[length, length]`` bool tensor, True where key ``p`` is outside query ``o``'s window."""
+    pos = torch.arange(length, device=device)
+    return (pos[None, :] - pos[:, None]).abs() > span // 2

@@ -1,0 +1,1 @@
+"""Models: backbones, decoders, heads, losses and post-processing."""

@@ -1,0 +1,1 @@
+"""Backbones: Axial-ResNet (panoptic and ImageNet variants) and ResNet."""

@@ -1,0 +1,41 @@
+"""Packaging for axial-deeplab. Install with ``pip install -e . -c requirements/constraints.txt``."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="axial_deeplab",
+    version="0.1.0",
+    description="Axial-DeepLab: stand-alone axial attention for panoptic segmentation, in PyTorch",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["axial_deeplab", "axial_deeplab.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "numpy",
+        "pyyaml",
+        "yacs",
+        "tqdm",
+        "opencv-python-headless",
+        "pycocotools",
+        "scipy",
+    ],
+    extras_require={
+        # detectron2 is not on PyPI: install it from its git repository first (see README).
+        "d2": [],
+        "export": ["onnx", "onnxruntime"],
+        "cityscapes": ["cityscapesscripts"],
+        "dev": ["pytest", "ruff", "black", "cityscapesscripts", "tensorboard"],
+    },
+    entry_points={
+        "console_scripts": [
+            "axial-deeplab-stats=axial_deeplab.tools.model_stats:main",
+            "axial-deeplab-convert=axial_deeplab.tools.convert_weights:main",
+        ]
+    },
+)
