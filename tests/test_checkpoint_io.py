@@ -1,0 +1,41 @@
+"""Atomic saving and weights-only loading of checkpoints."""
+
+import os
+
+import pytest
+import torch
+
+from axial_deeplab.checkpoint.io import load_state_dict_file, save_atomic
+
+
+def test_roundtrip_unwraps_model_and_module_prefix(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    state = {"module.conv.weight": torch.arange(6.0).reshape(2, 3)}
+    save_atomic({"model": state, "iteration": 3}, path)
+    loaded = load_state_dict_file(path)
+    assert list(loaded) == ["conv.weight"]
+    assert torch.equal(loaded["conv.weight"], state["module.conv.weight"])
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")] == []
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    save_atomic({"w": torch.ones(2)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        save_atomic({"w": Unpicklable()}, path)
+    assert torch.equal(load_state_dict_file(path)["w"], torch.ones(2))
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")] == []
+
+
+def test_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_state_dict_file(tmp_path / "missing.pth")
+    bad = tmp_path / "corrupt.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt.pth"):
+        load_state_dict_file(bad)
