@@ -55,13 +55,21 @@ class Lookahead(torch.optim.Optimizer):
         self.k = k
         self.alpha = alpha
         self._step_count_la = 0
-        # Share the base optimizer's groups so that LR schedulers act on the fast optimizer.
-        self.param_groups = base.param_groups
         self.defaults = base.defaults
         self.state: dict = defaultdict(dict)
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p]["slow"] = p.detach().clone()
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        """The base optimizer's groups (also after its ``load_state_dict`` replaces them), so that
+        LR schedulers act on the fast optimizer."""
+        return self.base.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self.base.param_groups = value
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]

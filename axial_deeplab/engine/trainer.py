@@ -1,0 +1,230 @@
+"""The training loop: AMP, gradient clipping, atomic checkpoints, exact resume, periodic evaluation.
+
+The loop knows nothing of panoptic segmentation. It takes ready-made objects:
+
+- ``model(images) -> dict`` of raw outputs;
+- ``criterion(outputs, batch) -> dict`` of named losses, summed for the backward pass;
+- ``batches(start_iter)``: an iterator of batch dicts whose order depends only on the seed and
+  ``start_iter``, so that a resumed run sees exactly the batches an uninterrupted one would;
+- ``evaluate(model) -> dict`` of metrics (optional), run every ``eval_period`` iterations.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..checkpoint.io import save_atomic
+from .distributed import is_main_process
+from .events import EventWriter
+
+LAST_CHECKPOINT = "last_checkpoint"
+
+
+@dataclass
+class TrainerOptions:
+    """Loop settings (the builder fills them from ``SOLVER.*``/``TEST.*``)."""
+
+    max_iter: int
+    output_dir: str
+    checkpoint_period: int = 1000
+    eval_period: int = 0  # 0: evaluate only at the end (when ``evaluate`` is given)
+    log_period: int = 20
+    clip_grad_norm: float = 0.0  # 0: no clipping
+    amp: bool = False
+    best_metric: str = "PQ"
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) RNG states, in a weights-only-loadable form."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuple(x: Any) -> Any:
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+class Trainer:
+    """Runs ``options.max_iter`` iterations from the last checkpoint in ``output_dir`` (if resuming)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: Callable[[dict, dict], dict[str, torch.Tensor]],
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        batches: Callable[[int], Iterator[dict]],
+        *,
+        device: torch.device,
+        options: TrainerOptions,
+        evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    ) -> None:
+        self.model = model
+        self.criterion = criterion
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.batches = batches
+        self.device = device
+        self.options = options
+        self.evaluate = evaluate
+        self.iteration = 0
+        self.best: float | None = None
+        amp_fp16 = options.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_fp16)
+        self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+
+    # ----------------------------------------------------------------------------- checkpoints
+    @property
+    def unwrapped(self) -> nn.Module:
+        return getattr(self.model, "module", self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.unwrapped.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration,
+            "best": self.best,
+            "rng": rng_state(),
+        }
+
+    def save(self, name: str) -> str:
+        path = os.path.join(self.options.output_dir, f"{name}.pth")
+        if is_main_process():
+            save_atomic(self.state_dict(), path)
+            if name != "model_best":
+                _write_text_atomic(os.path.join(self.options.output_dir, LAST_CHECKPOINT), name)
+        return path
+
+    def resume(self) -> bool:
+        """Load the last checkpoint of ``output_dir``; False when there is none."""
+        marker = os.path.join(self.options.output_dir, LAST_CHECKPOINT)
+        if not os.path.isfile(marker):
+            return False
+        with open(marker, encoding="utf-8") as f:
+            path = os.path.join(self.options.output_dir, f"{f.read().strip()}.pth")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{marker} names {path}, which does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.unwrapped.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        self.best = state["best"]
+        set_rng_state(state["rng"])
+        return True
+
+    # ----------------------------------------------------------------------------- the loop
+    def train(self) -> dict[str, float]:
+        """Train to ``max_iter``; returns the last evaluation's metrics (empty without one)."""
+        opts = self.options
+        main = is_main_process()
+        writer = EventWriter(opts.output_dir) if main else None
+        metrics: dict[str, float] = {}
+        bar = tqdm(
+            total=opts.max_iter, initial=self.iteration, disable=not main, desc="train", unit="it"
+        )
+        data = self.batches(self.iteration)
+        self.model.train()
+        try:
+            while self.iteration < opts.max_iter:
+                start = time.perf_counter()
+                batch = next(data)
+                data_time = time.perf_counter() - start
+                losses = self.step(batch)
+                self.iteration += 1
+                bar.update(1)
+                scalars = {k: v.item() for k, v in losses.items()}
+                scalars.update(lr=self.optimizer.param_groups[0]["lr"], data_time=data_time)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)
+                if writer and (self.iteration % opts.log_period == 0 or self.iteration == 1):
+                    writer.write(self.iteration, scalars)
+                if self.iteration % opts.checkpoint_period == 0 or self.iteration == opts.max_iter:
+                    self.save(f"model_{self.iteration:07d}")
+                if self._eval_due():
+                    metrics = self._run_eval(writer)
+        finally:
+            bar.close()
+            if writer:
+                writer.close()
+        return metrics
+
+    def step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One optimisation step on ``batch``; returns the detached losses and their sum."""
+        batch = {
+            k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()
+        }
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.options.amp):
+            outputs = self.model(batch["image"])
+        losses = self.criterion({k: v.float() for k, v in outputs.items()}, batch)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            raise FloatingPointError(
+                f"loss became {total.item()} at iteration {self.iteration}: "
+                + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.options.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.options.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {**{k: v.detach() for k, v in losses.items()}, "total_loss": total.detach()}
+
+    def _eval_due(self) -> bool:
+        if self.evaluate is None:
+            return False
+        period = self.options.eval_period
+        last = self.iteration == self.options.max_iter
+        return last or (period > 0 and self.iteration % period == 0)
+
+    def _run_eval(self, writer: EventWriter | None) -> dict[str, float]:
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.evaluate(self.model)
+        self.model.train()
+        if writer:
+            writer.write(self.iteration, {f"eval/{k}": v for k, v in metrics.items()})
+        value = metrics.get(self.options.best_metric)
+        if value is not None and (self.best is None or value > self.best):
+            self.best = value
+            self.save("model_best")
+        return metrics
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
