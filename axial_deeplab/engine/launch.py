@@ -1,0 +1,64 @@
+"""Command-line arguments in detectron2's style, and a launcher for one or many processes.
+
+``--num-gpus N`` spawns ``N`` local worker processes (one per GPU; on a CPU-only machine, ``N`` gloo
+processes). Multi-node runs use ``torchrun`` instead, which sets the environment ``init_from_env``
+reads; in that case ``--num-gpus`` is left at 1 and each process runs ``main`` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import torch.multiprocessing as mp
+
+
+def default_argument_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", default="", metavar="FILE", help="path to a YAML config")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUTPUT_DIR's last checkpoint"
+    )
+    parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS and exit")
+    parser.add_argument("--num-gpus", type=int, default=1, help="local worker processes to spawn")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, default=[], help="config overrides as KEY VALUE pairs"
+    )
+    return parser
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(local_rank: int, world_size: int, port: int, main: Callable, args: tuple) -> None:
+    os.environ.update(
+        RANK=str(local_rank),
+        LOCAL_RANK=str(local_rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    main(*args)
+
+
+def launch(main: Callable[..., Any], num_processes: int, args: tuple = ()) -> None:
+    """Run ``main(*args)`` here (one process) or in ``num_processes`` spawned local processes."""
+    if num_processes < 1:
+        raise ValueError(f"--num-gpus must be >= 1, got {num_processes}")
+    if num_processes == 1:
+        main(*args)
+        return
+    mp.start_processes(
+        _worker,
+        args=(num_processes, _free_port(), main, args),
+        nprocs=num_processes,
+        start_method="spawn",
+    )
