@@ -34,11 +34,57 @@ _C.MODEL.AXIAL_RESNET.OUT_FEATURES = ["res2", "res3", "res5"]  # features return
 _C.MODEL.AXIAL_RESNET.GRADIENT_CHECKPOINTING = False  # recompute axial blocks in backward to save memory
 _C.MODEL.AXIAL_RESNET.NUM_HEADS = 8  # attention heads per axial layer
 
+_C.MODEL.RESNETS = _YacsNode()
+_C.MODEL.RESNETS.DEPTH = 50  # torchvision ResNet depth: 50, 101 or 152
+_C.MODEL.RESNETS.STEM_TYPE = "basic"  # "basic" (7x7 conv) or "deeplab" (three 3x3 convs, 128 out)
+_C.MODEL.RESNETS.RES5_DILATION = 2  # 2: output stride 16 (res5 dilated); 1: output stride 32
+_C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res5"]  # features returned to the decoders
+_C.MODEL.RESNETS.NORM = "BN"  # "BN" or "SyncBN"
+
+_C.MODEL.SEM_SEG_HEAD = _YacsNode()
+_C.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res5"]  # decoder inputs; last one -> context
+_C.MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS = [32, 64]  # 1x1 projection width of res2, res3
+_C.MODEL.SEM_SEG_HEAD.CONTEXT = "conv1x1"  # "conv1x1" (Axial-DeepLab) or "aspp" (Panoptic-DeepLab)
+_C.MODEL.SEM_SEG_HEAD.ASPP_CHANNELS = 256  # output width of the context module
+_C.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS = [6, 12, 18]  # ASPP rates; (3, 6, 9) at output stride 32
+_C.MODEL.SEM_SEG_HEAD.ASPP_DROPOUT = 0.1  # dropout after the ASPP projection
+_C.MODEL.SEM_SEG_HEAD.CONVS_DIM = 256  # decoder fusion width
+_C.MODEL.SEM_SEG_HEAD.HEAD_CHANNELS = 256  # width of the head's 5x5 depthwise-separable conv
+_C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 19  # semantic classes (train ids)
+_C.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255  # semantic label ignored by the loss
+_C.MODEL.SEM_SEG_HEAD.NORM = "BN"  # "BN", "SyncBN" or "GN" in decoder and head
+_C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0  # weight of the semantic loss
+_C.MODEL.SEM_SEG_HEAD.LOSS_TOP_K = 0.2  # fraction of hardest pixels kept by the semantic loss
+
+_C.MODEL.INS_EMBED_HEAD = _YacsNode()
+_C.MODEL.INS_EMBED_HEAD.IN_FEATURES = ["res2", "res3", "res5"]  # decoder inputs; last -> context
+_C.MODEL.INS_EMBED_HEAD.PROJECT_CHANNELS = [16, 32]  # 1x1 projection width of res2, res3
+_C.MODEL.INS_EMBED_HEAD.CONTEXT = "conv1x1"  # "conv1x1" (Axial-DeepLab) or "aspp"
+_C.MODEL.INS_EMBED_HEAD.ASPP_CHANNELS = 256  # output width of the context module
+_C.MODEL.INS_EMBED_HEAD.ASPP_DILATIONS = [6, 12, 18]  # ASPP rates; (3, 6, 9) at output stride 32
+_C.MODEL.INS_EMBED_HEAD.ASPP_DROPOUT = 0.1  # dropout after the ASPP projection
+_C.MODEL.INS_EMBED_HEAD.CONVS_DIM = 128  # decoder fusion width
+_C.MODEL.INS_EMBED_HEAD.HEAD_CHANNELS = 32  # width of the centre/offset heads' 5x5 conv
+_C.MODEL.INS_EMBED_HEAD.NORM = "BN"  # "BN", "SyncBN" or "GN" in decoder and heads
+_C.MODEL.INS_EMBED_HEAD.CENTER_LOSS_WEIGHT = 200.0  # weight of the centre MSE loss
+_C.MODEL.INS_EMBED_HEAD.OFFSET_LOSS_WEIGHT = 0.01  # weight of the offset L1 loss
+
+_C.MODEL.PANOPTIC_DEEPLAB = _YacsNode()
+_C.MODEL.PANOPTIC_DEEPLAB.ALIGN_CORNERS = True  # bilinear upsampling convention in decoder/outputs
+_C.MODEL.PANOPTIC_DEEPLAB.STUFF_AREA = 2048  # stuff regions smaller than this become void
+_C.MODEL.PANOPTIC_DEEPLAB.CENTER_THRESHOLD = 0.1  # minimum centre heatmap score
+_C.MODEL.PANOPTIC_DEEPLAB.NMS_KERNEL = 7  # max-pool window of centre NMS
+_C.MODEL.PANOPTIC_DEEPLAB.TOP_K_INSTANCE = 200  # centres kept (scores above the k-th best)
+
 # ---------------------------------------------------------------------------------------------
 # Input
 # ---------------------------------------------------------------------------------------------
 _C.INPUT = _YacsNode()
 _C.INPUT.FORMAT = "RGB"  # channel order of images fed to the model
+_C.INPUT.GAUSSIAN_SIGMA = 8.0  # std of the centre-heatmap Gaussian, in pixels
+_C.INPUT.SMALL_INSTANCE_AREA = 4096  # thing instances below this area get a larger semantic weight
+_C.INPUT.SMALL_INSTANCE_WEIGHT = 3.0  # that semantic loss weight
+_C.INPUT.IGNORE_CROWD_IN_SEMANTIC = False  # True: crowd pixels are ignored by the semantic loss
 
 # ---------------------------------------------------------------------------------------------
 # Data sets, data loader, solver

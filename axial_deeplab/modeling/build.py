@@ -1,0 +1,75 @@
+"""``build_model(cfg)``: the only place that reads the model config and wires the modules."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from axial_deeplab.modeling.backbone.base import ShapeSpec
+from axial_deeplab.modeling.decoder import PanopticDeepLabDecoder
+from axial_deeplab.modeling.heads import PredictionHead
+from axial_deeplab.modeling.panoptic_deeplab import PanopticDeepLab
+
+
+def _decoder(head_cfg, input_shape: Mapping[str, ShapeSpec], align_corners: bool):
+    """A decoder from ``MODEL.SEM_SEG_HEAD`` or ``MODEL.INS_EMBED_HEAD`` (detectron2 order:
+    ``IN_FEATURES`` fine to coarse, ``PROJECT_CHANNELS`` for all but the coarsest)."""
+    names = list(head_cfg.IN_FEATURES)
+    missing = [n for n in names if n not in input_shape]
+    if missing:
+        raise ValueError(
+            f"IN_FEATURES {missing} are not produced by the backbone (it gives {sorted(input_shape)})"
+        )
+    if len(head_cfg.PROJECT_CHANNELS) != len(names) - 1:
+        raise ValueError(
+            f"PROJECT_CHANNELS needs {len(names) - 1} values for {names[:-1]}, "
+            f"got {list(head_cfg.PROJECT_CHANNELS)}"
+        )
+    order = sorted(range(len(names)), key=lambda i: -input_shape[names[i]].stride)
+    projections = dict(zip(names[:-1], head_cfg.PROJECT_CHANNELS, strict=True))
+    in_features = [names[i] for i in order]  # coarsest first
+    return PanopticDeepLabDecoder(
+        input_shape,
+        in_features=in_features,
+        project_channels=[projections[n] for n in in_features[1:]],
+        context=head_cfg.CONTEXT,
+        context_channels=head_cfg.ASPP_CHANNELS,
+        aspp_dilations=tuple(head_cfg.ASPP_DILATIONS),
+        aspp_dropout=head_cfg.ASPP_DROPOUT,
+        decoder_channels=head_cfg.CONVS_DIM,
+        norm=head_cfg.NORM,
+        align_corners=align_corners,
+    )
+
+
+def build_model(cfg) -> PanopticDeepLab:
+    """Panoptic-DeepLab / Axial-DeepLab from a config (backbone by ``MODEL.BACKBONE.NAME``)."""
+    from axial_deeplab.modeling.backbone.build import build_backbone
+
+    if cfg.MODEL.META_ARCHITECTURE != "PanopticDeepLab":
+        raise ValueError(
+            f"MODEL.META_ARCHITECTURE: only 'PanopticDeepLab' exists, got "
+            f"{cfg.MODEL.META_ARCHITECTURE!r}"
+        )
+    align = cfg.MODEL.PANOPTIC_DEEPLAB.ALIGN_CORNERS
+    backbone = build_backbone(cfg)
+    shapes = backbone.output_shape()
+    sem_cfg, ins_cfg = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.INS_EMBED_HEAD
+    semantic_decoder = _decoder(sem_cfg, shapes, align)
+    instance_decoder = _decoder(ins_cfg, shapes, align)
+    ins_channels = instance_decoder.out_channels
+    return PanopticDeepLab(
+        backbone=backbone,
+        semantic_decoder=semantic_decoder,
+        instance_decoder=instance_decoder,
+        semantic_head=PredictionHead(
+            semantic_decoder.out_channels,
+            sem_cfg.HEAD_CHANNELS,
+            sem_cfg.NUM_CLASSES,
+            norm=sem_cfg.NORM,
+        ),
+        center_head=PredictionHead(ins_channels, ins_cfg.HEAD_CHANNELS, 1, norm=ins_cfg.NORM),
+        offset_head=PredictionHead(ins_channels, ins_cfg.HEAD_CHANNELS, 2, norm=ins_cfg.NORM),
+        pixel_mean=tuple(cfg.MODEL.PIXEL_MEAN),
+        pixel_std=tuple(cfg.MODEL.PIXEL_STD),
+        align_corners=align,
+    )

@@ -1,0 +1,39 @@
+"""Prediction heads: a 5x5 depthwise-separable conv then a 1x1 conv (deeplab2
+``PanopticDeepLabSingleHead``): semantic ``-> num_classes``, centre ``32 -> 1``,
+offset ``32 -> 2`` ``(dy, dx)``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from axial_deeplab.modeling.decoder import DepthwiseSeparableConv
+
+
+class PredictionHead(nn.Module):
+    """``[N, in_channels, h, w]`` -> ``[N, out_channels, h, w]`` raw predictions.
+
+    ``init_std`` is the std of the normal initialisation of the final 1x1 conv (bias 0), small so
+    that training starts from near-zero outputs (detectron2 uses 0.001, deeplab2 0.01).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        head_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int = 5,
+        norm: str = "BN",
+        init_std: float = 0.001,
+    ) -> None:
+        super().__init__()
+        self.conv = DepthwiseSeparableConv(
+            in_channels, head_channels, kernel_size=kernel_size, norm=norm
+        )
+        self.predictor = nn.Conv2d(head_channels, out_channels, 1)
+        nn.init.normal_(self.predictor.weight, 0.0, init_std)
+        nn.init.zeros_(self.predictor.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor(self.conv(x))
