@@ -85,6 +85,16 @@ _C.INPUT.GAUSSIAN_SIGMA = 8.0  # std of the centre-heatmap Gaussian, in pixels
 _C.INPUT.SMALL_INSTANCE_AREA = 4096  # thing instances below this area get a larger semantic weight
 _C.INPUT.SMALL_INSTANCE_WEIGHT = 3.0  # that semantic loss weight
 _C.INPUT.IGNORE_CROWD_IN_SEMANTIC = False  # True: crowd pixels are ignored by the semantic loss
+_C.INPUT.MIN_SCALE = 0.5  # smallest random scale factor of training images
+_C.INPUT.MAX_SCALE = 2.0  # largest random scale factor of training images
+_C.INPUT.SCALE_STEP = 0.25  # scale factors min, min+step, ..., max; 0: continuous uniform draw
+_C.INPUT.RANDOM_FLIP = "horizontal"  # detectron2 key: "horizontal" (p = 0.5) or "none"
+_C.INPUT.CROP = _YacsNode()
+_C.INPUT.CROP.ENABLED = True  # detectron2 key: random crop after scaling (padding if smaller)
+_C.INPUT.CROP.SIZE = [512, 1024]  # detectron2 key: crop (height, width) in pixels
+_C.INPUT.CROP.RANDOM_PAD = False  # True: image placed at a random spot in the padding, else top-left
+_C.INPUT.MIN_SIZE_TEST = 0  # detectron2 key: test short side in pixels; 0 keeps the file's size
+_C.INPUT.MAX_SIZE_TEST = 0  # detectron2 key: cap on the test long side; 0: no cap
 
 # ---------------------------------------------------------------------------------------------
 # Data sets, data loader, solver
@@ -92,9 +102,13 @@ _C.INPUT.IGNORE_CROWD_IN_SEMANTIC = False  # True: crowd pixels are ignored by t
 _C.DATASETS = _YacsNode()
 _C.DATASETS.TRAIN = ()  # names of training data sets
 _C.DATASETS.TEST = ()  # names of evaluation data sets
+_C.DATASETS.ROOT = ""  # data set root; empty: $DETECTRON2_DATASETS, else ./datasets
+_C.DATASETS.CUSTOM = []  # extra data sets: dicts NAME, JSON_FILE, PNG_DIR, IMAGE_DIR [, FORMAT]
+_C.DATASETS.FULL_VALIDATION = False  # True: read every PNG and image header before training
 
 _C.DATALOADER = _YacsNode()
 _C.DATALOADER.NUM_WORKERS = 2  # data-loading worker processes per rank
+_C.DATALOADER.VALIDATE_SAMPLES = True  # check each PNG against its segments_info on load
 
 _C.SOLVER = _YacsNode()
 _C.SOLVER.BASE_LR = 1e-3  # peak learning rate

@@ -1,0 +1,114 @@
+"""Builders: the only data code that reads the config (``DATASETS.*``, ``INPUT.*``, ``DATALOADER.*``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+from .catalog import DatasetCatalog, DatasetMetadata, builtin_catalog, register_custom
+from .check import validate_dataset
+from .dataset import PanopticDataset, TargetGenerator
+from .loader import train_batches
+from .transforms import EvalResize, TrainAugmentation
+
+
+def build_catalog(cfg) -> DatasetCatalog:
+    """Built-in data sets under ``DATASETS.ROOT`` plus the ``DATASETS.CUSTOM`` entries."""
+    catalog = builtin_catalog(cfg.DATASETS.ROOT or None)
+    register_custom(catalog, list(cfg.DATASETS.CUSTOM))
+    return catalog
+
+
+def load_datasets(
+    catalog: DatasetCatalog, names: Sequence[str], *, full_validation: bool = False
+) -> tuple[list[dict], DatasetMetadata]:
+    """Records of the named data sets, concatenated; they must share their categories.
+
+    ``full_validation``: scan every PNG and image header first and raise one error listing every
+    problem (:func:`.check.validate_dataset`).
+    """
+    if not names:
+        raise ValueError("no data set named (DATASETS.TRAIN / DATASETS.TEST is empty)")
+    records: list[dict] = []
+    metadata: DatasetMetadata | None = None
+    for name in names:
+        recs, meta = catalog.get(name)
+        if metadata is not None and meta.categories != metadata.categories:
+            raise ValueError(
+                f"data sets '{metadata.name}' and '{name}' have different categories; "
+                "they cannot be trained or evaluated together"
+            )
+        if full_validation:
+            validate_dataset(recs, meta).raise_if_problems()
+        records.extend(recs)
+        metadata = metadata or meta
+    return records, metadata
+
+
+def build_train_augmentation(cfg) -> TrainAugmentation:
+    flip = cfg.INPUT.RANDOM_FLIP
+    if flip not in ("horizontal", "none"):
+        raise ValueError(f"INPUT.RANDOM_FLIP={flip!r}: expected 'horizontal' or 'none'")
+    return TrainAugmentation(
+        crop_size=tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else None,
+        min_scale=cfg.INPUT.MIN_SCALE,
+        max_scale=cfg.INPUT.MAX_SCALE,
+        scale_step=cfg.INPUT.SCALE_STEP,
+        flip_prob=0.5 if flip == "horizontal" else 0.0,
+        random_pad=cfg.INPUT.CROP.RANDOM_PAD,
+        pad_value=tuple(cfg.MODEL.PIXEL_MEAN),
+    )
+
+
+def build_test_transform(cfg) -> EvalResize:
+    return EvalResize(
+        short_edge=cfg.INPUT.MIN_SIZE_TEST,
+        max_size=cfg.INPUT.MAX_SIZE_TEST,
+        pad_value=tuple(cfg.MODEL.PIXEL_MEAN),
+    )
+
+
+def build_train_dataset(
+    cfg, catalog: DatasetCatalog, target_generator: TargetGenerator | None = None
+) -> PanopticDataset:
+    """The ``DATASETS.TRAIN`` data sets with training augmentation, then ``target_generator``."""
+    records, metadata = load_datasets(
+        catalog, cfg.DATASETS.TRAIN, full_validation=cfg.DATASETS.FULL_VALIDATION
+    )
+    return PanopticDataset(
+        records,
+        metadata=metadata,
+        transform=build_train_augmentation(cfg),
+        target_generator=target_generator,
+        seed=cfg.SEED,
+        validate=cfg.DATALOADER.VALIDATE_SAMPLES,
+    )
+
+
+def build_test_dataset(cfg, catalog: DatasetCatalog, name: str) -> PanopticDataset:
+    """One ``DATASETS.TEST`` data set with the evaluation resize and no targets."""
+    records, metadata = load_datasets(catalog, [name], full_validation=cfg.DATASETS.FULL_VALIDATION)
+    return PanopticDataset(
+        records,
+        metadata=metadata,
+        transform=build_test_transform(cfg),
+        validate=cfg.DATALOADER.VALIDATE_SAMPLES,
+    )
+
+
+def build_train_batches(
+    cfg, dataset: PanopticDataset, *, rank: int = 0, world_size: int = 1
+) -> Callable[[int], Iterator[dict]]:
+    """``start_iter -> batches`` for the trainer; ``SOLVER.IMS_PER_BATCH`` is split over ranks."""
+    total = cfg.SOLVER.IMS_PER_BATCH
+    if total % world_size:
+        raise ValueError(f"SOLVER.IMS_PER_BATCH={total} is not divisible by {world_size} ranks")
+    if cfg.SEED < 0:
+        raise ValueError("SEED must be resolved to a non-negative value before building the data")
+    return train_batches(
+        dataset,
+        batch_size=total // world_size,
+        seed=cfg.SEED,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        rank=rank,
+        world_size=world_size,
+    )

@@ -1,0 +1,95 @@
+"""Reader for COCO panoptic format: a JSON, a folder of panoptic PNGs and a folder of images.
+
+The JSON holds ``annotations`` (``file_name`` of the PNG, ``image_id``, ``segments_info``),
+``categories`` (``id``, ``name``, ``isthing``, optional ``color``) and, usually, ``images``
+(``id``, ``file_name``, ``height``, ``width``). Train ids are the positions of the categories in
+the JSON's list (COCO's 133 classes -> 0..132). Any data set in this format can be read, not only
+COCO.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .catalog import DatasetMetadata
+from .records import assert_files_exist, image_sizes, read_json, train_segments
+from .validation import DatasetFormatError, validate_categories
+
+
+def coco_metadata(categories: list[dict], *, name: str, source: str, **kwargs) -> DatasetMetadata:
+    """Metadata with train ids in the order of ``categories`` (validated, errors name ``source``)."""
+    validate_categories(categories, source)
+    cats = tuple(
+        {
+            "id": int(c["id"]),
+            "train_id": i,
+            "name": str(c["name"]),
+            "isthing": int(c["isthing"]),
+            "color": tuple(c.get("color", ((37 * i) % 256, (91 * i) % 256, (173 * i) % 256))),
+        }
+        for i, c in enumerate(categories)
+    )
+    return DatasetMetadata(name=name, categories=cats, **kwargs)
+
+
+def load_coco_panoptic(
+    json_file: str,
+    png_dir: str,
+    image_dir: str,
+    *,
+    name: str = "coco_panoptic",
+    check_files: bool = True,
+) -> tuple[list[dict], DatasetMetadata]:
+    """Records and metadata of a COCO-panoptic-format data set (see :mod:`.catalog`).
+
+    Checks, before any pixel is read: the categories (``isthing`` present, ids unique), every
+    segment's id and category, duplicate image ids and, with ``check_files``, that every image and
+    PNG exists. Errors name the file and the id. Pixel-level checks: :func:`.check.validate_dataset`.
+    """
+    data = read_json(json_file)
+    if "categories" not in data:
+        raise DatasetFormatError(f"{json_file}: no 'categories' list (needed for isthing)")
+    meta = coco_metadata(
+        data["categories"],
+        name=name,
+        source=json_file,
+        evaluator_type="coco_panoptic_seg",
+        image_dir=image_dir,
+        panoptic_dir=png_dir,
+        panoptic_json=json_file,
+    )
+    categories = {c["id"]: c for c in meta.categories}
+    id_to_train = meta.dataset_id_to_train_id
+    sizes = image_sizes(data)
+    records, seen = [], set()
+    for i, ann in enumerate(data["annotations"]):
+        if "file_name" not in ann or "image_id" not in ann:
+            raise DatasetFormatError(
+                f"{json_file}: annotation #{i} needs 'file_name' and 'image_id'"
+            )
+        image_id = ann["image_id"]
+        if image_id in seen:
+            raise DatasetFormatError(f"{json_file}: duplicate annotation for image_id {image_id!r}")
+        seen.add(image_id)
+        height, width, image_name = sizes.get(image_id, (None, None, None))
+        if image_name is None:  # COCO convention: the image is the PNG's name with .jpg
+            image_name = os.path.splitext(ann["file_name"])[0] + ".jpg"
+        png_path = os.path.join(png_dir, ann["file_name"])
+        records.append(
+            {
+                "file_name": os.path.join(image_dir, image_name),
+                "pan_seg_file_name": png_path,
+                "image_id": image_id,
+                "height": height,
+                "width": width,
+                "segments_info": train_segments(
+                    ann.get("segments_info", []),
+                    categories,
+                    id_to_train,
+                    f"{png_path} (image_id {image_id!r} in {json_file})",
+                ),
+            }
+        )
+    if check_files:
+        assert_files_exist(records, json_file)
+    return records, meta

@@ -1,0 +1,127 @@
+# Shared by the data readers and the evaluators. Written with the evaluation code; the data helper
+# may extend it (more checks, more fields), keeping these signatures and the DatasetFormatError type.
+"""Metadata validation for panoptic data sets: categories and per-image segments.
+
+Every check raises :class:`DatasetFormatError` naming the file and the offending id, so that a bad
+annotation or prediction file is reported before any scoring starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+MAX_SEGMENT_ID = 256**3 - 1  # a panoptic PNG stores ids in 3 bytes: ids must be < 2^24
+
+
+class DatasetFormatError(ValueError):
+    """A data set or prediction file that does not follow the expected format."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def validate_categories(categories: list[dict], source: str) -> dict[int, dict]:
+    """Check a COCO-style ``categories`` list and return it as ``{id: category}``.
+
+    Each entry needs an int ``id``, a ``name`` and an ``isthing`` of 0/1 (or a bool); ids are unique.
+    ``source`` names the file the list came from, for the error messages.
+    """
+    if not isinstance(categories, (list, tuple)) or not categories:
+        raise DatasetFormatError(f"{source}: 'categories' must be a non-empty list, got {categories!r}")
+    out: dict[int, dict] = {}
+    for i, cat in enumerate(categories):
+        if not isinstance(cat, dict) or "id" not in cat:
+            raise DatasetFormatError(f"{source}: category #{i} has no 'id': {cat!r}")
+        cat_id = cat["id"]
+        if not _is_int(cat_id):
+            raise DatasetFormatError(f"{source}: category id {cat_id!r} (#{i}) is not an int")
+        if "name" not in cat:
+            raise DatasetFormatError(f"{source}: category id {cat_id} has no 'name'")
+        if "isthing" not in cat:
+            raise DatasetFormatError(
+                f"{source}: category id {cat_id} ({cat['name']!r}) has no 'isthing' (0 or 1)"
+            )
+        if cat["isthing"] not in (0, 1):  # True/False compare equal to 1/0
+            raise DatasetFormatError(
+                f"{source}: category id {cat_id} has isthing={cat['isthing']!r}, expected 0 or 1"
+            )
+        if int(cat_id) in out:
+            raise DatasetFormatError(f"{source}: duplicate category id {cat_id}")
+        out[int(cat_id)] = cat
+    return out
+
+
+def validate_segments_info(
+    segments_info: list[dict], categories: dict[int, dict], png_path: str
+) -> set[int]:
+    """Check the entries of one ``segments_info`` list (ids, categories, iscrowd); return the ids."""
+    if not isinstance(segments_info, (list, tuple)):
+        raise DatasetFormatError(f"{png_path}: segments_info must be a list, got {segments_info!r}")
+    ids: set[int] = set()
+    for seg in segments_info:
+        for key in ("id", "category_id"):
+            if not isinstance(seg, dict) or key not in seg or not _is_int(seg[key]):
+                raise DatasetFormatError(f"{png_path}: segment {seg!r} needs an int '{key}'")
+        seg_id = int(seg["id"])
+        if not 0 < seg_id <= MAX_SEGMENT_ID:
+            raise DatasetFormatError(
+                f"{png_path}: segment id {seg_id} out of range: ids must be in [1, 2^24 - 1] "
+                "(0 is VOID; a PNG holds 3 bytes, and PQ combines ids as gt * 256^3 + pred)"
+            )
+        if seg_id in ids:
+            raise DatasetFormatError(f"{png_path}: duplicate segment id {seg_id} in segments_info")
+        ids.add(seg_id)
+        if int(seg["category_id"]) not in categories:
+            raise DatasetFormatError(
+                f"{png_path}: segment id {seg_id} has unknown category_id {seg['category_id']}"
+            )
+        if seg.get("iscrowd", 0) not in (0, 1):
+            raise DatasetFormatError(
+                f"{png_path}: segment id {seg_id} has iscrowd={seg['iscrowd']!r}, expected 0 or 1"
+            )
+    return ids
+
+
+def validate_segment_presence(
+    present_ids: Iterable[int], listed_ids: set[int], png_path: str
+) -> None:
+    """Check that the ids present in a PNG (0 = VOID aside) are exactly the listed ones."""
+    present = {int(i) for i in present_ids if i != 0}
+    extra = sorted(present - listed_ids)
+    if extra:
+        raise DatasetFormatError(
+            f"{png_path}: segment ids {extra[:10]} are in the PNG but not in segments_info"
+        )
+    missing = sorted(listed_ids - present)
+    if missing:
+        raise DatasetFormatError(
+            f"{png_path}: segment ids {missing[:10]} are in segments_info but absent from the PNG"
+        )
+
+
+def validate_segments(
+    png_ids: np.ndarray,
+    segments_info: list[dict],
+    categories: dict[int, dict],
+    png_path: str,
+    image_size: tuple[int, int] | None = None,
+) -> None:
+    """Check one image's ``[H, W]`` segment-id map against its ``segments_info``.
+
+    Raises if a segment id is in the PNG but not in ``segments_info`` (0 = VOID excepted), listed but
+    absent from the PNG, duplicated, outside ``[1, 2^24 - 1]``, or of an unknown category; or if the
+    map's ``(H, W)`` differs from ``image_size`` (``(height, width)``).
+    """
+    png_ids = np.asarray(png_ids)
+    if png_ids.ndim != 2:
+        raise DatasetFormatError(f"{png_path}: expected an [H, W] id map, got shape {png_ids.shape}")
+    if image_size is not None and tuple(png_ids.shape) != tuple(image_size):
+        raise DatasetFormatError(
+            f"{png_path}: PNG size (H, W) = {tuple(png_ids.shape)} differs from the image size "
+            f"{tuple(image_size)}"
+        )
+    listed = validate_segments_info(segments_info, categories, png_path)
+    validate_segment_presence(np.unique(png_ids), listed, png_path)
