@@ -114,6 +114,19 @@ _C.SOLVER = _YacsNode()
 _C.SOLVER.BASE_LR = 1e-3  # peak learning rate
 _C.SOLVER.MAX_ITER = 60000  # training iterations
 _C.SOLVER.IMS_PER_BATCH = 8  # images per iteration, summed over all ranks
+_C.SOLVER.OPTIMIZER = "adam"  # "adam", "radam_lookahead" (the paper's) or "sgd"
+_C.SOLVER.BETAS = (0.9, 0.999)  # Adam/RAdam betas
+_C.SOLVER.WEIGHT_DECAY = 0.0  # L2 decay on conv/linear weights (not norms, biases, rel. tables)
+_C.SOLVER.POLY_LR_POWER = 0.9  # poly schedule: lr * (1 - it / MAX_ITER) ** power
+_C.SOLVER.WARMUP_ITERS = 0  # linear warm-up iterations
+_C.SOLVER.WARMUP_FACTOR = 0.001  # LR multiplier at the first warm-up iteration
+_C.SOLVER.CHECKPOINT_PERIOD = 5000  # iterations between checkpoints (and one at the end)
+_C.SOLVER.CLIP_GRADIENTS = 0.0  # max gradient L2 norm; 0 disables clipping
+_C.SOLVER.AMP = False  # automatic mixed precision (fp16 on GPUs, bf16 on CPUs)
+
+_C.TEST = _YacsNode()
+_C.TEST.EVAL_PERIOD = 0  # iterations between evaluations; 0: only at the end
 
 _C.OUTPUT_DIR = "./output"  # where checkpoints, logs and predictions go
+_C.LOG_PERIOD = 20  # iterations between metrics.json records
 _C.SEED = 0  # global seed; negative picks one at random and logs it

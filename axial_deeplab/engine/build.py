@@ -1,0 +1,133 @@
+"""Builders that read the config and hand ready-made objects to the trainer and evaluator."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..data.build import build_catalog, build_test_dataset, build_train_batches, build_train_dataset
+from ..data.catalog import DatasetCatalog
+from ..data.loader import build_test_loader
+from ..modeling.build import build_model
+from ..modeling.losses import PanopticDeepLabLoss
+from ..modeling.targets import PanopticTargetGenerator
+from .distributed import get_rank, get_world_size, is_distributed
+from .evaluate import PostProcessing, evaluate_panoptic
+from .optim import build_lr_scheduler, build_optimizer, param_groups
+from .trainer import Trainer, TrainerOptions
+
+logger = logging.getLogger(__name__)
+
+
+def build_criterion(cfg) -> PanopticDeepLabLoss:
+    sem, ins = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.INS_EMBED_HEAD
+    return PanopticDeepLabLoss(
+        semantic_weight=sem.LOSS_WEIGHT,
+        center_weight=ins.CENTER_LOSS_WEIGHT,
+        offset_weight=ins.OFFSET_LOSS_WEIGHT,
+        top_k_percent=sem.LOSS_TOP_K,
+        ignore_label=sem.IGNORE_VALUE,
+    )
+
+
+def build_target_generator(cfg, thing_ids) -> PanopticTargetGenerator:
+    return PanopticTargetGenerator(
+        thing_ids=thing_ids,
+        ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        sigma=cfg.INPUT.GAUSSIAN_SIGMA,
+        small_instance_area=cfg.INPUT.SMALL_INSTANCE_AREA,
+        small_instance_weight=cfg.INPUT.SMALL_INSTANCE_WEIGHT,
+        ignore_crowd_in_semantic=cfg.INPUT.IGNORE_CROWD_IN_SEMANTIC,
+    )
+
+
+def prepare_model(cfg, device: torch.device) -> nn.Module:
+    """``build_model(cfg)`` on ``device``; SyncBN + DDP when running distributed."""
+    model = build_model(cfg).to(device)
+    if cfg.MODEL.WEIGHTS:
+        from ..checkpoint.io import load_state_dict_file
+
+        model.load_state_dict(load_state_dict_file(cfg.MODEL.WEIGHTS))
+    if is_distributed():
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return model
+
+
+def build_evaluate_fn(
+    cfg, catalog: DatasetCatalog, device: torch.device
+) -> Callable[[nn.Module], dict[str, float]]:
+    """``model -> metrics`` on ``DATASETS.TEST[0]`` (this rank's shard, gathered)."""
+    dataset = build_test_dataset(cfg, catalog, cfg.DATASETS.TEST[0])
+    loader = build_test_loader(dataset, rank=get_rank(), world_size=get_world_size())
+    settings = PostProcessing.from_config(cfg)
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        return evaluate_panoptic(model, loader, dataset.metadata, settings, device=device)
+
+    return evaluate
+
+
+def build_trainer(cfg, device: torch.device, catalog: DatasetCatalog | None = None) -> Trainer:
+    """Model, loss, optimizer, schedule, data and evaluation from ``cfg``."""
+    catalog = catalog or build_catalog(cfg)
+    torch.manual_seed(cfg.SEED)
+    model = prepare_model(cfg, device)
+    if not cfg.DATASETS.TRAIN:
+        raise ValueError("DATASETS.TRAIN is empty: name at least one training data set")
+    _, metadata = catalog.get(cfg.DATASETS.TRAIN[0])
+    targets = build_target_generator(cfg, metadata.thing_train_ids)
+    dataset = build_train_dataset(cfg, catalog, targets)
+    solver = cfg.SOLVER
+    optimizer = build_optimizer(
+        param_groups(model, solver.WEIGHT_DECAY),
+        name=solver.OPTIMIZER,
+        lr=solver.BASE_LR,
+        betas=tuple(solver.BETAS),
+    )
+    scheduler = build_lr_scheduler(
+        optimizer,
+        max_iter=solver.MAX_ITER,
+        power=solver.POLY_LR_POWER,
+        warmup_iters=solver.WARMUP_ITERS,
+        warmup_factor=solver.WARMUP_FACTOR,
+    )
+    options = TrainerOptions(
+        max_iter=solver.MAX_ITER,
+        output_dir=cfg.OUTPUT_DIR,
+        checkpoint_period=solver.CHECKPOINT_PERIOD,
+        eval_period=cfg.TEST.EVAL_PERIOD,
+        log_period=cfg.LOG_PERIOD,
+        clip_grad_norm=solver.CLIP_GRADIENTS,
+        amp=solver.AMP,
+    )
+    evaluate = build_evaluate_fn(cfg, catalog, device) if cfg.DATASETS.TEST else None
+    batches = build_train_batches(cfg, dataset, rank=get_rank(), world_size=get_world_size())
+    return Trainer(
+        model,
+        build_criterion(cfg),
+        optimizer,
+        scheduler,
+        batches,
+        device=device,
+        options=options,
+        evaluate=evaluate,
+    )
+
+
+def save_config(cfg) -> str:
+    """Write the full config to ``OUTPUT_DIR/config.yaml`` (what a run used, for reproduction)."""
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(cfg.dump())
+    os.replace(tmp, path)
+    return path
