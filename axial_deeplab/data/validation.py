@@ -30,7 +30,9 @@ def validate_categories(categories: list[dict], source: str) -> dict[int, dict]:
     ``source`` names the file the list came from, for the error messages.
     """
     if not isinstance(categories, (list, tuple)) or not categories:
-        raise DatasetFormatError(f"{source}: 'categories' must be a non-empty list, got {categories!r}")
+        raise DatasetFormatError(
+            f"{source}: 'categories' must be a non-empty list, got {categories!r}"
+        )
     out: dict[int, dict] = {}
     for i, cat in enumerate(categories):
         if not isinstance(cat, dict) or "id" not in cat:
@@ -117,7 +119,9 @@ def validate_segments(
     """
     png_ids = np.asarray(png_ids)
     if png_ids.ndim != 2:
-        raise DatasetFormatError(f"{png_path}: expected an [H, W] id map, got shape {png_ids.shape}")
+        raise DatasetFormatError(
+            f"{png_path}: expected an [H, W] id map, got shape {png_ids.shape}"
+        )
     if image_size is not None and tuple(png_ids.shape) != tuple(image_size):
         raise DatasetFormatError(
             f"{png_path}: PNG size (H, W) = {tuple(png_ids.shape)} differs from the image size "

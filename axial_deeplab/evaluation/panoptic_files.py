@@ -1,0 +1,184 @@
+"""PQ of COCO-format panoptic files (a JSON + a folder of PNGs, for gt and for predictions).
+
+Images are spread over worker processes (PNG reading and per-image statistics); the parent sums
+the statistics in image order, so the numbers do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
+from axial_deeplab.data.validation import DatasetFormatError
+from axial_deeplab.evaluation.panoptic import PanopticEvaluator, PQStats
+from axial_deeplab.evaluation.runs import PanopticPngReader
+
+# One image's work: (gt PNG, gt segments_info, pred PNG, pred segments_info, (H, W) or None).
+Task = tuple[str, list, str, list, "tuple[int, int] | None"]
+
+
+def load_json(path: str, role: str) -> dict:
+    """Read a COCO panoptic JSON; clear errors for a missing file, bad JSON or no annotations."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{role} JSON not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as err:
+            raise DatasetFormatError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise DatasetFormatError(f"{path}: expected an object with an 'annotations' list")
+    for i, ann in enumerate(data["annotations"]):
+        for key in ("image_id", "file_name", "segments_info"):
+            if not isinstance(ann, dict) or key not in ann:
+                raise DatasetFormatError(f"{path}: annotation #{i} has no '{key}'")
+    return data
+
+
+def build_tasks(gt: dict, gt_json: str, gt_dir: str, pred: dict, pred_json: str, pred_dir: str):
+    """One :data:`Task` per gt annotation; raises if a gt image has no prediction."""
+    for folder, role in ((gt_dir, "ground-truth"), (pred_dir, "prediction")):
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{role} PNG folder not found: {folder}")
+    predictions = {ann["image_id"]: ann for ann in pred["annotations"]}
+    missing = [a["image_id"] for a in gt["annotations"] if a["image_id"] not in predictions]
+    if missing:
+        raise DatasetFormatError(
+            f"{pred_json}: no prediction for {len(missing)} ground-truth image(s) of {gt_json}, "
+            f"e.g. image_id {missing[:5]}"
+        )
+    sizes = {img["id"]: (img["height"], img["width"]) for img in gt.get("images", [])}
+    tasks: list[Task] = []
+    for ann in gt["annotations"]:
+        p = predictions[ann["image_id"]]
+        tasks.append(
+            (os.path.join(gt_dir, ann["file_name"]), ann["segments_info"],
+             os.path.join(pred_dir, p["file_name"]), p["segments_info"],
+             sizes.get(ann["image_id"]))
+        )  # fmt: skip
+    return tasks
+
+
+def _chunk_stats(args: tuple[list[dict], list[Task]]) -> PQStats:
+    """Statistics of a chunk of images, summed in order (runs in a worker process)."""
+    categories, tasks = args
+    evaluator = PanopticEvaluator(categories)
+    reader = PanopticPngReader()
+    for gt_png, gt_segments, pred_png, pred_segments, size in tasks:
+        evaluator.process_runs(
+            reader.read(gt_png), gt_segments, reader.read(pred_png), pred_segments,
+            gt_source=gt_png, pred_source=pred_png, image_size=size,
+        )  # fmt: skip
+    return evaluator.stats
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def evaluate_panoptic_files(
+    gt_json: str,
+    gt_dir: str,
+    pred_json: str,
+    pred_dir: str,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """PQ/SQ/RQ of predictions against ground truth, both in COCO panoptic format.
+
+    Categories come from the gt JSON. ``workers``: processes (default: the CPUs available);
+    ``progress``: a tqdm bar over images on stderr. Returns :meth:`PanopticEvaluator.evaluate`.
+    """
+    gt, pred = load_json(gt_json, "ground-truth"), load_json(pred_json, "prediction")
+    if "categories" not in gt:
+        raise DatasetFormatError(f"{gt_json}: no 'categories' list")
+    evaluator = PanopticEvaluator(gt["categories"], source=gt_json)
+    tasks = build_tasks(gt, gt_json, gt_dir, pred, pred_json, pred_dir)
+    workers = workers or len(os.sched_getaffinity(0))
+    size = max(1, min(16, len(tasks) // (4 * workers)))
+    jobs = [(gt["categories"], chunk) for chunk in _chunks(tasks, size)]
+    from tqdm import tqdm
+
+    with tqdm(total=len(tasks), unit="img", disable=not progress, file=sys.stderr) as bar:
+        if workers == 1 or len(jobs) == 1:
+            results = map(_chunk_stats, jobs)
+            pool = None
+        else:
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+            pool = multiprocessing.get_context(method).Pool(min(workers, len(jobs)))
+            results = pool.imap(_chunk_stats, jobs)
+        try:
+            for (_, chunk), stats in zip(jobs, results):
+                evaluator.add(stats, len(chunk))
+                bar.update(len(chunk))
+        finally:
+            if pool is not None:
+                pool.terminate()
+    return evaluator.evaluate()
+
+
+def format_results(results: dict) -> str:
+    """The per-class table (classes seen in gt or prediction) then All / Things / Stuff, in %."""
+    header = f"{'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s}"
+    lines = [f"{'Category':24s}| {header} | {'TP':>6s} {'FP':>6s} {'FN':>6s}"]
+    seen = [r for r in results["per_class"].values() if r["tp"] + r["fp"] + r["fn"] > 0]
+    for r in seen:
+        lines.append(
+            f"{str(r['name'])[:24]:24s}| {100 * r['pq']:5.1f}  {100 * r['sq']:5.1f}  "
+            f"{100 * r['rq']:5.1f} | {r['tp']:6d} {r['fp']:6d} {r['fn']:6d}"
+        )
+    absent = len(results["per_class"]) - len(seen)
+    if absent:
+        lines.append(f"({absent} classes in neither ground truth nor prediction: not shown)")
+    lines += ["-" * 62, f"{'':24s}| {header} | {'N':>6s}"]
+    for name in ("All", "Things", "Stuff"):
+        r = results[name]
+        lines.append(
+            f"{name:24s}| {100 * r['pq']:5.1f}  {100 * r['sq']:5.1f}  {100 * r['rq']:5.1f} | "
+            f"{r['n']:6d}"
+        )
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: str, data: dict) -> None:
+    """Write ``data`` as JSON through a temporary file in the same folder, then rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m axial_deeplab.evaluation.panoptic",
+        description="Panoptic quality (PQ, SQ, RQ) of COCO-format panoptic predictions.",
+    )
+    parser.add_argument("--gt-json", required=True, help="ground-truth COCO panoptic JSON")
+    parser.add_argument("--gt-dir", required=True, help="folder of ground-truth PNGs")
+    parser.add_argument("--pred-json", required=True, help="prediction COCO panoptic JSON")
+    parser.add_argument("--pred-dir", required=True, help="folder of predicted PNGs")
+    parser.add_argument("--output", help="write the results here as JSON")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+    args = parser.parse_args(argv)
+    try:
+        results = evaluate_panoptic_files(
+            args.gt_json, args.gt_dir, args.pred_json, args.pred_dir, workers=args.workers
+        )
+    except (FileNotFoundError, DatasetFormatError) as err:
+        parser.exit(2, f"error: {err}\n")
+    print(format_results(results))
+    if args.output:
+        write_json_atomic(args.output, results)
+        print(f"results written to {args.output}")

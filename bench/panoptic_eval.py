@@ -1,0 +1,185 @@
+"""Benchmark: file-based PQ on seeded synthetic PNG pairs, against hotcoco and the COCO API.
+
+    python bench/panoptic_eval.py [--num-images 200] [--panopticapi /tmp/panopticapi_src]
+
+Generates ``--num-images`` ground-truth / prediction pairs (640x480 by default) with a seeded
+generator into a temporary folder, times each evaluator (best and median of ``--repeats``), checks
+that every evaluator's numbers equal ours to 1e-9 (All / Things / Stuff and per class) and prints
+the times with ratios. Two settings, as timings depend on the process's state (a process that
+has already allocated and freed large arrays gets later ones without page faults): "fresh", each
+call in a new Python process as a command-line run would be (the call is timed, not the
+interpreter start-up and imports), and "warm", every call in this process after the generation. Tools that are not installed are skipped with a note:
+``pip install hotcoco`` (a Rust implementation), ``pip install cityscapesscripts``; panopticapi is
+not on PyPI: pass ``--panopticapi`` a folder holding its source (the ``panopticapi`` package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from axial_deeplab.data.panoptic_io import write_panoptic_png
+from axial_deeplab.evaluation.panoptic_files import evaluate_panoptic_files
+from axial_deeplab.evaluation.synthetic import (
+    synthetic_categories,
+    synthetic_ground_truth,
+    synthetic_prediction,
+)
+
+
+def generate(folder: str, num_images: int, height: int, width: int, seed: int) -> None:
+    """Write ``gt/``, ``pred/``, ``gt.json`` and ``pred.json`` (COCO panoptic format)."""
+    rng = np.random.default_rng(seed)
+    categories = synthetic_categories(num_things=12, num_stuff=8)
+    for sub in ("gt", "pred"):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    images, gt_anns, pred_anns = [], [], []
+    for i in range(num_images):
+        gt, gt_segments = synthetic_ground_truth(rng, categories, height, width)
+        pred, pred_segments = synthetic_prediction(rng, categories, gt, gt_segments)
+        name = f"{i:06d}.png"
+        write_panoptic_png(os.path.join(folder, "gt", name), gt)
+        write_panoptic_png(os.path.join(folder, "pred", name), pred)
+        images.append({"id": i, "file_name": f"{i:06d}.jpg", "height": height, "width": width})
+        gt_anns.append({"image_id": i, "file_name": name, "segments_info": gt_segments})
+        pred_anns.append({"image_id": i, "file_name": name, "segments_info": pred_segments})
+    for name, anns in (("gt", gt_anns), ("pred", pred_anns)):
+        with open(os.path.join(folder, f"{name}.json"), "w") as f:
+            json.dump({"images": images, "annotations": anns, "categories": categories}, f)
+
+
+def _evaluators(folder: str, args: argparse.Namespace) -> dict[str, Callable[[], dict]]:
+    """name -> a call returning panopticapi-style results, for the tools that are installed."""
+    gt_json, pred_json = os.path.join(folder, "gt.json"), os.path.join(folder, "pred.json")
+    gt_dir, pred_dir = os.path.join(folder, "gt"), os.path.join(folder, "pred")
+    tools = {
+        "axial_deeplab": lambda: evaluate_panoptic_files(
+            gt_json, gt_dir, pred_json, pred_dir, workers=args.workers, progress=False
+        )
+    }
+    try:
+        from hotcoco.panoptic import pq_compute as hotcoco_pq
+
+        tools["hotcoco"] = lambda: hotcoco_pq(gt_json, pred_json, gt_dir, pred_dir)
+    except ImportError:
+        print("hotcoco not installed (pip install hotcoco): skipped")
+    if args.panopticapi:
+        sys.path.insert(0, args.panopticapi)
+        from panopticapi.evaluation import pq_compute as coco_pq
+
+        tools["panopticapi"] = lambda: coco_pq(gt_json, pred_json, gt_dir, pred_dir)
+    else:
+        print("panopticapi not given (--panopticapi SRC_DIR): skipped")
+    try:
+        from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import evaluatePanoptic
+
+        out = os.path.join(folder, "cityscapes_results.json")
+        tools["cityscapesscripts"] = lambda: evaluatePanoptic(
+            gt_json, gt_dir, pred_json, pred_dir, out
+        )
+    except ImportError:
+        print("cityscapesscripts not installed (pip install cityscapesscripts): skipped")
+    return tools
+
+
+def _max_difference(ours: dict, theirs: dict) -> float:
+    """Largest |difference| over All/Things/Stuff and per-class PQ, SQ, RQ (inf if n differs)."""
+    worst = 0.0
+    for group in ("All", "Things", "Stuff"):
+        if "n" in theirs[group] and theirs[group]["n"] != ours[group]["n"]:
+            return float("inf")
+        worst = max(worst, *(abs(ours[group][k] - theirs[group][k]) for k in ("pq", "sq", "rq")))
+    for cat_id, entry in ours["per_class"].items():
+        other = theirs["per_class"].get(cat_id, theirs["per_class"].get(str(cat_id)))
+        worst = max(worst, *(abs(entry[k] - other[k]) for k in ("pq", "sq", "rq")))
+    return worst
+
+
+def _run_fresh(name: str, folder: str, args: argparse.Namespace) -> tuple[float, dict]:
+    """Time one evaluator in a new Python process; returns (seconds, results)."""
+    command = [sys.executable, __file__, "--run-one", name, "--folder", folder]
+    if args.panopticapi:
+        command += ["--panopticapi", args.panopticapi]
+    if args.workers:
+        command += ["--workers", str(args.workers)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    answer = json.loads(out.strip().splitlines()[-1])
+    return answer["seconds"], answer["results"]
+
+
+def _run_one(args: argparse.Namespace) -> None:
+    """The child side of :func:`_run_fresh`: one timed call, a JSON line on stdout."""
+    run = _evaluators(args.folder, args)[args.run_one]
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = run()
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "results": results}, default=float))
+
+
+def _report(title: str, times: dict[str, list[float]], results: dict[str, dict]) -> None:
+    best = {name: min(t) for name, t in times.items()}
+    print(f"{title}\n{'evaluator':18s} {'best s':>8s} {'median s':>9s} {'ours / it':>10s} "
+          f"{'max |diff|':>11s}")  # fmt: skip
+    for name, t in times.items():
+        diff = _max_difference(results["axial_deeplab"], results[name])
+        print(f"{name:18s} {best[name]:8.3f} {statistics.median(t):9.3f} "
+              f"{best['axial_deeplab'] / best[name]:10.2f} {diff:11.1e}")  # fmt: skip
+        if diff > 1e-9:
+            raise SystemExit(f"{name} disagrees with ours by {diff}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num-images", type=int, default=200)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=None, help="ours; default: all CPUs")
+    parser.add_argument("--panopticapi", help="folder holding panopticapi's source")
+    parser.add_argument("--run-one", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_one:
+        return _run_one(args)
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        generate(folder, args.num_images, args.height, args.width, args.seed)
+        print(f"generated {args.num_images} pairs of {args.width}x{args.height} PNGs "
+              f"in {time.perf_counter() - start:.1f} s (seed {args.seed}); "
+              f"{len(os.sched_getaffinity(0))} CPUs")  # fmt: skip
+        tools = _evaluators(folder, args)
+        for setting in ("fresh", "warm"):
+            times: dict[str, list[float]] = {}
+            results: dict[str, dict] = {}
+            for _ in range(args.repeats):  # interleaved: load changes hit every tool alike
+                for name, run in tools.items():
+                    if setting == "fresh":
+                        seconds, results[name] = _run_fresh(name, folder, args)
+                    else:
+                        start = time.perf_counter()
+                        with contextlib.redirect_stdout(io.StringIO()):
+                            results[name] = json.loads(json.dumps(run(), default=float))
+                        seconds = time.perf_counter() - start
+                    times.setdefault(name, []).append(seconds)
+            _report(f"-- {setting}: " + ("a new process per call" if setting == "fresh"
+                    else "calls in the generating process"), times, results)  # fmt: skip
+    ours = results["axial_deeplab"]["All"]
+    print(f"PQ {100 * ours['pq']:.3f}  SQ {100 * ours['sq']:.3f}  RQ {100 * ours['rq']:.3f}  "
+          f"over {ours['n']} classes; numbers equal to 1e-9 for every evaluator")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
