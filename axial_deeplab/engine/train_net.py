@@ -1,0 +1,49 @@
+"""Train or evaluate from a config: ``python tools/train_net.py --config-file F [KEY VALUE ...]``.
+
+detectron2-style options: ``--num-gpus N`` spawns N local processes (DistributedDataParallel;
+NCCL on GPUs, gloo on CPUs), ``--resume`` continues from ``OUTPUT_DIR``'s last checkpoint,
+``--eval-only`` evaluates ``MODEL.WEIGHTS``. Multi-node: launch this with ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from ..config import load_config
+from .build import build_evaluate_fn, build_trainer, prepare_model, save_config
+from .distributed import init_from_env, is_main_process
+from .launch import default_argument_parser, launch
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    cfg = load_config(args.config_file or None, args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        print(f"MODEL.DEVICE={cfg.MODEL.DEVICE} but no GPU is available: running on the CPU.")
+    device = init_from_env(cfg.MODEL.DEVICE)
+    if args.eval_only:
+        from ..data.build import build_catalog
+
+        model = prepare_model(cfg, device)
+        metrics = build_evaluate_fn(cfg, build_catalog(cfg), device)(model)
+    else:
+        if is_main_process():
+            save_config(cfg)
+        trainer = build_trainer(cfg, device)
+        if args.resume and trainer.resume() and is_main_process():
+            print(f"resumed from iteration {trainer.iteration} of {cfg.OUTPUT_DIR}")
+        metrics = trainer.train()
+    if is_main_process() and metrics:
+        print(json.dumps({k: round(v, 3) for k, v in metrics.items()}, indent=1))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = default_argument_parser(__doc__.splitlines()[0]).parse_args(argv)
+    launch(run, args.num_gpus, (args,))
+
+
+if __name__ == "__main__":
+    main()
