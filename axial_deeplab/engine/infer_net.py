@@ -1,0 +1,297 @@
+"""Predict images, folders, globs and videos: ``python tools/infer.py --config-file F --input ...``.
+
+Per image ``NAME`` (its file stem) in ``--output``: ``NAME_panoptic.png`` (COCO panoptic
+encoding, segment id = R + 256 G + 256^2 B, 0 = void), ``NAME.json`` (``segments_info``: id,
+category_id (train id), category_name, isthing, area, score, label) and ``NAME_vis.png`` (panoptic
+overlay with class names, semantic map, centre heatmap with detected centres, offset field).
+Per video: ``NAME_overlay.avi`` (MJPG) of overlays, ``NAME.json`` with every frame's segments,
+and with ``--save-frames`` the per-image files of each frame in ``NAME/``. Class names come from
+``--class-names``, else from the config's data set, else ``class_0, class_1, ...``.
+
+Example (``KEY VALUE`` overrides last, after a single-value option such as ``--output``)::
+
+    python tools/infer.py --config-file configs/coco/axial_deeplab_s_641.yaml \
+        --weights model.pth --input photos/ "clips/*.mp4" street.jpg --tta-flip \
+        --tta-scales 0.75 1.0 1.25 --device cuda --output out/ MODEL.PANOPTIC_DEEPLAB.STUFF_AREA 4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ..config import load_config
+from ..data.panoptic_io import write_panoptic_png
+from ..utils.visualize import heatmap, offset_field, panoptic_overlay, semantic_map, tile
+from .evaluate import VOID_LABEL
+from .inference import InferenceMetadata, Predictor, as_metadata, build_predictor, resolve_device
+from .inputs import BadInputError, InputItem, expand_inputs, iter_video, read_image, video_info
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--config-file", default="", metavar="FILE", help="path to a YAML config")
+    add("--weights", default="", metavar="FILE", help="checkpoint (sets MODEL.WEIGHTS)")
+    add("--input", nargs="+", required=True, help="image/video files, folders or glob patterns")
+    add("--output", required=True, metavar="DIR", help="folder for the outputs")
+    add("--device", default="", help="cpu or cuda (default MODEL.DEVICE); no GPU: CPU + notice")
+    add("--tta-flip", action="store_true", help="add horizontally flipped passes (TEST.AUG.FLIP)")
+    add("--tta-scales", type=float, nargs="+", help="TTA input scales, e.g. 0.75 1.0 1.25")
+    add("--max-size", type=int, default=0, help="shrink inputs whose long side exceeds this")
+    add("--class-names", default="", metavar="FILE", help="JSON categories or text, one per line")
+    add("--thing-ids", type=int, nargs="*", default=None, help="thing train ids (text names)")
+    add("--save-frames", action="store_true", help="also write per-frame files for videos")
+    add("--skip-bad", action="store_true", help="warn and skip missing/corrupt inputs")
+    add("opts", nargs=argparse.REMAINDER, default=[], help="config overrides as KEY VALUE pairs")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace):
+    """Config file, then ``KEY VALUE`` overrides, then the CLI flags (which win)."""
+    opts = list(args.opts)
+    if args.weights:
+        opts += ["MODEL.WEIGHTS", args.weights]
+    if args.device:
+        opts += ["MODEL.DEVICE", args.device]
+    if args.tta_flip or args.tta_scales:
+        scales = args.tta_scales or [1.0]
+        opts += ["TEST.AUG.ENABLED", "True", "TEST.AUG.FLIP", str(bool(args.tta_flip))]
+        opts += ["TEST.AUG.SCALES", str([float(s) for s in scales])]
+    return load_config(args.config_file or None, opts)
+
+
+def load_class_names(path: str, thing_ids: list[int] | None) -> InferenceMetadata:
+    """Metadata from a JSON file (a list of COCO-style categories ``id, name, isthing[, color]``,
+    a COCO panoptic JSON with ``categories``, or ``{"class_names": [...], "thing_ids": [...]}``)
+    or from a text file with one class name per line (things given by ``thing_ids``)."""
+    from ..data.coco_panoptic import coco_metadata
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--class-names file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if not path.lower().endswith(".json"):
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+        return InferenceMetadata(tuple(names), tuple(thing_ids or ()))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--class-names {path}: not valid JSON: {exc}") from None
+    if isinstance(data, dict) and "class_names" in data:
+        return as_metadata(data)
+    categories = data.get("categories") if isinstance(data, dict) else data
+    if not isinstance(categories, list):
+        raise ValueError(
+            f"--class-names {path}: expected a categories list, a JSON with 'categories' or "
+            f"'class_names', got {type(data).__name__}"
+        )
+    return InferenceMetadata.from_dataset(coco_metadata(categories, name=path, source=path))
+
+
+def metadata_from_config(cfg) -> tuple[InferenceMetadata, str]:
+    """Metadata of the config's first data set (``DATASETS.TEST``, else ``TRAIN``) and where it
+    came from; generic names when there is none or it cannot be loaded."""
+    from ..data.build import build_catalog
+    from ..data.cityscapes_panoptic import cityscapes_metadata
+
+    names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
+    if names and names[0].startswith("cityscapes"):
+        meta = cityscapes_metadata(name=names[0], use_train_id=True)
+        return InferenceMetadata.from_dataset(meta), f"data set {names[0]}"
+    if names:
+        try:
+            _, meta = build_catalog(cfg).get(names[0])
+            return InferenceMetadata.from_dataset(meta), f"data set {names[0]}"
+        except (KeyError, ValueError, OSError) as exc:
+            print(f"notice: cannot load data set {names[0]} for class names ({exc})")
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    print(f"notice: generic class names class_0..class_{num_classes - 1}, no thing classes "
+          "(pass --class-names for names and instances)")  # fmt: skip
+    return InferenceMetadata.generic(num_classes), "generic names"
+
+
+def shrink(image: np.ndarray, max_size: int) -> np.ndarray:
+    """``image`` with its long side reduced to ``max_size`` (area interpolation); unchanged when
+    ``max_size`` is 0 or the image already fits."""
+    height, width = image.shape[:2]
+    if max_size <= 0 or max(height, width) <= max_size:
+        return image
+    scale = max_size / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # cv2: (w, h)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def render(image: np.ndarray, prediction: dict, metadata: InferenceMetadata) -> dict:
+    """The four pictures ``[H, W, 3]`` uint8 RGB of one prediction, by title."""
+    colors = None if metadata.class_colors is None else np.array(metadata.class_colors, np.uint8)
+    return {
+        "panoptic": panoptic_overlay(
+            image,
+            prediction["panoptic"],
+            label_divisor=metadata.label_divisor,
+            class_names=metadata.class_names,
+            class_colors=colors,
+            void_label=VOID_LABEL,
+        ),
+        "semantic": semantic_map(prediction["semantic"], len(metadata.class_names), colors),
+        "centers": heatmap(prediction["center"], prediction["centers"]),
+        "offsets": offset_field(prediction["offset"]),
+    }
+
+
+def _write_picture(path: str, rgb: np.ndarray) -> None:
+    tmp = f"{path}.tmp.png"
+    if not cv2.imwrite(tmp, np.ascontiguousarray(rgb[..., ::-1])):
+        raise OSError(f"could not write {path}")
+    os.replace(tmp, path)
+
+
+def _write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def write_image_outputs(
+    out_dir: str, name: str, image: np.ndarray, prediction: dict, info: dict, pictures: dict
+) -> None:
+    """``NAME_panoptic.png``, ``NAME.json`` (``info`` + ``segments_info``), ``NAME_vis.png``."""
+    write_panoptic_png(os.path.join(out_dir, f"{name}_panoptic.png"), prediction["segment_ids"])
+    record = {
+        **info,
+        "height": image.shape[0],
+        "width": image.shape[1],
+        "panoptic_png": f"{name}_panoptic.png",
+        "segments_info": prediction["segments_info"],
+    }
+    _write_json(os.path.join(out_dir, f"{name}.json"), record)
+    _write_picture(os.path.join(out_dir, f"{name}_vis.png"), tile(pictures))
+
+
+def _settings(predictor: Predictor) -> dict:
+    """What a JSON record states of how it was predicted."""
+    tta = predictor.tta
+    return {
+        "label_divisor": predictor.metadata.label_divisor,
+        "test_time_augmentation": {"scales": list(tta.scales), "flip": tta.flip},
+    }
+
+
+def _predict_video(
+    predictor: Predictor, item: InputItem, out_dir: str, max_size: int, save_frames: bool
+) -> int:
+    """Overlay video + per-frame segments JSON (+ per-frame files); returns the frame count."""
+    info = video_info(item.path)
+    video_path = os.path.join(out_dir, f"{item.name}_overlay.avi")
+    tmp = f"{video_path}.tmp.avi"
+    frames_dir = os.path.join(out_dir, item.name)
+    if save_frames:
+        os.makedirs(frames_dir, exist_ok=True)
+    writer, records = None, []
+    frames: Iterator[np.ndarray] = iter_video(item.path)
+    try:
+        try:
+            bar = tqdm(
+                frames, total=info.num_frames or None, desc=item.name, unit="frame", leave=False
+            )
+            for index, frame in enumerate(bar):
+                frame = shrink(frame, max_size)
+                prediction = predictor.predict(frame)
+                pictures = render(frame, prediction, predictor.metadata)
+                if writer is None:
+                    fourcc = cv2.VideoWriter_fourcc(*"MJPG")
+                    size = (frame.shape[1], frame.shape[0])
+                    writer = cv2.VideoWriter(tmp, fourcc, info.fps or 25.0, size)
+                writer.write(np.ascontiguousarray(pictures["panoptic"][..., ::-1]))
+                records.append({"frame": index, "segments_info": prediction["segments_info"]})
+                if save_frames:
+                    frame_info = {"file_name": item.path, "frame": index}
+                    name = f"{item.name}_{index:06d}"
+                    write_image_outputs(frames_dir, name, frame, prediction, frame_info, pictures)
+        finally:
+            if writer is not None:
+                writer.release()
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, video_path)
+    record = {"file_name": item.path, "fps": info.fps, **_settings(predictor)}
+    record["overlay_video"] = os.path.basename(video_path)
+    _write_json(os.path.join(out_dir, f"{item.name}.json"), {**record, "frames": records})
+    return len(records)
+
+
+def _predict_image(predictor: Predictor, item: InputItem, out_dir: str, max_size: int) -> None:
+    original = read_image(item.path)
+    image = shrink(original, max_size)
+    prediction = predictor.predict(image)
+    info = {"file_name": item.path, **_settings(predictor)}
+    if image.shape != original.shape:
+        info["original_size"] = list(original.shape[:2])
+    pictures = render(image, prediction, predictor.metadata)
+    write_image_outputs(out_dir, item.name, image, prediction, info, pictures)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Predict every input; returns ``{"images", "frames", "skipped"}`` counts and names."""
+    cfg = config_from_args(args)
+    device = resolve_device(cfg.MODEL.DEVICE)
+    items = expand_inputs(args.input, skip_bad=args.skip_bad)
+    if args.class_names:
+        metadata, source = load_class_names(args.class_names, args.thing_ids), args.class_names
+    else:
+        metadata, source = metadata_from_config(cfg)
+    if len(metadata.class_names) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
+        raise ValueError(
+            f"{source} names {len(metadata.class_names)} classes but "
+            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}"
+        )
+    predictor = build_predictor(cfg, metadata, device)
+    os.makedirs(args.output, exist_ok=True)
+    summary: dict = {"images": 0, "frames": 0, "skipped": []}
+    for item in tqdm(items, desc="infer", unit="input"):
+        try:
+            if item.kind == "video":
+                summary["frames"] += _predict_video(
+                    predictor, item, args.output, args.max_size, args.save_frames
+                )
+            else:
+                _predict_image(predictor, item, args.output, args.max_size)
+                summary["images"] += 1
+        except BadInputError as exc:
+            if not args.skip_bad:
+                raise
+            tqdm.write(f"warning: skipping {item.path}: {exc}")
+            summary["skipped"].append(item.path)
+    print(
+        f"{summary['images']} images, {summary['frames']} video frames -> {args.output}"
+        + (
+            f"; skipped {len(summary['skipped'])}: {summary['skipped']}"
+            if summary["skipped"]
+            else ""
+        )
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except BadInputError as exc:
+        raise SystemExit(f"error: {exc} (use --skip-bad to skip bad inputs)") from None
+
+
+if __name__ == "__main__":
+    main()

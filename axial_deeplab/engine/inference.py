@@ -1,0 +1,311 @@
+"""Panoptic prediction on one RGB image, with optional flip / multi-scale test-time augmentation.
+
+:class:`Predictor` takes a ready model (any module mapping ``[N, 3, H, W]`` 0-255 RGB to
+``{"semantic", "center", "offset"}`` at input size), post-processing settings and class metadata.
+Test-time augmentation (TTA) runs the model on resized and/or horizontally flipped copies, maps
+each pass back to the input size (:func:`undo_pass`), averages semantic probabilities, centre
+heatmaps and offsets over the passes, and post-processes once. The CLI is
+:mod:`axial_deeplab.engine.infer_net` (``tools/infer.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.catalog import DatasetMetadata
+from ..modeling.panoptic_deeplab import upsample, upsample_offsets
+from ..modeling.postprocessing import get_instances, get_panoptic_segmentation
+from .evaluate import VOID_LABEL, PostProcessing, labels_to_segments
+
+
+@dataclass(frozen=True)
+class InferenceMetadata:
+    """What prediction needs to know of the classes: names (train-id order), thing train ids,
+    the panoptic label divisor and, optionally, one RGB colour per class."""
+
+    class_names: tuple[str, ...]
+    thing_ids: tuple[int, ...] = ()
+    label_divisor: int = 1000
+    class_colors: tuple[tuple[int, int, int], ...] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.class_names)
+        bad = [t for t in self.thing_ids if not 0 <= int(t) < n]
+        if bad:
+            raise ValueError(f"metadata: thing_ids {bad} outside [0, {n}) for {n} class names")
+        if self.label_divisor < 1:
+            raise ValueError(f"metadata: label_divisor must be >= 1, got {self.label_divisor}")
+        if self.class_colors is not None and len(self.class_colors) != n:
+            raise ValueError(f"metadata: {len(self.class_colors)} class_colors for {n} class names")
+
+    @classmethod
+    def generic(cls, num_classes: int, thing_ids: Sequence[int] = ()) -> InferenceMetadata:
+        """Names ``class_0, class_1, ...``."""
+        return cls(tuple(f"class_{i}" for i in range(num_classes)), tuple(thing_ids))
+
+    @classmethod
+    def from_dataset(cls, metadata: DatasetMetadata) -> InferenceMetadata:
+        colors = [c.get("color") for c in metadata.categories]
+        return cls(
+            class_names=metadata.class_names,
+            thing_ids=metadata.thing_train_ids,
+            label_divisor=metadata.label_divisor,
+            class_colors=None if None in colors else tuple(tuple(map(int, c)) for c in colors),
+        )
+
+
+def as_metadata(obj: InferenceMetadata | DatasetMetadata | Mapping) -> InferenceMetadata:
+    """An :class:`InferenceMetadata` from itself, a data set's metadata, or a dict with keys
+    ``class_names`` and optionally ``thing_ids``, ``label_divisor``, ``class_colors``."""
+    if isinstance(obj, InferenceMetadata):
+        return obj
+    if isinstance(obj, DatasetMetadata):
+        return InferenceMetadata.from_dataset(obj)
+    if isinstance(obj, Mapping):
+        unknown = sorted(set(obj) - {"class_names", "thing_ids", "label_divisor", "class_colors"})
+        if unknown or "class_names" not in obj:
+            raise ValueError(
+                f"metadata dict: needs 'class_names' and only thing_ids, label_divisor, "
+                f"class_colors besides; got keys {sorted(obj)}"
+            )
+        colors = obj.get("class_colors")
+        return InferenceMetadata(
+            class_names=tuple(str(n) for n in obj["class_names"]),
+            thing_ids=tuple(int(t) for t in obj.get("thing_ids", ())),
+            label_divisor=int(obj.get("label_divisor", 1000)),
+            class_colors=None if colors is None else tuple(tuple(map(int, c)) for c in colors),
+        )
+    raise TypeError(f"metadata: expected InferenceMetadata, DatasetMetadata or dict, got {obj!r}")
+
+
+@dataclass(frozen=True)
+class TestTimeAugmentation:
+    """Input scale factors and whether to add a horizontally flipped pass at each scale."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ValueError(f"TTA scales must be positive and non-empty, got {self.scales}")
+
+    def passes(self) -> list[tuple[float, bool]]:
+        """``(scale, flipped)`` of every model pass."""
+        flips = (False, True) if self.flip else (False,)
+        return [(float(s), f) for s in self.scales for f in flips]
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """``(round(H * scale), round(W * scale))``, at least 1 pixel each."""
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def undo_pass(
+    outputs: Mapping[str, torch.Tensor],
+    size: tuple[int, int],
+    *,
+    flipped: bool,
+    align_corners: bool,
+) -> dict[str, torch.Tensor]:
+    """Map one pass's raw outputs (at the pass's input size ``h x w``) back to the original image.
+
+    Returns ``"semantic"`` softmax probabilities ``[N, K, H, W]``, ``"center"`` ``[N, 1, H, W]``
+    and ``"offset"`` ``[N, 2, H, W]`` ``(dy, dx)`` in original pixels: offsets are rescaled by
+    the resize factor of each axis (:func:`upsample_offsets`); a flipped pass is flipped back
+    along ``x`` and its ``dx`` negated (a vector pointing right in the flipped image points left
+    in the original).
+    """
+    prob = upsample(
+        F.softmax(outputs["semantic"].float(), dim=1), size, align_corners=align_corners
+    )
+    center = upsample(outputs["center"].float(), size, align_corners=align_corners)
+    offset = upsample_offsets(outputs["offset"].float(), size, align_corners=align_corners)
+    if flipped:
+        prob, center, offset = prob.flip(-1), center.flip(-1), offset.flip(-1)
+        offset = offset * offset.new_tensor([1.0, -1.0]).view(1, 2, 1, 1)  # (dy, dx) -> (dy, -dx)
+    return {"semantic": prob, "center": center, "offset": offset}
+
+
+def run_with_tta(
+    model: nn.Module, images: torch.Tensor, tta: TestTimeAugmentation, *, align_corners: bool
+) -> dict[str, torch.Tensor]:
+    """Mean of :func:`undo_pass` over ``tta.passes()`` for ``images`` ``[N, 3, H, W]`` 0-255."""
+    size = (images.shape[2], images.shape[3])
+    total: dict[str, torch.Tensor] = {}
+    passes = tta.passes()
+    for scale, flipped in passes:
+        x = upsample(images, scaled_size(size, scale), align_corners=align_corners)
+        x = x.flip(-1) if flipped else x
+        out = undo_pass(model(x), size, flipped=flipped, align_corners=align_corners)
+        for key, value in out.items():
+            total[key] = value if key not in total else total[key] + value
+    return {key: value / len(passes) for key, value in total.items()}
+
+
+def segment_scores(
+    panoptic: torch.Tensor,
+    prob: torch.Tensor,
+    center: torch.Tensor,
+    *,
+    thing_ids: Sequence[int],
+    label_divisor: int,
+) -> dict[int, float]:
+    """Score of each panoptic label of ``panoptic`` ``[H, W]``: the mean probability of its class
+    over its mask (``prob`` ``[K, H, W]``), times, for things, the centre heatmap ``[1, H, W]`` at
+    the mask's mean pixel (:func:`get_instances`, as detectron2's Panoptic-DeepLab)."""
+    pan = panoptic.reshape(-1)  # [H*W]
+    labels, inverse = torch.unique(pan, return_inverse=True)  # [U], [H*W]
+    classes = torch.div(labels, label_divisor, rounding_mode="floor").clamp(0, prob.shape[0] - 1)
+    pixel_prob = prob.reshape(prob.shape[0], -1).gather(0, classes[inverse][None])[0]  # [H*W]
+    count = torch.bincount(inverse, minlength=len(labels)).clamp(min=1)
+    mean = torch.bincount(inverse, weights=pixel_prob.double(), minlength=len(labels)) / count
+    scores = {lab: s for lab, s in zip(labels.tolist(), mean.tolist(), strict=True) if lab >= 0}
+    things = get_instances(
+        panoptic[None], prob, center, thing_ids=thing_ids, label_divisor=label_divisor
+    )
+    scores.update(zip(things["labels"].tolist(), things["scores"].tolist(), strict=True))
+    return scores
+
+
+class Predictor:
+    """Panoptic prediction of one image with a ready model.
+
+    Args:
+        model: maps ``[N, 3, H, W]`` 0-255 RGB to raw ``{"semantic", "center", "offset"}``.
+        metadata: class names and thing ids (see :func:`as_metadata`).
+        postprocessing: :func:`get_panoptic_segmentation` settings (default: its defaults).
+        tta: test-time augmentation (default: one plain pass).
+        device: where the model runs (it is moved there and set to eval mode).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        metadata: InferenceMetadata | DatasetMetadata | Mapping,
+        postprocessing: PostProcessing | None = None,
+        tta: TestTimeAugmentation | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.metadata = as_metadata(metadata)
+        self.postprocessing = postprocessing or PostProcessing()
+        self.tta = tta or TestTimeAugmentation()
+        self.align_corners = bool(getattr(model, "align_corners", True))
+
+    @torch.no_grad()
+    def raw(self, image: np.ndarray) -> dict[str, torch.Tensor]:
+        """TTA-averaged ``"semantic"`` probabilities ``[K, H, W]``, ``"center"`` ``[1, H, W]`` and
+        ``"offset"`` ``[2, H, W]`` of an ``[H, W, 3]`` uint8 RGB image."""
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+            shape = getattr(image, "shape", type(image).__name__)
+            raise ValueError(f"image: expected an [H, W, 3] RGB array, got {shape}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"image: expected uint8 pixels (0-255), got {image.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        x = x.permute(2, 0, 1)[None].float()  # [H, W, 3] -> [1, 3, H, W]
+        out = run_with_tta(self.model, x, self.tta, align_corners=self.align_corners)
+        num_classes = out["semantic"].shape[1]
+        if num_classes != len(self.metadata.class_names):
+            raise ValueError(
+                f"model predicts {num_classes} classes but metadata names "
+                f"{len(self.metadata.class_names)}"
+            )
+        return {key: value[0] for key, value in out.items()}
+
+    def predict(self, image: np.ndarray) -> dict:
+        """Predict an ``[H, W, 3]`` uint8 RGB image.
+
+        Returns numpy arrays ``"panoptic"`` ``[H, W]`` int64 (``class * label_divisor +
+        instance``, instances from 1, stuff 0, ``VOID_LABEL`` (-1) for void), ``"semantic"``
+        ``[H, W]`` int64, ``"center"`` ``[H, W]`` float32, ``"offset"`` ``[2, H, W]`` float32
+        ``(dy, dx)``, ``"centers"`` ``[M, 2]`` int64 ``(y, x)``, ``"segment_ids"`` ``[H, W]``
+        int64 (0 void, segments 1, 2, ... as in a panoptic PNG) and ``"segments_info"``: one
+        dict per segment with ``id``, ``category_id`` (train id), ``category_name``, ``isthing``,
+        ``iscrowd`` (0), ``area``, ``score`` and ``label`` (its panoptic label).
+        """
+        raw = self.raw(image)
+        meta, post = self.metadata, self.postprocessing
+        semantic = raw["semantic"].argmax(0, keepdim=True)  # [1, H, W]
+        panoptic, centers = get_panoptic_segmentation(
+            semantic,
+            raw["center"],
+            raw["offset"],
+            thing_ids=meta.thing_ids,
+            label_divisor=meta.label_divisor,
+            stuff_area=post.stuff_area,
+            void_label=VOID_LABEL,
+            threshold=post.threshold,
+            nms_kernel=post.nms_kernel,
+            top_k=post.top_k,
+        )
+        scores = segment_scores(
+            panoptic[0],
+            raw["semantic"],
+            raw["center"],
+            thing_ids=meta.thing_ids,
+            label_divisor=meta.label_divisor,
+        )
+        labels = panoptic[0].cpu().numpy()
+        ids, segments = labels_to_segments(
+            labels, label_divisor=meta.label_divisor, thing_ids=meta.thing_ids
+        )
+        kept = [int(v) for v in np.unique(labels) if v >= 0]  # the order of labels_to_segments
+        for segment, label in zip(segments, kept, strict=True):
+            segment["category_name"] = meta.class_names[segment["category_id"]]
+            segment["score"] = round(scores[label], 6)
+            segment["label"] = label
+        return {
+            "panoptic": labels,
+            "semantic": semantic[0].cpu().numpy(),
+            "center": raw["center"][0].cpu().numpy(),
+            "offset": raw["offset"].cpu().numpy(),
+            "centers": centers.cpu().numpy(),
+            "segment_ids": ids,
+            "segments_info": segments,
+        }
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``torch.device(requested)``; ``"cuda..."`` without a GPU prints one line and gives CPU."""
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        print(f"device {requested!r} requested but no GPU is available: running on the CPU.")
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+def build_tta(cfg) -> TestTimeAugmentation:
+    """``TEST.AUG``: ``SCALES`` and ``FLIP`` when ``ENABLED``, else one plain pass."""
+    aug = cfg.TEST.AUG
+    if not aug.ENABLED:
+        return TestTimeAugmentation()
+    return TestTimeAugmentation(scales=tuple(float(s) for s in aug.SCALES), flip=bool(aug.FLIP))
+
+
+def build_predictor(
+    cfg, metadata: InferenceMetadata | DatasetMetadata | Mapping, device: torch.device
+) -> Predictor:
+    """Model from ``cfg`` (``MODEL.WEIGHTS`` loaded weights-only when set), post-processing from
+    ``MODEL.PANOPTIC_DEEPLAB``, TTA from ``TEST.AUG``."""
+    from ..checkpoint.io import load_state_dict_file
+    from ..modeling.build import build_model
+
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        model.load_state_dict(load_state_dict_file(cfg.MODEL.WEIGHTS))
+    return Predictor(
+        model,
+        metadata=metadata,
+        postprocessing=PostProcessing.from_config(cfg),
+        tta=build_tta(cfg),
+        device=device,
+    )

@@ -1,0 +1,151 @@
+"""Inference inputs: expand image files, folders, globs and video files; read them as RGB frames.
+
+:func:`expand_inputs` turns command-line specs into an ordered list of :class:`InputItem`
+(``kind`` ``"image"`` or ``"video"``, chosen by file extension); :func:`read_image` and
+:func:`iter_video` read them, raising :class:`BadInputError` that names the file.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+_GLOB_CHARS = ("*", "?", "[")
+
+
+class BadInputError(ValueError):
+    """An input path that does not exist, matches nothing, or cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input file: ``path``, ``kind`` (``"image"`` or ``"video"``) and a unique output
+    ``name`` (the file stem, with ``-2``, ``-3``... appended when stems repeat)."""
+
+    path: str
+    kind: str
+    name: str
+
+
+def input_kind(path: str) -> str | None:
+    """``"image"``, ``"video"`` or ``None`` from the extension of ``path`` (case-insensitive)."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in IMAGE_EXTENSIONS:
+        return "image"
+    if ext in VIDEO_EXTENSIONS:
+        return "video"
+    return None
+
+
+def _expand_one(spec: str) -> list[str]:
+    """Files named by one spec: a file, a folder (its image/video files, sorted, not recursive),
+    or a glob pattern (``**`` recurses). Raises :class:`BadInputError` naming the spec."""
+    if os.path.isdir(spec):
+        names = sorted(os.listdir(spec))
+        files = [os.path.join(spec, n) for n in names if input_kind(n) is not None]
+        files = [f for f in files if os.path.isfile(f)]
+        if not files:
+            raise BadInputError(
+                f"folder {spec} holds no image or video files "
+                f"(extensions {IMAGE_EXTENSIONS + VIDEO_EXTENSIONS})"
+            )
+        return files
+    if os.path.isfile(spec):
+        return [spec]
+    if any(c in spec for c in _GLOB_CHARS):
+        files = sorted(f for f in glob.glob(spec, recursive=True) if os.path.isfile(f))
+        files = [f for f in files if input_kind(f) is not None]
+        if not files:
+            raise BadInputError(f"glob pattern {spec!r} matches no image or video file")
+        return files
+    raise BadInputError(f"input not found: {spec}")
+
+
+def expand_inputs(specs: Sequence[str], *, skip_bad: bool = False) -> list[InputItem]:
+    """Expand files, folders and globs into :class:`InputItem` s, in the order given.
+
+    A file whose extension is neither an image nor a video one is read as an image (so that
+    unusual extensions still work; a decoding failure names it later). With ``skip_bad``, specs
+    that exist nowhere are skipped with a warning instead of raising.
+    """
+    paths: list[str] = []
+    for spec in specs:
+        try:
+            paths.extend(_expand_one(spec))
+        except BadInputError as exc:
+            if not skip_bad:
+                raise
+            print(f"warning: skipping input: {exc}")
+    items: list[InputItem] = []
+    seen: dict[str, int] = {}
+    for path in dict.fromkeys(paths):  # drop repeats, keep order
+        stem = os.path.splitext(os.path.basename(path))[0]
+        seen[stem] = seen.get(stem, 0) + 1
+        name = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
+        items.append(InputItem(path=path, kind=input_kind(path) or "image", name=name))
+    return items
+
+
+def read_image(path: str) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB (gray and alpha images converted); raises naming ``path``."""
+    if not os.path.isfile(path):
+        raise BadInputError(f"image not found: {path}")
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        raise BadInputError(f"cannot decode image (corrupt or not an image): {path}")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """``fps`` (frames per second; 0 when the file does not say) and ``num_frames`` (the file's
+    count, possibly approximate; 0 when unknown)."""
+
+    fps: float
+    num_frames: int
+
+
+def video_info(path: str) -> VideoInfo:
+    """Frame rate and frame count of a video file; raises naming ``path`` if it cannot open."""
+    capture = _open_video(path)
+    try:
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    finally:
+        capture.release()
+    return VideoInfo(fps=fps if fps > 0 else 0.0, num_frames=max(count, 0))
+
+
+def _open_video(path: str) -> cv2.VideoCapture:
+    if not os.path.isfile(path):
+        raise BadInputError(f"video not found: {path}")
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        capture.release()
+        raise BadInputError(f"cannot open video (corrupt or unsupported codec): {path}")
+    return capture
+
+
+def iter_video(path: str) -> Iterator[np.ndarray]:
+    """Frames of a video file as ``[H, W, 3]`` uint8 RGB; raises naming ``path`` if the file
+    cannot be opened or yields no frame."""
+    capture = _open_video(path)
+    count = 0
+    try:
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            count += 1
+            yield np.ascontiguousarray(bgr[..., ::-1])
+    finally:
+        capture.release()
+    if count == 0:
+        raise BadInputError(f"video has no decodable frame: {path}")
