@@ -19,10 +19,11 @@ from .config import load_config
 from .data.catalog import builtin_catalog
 from .data.synthetic_writer import register_synthetic, write_synthetic_dataset
 from .engine.build import build_trainer, save_config
-from .engine.distributed import init_from_env
+from .engine.distributed import init_from_env, is_main_process
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "quickstart" / "synthetic_axial.yaml"
+SAMPLES = REPO.parent / "shared" / "data" / "coco_panoptic_sample" / "images"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,8 +71,51 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     minutes = (time.perf_counter() - start) / 60
     print(f"\nheld-out synthetic scenes ({args.val_images}): " + ", ".join(
         f"{k} {v:.1f}" for k, v in metrics.items()))  # fmt: skip
+    if is_main_process():
+        folder = draw_predictions(trainer.unwrapped, catalog, cfg, device)
+        print(f"pictures of predictions in {folder}")
     print(f"total time {minutes:.1f} min; outputs in {cfg.OUTPUT_DIR}")
     return metrics
+
+
+def _enlarge(image, prediction: dict, min_side: int) -> tuple:
+    """Nearest-neighbour upscaling of small images and their maps, so pictures stay legible."""
+    k = max(1, -(-min_side // min(image.shape[:2])))
+    if k == 1:
+        return image, prediction
+    up = {
+        key: prediction[key].repeat(k, -2).repeat(k, -1)
+        for key in ("panoptic", "semantic", "center", "offset")
+    }
+    up["offset"] = up["offset"] * k
+    up["centers"] = prediction["centers"] * k + k // 2
+    return image.repeat(k, 0).repeat(k, 1), up
+
+
+def draw_predictions(model, catalog, cfg, device, count: int = 6) -> str:
+    """Picture tiles (overlay, semantic map, centers, offsets) of held-out synthetic scenes and of
+    the real COCO samples (a model trained on synthetic shapes: expect shapes, not COCO classes)."""
+    from .engine.evaluate import PostProcessing
+    from .engine.infer_net import render, write_image_outputs
+    from .engine.inference import Predictor
+    from .engine.inputs import read_image
+
+    records, metadata = catalog.get(cfg.DATASETS.TEST[0])
+    predictor = Predictor(
+        model, metadata=metadata, postprocessing=PostProcessing.from_config(cfg), device=device
+    )
+    folder = os.path.join(cfg.OUTPUT_DIR, "pictures")
+    os.makedirs(folder, exist_ok=True)
+    paths = [r["file_name"] for r in records[:count]]
+    paths += sorted(str(p) for p in SAMPLES.glob("*.jpg")) if SAMPLES.is_dir() else []
+    for path in paths:
+        image = read_image(path)
+        prediction = predictor.predict(image)
+        info = {"file_name": path}
+        big_image, big_prediction = _enlarge(image, prediction, min_side=320)
+        pictures = render(big_image, big_prediction, predictor.metadata)
+        write_image_outputs(folder, Path(path).stem, image, prediction, info, pictures)
+    return folder
 
 
 if __name__ == "__main__":
