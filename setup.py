@@ -34,8 +34,12 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "axial-deeplab-stats=axial_deeplab.tools.model_stats:main",
-            "axial-deeplab-convert=axial_deeplab.tools.convert_weights:main",
+            "axial-deeplab-train=axial_deeplab.engine.train_net:main",
+            "axial-deeplab-infer=axial_deeplab.engine.infer_net:main",
+            "axial-deeplab-eval-pq=axial_deeplab.evaluation.panoptic:main",
+            "axial-deeplab-quickstart=axial_deeplab.quickstart:main",
+            "axial-deeplab-stats=axial_deeplab.utils.model_stats:main",
+            "axial-deeplab-convert=axial_deeplab.checkpoint.authors:main",
         ]
     },
 )
