@@ -1,5 +1,8 @@
 """Map state dicts of the authors' PyTorch Axial-ResNet (csrhddlam/axial-deeplab) onto ours.
 
+Whole models: ``convert_authors_state_dict`` (checked against one of our variants) and the
+``axial-deeplab-convert`` command (``main``; ``tools/convert_weights.py``).
+
 Their ``AxialAttention`` layer stores (``C`` = width, ``G`` heads, ``gp = C / G``, ``K`` = kernel size):
 
 - ``qkv_transform.weight [2C, C_in, 1]``: per head ``g`` the channels ``[q (gp/2) | k (gp/2) | v (gp)]``.
@@ -16,6 +19,7 @@ Their ``AxialAttention`` layer stores (``C`` = width, ``G`` heads, ``gp = C / G`
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 
@@ -70,3 +74,166 @@ def convert_attention_layer(
     out["key_rel"] = k_rel.clone()
     out["value_rel"] = v_rel.flip(-1).clone()
     return out
+
+
+# Their module names -> ours, inside one block (``layerI.J.`` -> ``stages.{I-1}.J.``).
+BLOCK_MODULES = {
+    "conv_down": "reduce",
+    "bn1": "reduce_norm",
+    "conv_up": "expand",
+    "bn2": "expand_norm",
+    "downsample.0": "shortcut.0",
+    "downsample.1": "shortcut.1",
+}
+ATTENTION_MODULES = {"hight_block": "height_attention", "width_block": "width_attention"}
+# Their top-level modules -> ours (7x7 stem and classifier).
+TOP_MODULES = {"conv1": "stem.0", "bn1": "stem.1", "fc": "fc"}
+
+
+def _split_layer_key(key: str) -> tuple[str, str] | None:
+    """``"layer2.1.bn1.weight"`` -> (``"stages.1.1."``, ``"bn1.weight"``); None if not a block key."""
+    parts = key.split(".", 2)
+    if len(parts) < 3 or not parts[0].startswith("layer") or not parts[1].isdigit():
+        return None
+    stage = int(parts[0].removeprefix("layer")) - 1
+    return f"stages.{stage}.{parts[1]}.", parts[2]
+
+
+def convert_axial_resnet(
+    src: Mapping[str, torch.Tensor], num_heads: int = 8
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Convert the authors' ``AxialAttentionNet`` state dict (``axial26s``, ``axial50s/m/l``).
+
+    Returns our state dict (for ``variants.build_variant(name)``) and the authors' keys that were
+    not used (``flatten_index`` buffers are recomputed by our layer and not reported).
+    """
+    out: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    attention_prefixes: dict[str, str] = {}  # theirs -> ours, e.g. layer1.0.hight_block
+    for key, value in src.items():
+        if key.endswith("flatten_index"):
+            used.add(key)
+            continue
+        split = _split_layer_key(key)
+        if split is None:
+            module, _, suffix = key.rpartition(".")
+            if module in TOP_MODULES:
+                out[f"{TOP_MODULES[module]}.{suffix}"] = value.clone()
+                used.add(key)
+            continue
+        prefix, rest = split
+        attention = rest.split(".", 1)[0]
+        if attention in ATTENTION_MODULES:
+            theirs = key[: len(key) - len(rest)] + attention
+            attention_prefixes[theirs] = prefix + ATTENTION_MODULES[attention]
+            continue
+        module, _, suffix = rest.rpartition(".")
+        if module in BLOCK_MODULES:
+            out[f"{prefix}{BLOCK_MODULES[module]}.{suffix}"] = value.clone()
+            used.add(key)
+    for theirs, ours in sorted(attention_prefixes.items()):
+        layer = {k[len(theirs) + 1 :]: v for k, v in src.items() if k.startswith(theirs + ".")}
+        try:
+            converted = convert_attention_layer(layer, num_heads)
+        except KeyError as err:
+            raise ValueError(f"{theirs}: incomplete attention layer, missing {err}") from err
+        out.update({f"{ours}.{k}": v for k, v in converted.items()})
+        used.update(f"{theirs}.{k}" for k in layer if k != "flatten_index")
+    return out, sorted(set(src) - used)
+
+
+@dataclass
+class ConversionReport:
+    """What did not match when converting the authors' state dict to one of our variants."""
+
+    unused: list[str] = field(default_factory=list)  # their keys that map to nothing
+    missing: list[str] = field(default_factory=list)  # our model's keys not produced
+    unexpected: list[str] = field(default_factory=list)  # produced keys our model lacks
+    shape: list[str] = field(default_factory=list)  # "key: converted [..] vs model [..]"
+
+    @property
+    def ok(self) -> bool:
+        return not (self.unused or self.missing or self.unexpected or self.shape)
+
+    def format(self) -> str:
+        """One section per non-empty list, every key on its own line."""
+        sections = {
+            "unused (theirs)": self.unused,
+            "missing (ours)": self.missing,
+            "unexpected (not in our model)": self.unexpected,
+            "shape mismatch": self.shape,
+        }
+        return "\n".join(
+            f"{title}: {len(keys)} key(s)\n  " + "\n  ".join(keys)
+            for title, keys in sections.items()
+            if keys
+        )
+
+
+def unwrap_state_dict(obj: Mapping) -> dict[str, torch.Tensor]:
+    """The state dict inside ``{"state_dict": ...}`` / ``{"model": ...}``, without the ``module.``
+    prefixes of ``DataParallel`` (how the authors' training script saves)."""
+    for key in ("state_dict", "model"):
+        if key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def convert_authors_state_dict(
+    state: Mapping[str, torch.Tensor], *, variant: str, num_heads: int = 8
+) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    """The authors' ``AxialAttentionNet`` state dict (maybe wrapped) -> ours for ``variant``.
+
+    Returns the converted state dict and a report of every key that did not match our
+    ``build_variant(variant)`` (built on the meta device: names and shapes only).
+    """
+    from ..modeling.backbone.variants import build_variant
+
+    converted, unused = convert_axial_resnet(unwrap_state_dict(state), num_heads)
+    with torch.device("meta"):
+        expected = build_variant(variant, num_heads=num_heads).state_dict()
+    report = ConversionReport(
+        unused=unused,
+        missing=sorted(set(expected) - set(converted)),
+        unexpected=sorted(set(converted) - set(expected)),
+        shape=[
+            f"{k}: converted {list(converted[k].shape)} vs model {list(v.shape)}"
+            for k, v in expected.items()
+            if k in converted and converted[k].shape != v.shape
+        ],
+    )
+    return converted, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``axial-deeplab-convert THEIRS.pth OURS.pth --variant axial26s``: convert, check, save.
+
+    Exits 1 without writing when any key does not match, unless ``--allow-partial`` (then only
+    the keys that match our model in name and shape are written, for ``strict=False`` loading).
+    """
+    import argparse
+
+    from ..modeling.backbone.variants import VARIANTS
+    from .io import load_state_dict_file, save_atomic
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("input", help="the authors' checkpoint (state dict, maybe wrapped)")
+    parser.add_argument("output", help="where to write our state dict (weights-only loadable)")
+    parser.add_argument("--variant", required=True, choices=sorted(VARIANTS))
+    parser.add_argument("--num-heads", type=int, default=8)
+    parser.add_argument("--allow-partial", action="store_true", help="write despite mismatches")
+    args = parser.parse_args(argv)
+    state = load_state_dict_file(args.input)
+    converted, report = convert_authors_state_dict(
+        state, variant=args.variant, num_heads=args.num_heads
+    )
+    if not report.ok:
+        print(report.format())
+        if not args.allow_partial:
+            print(f"not written: {args.input} does not match our {args.variant}")
+            return 1
+        bad = set(report.unexpected) | {line.split(":", 1)[0] for line in report.shape}
+        converted = {k: v for k, v in converted.items() if k not in bad}
+    save_atomic(converted, args.output)
+    print(f"wrote {len(converted)} tensors to {args.output} ({args.variant})")
+    return 0

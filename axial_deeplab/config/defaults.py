@@ -26,7 +26,7 @@ _C.MODEL.BACKBONE.FREEZE_AT = 0  # detectron2 key; 0 trains every stage
 
 _C.MODEL.AXIAL_RESNET = _YacsNode()
 _C.MODEL.AXIAL_RESNET.VARIANT = "axial_resnet_s"  # name in the variant table (S/M/L/XL, axial26s...)
-_C.MODEL.AXIAL_RESNET.SPAN = 65  # attention span m (local) or relative-table reach (global)
+_C.MODEL.AXIAL_RESNET.SPAN = 65  # span m (local) or table reach (global); 0: the variant's
 _C.MODEL.AXIAL_RESNET.SPAN_MODE = "local"  # "local": m positions centred on the query; "global"
 _C.MODEL.AXIAL_RESNET.OUTPUT_STRIDE = 16  # 16 (last stage not strided) or 32
 _C.MODEL.AXIAL_RESNET.STRIDE_MODE = ""  # "subsample" after each axis, "avgpool" (authors'); "": variant's
@@ -127,6 +127,10 @@ _C.SOLVER.AMP = False  # automatic mixed precision (fp16 on GPUs, bf16 on CPUs)
 
 _C.TEST = _YacsNode()
 _C.TEST.EVAL_PERIOD = 0  # iterations between evaluations; 0: only at the end
+_C.TEST.AUG = _YacsNode()
+_C.TEST.AUG.ENABLED = False  # detectron2 key: test-time augmentation in inference (tools/infer.py)
+_C.TEST.AUG.FLIP = True  # detectron2 key: when enabled, add a horizontally flipped pass per scale
+_C.TEST.AUG.SCALES = [1.0]  # when enabled, input scale factors; outputs averaged at input size
 
 _C.OUTPUT_DIR = "./output"  # where checkpoints, logs and predictions go
 _C.LOG_PERIOD = 20  # iterations between metrics.json records

@@ -69,6 +69,12 @@ class AxialBlock(nn.Module):
         out = self.width_attention(self.height_attention(out))  # [N, w, H/s, W/s]
         out = self.expand_norm(self.expand(self.relu(out)))  # [N, 2w, H/s, W/s]
         identity = x if self.shortcut is None else self.shortcut(x)
+        if identity.shape != out.shape:  # avg-pool striding floors odd sizes, the shortcut ceils
+            raise ValueError(
+                f"axial block: attention output {list(out.shape)} and shortcut "
+                f"{list(identity.shape)} differ; with stride_mode='avgpool' the input height and "
+                f"width must be even at every strided block"
+            )
         return self.relu(out + identity)
 
 

@@ -1,0 +1,190 @@
+"""Axial-ResNet variants as data (name -> keyword arguments) and the one builder that reads them.
+
+Panoptic backbones ``axial_resnet_s/m/l/xl`` (Axial-DeepLab, Wang et al. 2020; deeplab2
+``AxialDeepLab{S,L}``): ResNet-50 layout, every stage axial, the Inception stem, local span 65,
+output stride 16. Their stem widths (64, 64, 128) are scaled by the width multiplier, as in the
+authors' ImageNet stems. deeplab2 keeps them at 1x, but only the scaled stem matches the paper's
+multiply-adds at 1025 x 2049: Axial-ResNet-S alone costs 173 G scaled, 217 G unscaled, against
+220.8 G for the paper's whole Axial-DeepLab-S. ``axial_resnet_tiny``: [1, 1, 1, 1] at multiplier 0.25,
+for tests and the CPU quick start.
+
+ImageNet classifiers (the authors' ``lib/models/axialnet.py``): 7x7 stem of ``int(64 s)`` channels,
+global attention whose span is each block's input size at 224x224 (56; 56, 28; 28, 14; 14, 7),
+average-pool striding, a 1000-way linear head. Parameters: 5,944,936 / 11,586,216 / 25,179,400 /
+43,973,480 (``axial26s``, ``axial50s``, ``axial50m``, ``axial50l``), as counted on their code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .axial_resnet import STAGE_NAMES, AxialResNet, make_stage
+from .stems import STEMS, Stem, axial_stem, conv7_stem, inception_stem
+
+_PANOPTIC: dict[str, Any] = dict(
+    layers=(3, 4, 6, 3),
+    stem="inception",
+    span=65,
+    span_mode="local",
+    stride_mode="subsample",
+    output_stride=16,
+    out_features=("res2", "res3", "res5"),
+)
+_IMAGENET: dict[str, Any] = dict(
+    stem="conv7",
+    span=0,  # 0: each block's input length at ``image_size`` (the authors' kernel_size)
+    image_size=224,
+    span_mode="global",
+    stride_mode="avgpool",
+    output_stride=32,
+    num_classes=1000,
+    out_features=("linear",),
+)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "axial_resnet_s": dict(_PANOPTIC, width_multiplier=0.5, stem_width_multiplier=0.5),
+    "axial_resnet_m": dict(_PANOPTIC, width_multiplier=0.75, stem_width_multiplier=0.75),
+    "axial_resnet_l": dict(_PANOPTIC, width_multiplier=1.0, stem_width_multiplier=1.0),
+    "axial_resnet_xl": dict(_PANOPTIC, width_multiplier=2.0, stem_width_multiplier=2.0),
+    "axial_resnet_tiny": dict(
+        _PANOPTIC, layers=(1, 1, 1, 1), width_multiplier=0.25, stem_width_multiplier=0.25
+    ),
+    "axial26s": dict(
+        _IMAGENET, layers=(1, 2, 4, 1), width_multiplier=0.5, stem_width_multiplier=0.5
+    ),
+    "axial50s": dict(
+        _IMAGENET, layers=(3, 4, 6, 3), width_multiplier=0.5, stem_width_multiplier=0.5
+    ),
+    "axial50m": dict(
+        _IMAGENET, layers=(3, 4, 6, 3), width_multiplier=0.75, stem_width_multiplier=0.75
+    ),
+    "axial50l": dict(
+        _IMAGENET, layers=(3, 4, 6, 3), width_multiplier=1.0, stem_width_multiplier=1.0
+    ),
+}
+
+
+def stage_strides(output_stride: int) -> tuple[int, ...]:
+    """First-block stride of res2..res5; the stem already has stride 4."""
+    if output_stride not in (16, 32):
+        raise ValueError(f"output_stride: expected 16 or 32, got {output_stride}")
+    return (1, 2, 2, 2) if output_stride == 32 else (1, 2, 2, 1)
+
+
+def input_size_spans(
+    layers: Sequence[int], strides: Sequence[int], image_size: int
+) -> list[list[int]]:
+    """Span of every block = the length of its input at ``image_size`` (stem stride 4): global
+    attention over exactly the whole axis, as the authors' ``kernel_size`` at 224."""
+    size = image_size // 4
+    spans = []
+    for n, s in zip(layers, strides, strict=True):
+        spans.append([size] + [size // s] * (n - 1))
+        size //= s
+    return spans
+
+
+def _make_stem(stem: str, multiplier: float, **axial: Any) -> Stem:
+    if stem == "conv7":
+        return conv7_stem(int(64 * multiplier))
+    if stem == "inception":
+        return inception_stem((int(64 * multiplier), int(64 * multiplier), int(128 * multiplier)))
+    if stem == "axial":
+        return axial_stem(**axial)
+    raise ValueError(f"stem: expected one of {STEMS}, got {stem!r}")
+
+
+def axial_resnet(
+    variant: str,
+    *,
+    layers: Sequence[int],
+    width_multiplier: float,
+    stem: str,
+    stem_width_multiplier: float,
+    span: int,
+    span_mode: str,
+    stride_mode: str,
+    output_stride: int,
+    out_features: Sequence[str],
+    num_classes: int = 0,
+    image_size: int = 224,
+    num_heads: int = 8,
+    gradient_checkpointing: bool = False,
+) -> AxialResNet:
+    """An ``AxialResNet`` from explicit hyper-parameters (``variant`` only names it in errors).
+
+    ``span > 0``: every block uses it; ``span == 0``: each block's input length at
+    ``image_size`` (see ``input_size_spans``). Stage ``i`` has attention width
+    ``int(128 * 2**i * width_multiplier)`` and ``2x`` that many output channels.
+    """
+    if len(layers) != len(STAGE_NAMES):
+        raise ValueError(f"{variant}: layers needs {len(STAGE_NAMES)} block counts, got {layers}")
+    strides = stage_strides(output_stride)
+    if span > 0:
+        spans = [[span] * n for n in layers]
+    elif span == 0:
+        spans = input_size_spans(layers, strides, image_size)
+    else:
+        raise ValueError(f"{variant}: span must be >= 0, got {span}")
+    attn = dict(span_mode=span_mode, stride_mode=stride_mode, num_heads=num_heads)
+    stem_module = _make_stem(
+        stem,
+        stem_width_multiplier,
+        num_heads=num_heads,
+        stride_mode=stride_mode,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+    stages, channels = [], stem_module.out_channels
+    for i, (block_spans, stride) in enumerate(zip(spans, strides, strict=True)):
+        width = int(128 * 2**i * width_multiplier)
+        stages.append(
+            make_stage(
+                channels,
+                width,
+                block_spans,
+                stride=stride,
+                gradient_checkpointing=gradient_checkpointing,
+                **attn,
+            )
+        )
+        channels = 2 * width
+    return AxialResNet(
+        stem_module,
+        stages,
+        stage_strides=strides,
+        out_features=out_features,
+        num_classes=num_classes,
+        size_divisibility=output_stride if stride_mode == "avgpool" else 0,
+    )
+
+
+def build_variant(name: str, **overrides: Any) -> AxialResNet:
+    """The variant ``name`` of ``VARIANTS``, with keyword ``overrides`` of its table entries."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown Axial-ResNet variant {name!r}; known: {sorted(VARIANTS)}")
+    return axial_resnet(name, **{**VARIANTS[name], **overrides})
+
+
+def build_axial_resnet_backbone(cfg) -> AxialResNet:
+    """The backbone of ``cfg.MODEL.AXIAL_RESNET``: its ``VARIANT`` row with the config's span,
+    span mode, output stride, heads, output features and checkpointing; an empty ``STEM`` or
+    ``STRIDE_MODE`` keeps the variant's, ``SPAN: 0`` its spans. No classifier head."""
+    c = cfg.MODEL.AXIAL_RESNET
+    overrides: dict[str, Any] = dict(
+        span_mode=c.SPAN_MODE,
+        output_stride=c.OUTPUT_STRIDE,
+        num_heads=c.NUM_HEADS,
+        out_features=tuple(c.OUT_FEATURES),
+        gradient_checkpointing=c.GRADIENT_CHECKPOINTING,
+        num_classes=0,
+    )
+    if c.SPAN:
+        overrides["span"] = c.SPAN
+    if c.STEM:
+        overrides["stem"] = c.STEM
+    if c.STRIDE_MODE:
+        overrides["stride_mode"] = c.STRIDE_MODE
+    try:
+        return build_variant(c.VARIANT, **overrides)
+    except ValueError as err:
+        raise ValueError(f"MODEL.AXIAL_RESNET: {err}") from err
