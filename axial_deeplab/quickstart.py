@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if trainer.resume():
         print(f"resumed from iteration {trainer.iteration} in {cfg.OUTPUT_DIR}")
     metrics = trainer.train()
+    if not metrics and trainer.evaluate is not None:  # resumed a finished run: evaluate it again
+        metrics = trainer.evaluate(trainer.model)
     minutes = (time.perf_counter() - start) / 60
     print(f"\nheld-out synthetic scenes ({args.val_images}): " + ", ".join(
         f"{k} {v:.1f}" for k, v in metrics.items()))  # fmt: skip
