@@ -20,6 +20,7 @@ from .data.catalog import builtin_catalog
 from .data.synthetic_writer import register_synthetic, write_synthetic_dataset
 from .engine.build import build_trainer, save_config
 from .engine.distributed import init_from_env, is_main_process
+from .utils.atomic import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "quickstart" / "synthetic_axial.yaml"
@@ -48,9 +49,7 @@ def prepare_data(out_dir: str, *, train: int, val: int, seed: int, size: tuple[i
         out_dir, splits={"train": train, "val": val}, height=size[0], width=size[1], seed=seed,
         formats=("coco",),
     )  # fmt: skip
-    with open(marker + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(wanted, f)
-    os.replace(marker + ".tmp", marker)
+    write_json(marker, wanted)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

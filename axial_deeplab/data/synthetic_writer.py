@@ -17,13 +17,12 @@ stuff and crowd regions.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 
-import cv2
 import numpy as np
 
+from ..utils.atomic import write_json, write_rgb_png
 from .catalog import DatasetCatalog
 from .panoptic_io import write_panoptic_png
 from .synthetic import SYNTHETIC_CLASSES, Scene, synthetic_scene
@@ -58,21 +57,6 @@ def panoptic_ids(scene: Scene, category_ids: list[int]) -> tuple[np.ndarray, lis
              "bbox": bbox}
         )  # fmt: skip
     return ids[scene.segments], segments
-
-
-def _write_image(path: str, image: np.ndarray) -> None:
-    """Write an ``[H, W, 3]`` RGB uint8 image as PNG, atomically."""
-    tmp = f"{path}.tmp.png"
-    if not cv2.imwrite(tmp, np.ascontiguousarray(image[..., ::-1])):
-        raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
-
-
-def _write_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
 
 
 def scene_seed(seed: int, split_index: int, index: int) -> np.random.SeedSequence:
@@ -129,7 +113,7 @@ class _CocoWriter:
     def add(self, index: int, scene: Scene) -> None:
         name = f"synth_{index:06d}.png"
         ids, segments = panoptic_ids(scene, self.cat_ids)
-        _write_image(os.path.join(self.image_dir, name), scene.image)
+        write_rgb_png(os.path.join(self.image_dir, name), scene.image)
         write_panoptic_png(os.path.join(self.png_dir, name), ids)
         height, width = ids.shape
         self.images.append({"id": index, "file_name": name, "height": height, "width": width})
@@ -142,7 +126,7 @@ class _CocoWriter:
             "annotations": self.annotations,
             "categories": coco_categories(),
         }
-        _write_json(self.json_file, data)
+        write_json(self.json_file, data)
         return {"json_file": self.json_file, "png_dir": self.png_dir, "image_dir": self.image_dir}
 
 
@@ -160,7 +144,7 @@ class _CityscapesWriter:
     def add(self, index: int, scene: Scene) -> None:
         stem = f"synth_{index:06d}_000019"
         ids, segments = panoptic_ids(scene, self.cat_ids)
-        _write_image(os.path.join(self.image_dir, "synth", f"{stem}_leftImg8bit.png"), scene.image)
+        write_rgb_png(os.path.join(self.image_dir, "synth", f"{stem}_leftImg8bit.png"), scene.image)
         png_name = f"{stem}_gtFine_panoptic.png"
         write_panoptic_png(os.path.join(self.png_dir, png_name), ids)
         height, width = ids.shape
@@ -178,7 +162,7 @@ class _CityscapesWriter:
             for name, label_id, _, isthing, color in CITYSCAPES_CLASSES
         ]
         data = {"images": self.images, "annotations": self.annotations, "categories": categories}
-        _write_json(self.json_file, data)
+        write_json(self.json_file, data)
         return {"json_file": self.json_file, "png_dir": self.png_dir, "image_dir": self.image_dir}
 
 

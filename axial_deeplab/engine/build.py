@@ -15,6 +15,7 @@ from ..data.loader import build_test_loader
 from ..modeling.build import build_model
 from ..modeling.losses import PanopticDeepLabLoss
 from ..modeling.targets import PanopticTargetGenerator
+from ..utils.atomic import write_text
 from .distributed import get_rank, get_world_size, is_distributed
 from .evaluate import PostProcessing, evaluate_panoptic
 from .optim import build_lr_scheduler, build_optimizer, param_groups
@@ -126,8 +127,5 @@ def save_config(cfg) -> str:
     """Write the full config to ``OUTPUT_DIR/config.yaml`` (what a run used, for reproduction)."""
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(cfg.dump())
-    os.replace(tmp, path)
+    write_text(path, cfg.dump())
     return path

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from ..config import load_config
 from ..data.panoptic_io import write_panoptic_png
+from ..utils.atomic import write_json, write_rgb_png
 from ..utils.visualize import heatmap, offset_field, panoptic_overlay, semantic_map, tile
 from .evaluate import VOID_LABEL
 from .inference import InferenceMetadata, Predictor, as_metadata, build_predictor, resolve_device
@@ -148,20 +149,6 @@ def render(image: np.ndarray, prediction: dict, metadata: InferenceMetadata) -> 
     }
 
 
-def _write_picture(path: str, rgb: np.ndarray) -> None:
-    tmp = f"{path}.tmp.png"
-    if not cv2.imwrite(tmp, np.ascontiguousarray(rgb[..., ::-1])):
-        raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
-
-
-def _write_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
 def write_image_outputs(
     out_dir: str, name: str, image: np.ndarray, prediction: dict, info: dict, pictures: dict
 ) -> None:
@@ -174,8 +161,8 @@ def write_image_outputs(
         "panoptic_png": f"{name}_panoptic.png",
         "segments_info": prediction["segments_info"],
     }
-    _write_json(os.path.join(out_dir, f"{name}.json"), record)
-    _write_picture(os.path.join(out_dir, f"{name}_vis.png"), tile(pictures))
+    write_json(os.path.join(out_dir, f"{name}.json"), record, indent=1)
+    write_rgb_png(os.path.join(out_dir, f"{name}_vis.png"), tile(pictures))
 
 
 def _settings(predictor: Predictor) -> dict:
@@ -228,7 +215,7 @@ def _predict_video(
     os.replace(tmp, video_path)
     record = {"file_name": item.path, "fps": info.fps, **_settings(predictor)}
     record["overlay_video"] = os.path.basename(video_path)
-    _write_json(os.path.join(out_dir, f"{item.name}.json"), {**record, "frames": records})
+    write_json(os.path.join(out_dir, f"{item.name}.json"), {**record, "frames": records}, indent=1)
     return len(records)
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint.io import save_atomic
+from ..utils.atomic import write_text
 from .distributed import is_main_process
 from .events import EventWriter
 
@@ -120,7 +121,7 @@ class Trainer:
         if is_main_process():
             save_atomic(self.state_dict(), path)
             if name != "model_best":
-                _write_text_atomic(os.path.join(self.options.output_dir, LAST_CHECKPOINT), name)
+                write_text(os.path.join(self.options.output_dir, LAST_CHECKPOINT), name)
         return path
 
     def resume(self) -> bool:
@@ -221,10 +222,3 @@ class Trainer:
             self.best = value
             self.save("model_best")
         return metrics
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
