@@ -36,24 +36,29 @@ class PostProcessing:
 
 
 def panoptic_prediction(
-    outputs: dict[str, torch.Tensor], metadata: DatasetMetadata, settings: PostProcessing
-) -> torch.Tensor:
+    outputs: dict[str, torch.Tensor],
+    settings: PostProcessing,
+    *,
+    thing_ids: Iterable[int],
+    label_divisor: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One image's raw outputs (``[K, H, W]``, ``[1, H, W]``, ``[2, H, W]``) to ``[H, W]`` labels
-    ``class * label_divisor + instance``, ``VOID_LABEL`` where void."""
+    ``class * label_divisor + instance`` (``VOID_LABEL`` where void) and centers ``[M, 2] (y, x)``.
+    """
     semantic = outputs["semantic"].argmax(0, keepdim=True)  # [1, H, W]
-    panoptic, _ = get_panoptic_segmentation(
+    panoptic, centers = get_panoptic_segmentation(
         semantic,
         outputs["center"],
         outputs["offset"],
-        thing_ids=metadata.thing_train_ids,
-        label_divisor=metadata.label_divisor,
+        thing_ids=thing_ids,
+        label_divisor=label_divisor,
         stuff_area=settings.stuff_area,
         void_label=VOID_LABEL,
         threshold=settings.threshold,
         nms_kernel=settings.nms_kernel,
         top_k=settings.top_k,
     )
-    return panoptic[0]
+    return panoptic[0], centers
 
 
 def labels_to_segments(
@@ -117,7 +122,11 @@ def evaluate_panoptic(
             outputs = model(batch["image"].to(device).float())
             for i in range(batch["image"].shape[0]):
                 one = {k: v[i] for k, v in outputs.items()}
-                labels = panoptic_prediction(one, metadata, settings).cpu().numpy()
+                labels, _ = panoptic_prediction(
+                    one, settings, thing_ids=metadata.thing_train_ids,
+                    label_divisor=metadata.label_divisor,
+                )  # fmt: skip
+                labels = labels.cpu().numpy()
                 pred_ids, pred_segments = labels_to_segments(
                     labels, label_divisor=metadata.label_divisor,
                     thing_ids=metadata.thing_train_ids,

@@ -20,8 +20,8 @@ from torch import nn
 
 from ..data.catalog import DatasetMetadata
 from ..modeling.panoptic_deeplab import upsample, upsample_offsets
-from ..modeling.postprocessing import get_instances, get_panoptic_segmentation
-from .evaluate import VOID_LABEL, PostProcessing, labels_to_segments
+from ..modeling.postprocessing import get_instances
+from .evaluate import PostProcessing, labels_to_segments, panoptic_prediction
 
 
 @dataclass(frozen=True)
@@ -235,19 +235,10 @@ class Predictor:
         """
         raw = self.raw(image)
         meta, post = self.metadata, self.postprocessing
-        semantic = raw["semantic"].argmax(0, keepdim=True)  # [1, H, W]
-        panoptic, centers = get_panoptic_segmentation(
-            semantic,
-            raw["center"],
-            raw["offset"],
-            thing_ids=meta.thing_ids,
-            label_divisor=meta.label_divisor,
-            stuff_area=post.stuff_area,
-            void_label=VOID_LABEL,
-            threshold=post.threshold,
-            nms_kernel=post.nms_kernel,
-            top_k=post.top_k,
+        panoptic, centers = panoptic_prediction(
+            raw, post, thing_ids=meta.thing_ids, label_divisor=meta.label_divisor
         )
+        panoptic = panoptic[None]  # [1, H, W]
         scores = segment_scores(
             panoptic[0],
             raw["semantic"],
@@ -266,7 +257,7 @@ class Predictor:
             segment["label"] = label
         return {
             "panoptic": labels,
-            "semantic": semantic[0].cpu().numpy(),
+            "semantic": raw["semantic"].argmax(0).cpu().numpy(),
             "center": raw["center"][0].cpu().numpy(),
             "offset": raw["offset"].cpu().numpy(),
             "centers": centers.cpu().numpy(),
