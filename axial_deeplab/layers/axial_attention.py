@@ -19,7 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .relative_position import local_mask, relative_index, table_size
+from .attention_core import attend
+from .batch_norm import running_affine, sync_moments, update_running_stats, uses_batch_stats
+from .logit_stats import logit_moments
+from .relative_position import extended_index, table_size
 
 AXES = {"height": 2, "width": 3}
 STRIDE_MODES = ("subsample", "avgpool")
@@ -102,51 +105,67 @@ class AxialAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected input [N, {self.in_channels}, H, W], got {list(x.shape)}"
-            )
+            raise ValueError(f"expected input [N, {self.in_channels}, H, W], got {list(x.shape)}")
         n, _, h, w = x.shape
-        qkv = self.qkv_norm(self.qkv_proj(x))  # [N, 2C, H, W]
         if self.axis == "height":
-            qkv = qkv.permute(0, 3, 1, 2)  # [N, W, 2C, H]
+            lines = x.permute(0, 3, 1, 2)  # [N, W, C_in, H]
         else:
-            qkv = qkv.permute(0, 2, 1, 3)  # [N, H, 2C, W]
-        n_lines, length = qkv.shape[1], qkv.shape[3]
-        qkv = qkv.reshape(n * n_lines, 2 * self.out_channels, length)  # [B, 2C, L]
-        out = self._attend(qkv)  # [B, 2C, L]: [sum w*v | sum w*rv]
-        out = out.reshape(n, n_lines, 2 * self.out_channels, length)
+            lines = x.permute(0, 2, 1, 3)  # [N, H, C_in, W]
+        n_lines, length = lines.shape[1], lines.shape[3]
+        lines = lines.reshape(n * n_lines, self.in_channels, length)  # [B, C_in, L]
+        out = self._attend(self._project(lines))  # [B, 2C, L]: [sum W v | sum W rv]
+        out = self.output_norm(out.unsqueeze(-1)).squeeze(-1)  # [B, 2C, L]
+        out = out.view(n, n_lines, 2, self.out_channels, length).sum(dim=2)  # [N, lines, C, L]
         if self.axis == "height":
-            out = out.permute(0, 2, 3, 1)  # [N, 2C, H, W]
+            out = out.permute(0, 2, 3, 1)  # [N, C, H, W]
         else:
-            out = out.permute(0, 2, 1, 3)  # [N, 2C, H, W]
-        out = self.output_norm(out)
-        out = out[:, : self.out_channels] + out[:, self.out_channels :]  # [N, C, H, W]
+            out = out.permute(0, 2, 1, 3)  # [N, C, H, W]
         return self._apply_stride(out)
+
+    def _project(self, lines: torch.Tensor) -> torch.Tensor:
+        """``qkv_norm(qkv_proj(lines))`` for ``lines [B, C_in, L]``; returns ``[B, 2C, L]``."""
+        weight = self.qkv_proj.weight.flatten(2)  # [2C, C_in, 1]
+        if uses_batch_stats(self.qkv_norm):
+            qkv = F.conv1d(lines, weight).unsqueeze(-1)  # [B, 2C, L, 1]
+            return self.qkv_norm(qkv).squeeze(-1)  # [B, 2C, L]
+        scale, shift = running_affine(self.qkv_norm)  # [2C] each
+        return F.conv1d(lines, weight * scale[:, None, None], shift)  # [B, 2C, L]
 
     def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """Attention along the last axis of ``qkv [B, 2C, L]``; returns ``[B, 2C, L]``."""
         b, _, length = qkv.shape
         g, dk, dv = self.num_heads, self.key_channels, self.value_channels
         q, k, v = torch.split(qkv, [g * dk, g * dk, g * dv], dim=1)
-        q = q.reshape(b, g, dk, length)  # [B, G, dk, L]
-        k = k.reshape(b, g, dk, length)  # [B, G, dk, L]
-        v = v.reshape(b, g, dv, length)  # [B, G, dv, L]
-        index = relative_index(length, self.query_rel.shape[1], device=qkv.device)  # [L, L]
-        rq = self.query_rel[:, index]  # [dk, L, L]: rq[:, o, p] = r_{p-o}
-        rk = self.key_rel[:, index]  # [dk, L, L]
-        rv = self.value_rel[:, index]  # [dv, L, L]
-        qk = torch.einsum("bgco,bgcp->bgop", q, k)  # [B, G, L, L]
-        qr = torch.einsum("bgco,cop->bgop", q, rq)  # [B, G, L, L]
-        kr = torch.einsum("bgcp,cop->bgop", k, rk)  # [B, G, L, L]
-        logits = self.logits_norm(torch.cat([qk, qr, kr], dim=1))  # [B, 3G, L, L]
-        logits = logits.reshape(b, 3, g, length, length).sum(dim=1)  # [B, G, L, L]
-        if self.span_mode == "local" and length > self.span // 2 + 1:
-            mask = local_mask(length, self.span, device=qkv.device)
-            logits = logits.masked_fill(mask, float("-inf"))
-        weights = logits.softmax(dim=-1)  # [B, G, L(o), L(p)]
-        sv = torch.einsum("bgop,bgcp->bgco", weights, v)  # [B, G, dv, L]
-        sve = torch.einsum("bgop,cop->bgco", weights, rv)  # [B, G, dv, L]
-        return torch.cat([sv.reshape(b, g * dv, length), sve.reshape(b, g * dv, length)], dim=1)
+        q = q.view(b, g, dk, length)  # [B, G, dk, L]
+        k = k.view(b, g, dk, length)  # [B, G, dk, L]
+        v = v.view(b, g, dv, length)  # [B, G, dv, L]
+        scales = self._logit_scales(q, k).view(3, g, 1, 1)  # [3, G, 1, 1]
+        return attend(
+            q * scales[0],
+            k,
+            q * scales[1],
+            k * scales[2],
+            v,
+            (self.query_rel, self.key_rel, self.value_rel),
+            span=self.span if self.span_mode == "local" else None,
+        )
+
+    def _logit_scales(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """BN scale ``gamma / sqrt(var + eps)`` of each logit term and head, ``[3 * G]``.
+
+        The BN shift is constant over the softmax axis and cancels, in train and in eval mode.
+        """
+        bn = self.logits_norm
+        if uses_batch_stats(bn):
+            index = extended_index(q.shape[-1], self.query_rel.shape[1], device=q.device)
+            mean, var, count = logit_moments(q, k, self.query_rel[:, index], self.key_rel[:, index])
+            mean, var = sync_moments(bn, mean, var, count)
+            update_running_stats(bn, mean, var, count)
+        else:
+            var = bn.running_var
+        # The shift's true gradient is exactly zero; keep it in the graph (DDP expects every
+        # parameter to receive a gradient).
+        return torch.addcmul(bn.bias * 0.0, bn.weight, torch.rsqrt(var + bn.eps))
 
     def _apply_stride(self, out: torch.Tensor) -> torch.Tensor:
         if self.stride == 1:

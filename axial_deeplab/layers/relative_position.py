@@ -43,3 +43,25 @@ def local_mask(length: int, span: int, device: torch.device | None = None) -> to
     """``[length, length]`` bool tensor, True where key ``p`` is outside query ``o``'s window."""
     pos = torch.arange(length, device=device)
     return (pos[None, :] - pos[:, None]).abs() > span // 2
+
+
+def pair_index(
+    queries: tuple[int, int],
+    keys: tuple[int, int],
+    size: int,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Table index of every (query, key) pair of a block: queries at positions ``[o0, o1)``, keys at
+    ``[p0, p1)``. Returns ``[o1 - o0, p1 - p0]`` int64, ``clip(p - o) + (size - 1) // 2``."""
+    reach = (size - 1) // 2
+    query = torch.arange(*queries, device=device)
+    key = torch.arange(*keys, device=device)
+    return (key[None, :] - query[:, None]).clamp(-reach, reach) + reach
+
+
+def extended_index(length: int, size: int, device: torch.device | None = None) -> torch.Tensor:
+    """Table index of every distance along an axis of ``length``: ``[2 * length - 1]`` int64, entry
+    ``j`` for distance ``j - (length - 1)``, clipped to the table's reach."""
+    reach = (size - 1) // 2
+    dist = torch.arange(2 * length - 1, device=device) - (length - 1)
+    return dist.clamp(-reach, reach) + reach

@@ -1,0 +1,202 @@
+"""The memory-lean core of position-sensitive axial attention, as pure functions.
+
+For one block of ``Lo`` queries and ``Lp`` keys of ``B`` lines times ``G`` heads (flattened to ``BG``),
+with the batch-norm scales already folded into the small operands::
+
+    A[o, p] = q1_o . k_p + q2_o . rq[o, :, p] + k3_p . rk[p, :, o]     (masked: -inf)
+    W = softmax_p(A)
+    sv[o] = sum_p W[o, p] v_p,    sve[o] = sum_p W[o, p] rv[o, p]
+
+where ``rq[o, :, p]``, ``rk[p, :, o]`` and ``rv[o, p]`` are the relative embeddings of distance
+``p - o`` (small ``[L, d, L]`` tables shared by the batch and the heads). The relative terms are
+matmuls batched over the position ``o`` (or ``p``) that index strided views of the ``[BG, Lo, Lp]``
+tensors, so nothing of size ``BG x L x L`` is gathered or copied for them.
+
+``AttentionCore`` saves only its small inputs and the softmax weights ``W`` and recomputes the rest in
+its backward, so a layer keeps one ``[BG, Lo, Lp]`` tensor for the backward pass; everything else
+runs in cache-sized chunks of lines.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .relative_position import pair_index
+
+
+def by_position(x: torch.Tensor) -> torch.Tensor:
+    """``[BG, d, L]`` -> ``[L, BG, d]`` (a contiguous copy; the operands are small)."""
+    return x.permute(2, 0, 1).contiguous()  # [L, BG, d]
+
+
+# Lines are processed in chunks of about this many logits (2 MiB in float32), so that the
+# temporaries of a chunk stay in cache and are reused instead of being freshly allocated.
+CHUNK_LOGITS = 1 << 19
+
+
+def line_chunks(lines: int, per_line: int) -> list[tuple[int, int]]:
+    """``[(l0, l1), ...]`` covering ``range(lines)`` with about ``CHUNK_LOGITS / per_line`` each."""
+    step = max(1, CHUNK_LOGITS // max(per_line, 1))
+    return [(start, min(start + step, lines)) for start in range(0, lines, step)]
+
+
+def attention_weights(q1, k, q2_o, rq, k3_p, rk, mask, out, scratch):
+    """Softmax weights of one chunk of ``BG'`` lines x heads, written to ``out [BG', Lo, Lp]``.
+
+    ``q2_o [Lo, BG', dk]`` and ``k3_p [Lp, BG', dk]`` are position-major; ``scratch`` holds
+    ``Lo * BG' * Lp`` elements (other shapes: see ``AttentionCore``).
+    """
+    n_q, bg, n_k = rq.shape[0], q1.shape[0], rk.shape[0]
+    logits = torch.bmm(q1.transpose(1, 2), k, out=out)  # [BG', Lo, Lp]
+    rel = torch.bmm(q2_o, rq, out=scratch.view(n_q, bg, n_k))  # [Lo, BG', Lp]
+    logits.permute(1, 0, 2).add_(rel)
+    rel = torch.bmm(k3_p, rk, out=scratch.view(n_k, bg, n_q))  # [Lp, BG', Lo]
+    logits.permute(2, 0, 1).add_(rel)
+    if mask is not None:
+        logits.masked_fill_(mask, float("-inf"))
+    # In place: the row-wise kernel reads a row before writing it.
+    return torch.softmax(logits, dim=-1, out=logits)  # [BG', Lo, Lp]
+
+
+def attend_values(weights, v, rv, out):
+    """``out [B', 2, G, dv, Lo]`` (``sum W v`` then ``sum W rv``) of ``weights [B'G, Lo, Lp]``."""
+    b, _, g, dv, n_q = out.shape
+    out[:, 0] = torch.bmm(v, weights.transpose(1, 2)).view(b, g, dv, n_q)  # [B'G, dv, Lo]
+    sve = torch.bmm(weights.permute(1, 0, 2), rv)  # [Lo, B'G, dv]
+    out[:, 1] = sve.view(n_q, b, g, dv).permute(1, 2, 3, 0)  # [B', G, dv, Lo]
+
+
+class AttentionCore(torch.autograd.Function):
+    """``(q1, k, q2, rq, k3, rk, v, rv, mask, heads) -> out``, saving only ``W`` besides the inputs.
+
+    Shapes: ``q1, q2 [BG, dk, Lo]``, ``k, k3 [BG, dk, Lp]``, ``v [BG, dv, Lp]``, ``rq [Lo, dk, Lp]``,
+    ``rk [Lp, dk, Lo]``, ``rv [Lo, Lp, dv]``, ``mask`` bool ``[Lo, Lp]`` or None, ``heads`` = G;
+    ``out [B, 2, G, dv, Lo]`` holds ``sum_p W v`` then ``sum_p W rv``. Work runs in chunks of lines
+    (``line_chunks``).
+    """
+
+    @staticmethod
+    def forward(ctx, q1, k, q2, rq, k3, rk, v, rv, mask, heads):  # noqa: D102
+        bg, _, n_q = q1.shape
+        n_k, b = k.shape[2], bg // heads
+        q2_o, k3_p = by_position(q2), by_position(k3)  # [Lo, BG, dk], [Lp, BG, dk]
+        weights = q1.new_empty(bg, n_q, n_k)  # [BG, Lo, Lp]
+        out = q1.new_empty(b, 2, heads, v.shape[1], n_q)
+        chunks = line_chunks(b, heads * n_q * n_k)
+        scratch = q1.new_empty((chunks[0][1] - chunks[0][0]) * heads * n_q * n_k)
+        for l0, l1 in chunks:
+            c = slice(l0 * heads, l1 * heads)
+            w = weights[c]
+            work = scratch[: w.numel()]
+            attention_weights(q1[c], k[c], q2_o[:, c], rq, k3_p[:, c], rk, mask, w, work)
+            attend_values(w, v[c], rv, out[l0:l1])
+        ctx.heads = heads
+        ctx.save_for_backward(q1, k, q2_o, rq, k3_p, rk, v, rv, weights)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        q1, k, q2_o, rq, k3_p, rk, v, rv, weights = ctx.saved_tensors
+        heads = ctx.heads
+        bg, n_q, n_k = weights.shape
+        grads = [torch.empty_like(t) for t in (q1, k, q2_o, k3_p, v)]
+        grad_q1, grad_k, grad_q2_o, grad_k3_p, grad_v = grads
+        # (In-place baddbmm_ falls back to a per-matrix loop on CPU: bmm then add instead.)
+        grad_rq, grad_rk, grad_rv = (torch.zeros_like(t) for t in (rq, rk, rv))
+        chunks = line_chunks(bg // heads, heads * n_q * n_k)
+        size = (chunks[0][1] - chunks[0][0]) * heads * n_q * n_k
+        work, scratch = q1.new_empty(size), q1.new_empty(size)
+        for l0, l1 in chunks:
+            c = slice(l0 * heads, l1 * heads)
+            w, n = weights[c], (l1 - l0) * heads
+            grad_sv = grad_out[l0:l1, 0].reshape(n, -1, n_q)  # [BG', dv, Lo]
+            grad_sve = grad_out[l0:l1, 1].permute(3, 0, 1, 2).reshape(n_q, n, -1)  # [Lo, BG', dv]
+            # Through the values.
+            grad_w = torch.bmm(grad_sv.transpose(1, 2), v[c], out=work[: w.numel()].view_as(w))
+            rel = torch.bmm(
+                grad_sve, rv.transpose(1, 2), out=scratch[: w.numel()].view(n_q, n, n_k)
+            )
+            grad_w.permute(1, 0, 2).add_(rel)  # [BG', Lo, Lp]
+            torch.bmm(grad_sv, w, out=grad_v[c])  # [BG', dv, Lp]
+            grad_rv += torch.bmm(w.permute(1, 2, 0), grad_sve)  # [Lo, Lp, dv]
+            # Softmax, in place: dA = W * (dW - sum_p W dW).
+            grad_a = torch.ops.aten._softmax_backward_data.out(
+                grad_w, w, -1, w.dtype, grad_input=grad_w
+            )  # [BG', Lo, Lp]
+            torch.bmm(k[c], grad_a.transpose(1, 2), out=grad_q1[c])  # [BG', dk, Lo]
+            torch.bmm(q1[c], grad_a, out=grad_k[c])  # [BG', dk, Lp]
+            grad_a_o = grad_a.permute(1, 0, 2)  # [Lo, BG', Lp]
+            grad_q2_o[:, c] = torch.bmm(grad_a_o, rq.transpose(1, 2))  # [Lo, BG', dk]
+            grad_rq += torch.bmm(q2_o[:, c].transpose(1, 2), grad_a_o)  # [Lo, dk, Lp]
+            # [BG', Lo, Lp] -> [Lp, BG', Lo] as a 2-D transpose of [BG' * Lo, Lp].
+            scratch[: w.numel()].view(n_k, -1).copy_(grad_a.view(-1, n_k).t())
+            grad_a_p = scratch[: w.numel()].view(n_k, n, n_q)  # [Lp, BG', Lo]
+            grad_k3_p[:, c] = torch.bmm(grad_a_p, rk.transpose(1, 2))  # [Lp, BG', dk]
+            grad_rk += torch.bmm(k3_p[:, c].transpose(1, 2), grad_a_p)  # [Lp, dk, Lo]
+        grad_q2 = grad_q2_o.permute(1, 2, 0)  # [BG, dk, Lo]
+        grad_k3 = grad_k3_p.permute(1, 2, 0)  # [BG, dk, Lp]
+        grads = (grad_q1, grad_k, grad_q2, grad_rq, grad_k3, grad_rk, grad_v, grad_rv)
+        return (*grads, None, None)
+
+
+def attend(
+    q1: torch.Tensor,
+    k: torch.Tensor,
+    q2: torch.Tensor,
+    k3: torch.Tensor,
+    v: torch.Tensor,
+    tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    span: int | None,
+) -> torch.Tensor:
+    """Attention along the last axis of ``q1, q2 [B, G, dk, L]``, ``k, k3 [B, G, dk, L]``,
+    ``v [B, G, dv, L]``; returns ``[B, 2C, L]``: ``sum_p W v`` (``C = G dv`` channels, head-major)
+    then ``sum_p W rv``.
+
+    ``tables`` are the relative tables ``(query [dk, T], key [dk, T], value [dv, T])`` indexed by
+    clipped distance ``p - o``. ``span`` is the local window ``m`` (None: global). A local span on an
+    axis longer than ``2 m`` runs in query blocks of ``m`` against their ``3 m - 1`` keys, so memory
+    is ``O(L m)`` instead of ``O(L^2)``.
+    """
+    length = q1.shape[-1]
+    if span is None or length <= 2 * span:
+        return _attend_block(q1, k, q2, k3, v, tables, (0, length), (0, length), span)
+    reach = span // 2
+    outputs = []
+    for start in range(0, length, span):
+        stop = min(start + span, length)
+        keys = (max(0, start - reach), min(length, stop + reach))
+        outputs.append(_attend_block(q1, k, q2, k3, v, tables, (start, stop), keys, span))
+    return torch.cat(outputs, dim=2)  # [B, 2C, L]
+
+
+def _attend_block(q1, k, q2, k3, v, tables, queries, keys, span):
+    """``AttentionCore`` on queries ``[o0, o1)`` against keys ``[p0, p1)`` (see ``attend``)."""
+    (o0, o1), (p0, p1) = queries, keys
+    table_q, table_k, table_v = tables
+    b, g, dk, _ = q1.shape
+    index = pair_index(queries, keys, table_q.shape[1], device=q1.device)  # [Lo, Lp]
+    mask = None
+    if span is not None and max(p1 - 1 - o0, o1 - 1 - p0) > span // 2:  # some key outside
+        dist = (
+            torch.arange(p0, p1, device=q1.device) - torch.arange(o0, o1, device=q1.device)[:, None]
+        )
+        mask = dist.abs() > span // 2  # [Lo, Lp]
+
+    def lines(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        x = x if (lo, hi) == (0, x.shape[-1]) else x[..., lo:hi]
+        return x.reshape(b * g, x.shape[2], hi - lo)  # [BG, d, L']
+
+    out = AttentionCore.apply(
+        lines(q1, o0, o1),
+        lines(k, p0, p1),
+        lines(q2, o0, o1),
+        table_q[:, index].permute(1, 0, 2),  # [Lo, dk, Lp]
+        lines(k3, p0, p1),
+        table_k[:, index].permute(2, 0, 1),  # [Lp, dk, Lo]
+        lines(v, p0, p1),
+        table_v[:, index].permute(1, 2, 0),  # [Lo, Lp, dv]
+        mask,
+        g,
+    )
+    return out.view(b, -1, o1 - o0)  # [B, 2C, Lo]

@@ -1,0 +1,62 @@
+"""Batch-norm bookkeeping for layers that fold a ``nn.BatchNorm*`` into their own computation.
+
+The layer computes the batch mean/variance itself (often analytically) and normalizes by scaling
+small operands; these helpers keep the module's running statistics exactly as ``nn.BatchNorm`` would
+and make ``SyncBatchNorm`` modules average their statistics over the process group.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def uses_batch_stats(bn: _BatchNorm) -> bool:
+    """Whether ``bn`` normalizes by batch statistics (train mode, or no running statistics)."""
+    return bn.training or bn.running_var is None
+
+
+def running_affine(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode ``bn`` as ``x * scale + shift``; ``scale, shift [C]``."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def sync_moments(
+    bn: _BatchNorm, mean: torch.Tensor, var: torch.Tensor, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global batch ``mean, var`` over the process group for a ``SyncBatchNorm`` (else unchanged).
+
+    Differentiable: the all-reduce passes gradients back to every rank, as ``SyncBatchNorm`` does.
+    """
+    if not isinstance(bn, nn.SyncBatchNorm) or not dist.is_available() or not dist.is_initialized():
+        return mean, var
+    group = bn.process_group or dist.group.WORLD
+    if dist.get_world_size(group) == 1:
+        return mean, var
+    from torch.distributed.nn.functional import all_reduce
+
+    local = torch.stack([mean * count, (var + mean * mean) * count])  # [2, C]
+    counts = torch.full_like(mean[:1], float(count))
+    total = all_reduce(torch.cat([local.flatten(), counts]), group=group)
+    n = total[-1]
+    mean = total[: mean.numel()] / n
+    return mean, total[mean.numel() : -1] / n - mean * mean
+
+
+def update_running_stats(bn: _BatchNorm, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+    """Update ``bn``'s running statistics from a batch ``mean`` and biased ``var`` of ``count``
+    elements per channel, as ``nn.BatchNorm`` does in train mode (unbiased variance, momentum or a
+    cumulative average when ``momentum`` is None)."""
+    if not bn.training or not bn.track_running_stats:
+        return
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        momentum = bn.momentum
+        if momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+        unbiased = var * (count / max(count - 1, 1))
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)

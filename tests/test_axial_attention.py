@@ -1,0 +1,260 @@
+"""AxialAttention against a naive dense reference written here (the paper's eq. 4, loop-built tables).
+
+Source of truth: ``NaiveAxialAttention`` below spells out the spec with explicit Python loops over
+query ``o`` and key ``p`` for the relative tables and the local window, ``nn.BatchNorm2d`` modules on
+the dense ``[B, 3G, L, L]`` logit terms and the ``[B, 2C, L]`` outputs, and no shortcuts. The fast
+layer (analytic BN statistics, folded scales, skewed relative logits, a custom backward, banded local
+attention) must agree with it in float64 on outputs, gradients and BN running statistics.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from axial_deeplab.layers import AxialAttention, attention_core
+from axial_deeplab.layers.attention_core import AttentionCore
+from axial_deeplab.layers.logit_stats import logit_moments
+from axial_deeplab.layers.relative_position import pair_index
+
+DTYPE = torch.float64
+
+
+class NaiveAxialAttention(nn.Module):
+    """The spec, slowly: same parameter names and shapes as ``AxialAttention``."""
+
+    def __init__(self, layer: AxialAttention) -> None:
+        super().__init__()
+        self.cfg = layer
+        self.qkv_proj = copy.deepcopy(layer.qkv_proj)
+        self.qkv_norm = copy.deepcopy(layer.qkv_norm)
+        self.logits_norm = copy.deepcopy(layer.logits_norm)
+        self.output_norm = copy.deepcopy(layer.output_norm)
+        self.query_rel = nn.Parameter(layer.query_rel.detach().clone())
+        self.key_rel = nn.Parameter(layer.key_rel.detach().clone())
+        self.value_rel = nn.Parameter(layer.value_rel.detach().clone())
+
+    def dense_table(self, table: torch.Tensor, length: int) -> torch.Tensor:
+        """``[d, L(o), L(p)]``: the embedding of distance ``p - o``, clipped to the table's reach."""
+        reach = (table.shape[1] - 1) // 2
+        cols = [
+            [table[:, min(max(p - o, -reach), reach) + reach] for p in range(length)]
+            for o in range(length)
+        ]
+        return torch.stack([torch.stack(row, dim=-1) for row in cols], dim=-2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        g, dk, dv, c = cfg.num_heads, cfg.key_channels, cfg.value_channels, cfg.out_channels
+        qkv = self.qkv_norm(self.qkv_proj(x))  # [N, 2C, H, W]
+        if cfg.axis == "height":
+            qkv = qkv.permute(0, 3, 1, 2)  # [N, W, 2C, H]
+        else:
+            qkv = qkv.permute(0, 2, 1, 3)  # [N, H, 2C, W]
+        n, lines, _, length = qkv.shape
+        qkv = qkv.reshape(n * lines, 2 * c, length)  # [B, 2C, L]
+        q, k, v = torch.split(qkv, [g * dk, g * dk, g * dv], dim=1)
+        q = q.reshape(-1, g, dk, length)  # [B, G, dk, L]
+        k = k.reshape(-1, g, dk, length)  # [B, G, dk, L]
+        v = v.reshape(-1, g, dv, length)  # [B, G, dv, L]
+        rq = self.dense_table(self.query_rel, length)  # [dk, L, L]
+        rk = self.dense_table(self.key_rel, length)  # [dk, L, L]
+        rv = self.dense_table(self.value_rel, length)  # [dv, L, L]
+        qk = torch.einsum("bgco,bgcp->bgop", q, k)  # [B, G, L, L]
+        qr = torch.einsum("bgco,cop->bgop", q, rq)  # [B, G, L, L]
+        kr = torch.einsum("bgcp,cop->bgop", k, rk)  # [B, G, L, L]
+        logits = self.logits_norm(torch.cat([qk, qr, kr], dim=1))  # [B, 3G, L, L]
+        logits = logits.reshape(-1, 3, g, length, length).sum(dim=1)  # [B, G, L, L]
+        if cfg.span_mode == "local":
+            outside = [[abs(p - o) > cfg.span // 2 for p in range(length)] for o in range(length)]
+            logits = logits.masked_fill(torch.tensor(outside), float("-inf"))
+        weights = logits.softmax(dim=-1)  # [B, G, L(o), L(p)]
+        sv = torch.einsum("bgop,bgcp->bgco", weights, v).reshape(-1, c, length)  # [B, C, L]
+        sve = torch.einsum("bgop,cop->bgco", weights, rv).reshape(-1, c, length)  # [B, C, L]
+        out = self.output_norm(torch.cat([sv, sve], dim=1).unsqueeze(-1)).squeeze(-1)
+        out = (out[:, :c] + out[:, c:]).reshape(n, lines, c, length)  # [N, lines, C, L]
+        out = out.permute(0, 2, 3, 1) if cfg.axis == "height" else out.permute(0, 2, 1, 3)
+        if cfg.stride > 1 and cfg.stride_mode == "avgpool":
+            return F.avg_pool2d(out, cfg.stride, cfg.stride)
+        if cfg.stride > 1:
+            return out[:, :, :: cfg.stride] if cfg.axis == "height" else out[..., :: cfg.stride]
+        return out
+
+
+def make_layer(seed: int = 0, **kwargs) -> AxialAttention:
+    """A float64 layer with 2 heads (dk = 2, dv = 4) and random BN affine/running statistics."""
+    torch.manual_seed(seed)
+    kwargs = {"num_heads": 2, **kwargs}
+    layer = AxialAttention(kwargs.pop("in_channels", 6), 8, **kwargs).to(DTYPE)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for bn in (layer.qkv_norm, layer.logits_norm, layer.output_norm):
+        bn.weight.data.uniform_(0.5, 1.5, generator=gen)
+        bn.bias.data.normal_(0.0, 0.5, generator=gen)
+        bn.running_mean.normal_(0.0, 0.5, generator=gen)
+        bn.running_var.uniform_(0.5, 2.0, generator=gen)
+    return layer
+
+
+def assert_agrees(layer: AxialAttention, x: torch.Tensor, train: bool, tol: float = 1e-5) -> None:
+    """Output, input/parameter gradients and BN buffers agree with the naive reference."""
+    layer.zero_grad(set_to_none=True)
+    ref = NaiveAxialAttention(layer)
+    layer.train(train)
+    ref.train(train)
+    x = x.clone().requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out, out_ref = layer(x), ref(x_ref)
+    assert out.shape == out_ref.shape
+    torch.testing.assert_close(out, out_ref, atol=tol, rtol=0)
+    grad = torch.randn(out.shape, dtype=DTYPE, generator=torch.Generator().manual_seed(7))
+    out.backward(grad)
+    out_ref.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=tol, rtol=0)
+    ref_params = dict(ref.named_parameters())
+    for name, param in layer.named_parameters():
+        expected = ref_params[name].grad
+        got = torch.zeros_like(param) if param.grad is None else param.grad
+        torch.testing.assert_close(got, expected, atol=tol, rtol=0, msg=f"grad of {name}")
+    ref_buffers = dict(ref.named_buffers())
+    for name, buf in layer.named_buffers():
+        torch.testing.assert_close(buf, ref_buffers[name], atol=tol, rtol=0, msg=name)
+
+
+# (axis, span_mode, span, H, W, stride, stride_mode): along the axis of length L,
+CASES = [
+    ("height", "global", 8, 5, 4, 1, "subsample"),  # global, L < span
+    ("width", "global", 6, 3, 6, 1, "subsample"),  # global, L == span (even)
+    ("height", "global", 3, 9, 2, 2, "subsample"),  # global, L > span: distances clipped
+    ("width", "global", 2, 3, 7, 2, "avgpool"),  # global, clipped, odd L, avg-pooled
+    ("height", "local", 5, 3, 5, 1, "subsample"),  # local, L <= m // 2 + 1: no masking
+    ("width", "local", 7, 2, 6, 2, "avgpool"),  # local, m // 2 + 1 < L < m
+    ("height", "local", 3, 5, 3, 1, "subsample"),  # local, m < L <= 2 m: dense + mask
+    ("width", "local", 3, 2, 11, 2, "subsample"),  # local, L > 2 m: banded blocks
+    ("height", "local", 5, 17, 2, 1, "avgpool"),  # local, banded with a ragged last block
+]
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}{c[2]}-{c[3]}x{c[4]}" for c in CASES])
+def test_matches_naive_reference(case, train):
+    axis, span_mode, span, h, w, stride, stride_mode = case
+    layer = make_layer(
+        axis=axis, span=span, span_mode=span_mode, stride=stride, stride_mode=stride_mode
+    )
+    x = torch.randn(2, 6, h, w, dtype=DTYPE, generator=torch.Generator().manual_seed(3))
+    assert_agrees(layer, x, train)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_chunked_lines_match_reference(monkeypatch, train):
+    # One line per chunk (the default chunk holds all lines of these tiny inputs).
+    monkeypatch.setattr(attention_core, "CHUNK_LOGITS", 1)
+    layer = make_layer(axis="height", span=3, span_mode="global")
+    x = torch.randn(2, 6, 7, 3, dtype=DTYPE, generator=torch.Generator().manual_seed(11))
+    assert attention_core.line_chunks(6, 2 * 7 * 7) == [(i, i + 1) for i in range(6)]
+    assert_agrees(layer, x, train)
+
+
+def test_not_tied_to_resolution():
+    # One layer, two input sizes (long and short axes, global span 4 clips on the first).
+    layer = make_layer(axis="width", span=4, span_mode="global")
+    gen = torch.Generator().manual_seed(4)
+    for h, w in ((3, 9), (5, 2)):
+        assert_agrees(layer, torch.randn(2, 6, h, w, dtype=DTYPE, generator=gen), train=True)
+
+
+def test_running_stats_cumulative_momentum():
+    # momentum=None: nn.BatchNorm's cumulative average over steps; two train steps.
+    layer = make_layer(axis="height", span=3, span_mode="local")
+    for bn in (layer.qkv_norm, layer.logits_norm, layer.output_norm):
+        bn.momentum = None
+    gen = torch.Generator().manual_seed(5)
+    ref = NaiveAxialAttention(layer).train()
+    layer.train()
+    for _ in range(2):
+        x = torch.randn(2, 6, 7, 3, dtype=DTYPE, generator=gen)
+        torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=0)
+    for (name, buf), ref_buf in zip(layer.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(buf, ref_buf, atol=1e-10, rtol=0, msg=name)
+    assert int(layer.logits_norm.num_batches_tracked) == 2
+
+
+def test_float32_close_to_reference():
+    layer = make_layer(axis="width", span=5, span_mode="global").float()
+    x = torch.randn(2, 6, 4, 9, generator=torch.Generator().manual_seed(6))
+    ref = NaiveAxialAttention(layer)
+    torch.testing.assert_close(layer(x), ref(x), atol=1e-4, rtol=0)
+
+
+def test_pair_index_hand_worked():
+    # Queries at 1, 2; keys at 0..3; table of 3 entries (reach 1, index = clip(p - o) + 1):
+    # o = 1: p - o = -1, 0, 1, 2 -> 0, 1, 2, 2;  o = 2: -2, -1, 0, 1 -> 0, 0, 1, 2.
+    assert pair_index((1, 3), (0, 4), 3).tolist() == [[0, 1, 2, 2], [0, 0, 1, 2]]
+
+
+def test_logit_moments_match_dense_terms():
+    gen = torch.Generator().manual_seed(8)
+    b, g, d, length = 3, 2, 4, 5
+    q, k = (torch.randn(b, g, d, length, dtype=DTYPE, generator=gen) for _ in range(2))
+    eq, ek = (torch.randn(d, 2 * length - 1, dtype=DTYPE, generator=gen) for _ in range(2))
+    # Naive: R[c, o, p] = table[c, p - o + L - 1].
+    idx = torch.tensor([[p - o + length - 1 for p in range(length)] for o in range(length)])
+    qk = torch.einsum("bgco,bgcp->bgop", q, k)
+    qr = torch.einsum("bgco,cop->bgop", q, eq[:, idx])
+    kr = torch.einsum("bgcp,cop->bgop", k, ek[:, idx])
+    terms = torch.cat([qk, qr, kr], dim=1)  # [B, 3G, L, L]
+    var, mean = torch.var_mean(terms, dim=(0, 2, 3), correction=0)
+    got_mean, got_var, count = logit_moments(q, k, eq, ek)
+    assert count == b * length * length
+    torch.testing.assert_close(got_mean, mean, atol=1e-12, rtol=0)
+    torch.testing.assert_close(got_var, var, atol=1e-12, rtol=0)
+
+
+def test_moments_gradcheck():
+    # Hand-written backward of the BN statistics against finite differences.
+    gen = torch.Generator().manual_seed(10)
+    q, k = (torch.randn(2, 2, 3, 4, dtype=DTYPE, generator=gen) for _ in range(2))
+    eq, ek = (torch.randn(3, 7, dtype=DTYPE, generator=gen) for _ in range(2))
+    args = tuple(t.requires_grad_(True) for t in (q, k, eq, ek))
+    assert torch.autograd.gradcheck(lambda *a: logit_moments(*a)[:2], args)
+
+
+def test_core_gradcheck():
+    # Custom backward against finite differences, rectangular block (Lo=3, Lp=4) with a mask.
+    gen = torch.Generator().manual_seed(9)
+
+    def rand(*shape):
+        return torch.randn(*shape, dtype=DTYPE, generator=gen).requires_grad_(True)
+
+    bg, dk, dv, n_q, n_k = 4, 2, 3, 3, 4
+    args = (rand(bg, dk, n_q), rand(bg, dk, n_k), rand(bg, dk, n_q), rand(n_q, dk, n_k))
+    args += (rand(bg, dk, n_k), rand(n_k, dk, n_q), rand(bg, dv, n_k), rand(n_q, n_k, dv))
+    mask = torch.tensor([[False, False, True, True], [False] * 4, [True, False, False, False]])
+    assert torch.autograd.gradcheck(lambda *a: AttentionCore.apply(*a, mask, 2), args)  # G = 2
+
+
+def test_long_local_axis_uses_banded_memory():
+    # L = 200, span 5: dense weights would be [B, G, L, L] = [1, 2, 200, 200]; the banded path
+    # keeps blocks of [1, 2, 5, 9] and the BN statistics need no [L, L] table either. No tensor
+    # saved for backward may be quadratic in L (the largest linear one is qkv, [1, 16, 200, 1]).
+    layer = make_layer(axis="width", span=5, span_mode="local").float()
+    x = torch.randn(1, 6, 1, 200, requires_grad=True)
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer.train()(x)
+    assert max(sizes) <= 16 * 200
+
+
+def test_bad_input_names_the_shape():
+    layer = make_layer(axis="height", span=3, span_mode="global")
+    with pytest.raises(ValueError, match=r"expected input \[N, 6, H, W\], got \[2, 5, 4, 4\]"):
+        layer(torch.zeros(2, 5, 4, 4, dtype=DTYPE))
