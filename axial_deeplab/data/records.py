@@ -8,10 +8,10 @@ import os
 from .validation import DatasetFormatError, validate_segments_info
 
 
-def read_json(path: str) -> dict:
-    """A JSON object from ``path``, with errors that name the file."""
+def read_json(path: str, role: str = "panoptic") -> dict:
+    """A COCO panoptic JSON object from ``path``, with errors that name the file (and ``role``)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"panoptic JSON not found: {path}")
+        raise FileNotFoundError(f"{role} JSON not found: {path}")
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)

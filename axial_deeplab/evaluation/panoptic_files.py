@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
+from axial_deeplab.data.records import read_json
 from axial_deeplab.data.validation import DatasetFormatError
 from axial_deeplab.evaluation.panoptic import PanopticEvaluator, PQStats
 from axial_deeplab.evaluation.runs import PanopticPngReader
@@ -24,15 +25,7 @@ Task = tuple[str, list, str, list, "tuple[int, int] | None"]
 
 def load_json(path: str, role: str) -> dict:
     """Read a COCO panoptic JSON; clear errors for a missing file, bad JSON or no annotations."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{role} JSON not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as err:
-            raise DatasetFormatError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise DatasetFormatError(f"{path}: expected an object with an 'annotations' list")
+    data = read_json(path, role)
     for i, ann in enumerate(data["annotations"]):
         for key in ("image_id", "file_name", "segments_info"):
             if not isinstance(ann, dict) or key not in ann:
