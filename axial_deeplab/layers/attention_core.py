@@ -159,15 +159,26 @@ def attend(
     is ``O(L m)`` instead of ``O(L^2)``.
     """
     length = q1.shape[-1]
+    block = _attend_block
     if span is None or length <= 2 * span:
-        return _attend_block(q1, k, q2, k3, v, tables, (0, length), (0, length), span)
+        return block(q1, k, q2, k3, v, tables, (0, length), (0, length), span)
     reach = span // 2
     outputs = []
     for start in range(0, length, span):
         stop = min(start + span, length)
         keys = (max(0, start - reach), min(length, stop + reach))
-        outputs.append(_attend_block(q1, k, q2, k3, v, tables, (start, stop), keys, span))
+        outputs.append(block(q1, k, q2, k3, v, tables, (start, stop), keys, span))
     return torch.cat(outputs, dim=2)  # [B, 2C, L]
+
+
+def _window_mask(queries, keys, span, device) -> torch.Tensor | None:
+    """``[Lo, Lp]`` bool, True where key ``p`` lies outside query ``o``'s local window (None if
+    every key of the block is inside every window, or for a global span)."""
+    (o0, o1), (p0, p1) = queries, keys
+    if span is None or max(p1 - 1 - o0, o1 - 1 - p0) <= span // 2:
+        return None
+    dist = torch.arange(p0, p1, device=device) - torch.arange(o0, o1, device=device)[:, None]
+    return dist.abs() > span // 2
 
 
 def _attend_block(q1, k, q2, k3, v, tables, queries, keys, span):
@@ -176,12 +187,7 @@ def _attend_block(q1, k, q2, k3, v, tables, queries, keys, span):
     table_q, table_k, table_v = tables
     b, g, dk, _ = q1.shape
     index = pair_index(queries, keys, table_q.shape[1], device=q1.device)  # [Lo, Lp]
-    mask = None
-    if span is not None and max(p1 - 1 - o0, o1 - 1 - p0) > span // 2:  # some key outside
-        dist = (
-            torch.arange(p0, p1, device=q1.device) - torch.arange(o0, o1, device=q1.device)[:, None]
-        )
-        mask = dist.abs() > span // 2  # [Lo, Lp]
+    mask = _window_mask(queries, keys, span, q1.device)
 
     def lines(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         x = x if (lo, hi) == (0, x.shape[-1]) else x[..., lo:hi]
@@ -191,12 +197,13 @@ def _attend_block(q1, k, q2, k3, v, tables, queries, keys, span):
         lines(q1, o0, o1),
         lines(k, p0, p1),
         lines(q2, o0, o1),
-        table_q[:, index].permute(1, 0, 2),  # [Lo, dk, Lp]
+        table_q[:, index].permute(1, 0, 2).contiguous(),  # [Lo, dk, Lp]
         lines(k3, p0, p1),
-        table_k[:, index].permute(2, 0, 1),  # [Lp, dk, Lo]
+        table_k[:, index].permute(2, 0, 1).contiguous(),  # [Lp, dk, Lo]
         lines(v, p0, p1),
-        table_v[:, index].permute(1, 2, 0),  # [Lo, Lp, dv]
+        table_v[:, index].permute(1, 2, 0).contiguous(),  # [Lo, Lp, dv]
         mask,
         g,
     )
     return out.view(b, -1, o1 - o0)  # [B, 2C, Lo]
+
