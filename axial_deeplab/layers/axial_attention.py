@@ -114,8 +114,7 @@ class AxialAttention(nn.Module):
         n_lines, length = lines.shape[1], lines.shape[3]
         lines = lines.reshape(n * n_lines, self.in_channels, length)  # [B, C_in, L]
         out = self._attend(self._project(lines))  # [B, 2C, L]: [sum W v | sum W rv]
-        out = self.output_norm(out.unsqueeze(-1)).squeeze(-1)  # [B, 2C, L]
-        out = out.view(n, n_lines, 2, self.out_channels, length).sum(dim=2)  # [N, lines, C, L]
+        out = self._combine(out).view(n, n_lines, self.out_channels, length)  # [N, lines, C, L]
         if self.axis == "height":
             out = out.permute(0, 2, 3, 1)  # [N, C, H, W]
         else:
@@ -129,7 +128,19 @@ class AxialAttention(nn.Module):
             qkv = F.conv1d(lines, weight).unsqueeze(-1)  # [B, 2C, L, 1]
             return self.qkv_norm(qkv).squeeze(-1)  # [B, 2C, L]
         scale, shift = running_affine(self.qkv_norm)  # [2C] each
-        return F.conv1d(lines, weight * scale[:, None, None], shift)  # [B, 2C, L]
+        # One batched matmul: about twice as fast on CPU as conv1d on these [B, C_in, L] shapes.
+        weight = (weight[:, :, 0] * scale[:, None]).expand(lines.shape[0], -1, -1)
+        return torch.baddbmm(shift[:, None], weight, lines)  # [B, 2C, L]
+
+    def _combine(self, out: torch.Tensor) -> torch.Tensor:
+        """``output_norm`` of the two terms ``out [B, 2C, L]``, summed: ``[B, C, L]``."""
+        c = self.out_channels
+        if uses_batch_stats(self.output_norm):
+            out = self.output_norm(out.unsqueeze(-1)).squeeze(-1)  # [B, 2C, L]
+            return out[:, :c] + out[:, c:]
+        scale, shift = running_affine(self.output_norm)  # [2C] each
+        combined = torch.addcmul((shift[:c] + shift[c:])[:, None], out[:, :c], scale[:c, None])
+        return combined.addcmul_(out[:, c:], scale[c:, None])  # [B, C, L]
 
     def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """Attention along the last axis of ``qkv [B, 2C, L]``; returns ``[B, 2C, L]``."""
