@@ -258,3 +258,31 @@ def test_bad_input_names_the_shape():
     layer = make_layer(axis="height", span=3, span_mode="global")
     with pytest.raises(ValueError, match=r"expected input \[N, 6, H, W\], got \[2, 5, 4, 4\]"):
         layer(torch.zeros(2, 5, 4, 4, dtype=DTYPE))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_autocast_runs_the_attention_in_float32(monkeypatch, training):
+    """Mixed precision: projections may run in bfloat16, the logits and softmax in float32."""
+    torch.manual_seed(0)
+    layer = AxialAttention(32, 32, axis="height", num_heads=2, span=9, span_mode="global")
+    layer.train(training)
+    x = torch.randn(2, 32, 9, 7)
+    reference = copy.deepcopy(layer)(x)
+    seen = []
+    weights_fn = attention_core.attention_weights
+
+    def spy(q1, *args):
+        seen.append(q1.dtype)
+        return weights_fn(q1, *args)
+
+    monkeypatch.setattr(attention_core, "attention_weights", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert seen and set(seen) == {torch.float32}
+    assert out.dtype == torch.float32
+    # bfloat16 projections (8 mantissa bits): about 1% of the output's scale.
+    assert (out - reference).abs().max() < 0.03 * reference.abs().max()
+    if training:
+        out.square().mean().backward()
+        grads = [p.grad for p in layer.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)

@@ -143,7 +143,14 @@ class AxialAttention(nn.Module):
         return combined.addcmul_(out[:, c:], scale[c:, None])  # [B, C, L]
 
     def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
-        """Attention along the last axis of ``qkv [B, 2C, L]``; returns ``[B, 2C, L]``."""
+        """Attention along the last axis of ``qkv [B, 2C, L]``; returns ``[B, 2C, L]``.
+
+        Under autocast (mixed precision) this part runs in float32: logits of 65+ positions and
+        their softmax lose too much in float16/bfloat16, and the logit batch norm needs exact sums.
+        """
+        if torch.is_autocast_enabled(qkv.device.type):
+            with torch.autocast(qkv.device.type, enabled=False):
+                return self._attend(qkv.float())
         b, _, length = qkv.shape
         g, dk, dv = self.num_heads, self.key_channels, self.value_channels
         q, k, v = torch.split(qkv, [g * dk, g * dk, g * dv], dim=1)
