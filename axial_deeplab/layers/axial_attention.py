@@ -148,8 +148,9 @@ class AxialAttention(nn.Module):
         Under autocast (mixed precision) this part runs in float32: logits of 65+ positions and
         their softmax lose too much in float16/bfloat16, and the logit batch norm needs exact sums.
         """
-        if torch.is_autocast_enabled(qkv.device.type):
-            with torch.autocast(qkv.device.type, enabled=False):
+        device = qkv.device.type
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
                 return self._attend(qkv.float())
         b, _, length = qkv.shape
         g, dk, dv = self.num_heads, self.key_channels, self.value_channels
