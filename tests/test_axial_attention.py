@@ -69,8 +69,19 @@ class NaiveAxialAttention(nn.Module):
         kr = torch.einsum("bgcp,cop->bgop", k, rk)  # [B, G, L, L]
         logits = self.logits_norm(torch.cat([qk, qr, kr], dim=1))  # [B, 3G, L, L]
         logits = logits.reshape(-1, 3, g, length, length).sum(dim=1)  # [B, G, L, L]
-        if cfg.span_mode == "local":
+        if cfg.span_mode == "local" or (cfg.span_mode == "hybrid" and length > 2 * cfg.span - 1):
             outside = [[abs(p - o) > cfg.span // 2 for p in range(length)] for o in range(length)]
+            logits = logits.masked_fill(torch.tensor(outside), float("-inf"))
+        if cfg.span_mode == "block" and length > 2 * cfg.span - 1:
+            # Blocks of 2m - 1 queries; each sees its block widened by m // 2 on both sides.
+            block, flange = 2 * cfg.span - 1, cfg.span // 2
+            outside = [
+                [
+                    p < (o // block) * block - flange or p >= (o // block + 1) * block + flange
+                    for p in range(length)
+                ]
+                for o in range(length)
+            ]
             logits = logits.masked_fill(torch.tensor(outside), float("-inf"))
         weights = logits.softmax(dim=-1)  # [B, G, L(o), L(p)]
         sv = torch.einsum("bgop,bgcp->bgco", weights, v).reshape(-1, c, length)  # [B, C, L]
@@ -135,6 +146,12 @@ CASES = [
     ("height", "local", 3, 5, 3, 1, "subsample"),  # local, m < L <= 2 m: dense + mask
     ("width", "local", 3, 2, 11, 2, "subsample"),  # local, L > 2 m: banded blocks
     ("height", "local", 5, 17, 2, 1, "avgpool"),  # local, banded with a ragged last block
+    ("height", "hybrid", 3, 5, 4, 1, "subsample"),  # hybrid, L <= 2 m - 1: global
+    ("width", "hybrid", 3, 2, 6, 1, "subsample"),  # hybrid, 2 m - 1 < L <= 2 m: dense + mask
+    ("width", "hybrid", 3, 2, 13, 2, "avgpool"),  # hybrid, L > 2 m: banded blocks
+    ("height", "block", 3, 5, 4, 1, "subsample"),  # blocked, L <= 2 m - 1: global
+    ("width", "block", 3, 2, 13, 1, "subsample"),  # blocked: 5-query blocks, flange 1, ragged
+    ("height", "block", 5, 23, 2, 2, "avgpool"),  # blocked: 9-query blocks, flange 2
 ]
 
 
@@ -286,3 +303,16 @@ def test_autocast_runs_the_attention_in_float32(monkeypatch, training):
         out.square().mean().backward()
         grads = [p.grad for p in layer.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_relative_table_sizes():
+    from axial_deeplab.layers import table_size
+
+    assert table_size(65, "local") == 65  # distances -32..32
+    assert table_size(65, "global") == 129  # -64..64, larger ones clipped
+    assert table_size(65, "hybrid") == 257  # global on axes up to 129: -128..128
+    assert table_size(65, "block") == 321  # blocks of 129 widened by 32: -160..160
+    with pytest.raises(ValueError, match="must be odd"):
+        table_size(64, "hybrid")
+    with pytest.raises(ValueError, match="span_mode must be one of"):
+        table_size(65, "window")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from axial_deeplab.config import get_cfg
+from axial_deeplab.config import get_cfg, load_config
 from axial_deeplab.layers import AxialAttention
 from axial_deeplab.modeling.build import build_model
 from axial_deeplab.utils.model_stats import (
@@ -43,10 +43,19 @@ def test_window_pairs():
     # span 5 (reach 2) on 20 positions: 3, 4, then 16 full windows of 5, then 4, 3
     assert window_pairs(20, 5, "local") == 3 + 4 + 16 * 5 + 4 + 3
     assert window_pairs(3, 65, "local") == 9  # the window covers the whole axis
+    # span 3: blocks of 5 queries, flange 1; 13 positions: blocks [0, 5) [5, 10) [10, 13)
+    # see keys [0, 6), [4, 11), [9, 13): 5 * 6 + 5 * 7 + 3 * 4
+    assert window_pairs(13, 3, "block") == 30 + 35 + 12
+    assert window_pairs(5, 3, "block") == 25  # one block: global
+    assert window_pairs(5, 3, "hybrid") == 25  # L <= 2 m - 1: global
+    assert window_pairs(20, 5, "hybrid") == window_pairs(20, 5, "local")
 
 
 # pairs per column of 6 rows: global 6 * 6; local span 5 (reach 2): rows 0..5 see 3, 4, 5, 5, 4, 3
-@pytest.mark.parametrize("span, span_mode, pairs", [(9, "global", 36), (5, "local", 24)])
+# blocked span 3 (blocks of 5, flange 1): rows 0..4 see keys 0..5, row 5 sees keys 4..5: 5 * 6 + 2
+@pytest.mark.parametrize(
+    "span, span_mode, pairs", [(9, "global", 36), (5, "local", 24), (3, "block", 32)]
+)
 def test_attention_products_are_counted(span, span_mode, pairs):
     # one height layer, C = 16 (8 heads: q/k width 1, v width 2 per head), input 2 x 16 x 6 x 3
     c, n, h, w = 16, 2, 6, 3
@@ -116,3 +125,21 @@ def test_cli_prints_parameters_macs_and_table(capsys):
     assert lines[-1].startswith("total") and f"{params:,}" in lines[-1]
     with pytest.raises(SystemExit, match="no classifier head"):
         main(["--classifier", "axial_resnet_tiny"])
+
+
+# The paper's Table (Cityscapes, 1025 x 2049, span 65): parameters (M) and multiply-adds (G).
+PAPER = {"s": (12.1, 220.8), "m": (25.9, 419.6), "l": (44.9, 687.4), "xl": (173.0, 2446.8)}
+
+
+@pytest.mark.parametrize("variant", sorted(PAPER))
+def test_panoptic_variants_match_the_paper_counts(variant):
+    cfg = load_config(
+        "configs/cityscapes/axial_deeplab_l_1025x2049.yaml",
+        ["MODEL.AXIAL_RESNET.VARIANT", f"axial_resnet_{variant}"],
+    )
+    model = build_on_meta(lambda: build_model(cfg))
+    params = count_parameters(model) / 1e6
+    macs = profile_macs(model, torch.zeros(1, 3, 1025, 2049, device="meta"), "window").total / 1e9
+    paper_params, paper_macs = PAPER[variant]
+    assert abs(params / paper_params - 1) <= 0.02, f"{params:.2f} M vs the paper's {paper_params}"
+    assert abs(macs / paper_macs - 1) <= 0.05, f"{macs:.1f} G vs the paper's {paper_macs}"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .relative_position import pair_index
+from .relative_position import block_geometry, pair_index
 
 
 def by_position(x: torch.Tensor) -> torch.Tensor:
@@ -147,27 +147,36 @@ def attend(
     v: torch.Tensor,
     tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     *,
-    span: int | None,
+    span: int,
+    span_mode: str,
 ) -> torch.Tensor:
     """Attention along the last axis of ``q1, q2 [B, G, dk, L]``, ``k, k3 [B, G, dk, L]``,
     ``v [B, G, dv, L]``; returns ``[B, 2C, L]``: ``sum_p W v`` (``C = G dv`` channels, head-major)
     then ``sum_p W rv``.
 
     ``tables`` are the relative tables ``(query [dk, T], key [dk, T], value [dv, T])`` indexed by
-    clipped distance ``p - o``. ``span`` is the local window ``m`` (None: global). A local span on an
-    axis longer than ``2 m`` runs in query blocks of ``m`` against their ``3 m - 1`` keys, so memory
-    is ``O(L m)`` instead of ``O(L^2)``.
+    clipped distance ``p - o``. ``span_mode``: ``"global"`` (the whole axis), ``"local"`` (the ``span``
+    positions centred on each query), ``"hybrid"`` (local on axes longer than ``2 span - 1``, else
+    global) or ``"block"`` (query blocks widened by a flange, see
+    ``relative_position.block_geometry``). A local span on an axis longer than ``2 m`` runs in
+    query blocks of ``m`` against their ``3 m - 1`` keys, so memory is ``O(L m)`` instead of
+    ``O(L^2)``; the blocked mode likewise runs block by block.
     """
     length = q1.shape[-1]
-    block = _attend_block
-    if span is None or length <= 2 * span:
-        return block(q1, k, q2, k3, v, tables, (0, length), (0, length), span)
-    reach = span // 2
+    if span_mode == "hybrid":
+        span_mode = "global" if length <= 2 * span - 1 else "local"
+    local = span if span_mode == "local" else None
+    if span_mode == "local" and length > 2 * span:
+        step, reach = span, span // 2
+    elif span_mode == "block" and length > block_geometry(span)[0]:
+        step, reach = block_geometry(span)
+    else:
+        return _attend_block(q1, k, q2, k3, v, tables, (0, length), (0, length), local)
     outputs = []
-    for start in range(0, length, span):
-        stop = min(start + span, length)
+    for start in range(0, length, step):
+        stop = min(start + step, length)
         keys = (max(0, start - reach), min(length, stop + reach))
-        outputs.append(block(q1, k, q2, k3, v, tables, (start, stop), keys, span))
+        outputs.append(_attend_block(q1, k, q2, k3, v, tables, (start, stop), keys, local))
     return torch.cat(outputs, dim=2)  # [B, 2C, L]
 
 

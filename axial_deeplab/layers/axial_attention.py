@@ -36,10 +36,18 @@ class AxialAttention(nn.Module):
         out_channels: ``C_out``, the attention width; divisible by ``2 * num_heads``.
         axis: ``"height"`` or ``"width"``.
         num_heads: ``G``.
-        span: local window size ``m`` (``span_mode="local"``) or the reach of the relative table
-            (``"global"``: distances up to ``span - 1``; beyond, clipped to the table's edge).
+        span: local window size ``m`` (``span_mode="local"`` or ``"block"``) or the reach of the
+            relative table (``"global"``: distances up to ``span - 1``; beyond, clipped to the
+            table's edge).
         span_mode: ``"local"`` (each position attends to the ``m`` positions centred on it, the window
-            clipped at the borders) or ``"global"`` (each position attends to the whole axis).
+            clipped at the borders), ``"global"`` (each position attends to the whole axis),
+            ``"hybrid"`` (local on axes longer than ``2m - 1``, global on shorter ones, where a
+            window of ``m`` covers most of the axis anyway; relative tables of ``4m - 3`` entries;
+            the formulation whose parameter and multiply-add counts match the paper's
+            Axial-DeepLab-S/M/L/XL) or ``"block"`` (the authors' TensorFlow formulation: blocks of ``2m - 1`` queries attend to
+            their block widened by ``m // 2`` on each side, so each query sees ``m`` to ``3m - 2``
+            positions; axes up to ``2m - 1`` long are attended globally; relative tables of
+            ``2 (2m - 1 + m // 2) - 1`` entries, 321 for ``m = 65``).
         stride: output subsampling factor.
         stride_mode: ``"subsample"`` keeps every ``stride``-th position along this axis (the paper);
             ``"avgpool"`` average-pools ``stride x stride`` after the layer (the authors' ImageNet code).
@@ -166,7 +174,8 @@ class AxialAttention(nn.Module):
             k * scales[2],
             v,
             (self.query_rel, self.key_rel, self.value_rel),
-            span=self.span if self.span_mode == "local" else None,
+            span=self.span,
+            span_mode=self.span_mode,
         )
 
     def _logit_scales(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

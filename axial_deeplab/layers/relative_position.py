@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-SPAN_MODES = ("global", "local")
+SPAN_MODES = ("global", "local", "hybrid", "block")
 
 
 def table_size(span: int, span_mode: str) -> int:
@@ -16,6 +16,9 @@ def table_size(span: int, span_mode: str) -> int:
 
     ``global``: distances up to ``span - 1`` each way (``2 * span - 1`` entries), larger ones clipped.
     ``local``: the ``span`` positions centred on the query, distances up to ``span // 2`` each way.
+    ``hybrid``: local on axes longer than ``2 span - 1``, global on shorter ones: distances up to
+    ``2 span - 2`` each way.
+    ``block``: every distance within a widened query block (see ``block_geometry``).
     """
     if span_mode not in SPAN_MODES:
         raise ValueError(f"span_mode must be one of {SPAN_MODES}, got {span_mode!r}")
@@ -24,8 +27,25 @@ def table_size(span: int, span_mode: str) -> int:
     if span_mode == "global":
         return 2 * span - 1
     if span % 2 == 0:
-        raise ValueError(f"a local span must be odd (centred on the query), got {span}")
+        raise ValueError(f"a {span_mode} span must be odd (centred on the query), got {span}")
+    if span_mode == "block":
+        query_block, flange = block_geometry(span)
+        return 2 * (query_block + flange) - 1
+    if span_mode == "hybrid":
+        return 2 * (2 * span - 1) - 1
     return span
+
+
+def block_geometry(span: int) -> tuple[int, int]:
+    """``(query_block, flange)`` of the blocked span mode for span ``m``: blocks of ``2 m - 1``
+    queries attend to their block widened by ``m // 2`` keys on each side (clipped at the borders),
+    so every query sees at least the ``m`` positions centred on it, and at most ``3 m - 2``.
+
+    This is the local attention of the authors' TensorFlow implementation (query blocks of 129 with
+    a memory flange of 32 for ``m = 65``), whose relative tables span every distance within a
+    widened block: ``2 (2 m - 1 + m // 2) - 1`` entries (321 for ``m = 65``).
+    """
+    return 2 * span - 1, span // 2
 
 
 def relative_index(length: int, size: int, device: torch.device | None = None) -> torch.Tensor:

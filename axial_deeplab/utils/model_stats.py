@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..layers import AxialAttention
+from ..layers.relative_position import block_geometry
 
 
 @dataclass
@@ -55,9 +56,20 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 def window_pairs(length: int, span: int, span_mode: str) -> int:
     """Number of (query, key) pairs along an axis of ``length``: ``length^2`` for global attention,
-    else each query's window of ``span`` positions clipped at the borders."""
-    if span_mode == "global":
+    each query's window of ``span`` positions clipped at the borders (local; hybrid on axes longer
+    than ``2 span - 1``), or each query block times its widened key range (blocked,
+    ``relative_position.block_geometry``)."""
+    if span_mode == "global" or (span_mode == "hybrid" and length <= 2 * span - 1):
         return length * length
+    if span_mode == "block":
+        block, flange = block_geometry(span)
+        if length <= block:
+            return length * length
+        return sum(
+            (min(start + block, length) - start)
+            * (min(length, start + block + flange) - max(0, start - flange))
+            for start in range(0, length, block)
+        )
     reach = span // 2
     pos = torch.arange(length)
     return int(((pos + reach).clamp(max=length - 1) - (pos - reach).clamp(min=0) + 1).sum())

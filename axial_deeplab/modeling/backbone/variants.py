@@ -1,8 +1,10 @@
 """Axial-ResNet variants as data (name -> keyword arguments) and the one builder that reads them.
 
 Panoptic backbones ``axial_resnet_s/m/l/xl`` (Axial-DeepLab, Wang et al. 2020; deeplab2
-``AxialDeepLab{S,L}``): ResNet-50 layout, every stage axial, the Inception stem, local span 65,
-output stride 16. Their stem widths (64, 64, 128) are scaled by the width multiplier, as in the
+``AxialDeepLab{S,L}``): ResNet-50 layout, every stage axial, the Inception stem, span 65 in the
+``hybrid`` mode (local windows of 65 on axes longer than 129, global attention on shorter ones,
+relative tables of 257 entries: the formulation whose counts match the paper's, see
+``tools/model_stats.py``), output stride 16. Their stem widths (64, 64, 128) are scaled by the width multiplier, as in the
 authors' ImageNet stems. deeplab2 keeps them at 1x, but only the scaled stem matches the paper's
 multiply-adds at 1025 x 2049: Axial-ResNet-S alone costs 173 G scaled, 217 G unscaled, against
 220.8 G for the paper's whole Axial-DeepLab-S. ``axial_resnet_tiny``: [1, 1, 1, 1] at multiplier 0.25,
@@ -26,7 +28,7 @@ _PANOPTIC: dict[str, Any] = dict(
     layers=(3, 4, 6, 3),
     stem="inception",
     span=65,
-    span_mode="local",
+    span_mode="hybrid",  # local 65 on long axes, global on axes up to 129: the paper's counts
     stride_mode="subsample",
     output_stride=16,
     out_features=("res2", "res3", "res5"),
@@ -167,11 +169,11 @@ def build_variant(name: str, **overrides: Any) -> AxialResNet:
 
 def build_axial_resnet_backbone(cfg) -> AxialResNet:
     """The backbone of ``cfg.MODEL.AXIAL_RESNET``: its ``VARIANT`` row with the config's span,
-    span mode, output stride, heads, output features and checkpointing; an empty ``STEM`` or
-    ``STRIDE_MODE`` keeps the variant's, ``SPAN: 0`` its spans. No classifier head."""
+    span mode, output stride, heads, output features and checkpointing; an empty ``STEM``,
+    ``SPAN_MODE`` or ``STRIDE_MODE`` keeps the variant's, ``SPAN: 0`` its spans. No classifier
+    head."""
     c = cfg.MODEL.AXIAL_RESNET
     overrides: dict[str, Any] = dict(
-        span_mode=c.SPAN_MODE,
         output_stride=c.OUTPUT_STRIDE,
         num_heads=c.NUM_HEADS,
         out_features=tuple(c.OUT_FEATURES),
@@ -180,6 +182,8 @@ def build_axial_resnet_backbone(cfg) -> AxialResNet:
     )
     if c.SPAN:
         overrides["span"] = c.SPAN
+    if c.SPAN_MODE:
+        overrides["span_mode"] = c.SPAN_MODE
     if c.STEM:
         overrides["stem"] = c.STEM
     if c.STRIDE_MODE:
