@@ -215,4 +215,3 @@ def _attend_block(q1, k, q2, k3, v, tables, queries, keys, span):
         g,
     )
     return out.view(b, -1, o1 - o0)  # [B, 2C, Lo]
-
