@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from .catalog import DatasetMetadata
-from .records import assert_files_exist, image_sizes, read_json, train_segments
+from .records import assert_files_exist, image_sizes, panoptic_record, read_json
 from .validation import DatasetFormatError
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -127,19 +127,15 @@ def load_cityscapes_panoptic(
         png_path = os.path.join(gt_dir, ann["file_name"])
         height, width, _ = sizes.get(image_id, (None, None, None))
         records.append(
-            {
-                "file_name": images[image_id],
-                "pan_seg_file_name": png_path,
-                "image_id": image_id,
-                "height": height,
-                "width": width,
-                "segments_info": train_segments(
-                    ann.get("segments_info", []),
-                    categories,
-                    id_to_train,
-                    f"{png_path} (image_id {image_id!r} in {gt_json}, category ids = {kind})",
-                ),
-            }
+            panoptic_record(
+                ann,
+                images[image_id],
+                png_path,
+                (height, width),
+                categories,
+                id_to_train,
+                f"{png_path} (image_id {image_id!r} in {gt_json}, category ids = {kind})",
+            )
         )
     if check_files:
         assert_files_exist(records, gt_json)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from .catalog import DatasetMetadata
-from .records import assert_files_exist, image_sizes, read_json, train_segments
+from .records import assert_files_exist, image_sizes, panoptic_record, read_json
 from .validation import DatasetFormatError, validate_categories
 
 
@@ -76,19 +76,15 @@ def load_coco_panoptic(
             image_name = os.path.splitext(ann["file_name"])[0] + ".jpg"
         png_path = os.path.join(png_dir, ann["file_name"])
         records.append(
-            {
-                "file_name": os.path.join(image_dir, image_name),
-                "pan_seg_file_name": png_path,
-                "image_id": image_id,
-                "height": height,
-                "width": width,
-                "segments_info": train_segments(
-                    ann.get("segments_info", []),
-                    categories,
-                    id_to_train,
-                    f"{png_path} (image_id {image_id!r} in {json_file})",
-                ),
-            }
+            panoptic_record(
+                ann,
+                os.path.join(image_dir, image_name),
+                png_path,
+                (height, width),
+                categories,
+                id_to_train,
+                f"{png_path} (image_id {image_id!r} in {json_file})",
+            )
         )
     if check_files:
         assert_files_exist(records, json_file)

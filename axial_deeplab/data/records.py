@@ -50,6 +50,30 @@ def train_segments(
     return out
 
 
+def panoptic_record(
+    ann: dict,
+    image_path: str,
+    png_path: str,
+    size: tuple[int | None, int | None],
+    categories: dict[int, dict],
+    id_to_train: dict[int, int],
+    source: str,
+) -> dict:
+    """One image's record (detectron2's panoptic dataset-dict keys) from its JSON annotation
+    ``ann``; ``size`` is ``(height, width)`` from the JSON's images (None if absent); ``source``
+    names the PNG and JSON in errors."""
+    return {
+        "file_name": image_path,
+        "pan_seg_file_name": png_path,
+        "image_id": ann["image_id"],
+        "height": size[0],
+        "width": size[1],
+        "segments_info": train_segments(
+            ann.get("segments_info", []), categories, id_to_train, source
+        ),
+    }
+
+
 def assert_files_exist(records: list[dict], source: str) -> None:
     """Raise on the first record whose image or panoptic PNG is missing."""
     for rec in records:
