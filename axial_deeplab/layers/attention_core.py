@@ -162,7 +162,20 @@ def attend(
     query blocks of ``m`` against their ``3 m - 1`` keys, so memory is ``O(L m)`` instead of
     ``O(L^2)``; the blocked mode likewise runs block by block.
     """
-    length = q1.shape[-1]
+    outputs = [
+        _attend_block(q1, k, q2, k3, v, tables, queries, keys, local)
+        for queries, keys, local in plan_blocks(q1.shape[-1], span, span_mode)
+    ]
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # [B, 2C, L]
+
+
+Block = tuple[tuple[int, int], tuple[int, int], "int | None"]
+
+
+def plan_blocks(length: int, span: int, span_mode: str) -> list[Block]:
+    """How ``attend`` splits an axis of ``length``: ``[((o0, o1), (p0, p1), local), ...]``, queries
+    ``[o0, o1)`` against keys ``[p0, p1)``, ``local`` the window to mask (None: every key counts).
+    """
     if span_mode == "hybrid":
         span_mode = "global" if length <= 2 * span - 1 else "local"
     local = span if span_mode == "local" else None
@@ -171,16 +184,18 @@ def attend(
     elif span_mode == "block" and length > block_geometry(span)[0]:
         step, reach = block_geometry(span)
     else:
-        return _attend_block(q1, k, q2, k3, v, tables, (0, length), (0, length), local)
-    outputs = []
-    for start in range(0, length, step):
-        stop = min(start + step, length)
-        keys = (max(0, start - reach), min(length, stop + reach))
-        outputs.append(_attend_block(q1, k, q2, k3, v, tables, (start, stop), keys, local))
-    return torch.cat(outputs, dim=2)  # [B, 2C, L]
+        return [((0, length), (0, length), local)]
+    return [
+        (
+            (start, min(start + step, length)),
+            (max(0, start - reach), min(length, start + step + reach)),
+            local,
+        )
+        for start in range(0, length, step)
+    ]
 
 
-def _window_mask(queries, keys, span, device) -> torch.Tensor | None:
+def window_mask(queries, keys, span, device) -> torch.Tensor | None:
     """``[Lo, Lp]`` bool, True where key ``p`` lies outside query ``o``'s local window (None if
     every key of the block is inside every window, or for a global span)."""
     (o0, o1), (p0, p1) = queries, keys
@@ -196,7 +211,7 @@ def _attend_block(q1, k, q2, k3, v, tables, queries, keys, span):
     table_q, table_k, table_v = tables
     b, g, dk, _ = q1.shape
     index = pair_index(queries, keys, table_q.shape[1], device=q1.device)  # [Lo, Lp]
-    mask = _window_mask(queries, keys, span, q1.device)
+    mask = window_mask(queries, keys, span, q1.device)
 
     def lines(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         x = x if (lo, hi) == (0, x.shape[-1]) else x[..., lo:hi]
