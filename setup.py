@@ -26,8 +26,10 @@ setup(
         "scipy",
     ],
     extras_require={
-        # detectron2 is not on PyPI: install it from its git repository first (see README).
-        "d2": [],
+        # The detectron2 plugin. detectron2 itself is not on PyPI: install it from its git
+        # repository after this extra (README, "detectron2 plugin"); these are its pinned
+        # pure-Python dependencies, resolved here from the registry.
+        "d2": ["fvcore>=0.1.5,<0.1.6", "iopath>=0.1.7,<0.1.10"],
         "export": ["onnx", "onnxruntime"],
         "cityscapes": ["cityscapesscripts"],
         "dev": ["pytest", "ruff", "black", "cityscapesscripts", "tensorboard"],

@@ -1,0 +1,153 @@
+"""Training and evaluation with detectron2's ``DefaultTrainer`` and ``launch`` (``tools/d2_train_net.py``).
+
+:class:`Trainer` keeps detectron2's loop, hooks, checkpointer and writers and plugs in our parts:
+the optimizer and poly schedule of ``axial_deeplab.engine.optim`` (with detectron2's gradient
+clipping from ``SOLVER.CLIP_GRADIENTS``), our mapper in the data loaders and our evaluators.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.solver.build import maybe_add_gradient_clipping
+
+from axial_deeplab.engine.optim import build_lr_scheduler, build_optimizer, param_groups
+
+from .config import load_config
+from .data import AxialDeepLabDatasetMapper, register_datasets
+from .evaluation import build_evaluator
+
+logger = logging.getLogger(__name__)
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's ``DefaultTrainer`` with our optimizer, schedule, mapper and evaluators."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        # detectron2 v0.6 checkpoints only schedulers derived from _LRScheduler; ours is a
+        # LambdaLR, so it is saved explicitly (a resumed run continues the schedule).
+        self.checkpointer.add_checkpointable("lr_scheduler", self.scheduler)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+        solver = cfg.SOLVER
+        optimizer = build_optimizer(
+            param_groups(model, solver.WEIGHT_DECAY),
+            name=solver.OPTIMIZER,
+            lr=solver.BASE_LR,
+            betas=tuple(solver.BETAS),
+        )
+        return maybe_add_gradient_clipping(cfg, optimizer)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer: torch.optim.Optimizer):
+        solver = cfg.SOLVER
+        return build_lr_scheduler(
+            optimizer,
+            max_iter=solver.MAX_ITER,
+            power=solver.POLY_LR_POWER,
+            warmup_iters=solver.WARMUP_ITERS,
+            warmup_factor=solver.WARMUP_FACTOR,
+        )
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN)  # loading writes the metadata
+        return build_detection_train_loader(
+            dicts,
+            mapper=AxialDeepLabDatasetMapper(cfg, is_train=True),
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            aspect_ratio_grouping=False,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
+        return build_detection_test_loader(
+            dicts,
+            mapper=AxialDeepLabDatasetMapper(cfg, is_train=False, dataset_name=dataset_name),
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):
+        return build_evaluator(dataset_name)
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """detectron2's arguments (``--config-file``, ``--num-gpus``, ``--eval-only``, ``--resume``,
+    ``opts``...) plus the synthetic data set."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--synthetic-dir",
+        default="",
+        help="write synthetic scenes here (once) and register synthetic_{coco,cityscapes}_*",
+    )
+    parser.add_argument("--synthetic-train", type=int, default=96, help="synthetic train scenes")
+    parser.add_argument("--synthetic-val", type=int, default=24, help="synthetic val scenes")
+    return parser
+
+
+def setup(args: argparse.Namespace):
+    """Config from ``--config-file`` and ``opts`` (CPU when no GPU is present), logging, seeds."""
+    opts = list(args.opts)
+    cfg = load_config(args.config_file, opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        print(f"MODEL.DEVICE={cfg.MODEL.DEVICE} but no GPU is available: running on the CPU")
+        cfg = load_config(args.config_file, opts + ["MODEL.DEVICE", "cpu"])
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args: argparse.Namespace) -> dict:
+    """One process: register the data sets, then evaluate (``--eval-only``) or train."""
+    cfg = setup(args)
+    register_datasets(cfg, synthetic_dir=args.synthetic_dir or None)
+    if cfg.TEST.AUG.ENABLED:
+        logger.warning("TEST.AUG is not applied under detectron2; tools/infer.py applies it")
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """Parse, write the synthetic scenes if asked, then ``launch`` :func:`main` on every GPU."""
+    args = argument_parser().parse_args(argv)
+    if args.synthetic_dir:
+        from axial_deeplab.quickstart import prepare_data
+
+        cfg = load_config(args.config_file, list(args.opts))
+        prepare_data(
+            os.path.abspath(args.synthetic_dir),
+            train=args.synthetic_train,
+            val=args.synthetic_val,
+            seed=0,
+            size=tuple(cfg.INPUT.CROP.SIZE),
+        )
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

@@ -1,0 +1,78 @@
+"""End to end under detectron2: ``tools/d2_train_net.py`` trains a few iterations on synthetic
+scenes and evaluates; ``--eval-only`` reproduces the numbers from the checkpoint; ``--resume``
+continues the run and its poly learning-rate schedule. Skipped without detectron2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip(
+    "detectron2",
+    reason="detectron2 is not installed; it is not on PyPI: pip install --no-build-isolation "
+    "'git+https://github.com/facebookresearch/detectron2.git@c69939aa' (README, 'detectron2 plugin')",
+)
+
+from axial_deeplab.d2.train import argument_parser, main  # noqa: E402
+from axial_deeplab.engine.optim import poly_warmup_factor  # noqa: E402
+
+pytestmark = pytest.mark.slow
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _args(tmp_path, max_iter: int, *flags: str) -> list[str]:
+    return [
+        *flags, "--config-file", os.path.join(REPO, "configs/quickstart/synthetic_axial.yaml"),
+        "--synthetic-dir", str(tmp_path / "data"), "--synthetic-train", "8", "--synthetic-val", "4",
+        "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.MAX_ITER", str(max_iter),
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "4", "DATALOADER.NUM_WORKERS", "0",
+        "MODEL.DEVICE", "cpu",
+    ]  # fmt: skip
+
+
+def _run_tool(args: list[str]) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools/d2_train_net.py"), *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def _metrics(out_dir) -> tuple[dict, dict]:
+    """The last training record and the last evaluation record of ``metrics.json``."""
+    with open(os.path.join(out_dir, "metrics.json"), encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    train = [r for r in records if "total_loss" in r]
+    evaluation = [r for r in records if "panoptic_seg/PQ" in r]
+    return train[-1], evaluation[-1]
+
+
+def test_d2_train_net_trains_evaluates_and_resumes(tmp_path):
+    log = _run_tool(_args(tmp_path, 6))
+    assert "Starting training from iteration 0" in log
+    train, final = _metrics(tmp_path / "out")
+    assert train["iteration"] == 5
+    for key in ("total_loss", "loss_sem_seg", "loss_center", "loss_offset"):
+        assert train[key] == train[key] and train[key] < 1e3, key  # finite
+    assert {"panoptic_seg/PQ", "panoptic_seg/PQ_th", "sem_seg/mIoU"} <= set(final)
+    assert final["sem_seg/mIoU"] > 0
+    assert os.path.isfile(tmp_path / "out" / "model_final.pth")
+
+    # --eval-only on the final checkpoint: the numbers of the evaluation after training
+    weights = str(tmp_path / "out" / "model_final.pth")
+    args = _args(tmp_path, 6, "--eval-only") + ["MODEL.WEIGHTS", weights]
+    results = main(argument_parser().parse_args(args))
+    assert results["panoptic_seg"]["PQ"] == pytest.approx(final["panoptic_seg/PQ"])
+    assert results["sem_seg"]["mIoU"] == pytest.approx(final["sem_seg/mIoU"])
+
+    # --resume with a longer schedule: continues at iteration 6 with the schedule's LR there
+    log = _run_tool(_args(tmp_path, 9, "--resume"))
+    assert "Starting training from iteration 6" in log
+    resumed, _ = _metrics(tmp_path / "out")
+    assert resumed["iteration"] == 8
+    factor = poly_warmup_factor(8, max_iter=9, power=0.9, warmup_iters=4, warmup_factor=0.001)
+    assert resumed["lr"] == pytest.approx(0.002 * factor)

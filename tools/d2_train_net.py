@@ -1,0 +1,14 @@
+"""Train or evaluate Axial-DeepLab with detectron2's ``launch`` and ``DefaultTrainer``.
+
+    python tools/d2_train_net.py --config-file configs/coco/axial_deeplab_s_641.yaml --num-gpus 8
+    python tools/d2_train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+    python tools/d2_train_net.py --config-file configs/quickstart/synthetic_axial.yaml \
+        --synthetic-dir output/d2_synthetic/data SOLVER.MAX_ITER 20
+
+Needs detectron2 (README, "detectron2 plugin"); the logic lives in ``axial_deeplab.d2.train``.
+"""
+
+from axial_deeplab.d2.train import run
+
+if __name__ == "__main__":
+    run()
