@@ -1,16 +1,21 @@
 """Benchmark: file-based PQ on seeded synthetic PNG pairs, against hotcoco and the COCO API.
 
-    python bench/panoptic_eval.py [--num-images 200] [--panopticapi /tmp/panopticapi_src]
+    python bench/panoptic_eval.py [--num-images 200] [--repeats 7] [--panopticapi DIR]
+                                  [--tools axial_deeplab hotcoco ...]
 
 Generates ``--num-images`` ground-truth / prediction pairs (640x480 by default) with a seeded
-generator into a temporary folder, times each evaluator (best and median of ``--repeats``), checks
-that every evaluator's numbers equal ours to 1e-9 (All / Things / Stuff and per class) and prints
-the times with ratios. Two settings, as timings depend on the process's state (a process that
-has already allocated and freed large arrays gets later ones without page faults): "fresh", each
-call in a new Python process as a command-line run would be (the call is timed, not the
-interpreter start-up and imports), and "warm", every call in this process after the generation. Tools that are not installed are skipped with a note:
-``pip install hotcoco`` (a Rust implementation), ``pip install cityscapesscripts``; panopticapi is
-not on PyPI: pass ``--panopticapi`` a folder holding its source (the ``panopticapi`` package).
+generator into a temporary folder, runs every evaluator ``--repeats`` times, alternating them
+within each repeat so that load changes on a shared machine hit all alike, checks that every
+evaluator's numbers equal ours to 1e-9 (All / Things / Stuff and per class) and prints, per
+evaluator, the best and median wall-clock time, the median CPU time (all threads and worker
+processes: steadier than wall time on a busy machine) and the ratios of our medians to its.
+
+Two settings, as timings depend on the process's state: "fresh", each call in a new Python
+process as a command-line run would be (the call is timed, not the interpreter start-up and
+imports), and "warm", every call in this process after the generation. Tools that are not
+installed are skipped with a note: ``pip install hotcoco`` (a Rust implementation),
+``pip install cityscapesscripts``; panopticapi is not on PyPI: pass ``--panopticapi`` a folder
+holding its source (the ``panopticapi`` package).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -106,8 +112,23 @@ def _max_difference(ours: dict, theirs: dict) -> float:
     return worst
 
 
-def _run_fresh(name: str, folder: str, args: argparse.Namespace) -> tuple[float, dict]:
-    """Time one evaluator in a new Python process; returns (seconds, results)."""
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads) and of its finished children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for worker processes
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _timed(run: Callable[[], dict]) -> tuple[float, float, dict]:
+    """``(wall seconds, CPU seconds, results)`` of one call, its printing silenced."""
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = run()
+    return time.perf_counter() - start, _cpu_seconds() - cpu, results
+
+
+def _run_fresh(name: str, folder: str, args: argparse.Namespace) -> tuple[float, float, dict]:
+    """Time one evaluator in a new Python process; returns (wall s, CPU s, results)."""
     command = [sys.executable, __file__, "--run-one", name, "--folder", folder]
     if args.panopticapi:
         command += ["--panopticapi", args.panopticapi]
@@ -115,27 +136,29 @@ def _run_fresh(name: str, folder: str, args: argparse.Namespace) -> tuple[float,
         command += ["--workers", str(args.workers)]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     answer = json.loads(out.strip().splitlines()[-1])
-    return answer["seconds"], answer["results"]
+    return answer["seconds"], answer["cpu"], answer["results"]
 
 
 def _run_one(args: argparse.Namespace) -> None:
     """The child side of :func:`_run_fresh`: one timed call, a JSON line on stdout."""
-    run = _evaluators(args.folder, args)[args.run_one]
-    start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        results = run()
-    seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "results": results}, default=float))
+    seconds, cpu, results = _timed(_evaluators(args.folder, args)[args.run_one])
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "results": results}, default=float))
 
 
-def _report(title: str, times: dict[str, list[float]], results: dict[str, dict]) -> None:
-    best = {name: min(t) for name, t in times.items()}
-    print(f"{title}\n{'evaluator':18s} {'best s':>8s} {'median s':>9s} {'ours / it':>10s} "
-          f"{'max |diff|':>11s}")  # fmt: skip
-    for name, t in times.items():
+def _report(title: str, times: dict[str, list[tuple[float, float]]], results: dict) -> None:
+    """One line per evaluator: best and median wall s, median CPU s, ours / its medians."""
+    median = {
+        name: [statistics.median(t[i] for t in runs) for i in (0, 1)]
+        for name, runs in times.items()
+    }  # fmt: skip
+    ours = median["axial_deeplab"]
+    print(f"{title}\n{'evaluator':18s} {'best s':>7s} {'median s':>9s} {'cpu s':>7s} "
+          f"{'ours/it wall':>13s} {'ours/it cpu':>12s} {'max |diff|':>11s}")  # fmt: skip
+    for name, runs in times.items():
         diff = _max_difference(results["axial_deeplab"], results[name])
-        print(f"{name:18s} {best[name]:8.3f} {statistics.median(t):9.3f} "
-              f"{best['axial_deeplab'] / best[name]:10.2f} {diff:11.1e}")  # fmt: skip
+        wall, cpu = median[name]
+        print(f"{name:18s} {min(t[0] for t in runs):7.3f} {wall:9.3f} {cpu:7.3f} "
+              f"{ours[0] / wall:13.2f} {ours[1] / cpu:12.2f} {diff:11.1e}")  # fmt: skip
         if diff > 1e-9:
             raise SystemExit(f"{name} disagrees with ours by {diff}")
 
@@ -146,9 +169,13 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--workers", type=int, default=None, help="ours; default: all CPUs")
     parser.add_argument("--panopticapi", help="folder holding panopticapi's source")
+    parser.add_argument("--tools", nargs="+", help="evaluators to time (default: all installed)")
+    parser.add_argument(
+        "--settings", nargs="+", default=["fresh", "warm"], choices=["fresh", "warm"]
+    )
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -159,23 +186,26 @@ def main() -> None:
         generate(folder, args.num_images, args.height, args.width, args.seed)
         print(f"generated {args.num_images} pairs of {args.width}x{args.height} PNGs "
               f"in {time.perf_counter() - start:.1f} s (seed {args.seed}); "
-              f"{len(os.sched_getaffinity(0))} CPUs")  # fmt: skip
+              f"{len(os.sched_getaffinity(0))} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
         tools = _evaluators(folder, args)
-        for setting in ("fresh", "warm"):
-            times: dict[str, list[float]] = {}
+        if args.tools:  # ours always: the others are compared with it
+            wanted = {"axial_deeplab", *args.tools}
+            tools = {name: run for name, run in tools.items() if name in wanted}
+        for setting in args.settings:
+            times: dict[str, list[tuple[float, float]]] = {}
             results: dict[str, dict] = {}
-            for _ in range(args.repeats):  # interleaved: load changes hit every tool alike
-                for name, run in tools.items():
+            for repeat in range(args.repeats):  # interleaved: load changes hit every tool alike
+                order = list(tools) if repeat % 2 == 0 else list(tools)[::-1]
+                for name in order:
                     if setting == "fresh":
-                        seconds, results[name] = _run_fresh(name, folder, args)
+                        seconds, cpu, results[name] = _run_fresh(name, folder, args)
                     else:
-                        start = time.perf_counter()
-                        with contextlib.redirect_stdout(io.StringIO()):
-                            results[name] = json.loads(json.dumps(run(), default=float))
-                        seconds = time.perf_counter() - start
-                    times.setdefault(name, []).append(seconds)
+                        seconds, cpu, answer = _timed(tools[name])
+                        results[name] = json.loads(json.dumps(answer, default=float))
+                    times.setdefault(name, []).append((seconds, cpu))
             _report(f"-- {setting}: " + ("a new process per call" if setting == "fresh"
                     else "calls in the generating process"), times, results)  # fmt: skip
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (this benchmark included)")
     ours = results["axial_deeplab"]["All"]
     print(f"PQ {100 * ours['pq']:.3f}  SQ {100 * ours['sq']:.3f}  RQ {100 * ours['rq']:.3f}  "
           f"over {ours['n']} classes; numbers equal to 1e-9 for every evaluator")  # fmt: skip

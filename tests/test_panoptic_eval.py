@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -13,8 +14,15 @@ import pytest
 
 from axial_deeplab.data.panoptic_io import read_panoptic_png, write_panoptic_png
 from axial_deeplab.data.validation import DatasetFormatError
-from axial_deeplab.evaluation.panoptic import PanopticEvaluator, PQStats, pq_image_stats
+from axial_deeplab.evaluation.panoptic import (
+    PanopticEvaluator,
+    PQStats,
+    RunsImage,
+    pq_image_stats,
+)
 from axial_deeplab.evaluation.panoptic_files import evaluate_panoptic_files
+from axial_deeplab.evaluation.parallel import map_batches
+from axial_deeplab.evaluation.runs import runs_from_ids
 from axial_deeplab.evaluation.synthetic import (
     synthetic_categories,
     synthetic_ground_truth,
@@ -237,8 +245,9 @@ def test_matches_official_on_real_coco_samples(tmp_path):
     for ann in data["annotations"]:
         gt = read_panoptic_png(COCO / "panoptic" / ann["file_name"])
         images += _perturbed(gt, ann["segments_info"], data["categories"], seeds=range(3))
-    ours, official = _ours(images, data["categories"]), _official(
-        tmp_path, images, data["categories"]
+    ours, official = (
+        _ours(images, data["categories"]),
+        _official(tmp_path, images, data["categories"]),
     )
     assert official["All"]["n"] > 10  # a real test: many classes, crowds present
     _assert_same(ours, official)
@@ -296,6 +305,101 @@ def test_merged_halves_equal_the_whole():
     assert first.num_images == 6
     assert whole.evaluate()["All"]["n"] > 3
     _assert_same(first.evaluate(), whole.evaluate())
+
+
+def _scenes(seed: int, sizes: list[tuple[int, int]]) -> tuple[list, list[dict]]:
+    categories = synthetic_categories()
+    rng = np.random.default_rng(seed)
+    images = []
+    for height, width in sizes:
+        gt, gt_segments = synthetic_ground_truth(rng, categories, height, width)
+        images.append((gt, gt_segments, *synthetic_prediction(rng, categories, gt, gt_segments)))
+    return images, categories
+
+
+def _runs_image(i: int, gt, gt_segments, pred, pred_segments) -> RunsImage:
+    return RunsImage(runs_from_ids(gt), gt_segments, runs_from_ids(pred), pred_segments,
+                     f"gt {i}", f"pred {i}")  # fmt: skip
+
+
+def test_a_batch_gives_each_images_statistics_bit_for_bit():
+    # Images of different sizes, one with an empty prediction and one all crowd, in one batch:
+    # the [B, C] statistics equal those of each image alone, exactly (same sums, same order).
+    images, categories = _scenes(5, [(40, 50), (33, 61), (48, 48), (40, 50)])
+    gt, gt_segments = images[1][:2]
+    images[1] = (gt, gt_segments, np.zeros_like(gt), [])
+    crowd = [{**seg, "iscrowd": 1} for seg in images[2][1]]
+    images[2] = (images[2][0], crowd, *images[2][2:])
+    evaluator = PanopticEvaluator(categories)
+    batch = evaluator.image_stats([_runs_image(i, *image) for i, image in enumerate(images)])
+    assert batch.tp.shape == (4, len(categories)) and evaluator.num_images == 0  # nothing added
+    for i, image in enumerate(images):
+        alone = PanopticEvaluator(categories).process(*image)
+        for field in ("iou", "tp", "fp", "fn"):
+            assert getattr(batch, field)[i].tolist() == getattr(alone, field).tolist()
+    assert batch.fn[1].sum() > 0 and batch.tp[1].sum() == batch.fp[1].sum() == 0
+    assert batch.tp[2].sum() == batch.fn[2].sum() == 0
+
+
+def test_file_evaluation_is_the_streaming_result_bit_for_bit_for_any_worker_count(tmp_path):
+    # The parent adds per-image statistics in image order, so batches and worker processes do
+    # not change a single bit: equal to process() called image by image.
+    args, images, categories = _files(tmp_path, num_images=21)
+    expected = _ours(images, categories)
+    paths = [args[i] for i in (1, 3, 5, 7)]
+    for workers in (1, 2, 3):
+        result = evaluate_panoptic_files(*paths, workers=workers, progress=False)
+        assert result == expected, workers
+
+
+def test_a_batch_names_the_first_image_whose_ids_do_not_match_its_list():
+    images, categories = _scenes(6, [(30, 40)] * 3)
+    gt, gt_segments, pred, pred_segments = images[1]
+    images[1] = (gt, gt_segments[1:], pred, pred_segments)  # a gt segment left out of the list
+    gt, gt_segments, pred, pred_segments = images[2]
+    images[2] = (gt, gt_segments, pred, pred_segments + [{"id": 99, "category_id": 1}])
+    batch = [_runs_image(i, *image) for i, image in enumerate(images)]
+    with pytest.raises(DatasetFormatError, match="gt 1: segment ids .* not in segments_info"):
+        PanopticEvaluator(categories).image_stats(batch)
+    with pytest.raises(DatasetFormatError, match="pred 2: segment ids \\[99\\] .* absent"):
+        PanopticEvaluator(categories).image_stats(batch[2:])
+
+
+def _square_unless_seven(batch: list[int]) -> list[int]:
+    if 7 in batch:
+        raise DatasetFormatError(f"bad item in {batch}")
+    return [x * x for x in batch]
+
+
+class _DieInWorker:
+    """Exits abruptly in a worker process (never in the one that made it)."""
+
+    def __init__(self):
+        self.parent = os.getpid()
+
+    def __call__(self, batch: list[int]) -> list[int]:
+        if os.getpid() != self.parent:
+            os._exit(3)  # a worker dying without a word (killed, out of memory...)
+        return batch
+
+
+def test_map_batches_keeps_batch_order_and_raises_worker_errors():
+    items = list(range(7))
+    for workers in (1, 2, 3):
+        assert map_batches(_square_unless_seven, items, batch_size=2, workers=workers) == [
+            [0, 1], [4, 9], [16, 25], [36]
+        ]  # fmt: skip
+    seen = []
+    map_batches(_square_unless_seven, items, batch_size=3, workers=2,
+                on_result=lambda i, r: seen.append(i))  # fmt: skip
+    assert sorted(seen) == [0, 1, 2]
+    with pytest.raises(DatasetFormatError, match=r"bad item in \[6, 7\]"):
+        map_batches(_square_unless_seven, list(range(12)), batch_size=2, workers=2)
+
+
+def test_map_batches_reports_a_worker_that_died():
+    with pytest.raises(RuntimeError, match=r"worker process \d+ stopped \(exit code 3\)"):
+        map_batches(_DieInWorker(), list(range(40)), batch_size=1, workers=2)
 
 
 # ------------------------------------------------------------------------------------------

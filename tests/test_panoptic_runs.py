@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import cv2
@@ -13,6 +14,7 @@ from axial_deeplab.data.panoptic_io import read_panoptic_png, write_panoptic_png
 from axial_deeplab.evaluation import runs as runs_module
 from axial_deeplab.evaluation.runs import (
     PanopticPngReader,
+    concatenate_runs,
     overlap_runs,
     read_panoptic_runs,
     runs_from_ids,
@@ -158,3 +160,31 @@ def test_overlap_runs_sum_to_the_pair_histogram():
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="panoptic PNG not found: .*nope.png"):
         read_panoptic_runs(tmp_path / "nope.png")
+
+
+def test_concatenated_runs_keep_images_apart():
+    # Three maps of different sizes, the last one starting with the id that ends the second: one
+    # row of runs whose expansion is the maps flattened end to end, each run tagged with its map.
+    maps = [_scene(3, 23, 29), _scene(4, 31, 22), np.full((2, 4), _scene(4, 31, 22)[-1, -1])]
+    row, image = concatenate_runs([runs_from_ids(m) for m in maps])
+    assert row.shape == (1, sum(m.size for m in maps))
+    np.testing.assert_array_equal(_expand(row)[0], np.concatenate([m.ravel() for m in maps]))
+    assert image.tolist() == sum(
+        ([i] * runs_from_ids(m).starts.size for i, m in enumerate(maps)), []
+    )
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 200, 4099])
+def test_nonzero_bytes_equal_flatnonzero(size):
+    rng = np.random.default_rng(size)
+    data = np.where(rng.random(size) < 0.03, rng.integers(1, 256, size), 0).astype(np.uint8)
+    data[-1:] = 7  # a non-zero byte in the tail after the last whole 64-byte block
+    np.testing.assert_array_equal(runs_module._nonzero_bytes(data), np.flatnonzero(data))
+
+
+def test_inflate_checks_the_zlib_header():
+    raw = np.arange(1000, dtype=np.uint32).tobytes()
+    out = np.empty(len(raw), dtype=np.uint8)
+    assert runs_module._inflate(zlib.compress(raw), out) and out.tobytes() == raw
+    assert not runs_module._inflate(b"\x00" + zlib.compress(raw)[1:], out)  # not deflate
+    assert not runs_module._inflate(zlib.compress(raw), np.empty(len(raw) + 1, np.uint8))

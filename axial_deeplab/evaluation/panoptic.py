@@ -24,8 +24,9 @@ processes; ``python -m axial_deeplab.evaluation.panoptic`` evaluates COCO-format
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,23 +34,21 @@ from axial_deeplab.data.validation import (
     MAX_SEGMENT_ID,
     DatasetFormatError,
     validate_categories,
-    validate_segment_presence,
     validate_segments_info,
 )
-from axial_deeplab.evaluation.runs import Runs, overlap_runs, runs_from_ids
-
-OFFSET = 256**3  # gt * OFFSET + pred keys a (gt, pred) overlap: ids must be < OFFSET
-VOID = 0
+from axial_deeplab.evaluation.overlaps import Overlaps, batch_overlaps
+from axial_deeplab.evaluation.runs import Runs, runs_from_ids
 
 
 @dataclass
 class PQStats:
-    """Sums over images, one entry per category (in the evaluator's category order)."""
+    """Sums per category (in the evaluator's category order): ``[C]`` over images, or ``[B, C]``
+    for each of ``B`` images."""
 
-    iou: np.ndarray  # [C] float64, sum of the IoUs of the true positives
-    tp: np.ndarray  # [C] int64
-    fp: np.ndarray  # [C] int64
-    fn: np.ndarray  # [C] int64
+    iou: np.ndarray  # [..., C] float64, sum of the IoUs of the true positives
+    tp: np.ndarray  # [..., C] int64
+    fp: np.ndarray  # [..., C] int64
+    fn: np.ndarray  # [..., C] int64
 
     @classmethod
     def zeros(cls, num_categories: int) -> PQStats:
@@ -61,38 +60,77 @@ class PQStats:
             self.iou + other.iou, self.tp + other.tp, self.fp + other.fp, self.fn + other.fn
         )
 
-
-def segment_arrays(
-    segments: list[dict], category_index: Mapping[int, int]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(ids [n], category indices [n], iscrowd [n] bool)`` of a ``segments_info`` list, in order."""
-    ids = np.array([s["id"] for s in segments], dtype=np.int64)
-    cats = np.array([category_index[s["category_id"]] for s in segments], dtype=np.int64)
-    crowd = np.array([s.get("iscrowd", 0) == 1 for s in segments], dtype=bool)
-    return ids, cats, crowd
+    def image(self, index: int) -> PQStats:
+        """One image's ``[C]`` statistics out of ``[B, C]``."""
+        return PQStats(self.iou[index], self.tp[index], self.fp[index], self.fn[index])
 
 
-def _dense(ids: np.ndarray, listed: np.ndarray) -> np.ndarray:
-    """Position in ``listed`` plus one of each id; VOID (0) -> 0; an id not listed -> n + 1."""
-    if listed.size == 0:
-        return np.where(ids == VOID, 0, 1)
-    order = np.argsort(listed)
-    position = np.searchsorted(listed[order], ids).clip(max=listed.size - 1)
-    found = listed[order][position] == ids
-    return np.where(ids == VOID, 0, np.where(found, order[position] + 1, listed.size + 1))
+@dataclass(frozen=True)
+class SegmentTable:
+    """The listed segments of ``B`` images, image by image in ``segments_info`` order."""
+
+    image: np.ndarray  # [n] int64 image of each segment, in [0, B)
+    category: np.ndarray  # [n] int64 category index
+    crowd: np.ndarray  # [n] bool, iscrowd = 1
+
+    @classmethod
+    def of(cls, segments: Sequence[list[dict]], category_index: Mapping[int, int]) -> SegmentTable:
+        """The table of ``B`` ``segments_info`` lists (already validated)."""
+        image = np.repeat(np.arange(len(segments)), [len(s) for s in segments])
+        flat = [s for listed in segments for s in listed]
+        category = np.array([category_index[s["category_id"]] for s in flat], dtype=np.int64)
+        crowd = np.array([s.get("iscrowd", 0) == 1 for s in flat], dtype=bool)
+        return cls(image, category, crowd)
 
 
-def intersection_matrix(
-    gt_ids: np.ndarray, pred_ids: np.ndarray, lengths: np.ndarray, gt_listed, pred_listed
-) -> np.ndarray:
-    """Overlap areas ``[n + 2, m + 2]`` from ``(gt id, pred id, length)`` runs ``[S]``.
+def pq_pair_stats(
+    overlaps: Overlaps,
+    gt: SegmentTable,
+    pred: SegmentTable,
+    num_images: int,
+    num_categories: int,
+) -> PQStats:
+    """``[B, C]`` PQ statistics of ``B`` images from their overlap areas (pure; rules above).
 
-    Row/column 0 is VOID, 1..n (1..m) the listed segments in order, n + 1 (m + 1) any id not listed.
+    Args:
+        overlaps: ``[S]`` (gt segment, predicted segment, area) pairs, sorted by gt segment
+            (-1 = VOID); segments numbered as in ``gt`` and ``pred``.
+        gt, pred: the listed segments of the ``B`` images.
     """
-    cols = pred_listed.size + 2
-    key = _dense(gt_ids, gt_listed) * cols + _dense(pred_ids, pred_listed)
-    areas = np.bincount(key, weights=lengths, minlength=(gt_listed.size + 2) * cols)
-    return areas.astype(np.int64).reshape(-1, cols)  # exact: float64 holds integers < 2^53
+    num_gt, num_pred, cells = gt.image.size, pred.image.size, num_images * num_categories
+    on_gt, on_pred = overlaps.gt >= 0, overlaps.pred >= 0
+    gt_area = _sum_by(overlaps.gt, overlaps.area, on_gt, num_gt)  # [n]
+    pred_area = _sum_by(overlaps.pred, overlaps.area, on_pred, num_pred)  # [m]
+    pred_void = _sum_by(overlaps.pred, overlaps.area, on_pred & ~on_gt, num_pred)  # [m]
+    both = on_gt & on_pred
+    g, p, shared = overlaps.gt[both], overlaps.pred[both], overlaps.area[both]  # [s]
+    iou = shared / (gt_area[g] + pred_area[p] - shared - pred_void[p])  # union leaves out VOID
+    match = (gt.category[g] == pred.category[p]) & ~gt.crowd[g] & (iou > 0.5)  # <= 1 per segment
+    gt_cell = gt.image * num_categories + gt.category  # [n] (image, category) of each segment
+    pred_cell = pred.image * num_categories + pred.category  # [m]
+
+    matched_gt = np.zeros(num_gt, dtype=bool)
+    matched_gt[g[match]] = True
+    tp = np.bincount(gt_cell[g[match]], minlength=cells)
+    iou_sum = np.bincount(gt_cell[g[match]], weights=iou[match], minlength=cells)  # in gt order
+    fn = np.bincount(gt_cell[~matched_gt & ~gt.crowd], minlength=cells)
+
+    crowd_of_cell = np.full(cells, -1, dtype=np.int64)  # the last crowd segment of each cell
+    crowd = np.flatnonzero(gt.crowd)
+    np.maximum.at(crowd_of_cell, gt_cell[crowd], crowd)
+    on_crowd_pair = crowd_of_cell[pred_cell[p]] == g  # [s] on the crowd of the pred's class
+    on_crowd = _sum_by(p, shared, on_crowd_pair, num_pred)  # [m]
+    matched_pred = np.zeros(num_pred, dtype=bool)
+    matched_pred[p[match]] = True
+    ignored = (pred_void + on_crowd) / np.maximum(pred_area, 1) > 0.5
+    fp = np.bincount(pred_cell[~matched_pred & ~ignored], minlength=cells)
+    shape = (num_images, num_categories)
+    return PQStats(*(a.reshape(shape) for a in (iou_sum, tp, fp, fn)))
+
+
+def _sum_by(index: np.ndarray, values: np.ndarray, keep: np.ndarray, size: int) -> np.ndarray:
+    """``[size]`` int64 sums of ``values[keep]`` by ``index[keep]``."""
+    return np.bincount(index[keep], weights=values[keep], minlength=size).astype(np.int64)
 
 
 def pq_image_stats(
@@ -102,7 +140,7 @@ def pq_image_stats(
     p_cat: np.ndarray,
     num_categories: int,
 ) -> PQStats:
-    """PQ statistics of one image from its overlap areas (pure; the rules in the module doc).
+    """``[C]`` PQ statistics of one image from its dense overlap areas.
 
     Args:
         inter: ``[n + 1, m + 1]`` int overlap areas; row/column 0 is VOID, then the gt (pred)
@@ -110,35 +148,13 @@ def pq_image_stats(
         g_cat, p_cat: ``[n]``, ``[m]`` category index of each gt / predicted segment.
         g_crowd: ``[n]`` bool, gt segments with ``iscrowd=1``.
     """
-    gt_area = inter[1:].sum(axis=1)  # [n]
-    pred_area = inter[:, 1:].sum(axis=0)  # [m]
-    pred_void = inter[0, 1:]  # [m]
-    shared = inter[1:, 1:]  # [n, m]
-    union = gt_area[:, None] + pred_area[None, :] - shared - pred_void[None, :]
-    iou = shared / np.maximum(union, 1)
-    candidate = (g_cat[:, None] == p_cat[None, :]) & ~g_crowd[:, None] & (shared > 0)
-    gt_match, pred_match = np.nonzero(candidate & (iou > 0.5))  # IoU > 0.5: at most one each
-
-    num = num_categories
-    stats = PQStats.zeros(num)
-    stats.tp += np.bincount(g_cat[gt_match], minlength=num)
-    stats.iou += np.bincount(g_cat[gt_match], weights=iou[gt_match, pred_match], minlength=num)
-    missed = np.ones(g_cat.size, dtype=bool)
-    missed[gt_match] = False
-    stats.fn += np.bincount(g_cat[missed & ~g_crowd], minlength=num)
-
-    crowd_of_class = np.full(num, -1, dtype=np.int64)  # the last crowd segment of each class
-    for k in np.flatnonzero(g_crowd):
-        crowd_of_class[g_cat[k]] = k
-    unmatched = np.ones(p_cat.size, dtype=bool)
-    unmatched[pred_match] = False
-    crowd_row = crowd_of_class[p_cat]  # [m] crowd segment of the prediction's class, or -1
-    on_crowd = np.zeros(p_cat.size, dtype=np.int64)  # [m] area on that crowd segment
-    has_crowd = np.flatnonzero(crowd_row >= 0)
-    on_crowd[has_crowd] = shared[crowd_row[has_crowd], has_crowd]
-    ignored = (pred_void + on_crowd) / np.maximum(pred_area, 1) > 0.5
-    stats.fp += np.bincount(p_cat[unmatched & ~ignored], minlength=num)
-    return stats
+    inter = np.asarray(inter, dtype=np.int64)
+    rows, cols = np.nonzero(inter)  # row-major: sorted by gt segment
+    overlaps = Overlaps(rows - 1, cols - 1, inter[rows, cols])
+    g_cat, p_cat = np.asarray(g_cat, dtype=np.int64), np.asarray(p_cat, dtype=np.int64)
+    gt = SegmentTable(np.zeros_like(g_cat), g_cat, np.asarray(g_crowd, dtype=bool))
+    pred = SegmentTable(np.zeros_like(p_cat), p_cat, np.zeros(p_cat.size, dtype=bool))
+    return pq_pair_stats(overlaps, gt, pred, 1, num_categories).image(0)
 
 
 def _group_average(
@@ -189,12 +205,31 @@ def check_id_map(ids: np.ndarray, source: str) -> np.ndarray:
     return ids
 
 
-def _check_presence(areas: np.ndarray, listed: np.ndarray, values: np.ndarray, source: str):
-    """Raise unless the listed segments (``areas[1:-1]``) all have pixels and no unlisted id has."""
-    present = listed[areas[1:-1] > 0].tolist()
-    if areas[-1] > 0:  # ids in the PNG but not listed: find them for the message
-        present += np.setdiff1d(values, np.concatenate([[VOID], listed])).tolist()
-    validate_segment_presence(present, set(listed.tolist()), source)
+class RunsImage(NamedTuple):
+    """One image's input to :meth:`PanopticEvaluator.image_stats`."""
+
+    gt: Runs
+    gt_segments: list[dict]
+    pred: Runs
+    pred_segments: list[dict]
+    gt_source: str  # names the gt PNG in errors
+    pred_source: str
+    image_size: tuple[int, int] | None = None  # (H, W) both maps must have, if given
+
+
+def _check_sizes(image: RunsImage) -> None:
+    """Raise unless the gt and predicted maps have one shape, the image's size if it is given."""
+    for runs, source in ((image.gt, image.gt_source), (image.pred, image.pred_source)):
+        if image.image_size is not None and runs.shape != tuple(image.image_size):
+            raise DatasetFormatError(
+                f"{source}: PNG size (H, W) = {runs.shape} differs from the image size "
+                f"{tuple(image.image_size)}"
+            )
+    if image.gt.shape != image.pred.shape:
+        raise DatasetFormatError(
+            f"{image.pred_source}: prediction size (H, W) = {image.pred.shape} differs from the "
+            f"ground truth's {image.gt.shape} ({image.gt_source})"
+        )
 
 
 class PanopticEvaluator:
@@ -245,28 +280,41 @@ class PanopticEvaluator:
         image_size: tuple[int, int] | None = None,
     ) -> PQStats:
         """:meth:`process` on id maps already in runs; ``*_source`` name them in errors."""
-        for runs, source in ((gt, gt_source), (pred, pred_source)):
-            if image_size is not None and runs.shape != tuple(image_size):
-                raise DatasetFormatError(
-                    f"{source}: PNG size (H, W) = {runs.shape} differs from the image size "
-                    f"{tuple(image_size)}"
-                )
-        if gt.shape != pred.shape:
-            raise DatasetFormatError(
-                f"{pred_source}: prediction size (H, W) = {pred.shape} differs from the ground "
-                f"truth's {gt.shape} ({gt_source})"
-            )
-        validate_segments_info(gt_segments, self.categories, gt_source)
-        validate_segments_info(pred_segments, self.categories, pred_source)
-        g_ids, g_cat, g_crowd = segment_arrays(gt_segments, self._index)
-        p_ids, p_cat, _ = segment_arrays(pred_segments, self._index)
-        gt_values, pred_values, lengths = overlap_runs(gt, pred)
-        inter = intersection_matrix(gt_values, pred_values, lengths, g_ids, p_ids)
-        _check_presence(inter.sum(axis=1), g_ids, gt_values, gt_source)
-        _check_presence(inter.sum(axis=0), p_ids, pred_values, pred_source)
-        stats = pq_image_stats(inter[:-1, :-1], g_cat, g_crowd, p_cat, len(self._index))
-        self.add(stats)
-        return stats
+        image = RunsImage(gt, gt_segments, pred, pred_segments, gt_source, pred_source, image_size)
+        stats = self.image_stats([image])
+        self.add_images(stats)
+        return stats.image(0)
+
+    def image_stats(self, images: Sequence[RunsImage]) -> PQStats:
+        """``[B, C]`` statistics of each of ``B`` images, in one batch; added to nothing."""
+        if not images:
+            empty = PQStats.zeros(len(self._index))
+            return PQStats(*(a[None][:0] for a in (empty.iou, empty.tp, empty.fp, empty.fn)))
+        for image in images:
+            _check_sizes(image)
+            validate_segments_info(image.gt_segments, self.categories, image.gt_source)
+            validate_segments_info(image.pred_segments, self.categories, image.pred_source)
+        listed = [
+            [np.array([s["id"] for s in segments], dtype=np.int64) for segments in side]
+            for side in ([i.gt_segments for i in images], [i.pred_segments for i in images])
+        ]  # fmt: skip
+        overlaps = batch_overlaps(
+            [i.gt for i in images], listed[0], [i.pred for i in images], listed[1],
+            [(i.gt_source, i.pred_source) for i in images],
+        )  # fmt: skip
+        gt = SegmentTable.of([i.gt_segments for i in images], self._index)
+        pred = SegmentTable.of([i.pred_segments for i in images], self._index)
+        return pq_pair_stats(overlaps, gt, pred, len(images), len(self._index))
+
+    def add_images(self, stats: PQStats) -> None:
+        """Add ``[B, C]`` per-image statistics one image after the other, so that the sums are
+        those of :meth:`process` called image by image, however the images were batched."""
+        old = self.stats
+        iou = np.add.accumulate(np.vstack([old.iou, stats.iou]), axis=0)[-1]  # image by image
+        self.stats = PQStats(
+            iou, old.tp + stats.tp.sum(0), old.fp + stats.fp.sum(0), old.fn + stats.fn.sum(0)
+        )
+        self.num_images += len(stats.tp)
 
     def add(self, stats: PQStats, num_images: int = 1) -> None:
         """Add statistics computed elsewhere (another process, a worker)."""

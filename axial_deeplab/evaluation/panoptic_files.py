@@ -1,26 +1,27 @@
 """PQ of COCO-format panoptic files (a JSON + a folder of PNGs, for gt and for predictions).
 
-Images are spread over worker processes (PNG reading and per-image statistics); the parent sums
-the statistics in image order, so the numbers do not depend on the number of workers.
+Batches of images are handed out to worker processes (PNG reading and per-image statistics); the
+parent sums the statistics in image order, so the numbers do not depend on the number of workers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Sequence
 
 from axial_deeplab.data.records import read_json
 from axial_deeplab.data.validation import DatasetFormatError
-from axial_deeplab.evaluation.panoptic import PanopticEvaluator, PQStats
+from axial_deeplab.evaluation.panoptic import PanopticEvaluator, PQStats, RunsImage
+from axial_deeplab.evaluation.parallel import map_batches
 from axial_deeplab.evaluation.runs import PanopticPngReader
 
 # One image's work: (gt PNG, gt segments_info, pred PNG, pred segments_info, (H, W) or None).
 Task = tuple[str, list, str, list, "tuple[int, int] | None"]
+_BATCH_SIZE = 8  # images per batch at most: enough to share numpy calls, small to share work
 
 
 def load_json(path: str, role: str) -> dict:
@@ -57,22 +58,19 @@ def build_tasks(gt: dict, gt_json: str, gt_dir: str, pred: dict, pred_json: str,
     return tasks
 
 
-def _chunk_stats(args: tuple[list[dict], list[Task]]) -> PQStats:
-    """Statistics of a chunk of images, summed in order (runs in a worker process)."""
-    categories, tasks = args
-    evaluator = PanopticEvaluator(categories)
-    reader = PanopticPngReader()
-    for gt_png, gt_segments, pred_png, pred_segments, size in tasks:
-        evaluator.process_runs(
-            reader.read(gt_png), gt_segments, reader.read(pred_png), pred_segments,
-            gt_source=gt_png, pred_source=pred_png, image_size=size,
+class _BatchStats:
+    """``[B, C]`` PQ statistics of a batch of :data:`Task` (in whichever process runs it)."""
+
+    def __init__(self, evaluator: PanopticEvaluator):
+        self.evaluator = evaluator
+        self.reader = PanopticPngReader()  # one per process: its buffer is reused
+
+    def __call__(self, tasks: Sequence[Task]) -> PQStats:
+        read = self.reader.read
+        return self.evaluator.image_stats(
+            [RunsImage(read(g), g_segments, read(p), p_segments, g, p, size)
+             for g, g_segments, p, p_segments, size in tasks]
         )  # fmt: skip
-    return evaluator.stats
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def evaluate_panoptic_files(
@@ -86,35 +84,41 @@ def evaluate_panoptic_files(
 ) -> dict:
     """PQ/SQ/RQ of predictions against ground truth, both in COCO panoptic format.
 
-    Categories come from the gt JSON. ``workers``: processes (default: the CPUs available);
-    ``progress``: a tqdm bar over images on stderr. Returns :meth:`PanopticEvaluator.evaluate`.
+    Categories come from the gt JSON. ``workers``: processes, this one included (default: the
+    CPUs available); ``progress``: a tqdm bar over images on stderr. Returns
+    :meth:`PanopticEvaluator.evaluate`, the numbers of :meth:`PanopticEvaluator.process` called
+    image by image in the gt JSON's order, whatever ``workers``.
     """
     gt, pred = load_json(gt_json, "ground-truth"), load_json(pred_json, "prediction")
     if "categories" not in gt:
         raise DatasetFormatError(f"{gt_json}: no 'categories' list")
     evaluator = PanopticEvaluator(gt["categories"], source=gt_json)
     tasks = build_tasks(gt, gt_json, gt_dir, pred, pred_json, pred_dir)
-    workers = workers or len(os.sched_getaffinity(0))
-    size = max(1, min(16, len(tasks) // (4 * workers)))
-    jobs = [(gt["categories"], chunk) for chunk in _chunks(tasks, size)]
-    from tqdm import tqdm
+    workers = workers or _available_cpus()
+    batch_size = max(1, min(_BATCH_SIZE, len(tasks) // (4 * workers)))
+    bar = None
+    if progress:
+        from tqdm import tqdm
 
-    with tqdm(total=len(tasks), unit="img", disable=not progress, file=sys.stderr) as bar:
-        if workers == 1 or len(jobs) == 1:
-            results = map(_chunk_stats, jobs)
-            pool = None
-        else:
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-            pool = multiprocessing.get_context(method).Pool(min(workers, len(jobs)))
-            results = pool.imap(_chunk_stats, jobs)
-        try:
-            for (_, chunk), stats in zip(jobs, results):
-                evaluator.add(stats, len(chunk))
-                bar.update(len(chunk))
-        finally:
-            if pool is not None:
-                pool.terminate()
+        bar = tqdm(total=len(tasks), unit="img", file=sys.stderr)
+    try:
+        per_batch = map_batches(
+            _BatchStats(evaluator), tasks, batch_size=batch_size, workers=workers,
+            on_result=None if bar is None else lambda _, stats: bar.update(len(stats.tp)),
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+    for stats in per_batch:
+        evaluator.add_images(stats)
     return evaluator.evaluate()
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
 
 
 def format_results(results: dict) -> str:
