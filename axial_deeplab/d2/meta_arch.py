@@ -28,8 +28,7 @@ from detectron2.structures import BitMasks, Instances
 
 from axial_deeplab.engine.build import build_criterion
 from axial_deeplab.engine.evaluate import PostProcessing, panoptic_prediction
-from axial_deeplab.modeling.build import _decoder  # the native wiring of one decoder
-from axial_deeplab.modeling.heads import PredictionHead
+from axial_deeplab.modeling.build import panoptic_deeplab_modules
 from axial_deeplab.modeling.losses import PanopticDeepLabLoss
 from axial_deeplab.modeling.panoptic_deeplab import PanopticDeepLab, upsample, upsample_offsets
 from axial_deeplab.modeling.postprocessing import get_instances
@@ -86,25 +85,9 @@ class AxialDeepLab(PanopticDeepLab):
     @classmethod
     def from_config(cls, cfg) -> dict:
         backbone = build_backbone(cfg)
-        shapes = backbone.output_shape()
-        align = cfg.MODEL.PANOPTIC_DEEPLAB.ALIGN_CORNERS
-        sem, ins = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.INS_EMBED_HEAD
-        semantic_decoder = _decoder(sem, shapes, align)
-        instance_decoder = _decoder(ins, shapes, align)
-        width = instance_decoder.out_channels
         names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
         return {
-            "backbone": backbone,
-            "semantic_decoder": semantic_decoder,
-            "instance_decoder": instance_decoder,
-            "semantic_head": PredictionHead(
-                semantic_decoder.out_channels, sem.HEAD_CHANNELS, sem.NUM_CLASSES, norm=sem.NORM
-            ),
-            "center_head": PredictionHead(width, ins.HEAD_CHANNELS, 1, norm=ins.NORM),
-            "offset_head": PredictionHead(width, ins.HEAD_CHANNELS, 2, norm=ins.NORM),
-            "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
-            "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
-            "align_corners": align,
+            **panoptic_deeplab_modules(cfg, backbone),
             "criterion": build_criterion(cfg),
             "postprocessing": PostProcessing.from_config(cfg),
             "metadata_name": names[0] if names else "",

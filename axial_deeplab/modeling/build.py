@@ -41,23 +41,17 @@ def _decoder(head_cfg, input_shape: Mapping[str, ShapeSpec], align_corners: bool
     )
 
 
-def build_model(cfg) -> PanopticDeepLab:
-    """Panoptic-DeepLab / Axial-DeepLab from a config (backbone by ``MODEL.BACKBONE.NAME``)."""
-    from axial_deeplab.modeling.backbone.build import build_backbone
-
-    if cfg.MODEL.META_ARCHITECTURE != "PanopticDeepLab":
-        raise ValueError(
-            f"MODEL.META_ARCHITECTURE: only 'PanopticDeepLab' exists, got "
-            f"{cfg.MODEL.META_ARCHITECTURE!r}"
-        )
+def panoptic_deeplab_modules(cfg, backbone) -> dict:
+    """The keyword arguments of ``PanopticDeepLab`` for ``backbone`` (anything with
+    ``output_shape()``, e.g. a detectron2 backbone): decoders and heads from ``MODEL.SEM_SEG_HEAD``
+    and ``MODEL.INS_EMBED_HEAD``, pixel statistics, ``ALIGN_CORNERS``."""
     align = cfg.MODEL.PANOPTIC_DEEPLAB.ALIGN_CORNERS
-    backbone = build_backbone(cfg)
     shapes = backbone.output_shape()
     sem_cfg, ins_cfg = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.INS_EMBED_HEAD
     semantic_decoder = _decoder(sem_cfg, shapes, align)
     instance_decoder = _decoder(ins_cfg, shapes, align)
     ins_channels = instance_decoder.out_channels
-    return PanopticDeepLab(
+    return dict(
         backbone=backbone,
         semantic_decoder=semantic_decoder,
         instance_decoder=instance_decoder,
@@ -73,3 +67,15 @@ def build_model(cfg) -> PanopticDeepLab:
         pixel_std=tuple(cfg.MODEL.PIXEL_STD),
         align_corners=align,
     )
+
+
+def build_model(cfg) -> PanopticDeepLab:
+    """Panoptic-DeepLab / Axial-DeepLab from a config (backbone by ``MODEL.BACKBONE.NAME``)."""
+    from axial_deeplab.modeling.backbone.build import build_backbone
+
+    if cfg.MODEL.META_ARCHITECTURE != "PanopticDeepLab":
+        raise ValueError(
+            f"MODEL.META_ARCHITECTURE: only 'PanopticDeepLab' exists, got "
+            f"{cfg.MODEL.META_ARCHITECTURE!r}"
+        )
+    return PanopticDeepLab(**panoptic_deeplab_modules(cfg, build_backbone(cfg)))
