@@ -127,6 +127,8 @@ _C.SOLVER.AMP = False  # automatic mixed precision (fp16 on GPUs, bf16 on CPUs)
 
 _C.TEST = _YacsNode()
 _C.TEST.EVAL_PERIOD = 0  # iterations between evaluations; 0: only at the end
+_C.TEST.PAD_TO_CROP = False  # pad eval inputs to INPUT.CROP.SIZE (pixel mean) as training crops
+_C.TEST.SAVE_PREDICTIONS = False  # --eval-only: write official-format files to OUTPUT_DIR/inference
 _C.TEST.AUG = _YacsNode()
 _C.TEST.AUG.ENABLED = False  # detectron2 key: test-time augmentation in inference (tools/infer.py)
 _C.TEST.AUG.FLIP = True  # detectron2 key: when enabled, add a horizontally flipped pass per scale
@@ -134,4 +136,5 @@ _C.TEST.AUG.SCALES = [1.0]  # when enabled, input scale factors; outputs average
 
 _C.OUTPUT_DIR = "./output"  # where checkpoints, logs and predictions go
 _C.LOG_PERIOD = 20  # iterations between metrics.json records
+_C.VIS_PERIOD = 0  # detectron2 key: iterations between TensorBoard pictures of a batch; 0: none
 _C.SEED = 0  # global seed; negative picks one at random and logs it

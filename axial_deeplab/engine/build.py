@@ -19,6 +19,8 @@ from ..utils.atomic import write_text
 from .distributed import get_rank, get_world_size, is_distributed
 from .evaluate import PostProcessing, evaluate_panoptic
 from .optim import build_lr_scheduler, build_optimizer, param_groups
+from .predictions import PredictionSaver
+from .summaries import BatchPictures
 from .trainer import Trainer, TrainerOptions
 
 logger = logging.getLogger(__name__)
@@ -63,15 +65,30 @@ def prepare_model(cfg, device: torch.device) -> nn.Module:
 
 
 def build_evaluate_fn(
-    cfg, catalog: DatasetCatalog, device: torch.device
+    cfg, catalog: DatasetCatalog, device: torch.device, *, save_dir: str = "", verbose: bool = False
 ) -> Callable[[nn.Module], dict[str, float]]:
-    """``model -> metrics`` on ``DATASETS.TEST[0]`` (this rank's shard, gathered)."""
+    """``model -> metrics`` on ``DATASETS.TEST[0]`` (this rank's shard, gathered).
+
+    ``save_dir``: also write the predictions there in the official formats
+    (:mod:`.predictions`). ``verbose``: print the per-class PQ table."""
     dataset = build_test_dataset(cfg, catalog, cfg.DATASETS.TEST[0])
     loader = build_test_loader(dataset, rank=get_rank(), world_size=get_world_size())
     settings = PostProcessing.from_config(cfg)
+    pad_to = tuple(cfg.INPUT.CROP.SIZE) if cfg.TEST.PAD_TO_CROP else None
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        return evaluate_panoptic(model, loader, dataset.metadata, settings, device=device)
+        saver = PredictionSaver(save_dir, dataset.metadata) if save_dir else None
+        return evaluate_panoptic(
+            model,
+            loader,
+            dataset.metadata,
+            settings,
+            device=device,
+            pad_to=pad_to,
+            pad_value=tuple(cfg.MODEL.PIXEL_MEAN),
+            saver=saver,
+            print_table=verbose,
+        )
 
     return evaluate
 
@@ -108,6 +125,7 @@ def build_trainer(cfg, device: torch.device, catalog: DatasetCatalog | None = No
         log_period=cfg.LOG_PERIOD,
         clip_grad_norm=solver.CLIP_GRADIENTS,
         amp=solver.AMP,
+        vis_period=cfg.VIS_PERIOD,
     )
     evaluate = build_evaluate_fn(cfg, catalog, device) if cfg.DATASETS.TEST else None
     batches = build_train_batches(cfg, dataset, rank=get_rank(), world_size=get_world_size())
@@ -120,6 +138,7 @@ def build_trainer(cfg, device: torch.device, catalog: DatasetCatalog | None = No
         device=device,
         options=options,
         evaluate=evaluate,
+        visualize=BatchPictures(metadata, PostProcessing.from_config(cfg)),
     )
 
 

@@ -1,9 +1,11 @@
-"""Evaluate a Panoptic-DeepLab model on a data set: post-processing, PQ and mIoU, across ranks."""
+"""Evaluate a Panoptic-DeepLab model on a data set: post-processing, PQ, mIoU and mask AP, across
+ranks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -12,12 +14,19 @@ from tqdm import tqdm
 
 from ..data.catalog import DatasetMetadata
 from ..evaluation.distributed import gather
+from ..evaluation.instance_ap import InstanceAPEvaluator
 from ..evaluation.panoptic import PanopticEvaluator
 from ..evaluation.semantic import SemanticEvaluator
-from ..modeling.postprocessing import get_panoptic_segmentation
+from ..modeling.postprocessing import get_instances, get_panoptic_segmentation
 from .distributed import is_main_process
 
 VOID_LABEL = -1
+
+
+class PredictionSink(Protocol):
+    def add(self, record: dict, labels: np.ndarray, outputs: dict[str, torch.Tensor]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,79 @@ def semantic_labels(
     return np.where(found, lut_cls[order][pos], ignore_label)
 
 
+def pad_images(
+    images: torch.Tensor, size: tuple[int, int] | None, fill: Sequence[float]
+) -> torch.Tensor:
+    """``[N, 3, H, W]`` images padded at the bottom and right to at least ``size`` ``(h, w)`` with
+    the per-channel ``fill`` (the pixel mean, as training crops are padded); ``None``: unchanged."""
+    if size is None:
+        return images
+    n, c, h, w = images.shape
+    out_h, out_w = max(h, size[0]), max(w, size[1])
+    if (out_h, out_w) == (h, w):
+        return images
+    padded = torch.as_tensor(fill, dtype=images.dtype, device=images.device).view(1, c, 1, 1)
+    padded = padded.expand(n, c, out_h, out_w).clone()  # [N, 3, out_h, out_w]
+    padded[:, :, :h, :w] = images
+    return padded
+
+
+class PanopticMetrics:
+    """PQ (per class too), mIoU and mask AP of thing instances, fed one image at a time."""
+
+    def __init__(self, metadata: DatasetMetadata) -> None:
+        self.metadata = metadata
+        categories = [
+            {"id": c["train_id"], "name": c["name"], "isthing": int(c["isthing"])}
+            for c in metadata.categories
+        ]
+        self.pq = PanopticEvaluator(categories, source=f"metadata of {metadata.name}")
+        self.miou = SemanticEvaluator(
+            metadata.num_classes,
+            ignore_label=metadata.ignore_label,
+            class_names=metadata.class_names,
+        )
+        self.ap = InstanceAPEvaluator(categories) if metadata.thing_train_ids else None
+
+    def process(self, record: dict, labels: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+        """``record``: the sample (``panoptic``, ``segments_info``, ``file_name``, ``image_id``);
+        ``labels`` ``[H, W]`` its predicted panoptic labels; ``outputs`` its raw outputs."""
+        meta = self.metadata
+        pred_ids, pred_segments = labels_to_segments(
+            labels.cpu().numpy(), label_divisor=meta.label_divisor, thing_ids=meta.thing_train_ids
+        )
+        gt_ids, gt_segments = record["panoptic"].numpy(), record["segments_info"]
+        name = str(record["file_name"])
+        self.pq.process(gt_ids, gt_segments, pred_ids, pred_segments, name=name)
+        semantic = outputs["semantic"]  # [K, H, W] logits
+        gt_sem = semantic_labels(gt_ids, gt_segments, meta.ignore_label)
+        self.miou.process(gt_sem, semantic.argmax(0).cpu().numpy())
+        if self.ap is not None:
+            things = get_instances(
+                labels, semantic.float().softmax(0), outputs["center"].float(),
+                thing_ids=meta.thing_train_ids, label_divisor=meta.label_divisor,
+            )  # fmt: skip
+            self.ap.process(
+                record["image_id"], gt_ids, gt_segments, things["masks"].cpu().numpy(),
+                things["scores"].cpu().numpy(), things["classes"].cpu().numpy(),
+            )  # fmt: skip
+
+    def results(self) -> tuple[dict[str, float], dict]:
+        """Gathered over ranks: the metrics in percent (``PQ``, ``SQ``, ``RQ`` and their ``_th`` /
+        ``_st`` forms, ``mIoU``, ``AP``, ``AP50`` with things) and the full PQ result (per class).
+        """
+        pq_result, sem_result = gather(self.pq).evaluate(), gather(self.miou).evaluate()
+        out = {}
+        for group, prefix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+            for metric in ("pq", "sq", "rq"):
+                out[f"{metric.upper()}{prefix}"] = 100.0 * pq_result[group][metric]
+        out["mIoU"] = 100.0 * sem_result["mIoU"]
+        if self.ap is not None:
+            ap_result = gather(self.ap).evaluate()
+            out.update(AP=100.0 * ap_result["AP"], AP50=100.0 * ap_result["AP50"])
+        return out, pq_result
+
+
 def evaluate_panoptic(
     model: nn.Module,
     loader: Iterable[dict],
@@ -104,44 +186,43 @@ def evaluate_panoptic(
     settings: PostProcessing,
     *,
     device: torch.device,
+    pad_to: tuple[int, int] | None = None,
+    pad_value: Sequence[float] = (123.675, 116.28, 103.53),
+    saver: PredictionSink | None = None,
+    print_table: bool = False,
 ) -> dict[str, float]:
-    """PQ/SQ/RQ (All, Things, Stuff) and mIoU of ``model`` on ``loader`` (this rank's shard),
-    gathered over ranks. Values in percent, as the official tools print them."""
-    categories = [
-        {"id": c["train_id"], "name": c["name"], "isthing": int(c["isthing"])}
-        for c in metadata.categories
-    ]
-    pq = PanopticEvaluator(categories, source=f"metadata of {metadata.name}")
-    miou = SemanticEvaluator(
-        metadata.num_classes, ignore_label=metadata.ignore_label, class_names=metadata.class_names
-    )
+    """PQ/SQ/RQ (All, Things, Stuff), mIoU and mask AP of ``model`` on ``loader`` (this rank's
+    shard), gathered over ranks. Values in percent, as the official tools print them.
+
+    ``pad_to``: pad the inputs to this ``(h, w)`` with ``pad_value`` (as training crops) and crop
+    the outputs back. ``saver``: receives every image's prediction
+    (:class:`axial_deeplab.engine.predictions.PredictionSaver`); closed at the end.
+    ``print_table``: print the per-class PQ table (main process)."""
+    metrics = PanopticMetrics(metadata)
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for batch in tqdm(loader, desc="eval", unit="img", disable=not is_main_process()):
-            outputs = model(batch["image"].to(device).float())
-            for i in range(batch["image"].shape[0]):
-                one = {k: v[i] for k, v in outputs.items()}
+            images = batch["image"].to(device).float()  # [N, 3, H, W]
+            height, width = images.shape[-2:]
+            outputs = model(pad_images(images, pad_to, pad_value))
+            outputs = {k: v[..., :height, :width] for k, v in outputs.items()}
+            for i in range(images.shape[0]):
+                one = {k: v[i] for k, v in outputs.items()}  # [C, H, W] each
                 labels, _ = panoptic_prediction(
                     one, settings, thing_ids=metadata.thing_train_ids,
                     label_divisor=metadata.label_divisor,
                 )  # fmt: skip
-                labels = labels.cpu().numpy()
-                pred_ids, pred_segments = labels_to_segments(
-                    labels, label_divisor=metadata.label_divisor,
-                    thing_ids=metadata.thing_train_ids,
-                )  # fmt: skip
-                gt_ids = batch["panoptic"][i].numpy()
-                gt_segments = batch["segments_info"][i]
-                name = str(batch["file_name"][i])
-                pq.process(gt_ids, gt_segments, pred_ids, pred_segments, name=name)
-                gt_sem = semantic_labels(gt_ids, gt_segments, metadata.ignore_label)
-                miou.process(gt_sem, one["semantic"].argmax(0).cpu().numpy())
+                record = {k: v[i] for k, v in batch.items()}
+                if saver is not None:
+                    saver.add(record, labels.cpu().numpy(), one)
+                metrics.process(record, labels, one)
     model.train(was_training)
-    pq_result, sem_result = gather(pq).evaluate(), gather(miou).evaluate()
-    out = {}
-    for group, prefix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
-        for metric in ("pq", "sq", "rq"):
-            out[f"{metric.upper()}{prefix}"] = 100.0 * pq_result[group][metric]
-    out["mIoU"] = 100.0 * sem_result["mIoU"]
+    if saver is not None:
+        saver.close()
+    out, pq_result = metrics.results()
+    if print_table and is_main_process():
+        from ..evaluation.panoptic_files import format_results
+
+        print(format_results(pq_result))
     return out

@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-import torch
+import numpy as np
 
 
 class EventWriter:
@@ -36,11 +36,20 @@ class EventWriter:
             for key, value in scalars.items():
                 self._tb.add_scalar(key, value, iteration)
 
-    def write_images(self, iteration: int, images: dict[str, torch.Tensor]) -> None:
-        """``images``: name -> ``[3, H, W]`` float in [0, 1] or uint8."""
+    @property
+    def has_tensorboard(self) -> bool:
+        return self._tb is not None
+
+    def write_images(self, iteration: int, images: dict[str, np.ndarray]) -> None:
+        """``images``: tag -> ``[H, W, 3]`` uint8 RGB picture (TensorBoard only)."""
         if self._tb is not None:
-            for key, image in images.items():
-                self._tb.add_image(key, image, iteration)
+            for tag, image in images.items():
+                if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                    raise ValueError(
+                        f"{tag}: expected [H, W, 3] uint8, got {image.shape} {image.dtype}"
+                    )
+                self._tb.add_image(tag, image, iteration, dataformats="HWC")
+            self._tb.flush()
 
     def close(self) -> None:
         self._file.close()

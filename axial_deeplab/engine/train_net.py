@@ -2,17 +2,23 @@
 
 detectron2-style options: ``--num-gpus N`` spawns N local processes (DistributedDataParallel;
 NCCL on GPUs, gloo on CPUs), ``--resume`` continues from ``OUTPUT_DIR``'s last checkpoint,
-``--eval-only`` evaluates ``MODEL.WEIGHTS``. Multi-node: launch this with ``torchrun``.
+``--eval-only`` evaluates ``MODEL.WEIGHTS`` on ``DATASETS.TEST[0]``; with
+``TEST.SAVE_PREDICTIONS True`` it also writes the predictions in the official formats (COCO
+panoptic PNG + JSON with the data set's category ids; Cityscapes label-id PNGs and instance
+txt + masks for Cityscapes-format data) and ``metrics.json`` to ``OUTPUT_DIR/inference``.
+Multi-node: launch this with ``torchrun``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import torch
 
 from ..config import load_config
+from ..utils.atomic import write_json
 from .build import build_evaluate_fn, build_trainer, prepare_model, save_config
 from .distributed import init_from_env, is_main_process
 from .launch import default_argument_parser, launch
@@ -27,7 +33,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         from ..data.build import build_catalog
 
         model = prepare_model(cfg, device)
-        metrics = build_evaluate_fn(cfg, build_catalog(cfg), device)(model)
+        save_dir = os.path.join(cfg.OUTPUT_DIR, "inference") if cfg.TEST.SAVE_PREDICTIONS else ""
+        metrics = build_evaluate_fn(
+            cfg, build_catalog(cfg), device, save_dir=save_dir, verbose=True
+        )(model)
+        if save_dir and is_main_process():
+            write_json(os.path.join(save_dir, "metrics.json"), metrics, indent=1)
+            print(f"predictions in the official formats written to {save_dir}")
     else:
         if is_main_process():
             save_config(cfg)

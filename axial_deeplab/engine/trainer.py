@@ -6,7 +6,10 @@ The loop knows nothing of panoptic segmentation. It takes ready-made objects:
 - ``criterion(outputs, batch) -> dict`` of named losses, summed for the backward pass;
 - ``batches(start_iter)``: an iterator of batch dicts whose order depends only on the seed and
   ``start_iter``, so that a resumed run sees exactly the batches an uninterrupted one would;
-- ``evaluate(model) -> dict`` of metrics (optional), run every ``eval_period`` iterations.
+- ``evaluate(model) -> dict`` of metrics (optional), run every ``eval_period`` iterations;
+- ``visualize(batch, outputs) -> {tag: [H, W, 3] uint8}`` (optional): pictures of the current
+  batch and the model's outputs on it, written to TensorBoard every ``vis_period`` iterations by
+  the main process.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class TrainerOptions:
     checkpoint_period: int = 1000
     eval_period: int = 0  # 0: evaluate only at the end (when ``evaluate`` is given)
     log_period: int = 20
+    vis_period: int = 0  # 0: no pictures (needs ``visualize`` and tensorboard)
     clip_grad_norm: float = 0.0  # 0: no clipping
     amp: bool = False
     best_metric: str = "PQ"
@@ -85,6 +89,7 @@ class Trainer:
         device: torch.device,
         options: TrainerOptions,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+        visualize: Callable[[dict, dict], dict[str, np.ndarray]] | None = None,
     ) -> None:
         self.model = model
         self.criterion = criterion
@@ -94,6 +99,7 @@ class Trainer:
         self.device = device
         self.options = options
         self.evaluate = evaluate
+        self.visualize = visualize
         self.iteration = 0
         self.best: float | None = None
         amp_fp16 = options.amp and device.type == "cuda"
@@ -153,6 +159,9 @@ class Trainer:
         bar = tqdm(
             total=opts.max_iter, initial=self.iteration, disable=not main, desc="train", unit="it"
         )
+        if writer and opts.vis_period > 0 and self.visualize and not writer.has_tensorboard:
+            print("notice: no TensorBoard pictures (vis_period is set but tensorboard is not "
+                  "installed: pip install tensorboard)")  # fmt: skip
         data = self.batches(self.iteration)
         self.model.train()
         try:
@@ -160,7 +169,8 @@ class Trainer:
                 start = time.perf_counter()
                 batch = next(data)
                 data_time = time.perf_counter() - start
-                losses = self.step(batch)
+                inspect = self._pictures_writer(writer)
+                losses = self.step(batch, inspect=inspect)
                 self.iteration += 1
                 bar.update(1)
                 scalars = {k: v.item() for k, v in losses.items()}
@@ -178,15 +188,25 @@ class Trainer:
                 writer.close()
         return metrics
 
-    def step(self, batch: dict) -> dict[str, torch.Tensor]:
-        """One optimisation step on ``batch``; returns the detached losses and their sum."""
+    def step(
+        self, batch: dict, *, inspect: Callable[[dict, dict], None] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One optimisation step on ``batch``; returns the detached losses and their sum.
+
+        ``inspect(batch, outputs)``, when given, sees the batch (on the device) and the model's
+        float outputs before the backward pass, without gradients.
+        """
         batch = {
             k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
             for k, v in batch.items()
         }
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.options.amp):
             outputs = self.model(batch["image"])
-        losses = self.criterion({k: v.float() for k, v in outputs.items()}, batch)
+        outputs = {k: v.float() for k, v in outputs.items()}
+        losses = self.criterion(outputs, batch)
+        if inspect is not None:
+            with torch.no_grad():
+                inspect(batch, outputs)
         total = sum(losses.values())
         if not torch.isfinite(total):
             raise FloatingPointError(
@@ -202,6 +222,15 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         return {**{k: v.detach() for k, v in losses.items()}, "total_loss": total.detach()}
+
+    def _pictures_writer(self, writer: EventWriter | None) -> Callable[[dict, dict], None] | None:
+        """A callback writing pictures of the coming step, when one is due (main process)."""
+        period = self.options.vis_period
+        due = period > 0 and (self.iteration + 1) % period == 0
+        if writer is None or self.visualize is None or not due or not writer.has_tensorboard:
+            return None
+        step = self.iteration + 1
+        return lambda batch, outputs: writer.write_images(step, self.visualize(batch, outputs))
 
     def _eval_due(self) -> bool:
         if self.evaluate is None:

@@ -1,0 +1,109 @@
+"""Saving evaluation predictions in the official formats (``TEST.SAVE_PREDICTIONS``).
+
+Under ``folder`` (``OUTPUT_DIR/inference`` for ``--eval-only``):
+
+- ``panoptic/<image stem>.png`` and ``panoptic.json``: COCO panoptic results whose
+  ``category_id`` are the data set's own category ids (the ids of its annotation file, not train
+  ids), so that panopticapi's ``pq_compute``, cityscapesscripts' ``evalPanopticSemanticLabeling``
+  and ``python -m axial_deeplab.evaluation.panoptic`` read them against the ground-truth JSON;
+- for Cityscapes-format data sets, also ``cityscapes_semantic/<image stem>.png`` (label ids, for
+  ``evalPixelLevelSemanticLabeling``) and ``cityscapes_instances/<image stem>.txt`` with its masks
+  in ``cityscapes_instances/masks/`` (for ``evalInstanceLevelSemanticLabeling``).
+
+Predictions are saved at the size of the image file (nearest-neighbour resizing when evaluation
+ran at another size). Every file is written atomically; with several ranks each writes its images
+and the main process writes the JSON.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from ..data.catalog import DatasetMetadata
+from ..data.cityscapes_panoptic import CITYSCAPES_CLASSES
+from ..evaluation.writers import (
+    CocoPanopticWriter,
+    write_cityscapes_instances,
+    write_cityscapes_semantic,
+)
+from ..modeling.postprocessing import get_instances
+from .distributed import all_gather_objects, is_main_process
+from .evaluate import labels_to_segments
+
+PANOPTIC_JSON = "panoptic.json"
+
+
+def _resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``[H, W]`` or ``[N, H, W]`` integer/bool array resized to ``size`` ``(h, w)``."""
+    if array.shape[-2:] == tuple(size):
+        return array
+    t = torch.from_numpy(np.ascontiguousarray(array)).double()
+    t = torch.nn.functional.interpolate(t.reshape(-1, 1, *t.shape[-2:]), size=size, mode="nearest")
+    return t.reshape(*array.shape[:-2], *size).numpy().astype(array.dtype)  # [..., h, w]
+
+
+class PredictionSaver:
+    """Receives each evaluated image's prediction and writes it (see the module docstring)."""
+
+    def __init__(self, folder: str, metadata: DatasetMetadata) -> None:
+        self.folder, self.metadata = folder, metadata
+        categories = [
+            {k: c[k] for k in ("id", "name", "isthing", "color")} for c in metadata.categories
+        ]
+        self.coco = CocoPanopticWriter(
+            os.path.join(folder, "panoptic"), os.path.join(folder, PANOPTIC_JSON), categories
+        )
+        self.cityscapes = metadata.evaluator_type.startswith("cityscapes")
+        self.train_to_label_id = {train: label for _, label, train, *_ in CITYSCAPES_CLASSES}
+
+    def add(self, record: dict, labels: np.ndarray, outputs: dict[str, torch.Tensor]) -> None:
+        """One image: ``record`` (``file_name``, ``image_id``, ``height``, ``width``), its panoptic
+        ``labels`` ``[H, W]`` (``class * label_divisor + instance``, negative = void) and the raw
+        ``outputs`` it came from (``semantic`` ``[K, H, W]``, ``center`` ``[1, H, W]``)."""
+        meta = self.metadata
+        stem = os.path.splitext(os.path.basename(str(record["file_name"])))[0]
+        size = (int(record["height"]), int(record["width"]))
+        full = _resize_nearest(labels, size)
+        ids, segments = labels_to_segments(
+            full, label_divisor=meta.label_divisor, thing_ids=meta.thing_train_ids
+        )
+        to_dataset = meta.train_id_to_dataset_id
+        for segment in segments:
+            segment["category_id"] = to_dataset[segment["category_id"]]
+        self.coco.add(record["image_id"], f"{stem}.png", ids, segments)
+        if self.cityscapes:
+            self._add_cityscapes(stem, size, labels, outputs)
+
+    def _add_cityscapes(
+        self, stem: str, size: tuple[int, int], labels: np.ndarray, outputs: dict
+    ) -> None:
+        semantic = outputs["semantic"].argmax(0).cpu().numpy()  # [H, W] train ids
+        folder = os.path.join(self.folder, "cityscapes_semantic")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{stem}.png")
+        write_cityscapes_semantic(path, _resize_nearest(semantic, size), self.train_to_label_id)
+        instances = get_instances(
+            torch.from_numpy(labels),
+            outputs["semantic"].float().softmax(0).cpu(),
+            outputs["center"].float().cpu(),
+            thing_ids=self.metadata.thing_train_ids,
+            label_divisor=self.metadata.label_divisor,
+        )
+        label_ids = [self.train_to_label_id[int(c)] for c in instances["classes"]]
+        write_cityscapes_instances(
+            os.path.join(self.folder, "cityscapes_instances"),
+            stem,
+            _resize_nearest(instances["masks"].numpy(), size),
+            np.array(label_ids, np.int64),
+            instances["scores"].numpy(),
+        )
+
+    def close(self) -> None:
+        """Gather every rank's annotations (rank order = data set order) and write the JSON."""
+        shards = all_gather_objects(self.coco.annotations)
+        if is_main_process():
+            self.coco.annotations = [ann for shard in shards for ann in shard]
+            self.coco.close()

@@ -1,0 +1,32 @@
+"""Learning on real data: a short run of ``configs/quickstart/overfit_coco_samples.yaml``, which
+trains on the 2 COCO val2017 samples of ../shared/data and evaluates on the same 2 images.
+
+A barely trained model scores PQ 0 there (20 iterations at LR 0.002: PQ 0.0, mIoU 2.1);
+the full 300-iteration run reaches PQ 79.0 (README). This 100-iteration run measured PQ 71.0,
+mIoU 79.3 (things 50.1, stuff 91.9) in 129 s on a shared 2-core CPU; PQ >= 55 needs a model that
+learned the classes, centers and offsets of these photos.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from axial_deeplab.engine.launch import default_argument_parser
+from axial_deeplab.engine.train_net import run
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "quickstart" / "overfit_coco_samples.yaml"
+SAMPLES = REPO.parent / "shared" / "data" / "coco_panoptic_sample"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="needs ../shared/data/coco_panoptic_sample")
+def test_short_overfit_of_the_coco_samples_learns(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the config names the samples relative to the repository root
+    args = default_argument_parser("test").parse_args(
+        ["--config-file", str(CONFIG), "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "100"]
+    )
+    metrics = run(args)
+    assert metrics["PQ"] >= 55.0, metrics
+    assert metrics["mIoU"] >= 65.0, metrics
