@@ -412,6 +412,7 @@ def test_detectron2_evaluation_equals_native_evaluation(cfg, synthetic_dir):
         plugin, Trainer.build_test_loader(cfg, name), build_evaluator(name)
     )
     got = {**results["panoptic_seg"], "mIoU": results["sem_seg"]["mIoU"]}
+    got.update(AP=results["segm"]["AP"], AP50=results["segm"]["AP50"])
     assert got == pytest.approx(expected, abs=1e-9)
     assert got["mIoU"] > 0
 

@@ -147,13 +147,16 @@ class MaskAPEvaluator(_Streaming):
         return {"segm": {k: 100.0 * v if v >= 0 else float("nan") for k, v in result.items()}}
 
 
-def build_evaluator(dataset_name: str, *, mask_ap: bool = False) -> DatasetEvaluators:
-    """PQ and mIoU (and mask AP with ``mask_ap``) on the detectron2 data set ``dataset_name``."""
+def build_evaluator(dataset_name: str, *, mask_ap: bool | None = None) -> DatasetEvaluators:
+    """PQ and mIoU, and mask AP (``mask_ap``; default: when the data set has thing classes, as the
+    native evaluation) on the detectron2 data set ``dataset_name``."""
     metadata = native_metadata(dataset_name)
     evaluators: list[DatasetEvaluator] = [
         PanopticQualityEvaluator(metadata),
         SemanticIoUEvaluator(metadata),
     ]
+    if mask_ap is None:
+        mask_ap = bool(metadata.thing_train_ids)
     if mask_ap:
         evaluators.append(MaskAPEvaluator(metadata))
     return DatasetEvaluators(evaluators)
