@@ -62,6 +62,10 @@ def validate_segments_info(
     """Check the entries of one ``segments_info`` list (ids, categories, iscrowd); return the ids."""
     if not isinstance(segments_info, (list, tuple)):
         raise DatasetFormatError(f"{png_path}: segments_info must be a list, got {segments_info!r}")
+    fast = _plain_segment_ids(segments_info, categories)
+    if fast is not None:
+        return fast
+    # Something is off (or unusual, e.g. numpy ints): check segment by segment, naming the fault.
     ids: set[int] = set()
     for seg in segments_info:
         for key in ("id", "category_id"):
@@ -85,6 +89,28 @@ def validate_segments_info(
                 f"{png_path}: segment id {seg_id} has iscrowd={seg['iscrowd']!r}, expected 0 or 1"
             )
     return ids
+
+
+def _plain_segment_ids(segments_info: list | tuple, categories: dict[int, dict]) -> set[int] | None:
+    """The ids of a well-formed ``segments_info`` of plain ints, checked in a few set operations
+    (the common case, and the hot path of file-based PQ); None if anything needs a closer look."""
+    try:
+        ids = [seg["id"] for seg in segments_info]
+        cats = {seg["category_id"] for seg in segments_info}
+        crowd = {seg.get("iscrowd", 0) for seg in segments_info}
+    except (TypeError, KeyError, AttributeError):
+        return None
+    unique = set(ids)
+    plain = all(type(i) is int for i in ids) and all(type(c) is int for c in cats)
+    if (
+        plain
+        and len(unique) == len(ids)
+        and (not ids or (min(ids) > 0 and max(ids) <= MAX_SEGMENT_ID))
+        and cats <= categories.keys()
+        and crowd <= {0, 1}
+    ):
+        return unique
+    return None
 
 
 def validate_segment_presence(

@@ -1,12 +1,14 @@
 """Map a function over batches of items with worker processes.
 
 Batches are handed out in turn from a shared counter, so a slow or busy worker takes fewer; the
-results come back in batch order whatever worker computed them, and this process only collects
-them. With ``workers=1`` (or a single batch) everything runs here and nothing is started.
+results come back in batch order whatever worker computed them. This process is one of the
+workers (it starts ``workers - 1`` others and picks up their results between its own batches), so
+one fewer process is started and no core waits on a collector. With ``workers=1`` (or a single
+batch) everything runs here and nothing is started.
 Workers are forked where the platform allows it (no re-import, no pickling of ``function`` and
 ``items``), else spawned.
 
-A worker is a process of ours, so it tunes glibc's allocator for batch work: freed memory is
+A started worker is a process of ours, so it tunes glibc's allocator for batch work: freed memory is
 kept for the next batch instead of being handed back to the system (and faulted in again page by
 page), which otherwise costs about a tenth of the time of numpy-heavy batches.
 """
@@ -57,7 +59,7 @@ def map_batches(
     children: list[tuple[Any, Connection]] = []
     pending: dict[Connection, Any] = {}  # receiver -> process, for the children still working
     try:
-        for _ in range(workers):
+        for _ in range(workers - 1):  # this process is the last worker
             receiver, sender = context.Pipe(duplex=False)
             child = context.Process(
                 target=_child, args=(function, items, batch_size, counter, sender), daemon=True
@@ -66,6 +68,9 @@ def map_batches(
             sender.close()
             children.append((child, receiver))
             pending[receiver] = child
+        for message in _batches(function, items, batch_size, counter):
+            keep(*message)
+            _collect(pending, keep, block=False)  # the children's results so far
         _collect(pending, keep)
     finally:
         for child, receiver in children:
@@ -117,11 +122,16 @@ def _child(function, items, batch_size, counter, sender: Connection) -> None:
         sender.close()
 
 
-def _collect(pending: dict[Connection, Any], keep: Callable[[int, Any], None]) -> None:
+def _collect(
+    pending: dict[Connection, Any], keep: Callable[[int, Any], None], block: bool = True
+) -> None:
     """Pass on the results that ``pending`` children (receiver -> process) send, until every one
-    of them has finished."""
+    of them has finished (``block=False``: only those already sent)."""
     while pending:
-        for receiver in wait(list(pending)):
+        ready = wait(list(pending), timeout=None if block else 0)
+        if not ready:
+            return
+        for receiver in ready:
             try:
                 message = receiver.recv()
             except EOFError:
