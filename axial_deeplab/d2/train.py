@@ -22,7 +22,8 @@ from detectron2.data import (
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.solver.build import maybe_add_gradient_clipping
 
-from axial_deeplab.engine.optim import build_lr_scheduler, build_optimizer, param_groups
+from axial_deeplab.engine.build import build_config_optimizer
+from axial_deeplab.engine.optim import build_lr_scheduler
 
 from .config import load_config
 from .data import AxialDeepLabDatasetMapper, register_datasets
@@ -42,14 +43,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-        solver = cfg.SOLVER
-        optimizer = build_optimizer(
-            param_groups(model, solver.WEIGHT_DECAY),
-            name=solver.OPTIMIZER,
-            lr=solver.BASE_LR,
-            betas=tuple(solver.BETAS),
-        )
-        return maybe_add_gradient_clipping(cfg, optimizer)
+        return maybe_add_gradient_clipping(cfg, build_config_optimizer(cfg, model))
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer: torch.optim.Optimizer):

@@ -93,6 +93,17 @@ def build_evaluate_fn(
     return evaluate
 
 
+def build_config_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """``SOLVER.OPTIMIZER`` over ``model``'s parameter groups (``SOLVER.WEIGHT_DECAY`` rule)."""
+    solver = cfg.SOLVER
+    return build_optimizer(
+        param_groups(model, solver.WEIGHT_DECAY),
+        name=solver.OPTIMIZER,
+        lr=solver.BASE_LR,
+        betas=tuple(solver.BETAS),
+    )
+
+
 def build_trainer(cfg, device: torch.device, catalog: DatasetCatalog | None = None) -> Trainer:
     """Model, loss, optimizer, schedule, data and evaluation from ``cfg``."""
     catalog = catalog or build_catalog(cfg)
@@ -104,12 +115,7 @@ def build_trainer(cfg, device: torch.device, catalog: DatasetCatalog | None = No
     targets = build_target_generator(cfg, metadata.thing_train_ids)
     dataset = build_train_dataset(cfg, catalog, targets)
     solver = cfg.SOLVER
-    optimizer = build_optimizer(
-        param_groups(model, solver.WEIGHT_DECAY),
-        name=solver.OPTIMIZER,
-        lr=solver.BASE_LR,
-        betas=tuple(solver.BETAS),
-    )
+    optimizer = build_config_optimizer(cfg, model)
     scheduler = build_lr_scheduler(
         optimizer,
         max_iter=solver.MAX_ITER,
