@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..layers import AxialAttention
-from ..layers.relative_position import block_geometry
+from ..layers.attention_core import plan_blocks, window_mask
 
 
 @dataclass
@@ -55,24 +55,16 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def window_pairs(length: int, span: int, span_mode: str) -> int:
-    """Number of (query, key) pairs along an axis of ``length``: ``length^2`` for global attention,
-    each query's window of ``span`` positions clipped at the borders (local; hybrid on axes longer
-    than ``2 span - 1``), or each query block times its widened key range (blocked,
-    ``relative_position.block_geometry``)."""
-    if span_mode == "global" or (span_mode == "hybrid" and length <= 2 * span - 1):
-        return length * length
-    if span_mode == "block":
-        block, flange = block_geometry(span)
-        if length <= block:
-            return length * length
-        return sum(
-            (min(start + block, length) - start)
-            * (min(length, start + block + flange) - max(0, start - flange))
-            for start in range(0, length, block)
-        )
-    reach = span // 2
-    pos = torch.arange(length)
-    return int(((pos + reach).clamp(max=length - 1) - (pos - reach).clamp(min=0) + 1).sum())
+    """Number of (query, key) pairs that attend along an axis of ``length``, from the same block
+    plan the layer runs (``attention_core.plan_blocks``): ``length^2`` for global attention, each
+    query's window of ``span`` positions clipped at the borders (local; hybrid on axes longer than
+    ``2 span - 1``), or each query block times its widened key range (blocked)."""
+    total = 0
+    for queries, keys, local in plan_blocks(length, span, span_mode):
+        mask = window_mask(queries, keys, local, None)  # True: outside the window
+        pairs = (queries[1] - queries[0]) * (keys[1] - keys[0])
+        total += pairs - (0 if mask is None else int(mask.sum()))
+    return total
 
 
 def axial_attention_macs(layer: AxialAttention, input_shape: Sequence[int]) -> int:
