@@ -97,10 +97,18 @@ def _write_json(data, path: str) -> None:
         json.dump(data, f, default=plain, sort_keys=True, indent=4)
 
 
-def _args(module, **settings):
-    """A private copy of ``module.args`` with ``settings`` applied."""
+def _args(module, folder: str, **settings):
+    """A private copy of ``module.args`` with ``settings`` applied, silent, everything it writes
+    (its export file) in the private ``folder``."""
     args = module.CArgs()
     vars(args).update(vars(module.args))
+    vars(args).update(
+        cityscapesPath=folder,
+        exportFile=os.path.join(folder, "result.json"),
+        JSONOutput=False,
+        quiet=True,
+        colorized=False,
+    )
     vars(args).update(settings)
     return args
 
@@ -128,14 +136,10 @@ def evaluate_instances_official(
     with _private_run(script) as folder:
         args = _args(
             script,
-            cityscapesPath=folder,
+            folder,
             gtInstancesFile=os.path.join(folder, "gtInstances.json"),  # its cache: fresh
-            exportFile=os.path.join(folder, "result.json"),
             predictionPath=os.path.abspath(prediction_root),
             predictionWalk=None,
-            JSONOutput=False,
-            quiet=True,
-            colorized=False,
         )
         averages = script.evaluateImgLists(pred, gt, args)["averages"]
     return {
@@ -166,17 +170,7 @@ def evaluate_semantic_official(
     gt = [os.path.abspath(p) for p in gt_label_pngs]
     pred = [os.path.abspath(p) for p in pred_pngs]
     with _private_run(script) as folder:
-        args = _args(
-            script,
-            cityscapesPath=folder,
-            exportFile=os.path.join(folder, "result.json"),
-            evalInstLevelScore=instance_level,
-            JSONOutput=False,
-            quiet=True,
-            colorized=False,
-            bold="",
-            nocol="",
-        )
+        args = _args(script, folder, evalInstLevelScore=instance_level, bold="", nocol="")
         result = script.evaluateImgLists(pred, gt, args)
     return {
         "mIoU": float(result["averageScoreClasses"]),
