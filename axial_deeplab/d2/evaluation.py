@@ -18,20 +18,13 @@ from detectron2.utils import comm
 
 from axial_deeplab.data.catalog import DatasetMetadata
 from axial_deeplab.data.panoptic_io import read_panoptic_png
-from axial_deeplab.engine.evaluate import labels_to_segments, semantic_labels
+from axial_deeplab.engine.evaluate import labels_to_segments, pq_percent, semantic_labels
 from axial_deeplab.evaluation.distributed import gather
 from axial_deeplab.evaluation.instance_ap import InstanceAPEvaluator
 from axial_deeplab.evaluation.panoptic import PanopticEvaluator
 from axial_deeplab.evaluation.semantic import SemanticEvaluator
 
 from .data import native_metadata
-
-
-def _train_id_categories(metadata: DatasetMetadata) -> list[dict]:
-    return [
-        {"id": c["train_id"], "name": c["name"], "isthing": int(c["isthing"])}
-        for c in metadata.categories
-    ]
 
 
 def ground_truth(inputs: dict, shape: tuple[int, ...]) -> tuple[np.ndarray, list[dict]]:
@@ -74,7 +67,7 @@ class PanopticQualityEvaluator(_Streaming):
 
     def _new(self) -> PanopticEvaluator:
         return PanopticEvaluator(
-            _train_id_categories(self.metadata), source=f"metadata of {self.metadata.name}"
+            self.metadata.train_id_categories, source=f"metadata of {self.metadata.name}"
         )
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
@@ -92,11 +85,7 @@ class PanopticQualityEvaluator(_Streaming):
             self._evaluator.process(gt_ids, gt_segments, labels, segments, name=name)
 
     def _summary(self, result: dict) -> dict:
-        metrics = {}
-        for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
-            for metric in ("pq", "sq", "rq"):
-                metrics[f"{metric.upper()}{suffix}"] = 100.0 * result[group][metric]
-        return {"panoptic_seg": metrics}
+        return {"panoptic_seg": pq_percent(result)}
 
 
 class SemanticIoUEvaluator(_Streaming):
@@ -127,7 +116,7 @@ class MaskAPEvaluator(_Streaming):
     """COCO mask AP of the thing ``instances`` (pycocotools), under ``"segm"``."""
 
     def _new(self) -> InstanceAPEvaluator:
-        return InstanceAPEvaluator(_train_id_categories(self.metadata))
+        return InstanceAPEvaluator(self.metadata.train_id_categories)
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         for x, out in zip(inputs, outputs, strict=True):

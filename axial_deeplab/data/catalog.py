@@ -59,6 +59,14 @@ class DatasetMetadata:
         return tuple(c["name"] for c in self.categories)
 
     @property
+    def train_id_categories(self) -> list[dict]:
+        """The categories as the evaluators take them: ``id`` (train id), ``name``, ``isthing``."""
+        return [
+            {"id": c["train_id"], "name": c["name"], "isthing": int(c["isthing"])}
+            for c in self.categories
+        ]
+
+    @property
     def dataset_id_to_train_id(self) -> dict[int, int]:
         return {int(c["id"]): int(c["train_id"]) for c in self.categories}
 

@@ -123,15 +123,22 @@ def pad_images(
     return padded
 
 
+def pq_percent(pq_result: dict) -> dict[str, float]:
+    """``PQ``, ``SQ``, ``RQ`` and their ``_th`` / ``_st`` forms, in percent, of a
+    :meth:`PanopticEvaluator.evaluate` result."""
+    return {
+        f"{metric.upper()}{suffix}": 100.0 * pq_result[group][metric]
+        for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st"))
+        for metric in ("pq", "sq", "rq")
+    }
+
+
 class PanopticMetrics:
     """PQ (per class too), mIoU and mask AP of thing instances, fed one image at a time."""
 
     def __init__(self, metadata: DatasetMetadata) -> None:
         self.metadata = metadata
-        categories = [
-            {"id": c["train_id"], "name": c["name"], "isthing": int(c["isthing"])}
-            for c in metadata.categories
-        ]
+        categories = metadata.train_id_categories
         self.pq = PanopticEvaluator(categories, source=f"metadata of {metadata.name}")
         self.miou = SemanticEvaluator(
             metadata.num_classes,
@@ -168,10 +175,7 @@ class PanopticMetrics:
         ``_st`` forms, ``mIoU``, ``AP``, ``AP50`` with things) and the full PQ result (per class).
         """
         pq_result, sem_result = gather(self.pq).evaluate(), gather(self.miou).evaluate()
-        out = {}
-        for group, prefix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
-            for metric in ("pq", "sq", "rq"):
-                out[f"{metric.upper()}{prefix}"] = 100.0 * pq_result[group][metric]
+        out = pq_percent(pq_result)
         out["mIoU"] = 100.0 * sem_result["mIoU"]
         if self.ap is not None:
             ap_result = gather(self.ap).evaluate()
