@@ -27,7 +27,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import BitMasks, Instances
 
 from axial_deeplab.engine.build import build_criterion
-from axial_deeplab.engine.evaluate import PostProcessing, panoptic_prediction
+from axial_deeplab.engine.evaluate import PostProcessing, pad_stack, panoptic_prediction
 from axial_deeplab.modeling.build import panoptic_deeplab_modules
 from axial_deeplab.modeling.losses import PanopticDeepLabLoss
 from axial_deeplab.modeling.panoptic_deeplab import PanopticDeepLab, upsample, upsample_offsets
@@ -36,19 +36,6 @@ from axial_deeplab.modeling.postprocessing import get_instances
 from .data import native_metadata
 
 TARGET_KEYS = ("sem_seg", "sem_seg_weights", "center", "center_weights", "offset", "offset_weights")
-
-
-def pad_stack(
-    tensors: Sequence[torch.Tensor], size: tuple[int, int], fill: float | torch.Tensor
-) -> torch.Tensor:
-    """``[..., h_i, w_i]`` tensors padded bottom/right to ``size = (H, W)`` with ``fill`` (a
-    scalar, or ``[C]`` per channel of ``[C, h_i, w_i]`` tensors) and stacked: ``[N, ..., H, W]``."""
-    out = tensors[0].new_empty((len(tensors), *tensors[0].shape[:-2], *size))
-    fill = torch.as_tensor(fill, dtype=out.dtype, device=out.device)
-    out[:] = fill.view(-1, 1, 1) if fill.dim() else fill  # per-channel fill for images
-    for i, t in enumerate(tensors):
-        out[i, ..., : t.shape[-2], : t.shape[-1]] = t
-    return out
 
 
 def padded_size(shapes: Sequence[Sequence[int]], divisibility: int) -> tuple[int, int]:

@@ -106,6 +106,19 @@ def semantic_labels(
     return np.where(found, lut_cls[order][pos], ignore_label)
 
 
+def pad_stack(
+    tensors: Sequence[torch.Tensor], size: tuple[int, int], fill: float | torch.Tensor
+) -> torch.Tensor:
+    """``[..., h_i, w_i]`` tensors padded bottom/right to ``size = (H, W)`` with ``fill`` (a
+    scalar, or ``[C]`` per channel of ``[C, h_i, w_i]`` tensors) and stacked: ``[N, ..., H, W]``."""
+    out = tensors[0].new_empty((len(tensors), *tensors[0].shape[:-2], *size))
+    fill = torch.as_tensor(fill, dtype=out.dtype, device=out.device)
+    out[:] = fill.view(-1, 1, 1) if fill.dim() else fill  # per-channel fill for images
+    for i, t in enumerate(tensors):
+        out[i, ..., : t.shape[-2], : t.shape[-1]] = t
+    return out
+
+
 def pad_images(
     images: torch.Tensor, size: tuple[int, int] | None, fill: Sequence[float]
 ) -> torch.Tensor:
@@ -113,14 +126,11 @@ def pad_images(
     the per-channel ``fill`` (the pixel mean, as training crops are padded); ``None``: unchanged."""
     if size is None:
         return images
-    n, c, h, w = images.shape
-    out_h, out_w = max(h, size[0]), max(w, size[1])
-    if (out_h, out_w) == (h, w):
+    h, w = images.shape[-2:]
+    out_size = (max(h, size[0]), max(w, size[1]))
+    if out_size == (h, w):
         return images
-    padded = torch.as_tensor(fill, dtype=images.dtype, device=images.device).view(1, c, 1, 1)
-    padded = padded.expand(n, c, out_h, out_w).clone()  # [N, 3, out_h, out_w]
-    padded[:, :, :h, :w] = images
-    return padded
+    return pad_stack(images, out_size, torch.as_tensor(fill))
 
 
 def pq_percent(pq_result: dict) -> dict[str, float]:
