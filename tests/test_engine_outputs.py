@@ -4,6 +4,8 @@
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -178,3 +180,31 @@ def test_two_processes_train_and_evaluate_as_one(trained):
     assert outputs["2"][1] == outputs["1"][1]  # same annotations, in data set order
     assert final["eval/PQ"] == pytest.approx(outputs["1"][0]["PQ"], abs=1e-9)
     assert final["eval/mIoU"] == pytest.approx(outputs["1"][0]["mIoU"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_and_evaluate_as_one(trained):
+    """``torchrun --nproc_per_node 2`` on the CPU (gloo), the multi-node entry point: it trains, and
+    its final 2-process evaluation equals a 1-process ``--eval-only`` of the weights it wrote."""
+    from axial_deeplab.engine.events import read_metrics
+
+    root, common = trained["root"], trained["common"]
+    out = str(root / "torchrun_train")
+    tool = os.path.join(os.path.dirname(__file__), "..", "tools", "train_net.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         tool, "--config-file", CONFIG, *common, "OUTPUT_DIR", out,
+         "DATASETS.TRAIN", "('synth_train',)", "DATASETS.TEST", "('synth_val',)",
+         "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.CHECKPOINT_PERIOD", "4"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_metrics(os.path.join(out, "metrics.json"))
+    losses = [r["total_loss"] for r in records if "total_loss" in r]
+    assert losses and all(np.isfinite(losses))
+    final = [r for r in records if "eval/PQ" in r][-1]
+    one = _run(*common, "OUTPUT_DIR", str(root / "torchrun_eval"), "DATASETS.TEST", "('synth_val',)",
+               "MODEL.WEIGHTS", os.path.join(out, "model_0000004.pth"), eval_only=True)  # fmt: skip
+    for key in ("PQ", "SQ", "RQ", "mIoU", "AP"):
+        assert final[f"eval/{key}"] == pytest.approx(one[key], abs=1e-9), key

@@ -67,3 +67,25 @@ def test_bad_labels_are_rejected():
         confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 3), int), 3)
     # A prediction label outside the range is fine where the ground truth is ignored.
     assert confusion_matrix(np.array([255, 0]), np.array([9, 0]), 3).sum() == 1
+
+
+def test_per_class_table_shows_iou_next_to_pq():
+    from axial_deeplab.evaluation.panoptic import PanopticEvaluator
+    from axial_deeplab.evaluation.panoptic_files import format_results
+
+    categories = [{"id": i, "name": n, "isthing": 0} for i, n in enumerate("abcd")]
+    pq = PanopticEvaluator(categories)
+    gt = np.array([[0, 0, 1], [2, 255, 1]])
+    pred = np.array([[0, 1, 1], [0, 0, 1]])
+    segments = [{"id": i + 1, "category_id": i} for i in range(3)]  # segment id = class + 1
+    pq.process(np.where(gt == 255, 0, gt + 1), segments, pred + 1, segments[:2])
+    semantic = SemanticEvaluator(4, class_names=list("abcd"))
+    semantic.process(gt, pred)
+    rows = {
+        line.split("|")[0].strip(): line.split("|")[-1].strip()
+        for line in format_results(pq.evaluate(), semantic=semantic.evaluate()).splitlines()
+    }
+    # IoUs of the hand-worked case above: a 1/3, b 2/3, c 0; d is in neither, so not listed
+    assert (rows["a"], rows["b"], rows["c"]) == ("33.3", "66.7", "0.0") and "d" not in rows
+    assert rows["mIoU"] == "33.3"
+    assert "IoU" not in format_results(pq.evaluate())  # without semantic results: PQ only

@@ -59,6 +59,23 @@ def test_small_instance_area_is_strict_and_crowd_can_be_ignored():
     assert t["sem_seg"][5, 7] == 255 and t["sem_seg_weights"][5, 7] == 0
 
 
+def test_crowd_as_instance_gives_the_crowd_region_a_centre_and_offsets():
+    pan, ids, cats, crowd = _toy()
+    t = panoptic_targets(
+        pan, ids, cats, crowd, thing_ids={5}, sigma=1.0, crowd_as_instance=True,
+        ignore_crowd_in_semantic=True,
+    )  # fmt: skip
+    # crowd 102 covers rows 4-5, cols 6-7: mean (4.5, 6.5), peak at (4, 6) (half-to-even)
+    np.testing.assert_allclose(t["center_points"], [[1.5, 3.0], [4.5, 6.5]])
+    assert t["center"][0, 4, 6] == 1.0
+    np.testing.assert_allclose(t["offset"][:, 5, 7], [-0.5, -0.5])
+    assert t["offset_weights"][0].sum() == 6 + 4 and t["center_weights"][0].sum() == 48 - 1
+    assert t["sem_seg"][5, 7] == 255  # the semantic rule for crowds is unchanged
+    # a crowd of a stuff class is not an instance
+    t = panoptic_targets(pan, ids, [0, 5, 0], crowd, thing_ids={5}, crowd_as_instance=True)
+    assert len(t["center_points"]) == 1 and t["center_weights"][0, 5, 7] == 0
+
+
 def test_gaussian_window_is_cut_at_radius():
     # sigma 1 -> radius round(3 + 1) = 4: 4 px away along an axis is inside, 5 px is outside
     heat = gaussian_heatmap(np.array([[10, 10]]), 21, 21, 1.0)

@@ -86,6 +86,9 @@ _C.INPUT.GAUSSIAN_SIGMA = 8.0  # std of the centre-heatmap Gaussian, in pixels
 _C.INPUT.SMALL_INSTANCE_AREA = 4096  # thing instances below this area get a larger semantic weight
 _C.INPUT.SMALL_INSTANCE_WEIGHT = 3.0  # that semantic loss weight
 _C.INPUT.IGNORE_CROWD_IN_SEMANTIC = False  # True: crowd pixels are ignored by the semantic loss
+# True: a crowd region of a thing class gets a centre and offsets like an instance, so that inference
+# groups its pixels apart (PQ ignores that segment) instead of into the instances around it.
+_C.INPUT.CROWD_AS_INSTANCE = False
 _C.INPUT.MIN_SCALE = 0.5  # smallest random scale factor of training images
 _C.INPUT.MAX_SCALE = 2.0  # largest random scale factor of training images
 _C.INPUT.SCALE_STEP = 0.25  # scale factors min, min+step, ..., max; 0: continuous uniform draw

@@ -45,6 +45,7 @@ def build_target_generator(cfg, thing_ids) -> PanopticTargetGenerator:
         small_instance_area=cfg.INPUT.SMALL_INSTANCE_AREA,
         small_instance_weight=cfg.INPUT.SMALL_INSTANCE_WEIGHT,
         ignore_crowd_in_semantic=cfg.INPUT.IGNORE_CROWD_IN_SEMANTIC,
+        crowd_as_instance=cfg.INPUT.CROWD_AS_INSTANCE,
     )
 
 

@@ -180,9 +180,10 @@ class PanopticMetrics:
                 things["scores"].cpu().numpy(), things["classes"].cpu().numpy(),
             )  # fmt: skip
 
-    def results(self) -> tuple[dict[str, float], dict]:
+    def results(self) -> tuple[dict[str, float], dict, dict]:
         """Gathered over ranks: the metrics in percent (``PQ``, ``SQ``, ``RQ`` and their ``_th`` /
-        ``_st`` forms, ``mIoU``, ``AP``, ``AP50`` with things) and the full PQ result (per class).
+        ``_st`` forms, ``mIoU``, ``AP``, ``AP50`` with things), the full PQ result and the full
+        semantic result (both per class).
         """
         pq_result, sem_result = gather(self.pq).evaluate(), gather(self.miou).evaluate()
         out = pq_percent(pq_result)
@@ -190,7 +191,7 @@ class PanopticMetrics:
         if self.ap is not None:
             ap_result = gather(self.ap).evaluate()
             out.update(AP=100.0 * ap_result["AP"], AP50=100.0 * ap_result["AP50"])
-        return out, pq_result
+        return out, pq_result, sem_result
 
 
 def evaluate_panoptic(
@@ -211,7 +212,7 @@ def evaluate_panoptic(
     ``pad_to``: pad the inputs to this ``(h, w)`` with ``pad_value`` (as training crops) and crop
     the outputs back. ``saver``: receives every image's prediction
     (:class:`axial_deeplab.engine.predictions.PredictionSaver`); closed at the end.
-    ``print_table``: print the per-class PQ table (main process)."""
+    ``print_table``: print the per-class PQ and IoU table (main process)."""
     metrics = PanopticMetrics(metadata)
     was_training = model.training
     model.eval()
@@ -234,9 +235,9 @@ def evaluate_panoptic(
     model.train(was_training)
     if saver is not None:
         saver.close()
-    out, pq_result = metrics.results()
+    out, pq_result, sem_result = metrics.results()
     if print_table and is_main_process():
         from ..evaluation.panoptic_files import format_results
 
-        print(format_results(pq_result))
+        print(format_results(pq_result, semantic=sem_result))
     return out

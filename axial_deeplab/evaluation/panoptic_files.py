@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -121,16 +122,26 @@ def _available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def format_results(results: dict) -> str:
-    """The per-class table (classes seen in gt or prediction) then All / Things / Stuff, in %."""
+def format_results(results: dict, semantic: dict | None = None) -> str:
+    """The per-class table (classes seen in gt or prediction) then All / Things / Stuff, in %.
+
+    ``semantic``: a :meth:`SemanticEvaluator.evaluate` result with the same class names; adds
+    each class's IoU (``-`` where the class is in neither ground truth nor prediction) and mIoU.
+    """
+    iou = semantic["per_class"] if semantic is not None else None
     header = f"{'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s}"
-    lines = [f"{'Category':24s}| {header} | {'TP':>6s} {'FP':>6s} {'FN':>6s}"]
+    iou_header = f" | {'IoU':>5s}" if iou is not None else ""
+    lines = [f"{'Category':24s}| {header} | {'TP':>6s} {'FP':>6s} {'FN':>6s}{iou_header}"]
     seen = [r for r in results["per_class"].values() if r["tp"] + r["fp"] + r["fn"] > 0]
     for r in seen:
-        lines.append(
+        line = (
             f"{str(r['name'])[:24]:24s}| {100 * r['pq']:5.1f}  {100 * r['sq']:5.1f}  "
             f"{100 * r['rq']:5.1f} | {r['tp']:6d} {r['fp']:6d} {r['fn']:6d}"
         )
+        if iou is not None:
+            value = iou.get(str(r["name"]), float("nan"))
+            line += f" | {100 * value:5.1f}" if math.isfinite(value) else f" | {'-':>5s}"
+        lines.append(line)
     absent = len(results["per_class"]) - len(seen)
     if absent:
         lines.append(f"({absent} classes in neither ground truth nor prediction: not shown)")
@@ -141,6 +152,8 @@ def format_results(results: dict) -> str:
             f"{name:24s}| {100 * r['pq']:5.1f}  {100 * r['sq']:5.1f}  {100 * r['rq']:5.1f} | "
             f"{r['n']:6d}"
         )
+    if semantic is not None:
+        lines.append(f"{'mIoU':24s}| {100 * semantic['mIoU']:5.1f}")
     return "\n".join(lines)
 
 

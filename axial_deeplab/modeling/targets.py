@@ -18,6 +18,10 @@ Conventions (Panoptic-DeepLab; deeplab2 ``data/sample_generator.py`` for crowd h
   ``small_instance_area`` pixels (area on the given, already augmented label), 1 elsewhere and 0 on
   ignored pixels; centre 1 on every non-void, non-crowd pixel (stuff included); offset 1 on
   non-crowd thing pixels.
+- ``crowd_as_instance`` (off by default, not in the reference implementations): a crowd region of a
+  thing class is trained as one more instance (centre, offsets, weights). The heads then group its
+  pixels apart from the individual instances, which PQ ignores, instead of wherever the untrained
+  offsets point; crowd pixels absorbed into a matched instance lower its IoU.
 """
 
 from __future__ import annotations
@@ -87,13 +91,15 @@ def panoptic_targets(
     small_instance_area: int = 4096,
     small_instance_weight: float = 3.0,
     ignore_crowd_in_semantic: bool = False,
+    crowd_as_instance: bool = False,
 ) -> dict[str, np.ndarray]:
     """Panoptic-DeepLab targets for one ``[H, W]`` panoptic id map (see the module docstring).
 
     Returns numpy arrays: ``sem_seg`` ``[H, W]`` int64, ``sem_seg_weights`` ``[H, W]`` float32,
     ``center`` ``[1, H, W]``, ``center_weights`` ``[1, H, W]``, ``offset`` ``[2, H, W]`` ``(dy, dx)``,
     ``offset_weights`` ``[1, H, W]`` (float32), ``center_points`` ``[K, 2]`` float64 ``(y, x)``
-    (unrounded means of the non-crowd thing instances present, in segment-list order).
+    (unrounded means of the non-crowd thing instances present, in segment-list order;
+    crowd regions count as instances with ``crowd_as_instance``).
     """
     panoptic = np.asarray(panoptic)
     if panoptic.ndim != 2 or not np.issubdtype(panoptic.dtype, np.integer):
@@ -114,6 +120,9 @@ def panoptic_targets(
     index = segment_index_map(panoptic.astype(np.int64, copy=False), ids)  # [H, W]
 
     is_thing = np.isin(cats, np.fromiter(thing_ids, dtype=np.int64))
+    semantic_ignored = ignore_crowd_in_semantic & crowd  # [S]
+    if crowd_as_instance:
+        crowd = crowd & ~is_thing  # crowd thing regions become instances
     instance = is_thing & ~crowd  # non-crowd thing instances
     # Statistics over the pixels of non-crowd thing instances only.
     pixels = np.flatnonzero(np.append(instance, False)[index])  # [P] flat pixel indices
@@ -127,7 +136,7 @@ def panoptic_targets(
     center_x = sum_x / np.maximum(area, 1)  # [S] mean column of each instance
 
     # Per-segment lookup tables of length S + 1; the last entry describes void pixels.
-    sem_lut = np.where(ignore_crowd_in_semantic & crowd, ignore_label, cats)
+    sem_lut = np.where(semantic_ignored, ignore_label, cats)
     sem_lut = np.append(sem_lut, ignore_label)
     small = present & (area < small_instance_area)
     sem_w_lut = np.append(np.where(small, small_instance_weight, 1.0), 0.0).astype(np.float32)
@@ -170,6 +179,7 @@ class PanopticTargetGenerator:
         small_instance_area: int = 4096,
         small_instance_weight: float = 3.0,
         ignore_crowd_in_semantic: bool = False,
+        crowd_as_instance: bool = False,
     ) -> None:
         self.thing_ids = tuple(int(t) for t in thing_ids)
         self.ignore_label = ignore_label
@@ -177,6 +187,7 @@ class PanopticTargetGenerator:
         self.small_instance_area = small_instance_area
         self.small_instance_weight = small_instance_weight
         self.ignore_crowd_in_semantic = ignore_crowd_in_semantic
+        self.crowd_as_instance = crowd_as_instance
 
     def __call__(
         self, panoptic: np.ndarray, segments_info: Sequence[Mapping]
@@ -200,5 +211,6 @@ class PanopticTargetGenerator:
             small_instance_area=self.small_instance_area,
             small_instance_weight=self.small_instance_weight,
             ignore_crowd_in_semantic=self.ignore_crowd_in_semantic,
+            crowd_as_instance=self.crowd_as_instance,
         )
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
