@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...layers import AxialAttention
+from .conv_blocks import ResidualBlock, conv_bn
 
 
 class AxialBlock(nn.Module):
@@ -78,6 +79,46 @@ class AxialBlock(nn.Module):
         return self.relu(out + identity)
 
 
+class AxialBottleneckBlock(ResidualBlock):
+    """deeplab2's axial block: ``1x1 -> BN-ReLU -> height attention -> width attention -> ReLU ->
+    1x1 -> BN``, with the shortcut, squeeze-excitation and drop path of ``ResidualBlock``.
+
+    Args:
+        in_channels: ``C_in``.
+        channels: ``(c1, value_depth, c_out)``: the reduce width (attention input), the attention
+            width (per head: ``value_depth / G`` value and ``value_depth / 2G`` query/key
+            channels) and the output width.
+        stride: both axes are subsampled after their attention layer.
+        span, span_mode, num_heads: of both axial layers (deeplab2: global attention with
+            relative tables of 509 entries, i.e. ``span=255, span_mode="global"``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: Sequence[int],
+        *,
+        stride: int = 1,
+        span: int = 255,
+        span_mode: str = "global",
+        num_heads: int = 8,
+        se: bool = False,
+        drop_path_keep: float = 1.0,
+    ) -> None:
+        super().__init__()
+        c1, value_depth, c3 = channels
+        attn = dict(span=span, span_mode=span_mode, num_heads=num_heads, stride=stride)
+        self.branch = nn.Sequential(
+            nn.Sequential(*conv_bn(in_channels, c1, 1), nn.ReLU(inplace=True)),
+            AxialAttention(c1, value_depth, axis="height", **attn),
+            AxialAttention(value_depth, value_depth, axis="width", **attn),
+            nn.ReLU(),
+            conv_bn(value_depth, c3, 1),
+        )
+        nn.init.zeros_(self.branch[-1][-1].weight)
+        self._finish_init(in_channels, c3, stride, se, drop_path_keep)
+
+
 @contextmanager
 def _frozen_norm_stats(module: nn.Module) -> Iterator[None]:
     """Restore batch-norm running statistics on exit (for checkpoint recomputation)."""
@@ -98,11 +139,11 @@ def _frozen_norm_stats(module: nn.Module) -> Iterator[None]:
 
 
 class AxialStage(nn.Sequential):
-    """Axial blocks in sequence; with ``gradient_checkpointing`` (training only) each block's
+    """Residual blocks in sequence; with ``gradient_checkpointing`` (training only) each block's
     activations are recomputed in the backward pass instead of stored. Outputs, gradients and
     batch-norm running statistics are the same as without it."""
 
-    def __init__(self, blocks: Sequence[AxialBlock], *, gradient_checkpointing: bool = False):
+    def __init__(self, blocks: Sequence[nn.Module], *, gradient_checkpointing: bool = False):
         super().__init__(*blocks)
         self.gradient_checkpointing = gradient_checkpointing
 

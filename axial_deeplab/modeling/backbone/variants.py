@@ -21,7 +21,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from torch import nn
+
 from .axial_resnet import STAGE_NAMES, AxialResNet, make_stage
+from .base import Backbone
+from .grouped_resnet import GroupedResNet, build_block, grouped_stem, plan_groups
 from .stems import STEMS, Stem, axial_stem, conv7_stem, inception_stem
 
 _PANOPTIC: dict[str, Any] = dict(
@@ -43,7 +47,51 @@ _IMAGENET: dict[str, Any] = dict(
     num_classes=1000,
     out_features=("linear",),
 )
+# deeplab2 encoders (model/encoder/axial_resnet_instances.py), built by ``grouped_resnet``.
+_RESNET50: dict[str, Any] = dict(
+    layout="grouped", backbone_type="resnet", num_blocks=(3, 4, 6, 3), output_stride=32
+)
+_SWIDERNET: dict[str, Any] = dict(
+    layout="grouped",
+    backbone_type="wider_resnet",
+    num_blocks=(3, 6, 3, 3),
+    output_stride=16,
+    drop_path_from=4,
+)
+_AXIAL_SWIDERNET: dict[str, Any] = dict(
+    _SWIDERNET,
+    axial_from=16,
+    attention_expansion=4,
+    value_expansion=4.0,
+    drop_path_keep_prob=0.8,
+    drop_path_schedule="linear",
+)
+_MAX_DEEPLAB: dict[str, Any] = dict(
+    layout="grouped",
+    backbone_type="resnet_beta",
+    num_blocks=(3, 4, 6, 3),
+    output_stride=16,
+    axial_from=16,
+    drop_path_keep_prob=0.8,
+    drop_path_schedule="linear",
+)
 VARIANTS: dict[str, dict[str, Any]] = {
+    "resnet50_deeplab2": _RESNET50,
+    "resnet50_beta_deeplab2": dict(_RESNET50, backbone_type="resnet_beta"),
+    "wide_resnet41": dict(_SWIDERNET, drop_path_keep_prob=0.8, drop_path_schedule="linear"),
+    "axial_swidernet_1_1_1": _AXIAL_SWIDERNET,
+    "axial_swidernet_1_1_3": dict(_AXIAL_SWIDERNET, layer_multiplier=3.0),
+    "axial_swidernet_1_1_4.5": dict(_AXIAL_SWIDERNET, layer_multiplier=4.5),
+    "max_deeplab_s_backbone": _MAX_DEEPLAB,
+    "max_deeplab_l_backbone": dict(
+        _MAX_DEEPLAB,
+        backbone_type="wider_resnet",
+        num_blocks=(3, 6, 3, 3),
+        attention_expansion=4,
+        value_expansion=4.0,
+        drop_path_from=4,
+        stacked_decoder=1,
+    ),
     "axial_resnet_s": dict(_PANOPTIC, width_multiplier=0.5, stem_width_multiplier=0.5),
     "axial_resnet_m": dict(_PANOPTIC, width_multiplier=0.75, stem_width_multiplier=0.75),
     "axial_resnet_l": dict(_PANOPTIC, width_multiplier=1.0, stem_width_multiplier=1.0),
@@ -160,35 +208,91 @@ def axial_resnet(
     )
 
 
-def build_variant(name: str, **overrides: Any) -> AxialResNet:
+def grouped_resnet(
+    variant: str,
+    *,
+    out_features: Sequence[str] = ("res2", "res3", "res5"),
+    num_heads: int = 8,
+    stacked_decoder: int = 0,
+    gradient_checkpointing: bool = False,
+    **plan: Any,
+) -> GroupedResNet:
+    """A deeplab2-layout encoder (``grouped_resnet.plan_groups`` keyword arguments in ``plan``).
+
+    ``stacked_decoder``: MaX-DeepLab-L's extra hourglass (``stacked_decoder.py``), returned under
+    ``"stacked_res5"`` when requested in ``out_features``.
+    """
+    try:
+        groups = plan_groups(**plan)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{variant}: {err}") from err
+    stem = grouped_stem(plan["backbone_type"], plan.get("stem_width_multiplier", 1.0))
+    modules: dict[str, list[nn.Module]] = {}
+    channels = stem.out_channels
+    for name, blocks in groups.items():
+        modules[name] = []
+        for block in blocks:
+            modules[name].append(build_block(channels, block, num_heads=num_heads))
+            channels = modules[name][-1].out_channels
+    decoder = None
+    if stacked_decoder:
+        from .stacked_decoder import build_stacked_decoder
+
+        decoder = build_stacked_decoder(plan, modules, stacked_decoder, num_heads=num_heads)
+    return GroupedResNet(
+        stem,
+        modules,
+        out_features=out_features,
+        stacked_decoder=decoder,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+
+
+# layout -> builder of a variant row
+LAYOUTS = {"axial": axial_resnet, "grouped": grouped_resnet}
+
+
+def build_variant(name: str, **overrides: Any) -> Backbone:
     """The variant ``name`` of ``VARIANTS``, with keyword ``overrides`` of its table entries."""
     if name not in VARIANTS:
         raise ValueError(f"unknown Axial-ResNet variant {name!r}; known: {sorted(VARIANTS)}")
-    return axial_resnet(name, **{**VARIANTS[name], **overrides})
+    row = {**VARIANTS[name], **overrides}
+    return LAYOUTS[row.pop("layout", "axial")](name, **row)
 
 
-def build_axial_resnet_backbone(cfg) -> AxialResNet:
-    """The backbone of ``cfg.MODEL.AXIAL_RESNET``: its ``VARIANT`` row with the config's span,
-    span mode, output stride, heads, output features and checkpointing; an empty ``STEM``,
-    ``SPAN_MODE`` or ``STRIDE_MODE`` keeps the variant's, ``SPAN: 0`` its spans. No classifier
-    head."""
-    c = cfg.MODEL.AXIAL_RESNET
+def _config_overrides(c, grouped: bool) -> dict[str, Any]:
+    """The ``MODEL.AXIAL_RESNET`` keys that override a variant row (empty/0: keep the row's)."""
     overrides: dict[str, Any] = dict(
         output_stride=c.OUTPUT_STRIDE,
         num_heads=c.NUM_HEADS,
         out_features=tuple(c.OUT_FEATURES),
         gradient_checkpointing=c.GRADIENT_CHECKPOINTING,
-        num_classes=0,
     )
-    if c.SPAN:
-        overrides["span"] = c.SPAN
-    if c.SPAN_MODE:
-        overrides["span_mode"] = c.SPAN_MODE
-    if c.STEM:
-        overrides["stem"] = c.STEM
-    if c.STRIDE_MODE:
-        overrides["stride_mode"] = c.STRIDE_MODE
+    optional = {
+        "width_multiplier": c.WIDTH_MULTIPLIER,
+        "stem_width_multiplier": c.STEM_WIDTH_MULTIPLIER,
+    }
+    if grouped:
+        optional.update(
+            layer_multiplier=c.LAYER_MULTIPLIER,
+            drop_path_keep_prob=c.DROP_PATH_KEEP_PROB,
+            drop_path_schedule=c.DROP_PATH_SCHEDULE,
+        )
+    else:
+        overrides["num_classes"] = 0
+        optional.update(span=c.SPAN, span_mode=c.SPAN_MODE, stem=c.STEM, stride_mode=c.STRIDE_MODE)
+    overrides.update({k: v for k, v in optional.items() if v})
+    return overrides
+
+
+def build_axial_resnet_backbone(cfg) -> Backbone:
+    """The backbone of ``cfg.MODEL.AXIAL_RESNET``: its ``VARIANT`` row with the config's output
+    stride, heads, output features and checkpointing, and every other key that is set (an empty
+    string or 0 keeps the row's value: ``SPAN``, ``SPAN_MODE``, ``STEM``, ``STRIDE_MODE``, the width
+    / layer multipliers, drop path). No classifier head."""
+    c = cfg.MODEL.AXIAL_RESNET
+    grouped = VARIANTS.get(c.VARIANT, {}).get("layout") == "grouped"
     try:
-        return build_variant(c.VARIANT, **overrides)
+        return build_variant(c.VARIANT, **_config_overrides(c, grouped))
     except ValueError as err:
         raise ValueError(f"MODEL.AXIAL_RESNET: {err}") from err
