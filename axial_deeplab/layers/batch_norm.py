@@ -60,3 +60,12 @@ def update_running_stats(bn: _BatchNorm, mean: torch.Tensor, var: torch.Tensor, 
         unbiased = var * (count / max(count - 1, 1))
         bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
         bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+
+
+def set_batch_norm(module: nn.Module, *, eps: float, momentum: float | None) -> nn.Module:
+    """Give every batch norm in ``module`` this ``eps`` and running-stat ``momentum`` (PyTorch's
+    convention: Keras' momentum 0.99 is 0.01 here); returns ``module``."""
+    for m in module.modules():
+        if isinstance(m, _BatchNorm):
+            m.eps, m.momentum = eps, momentum
+    return module

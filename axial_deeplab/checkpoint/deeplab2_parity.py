@@ -1,0 +1,136 @@
+"""Parity with deeplab2 on a reference folder written by ``tools/parity/deeplab2_reference.py``.
+
+A reference folder holds the TF checkpoint (``ckpt-0.*``), ``info.json`` (the deeplab2 options,
+including the widths a reduced fixture overrides) and ``reference.npz`` (the input fed and
+deeplab2's eval-mode outputs: semantic logits, centre heatmap and offsets, at full resolution or
+on the stride-4 lattice ``[:, ::4, ::4]``, plus its panoptic prediction).
+
+``check_reference(folder, config_file)`` converts the checkpoint onto our model of
+``config_file`` (with the fixture's overrides), runs it on the same input and returns the
+differences of every output and the panoptic agreement after our post-processing with the
+reference's settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import load_config
+from ..engine.evaluate import VOID_LABEL, PostProcessing, panoptic_prediction
+from ..modeling.build import build_model
+from .convert_deeplab2 import convert, read_variables
+from .parity import output_differences, panoptic_agreement
+
+_PD = "model_options.panoptic_deeplab"
+# deeplab2 option (as info.json spells an override) -> our config key
+SCALAR_OPTIONS = {
+    "model_options.backbone.backbone_width_multiplier": "MODEL.AXIAL_RESNET.WIDTH_MULTIPLIER",
+    "model_options.backbone.stem_width_multiplier": "MODEL.AXIAL_RESNET.STEM_WIDTH_MULTIPLIER",
+    "model_options.backbone.backbone_layer_multiplier": "MODEL.AXIAL_RESNET.LAYER_MULTIPLIER",
+    "model_options.decoder.aspp_channels": "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS",
+    "model_options.decoder.decoder_channels": "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+    f"{_PD}.semantic_head.head_channels": "MODEL.SEM_SEG_HEAD.HEAD_CHANNELS",
+    f"{_PD}.instance.instance_decoder_override.aspp_channels": "MODEL.INS_EMBED_HEAD.ASPP_CHANNELS",
+    f"{_PD}.instance.instance_decoder_override.decoder_channels": "MODEL.INS_EMBED_HEAD.CONVS_DIM",
+    f"{_PD}.instance.center_head.head_channels": "MODEL.INS_EMBED_HEAD.HEAD_CHANNELS",
+}
+# deeplab2 low-level lists run coarse to fine (res3, res2); ours list PROJECT_CHANNELS res2, res3
+LIST_OPTIONS = {
+    f"{_PD}.low_level": "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS",
+    f"{_PD}.instance.low_level_override": "MODEL.INS_EMBED_HEAD.PROJECT_CHANNELS",
+}
+IGNORED_OPTIONS = (f"{_PD}.instance.regression_head.head_channels",)  # = centre head's here
+
+
+def config_opts(overrides: dict[str, Any]) -> list[str]:
+    """Our ``KEY VALUE`` overrides for a reference's deeplab2 option overrides."""
+    opts: list[str] = []
+    lists: dict[str, dict[int, int]] = {}
+    for name, value in overrides.items():
+        if name in SCALAR_OPTIONS:
+            opts += [SCALAR_OPTIONS[name], str(value)]
+        elif name.endswith("].channels_project") and name.split("[")[0] in LIST_OPTIONS:
+            index = int(name.split("[")[1].split("]")[0])
+            lists.setdefault(LIST_OPTIONS[name.split("[")[0]], {})[index] = int(value)
+        elif name not in IGNORED_OPTIONS:
+            raise ValueError(f"no config key for the deeplab2 option {name!r}")
+    for key, values in lists.items():
+        opts += [key, str([values[i] for i in sorted(values, reverse=True)])]
+    return opts
+
+
+def _ours_on_lattice(outputs: dict[str, torch.Tensor], names: set[str]) -> dict[str, np.ndarray]:
+    """Our outputs in deeplab2's layout (``[N, H, W, C]``), on the stride-4 lattice if asked."""
+    layouts = {
+        "semantic_logits": outputs["semantic"].permute(0, 2, 3, 1),
+        "center_heatmap": outputs["center"][:, 0],
+        "offset_map": outputs["offset"].permute(0, 2, 3, 1),
+    }
+    out = {}
+    for name, value in layouts.items():
+        value = value.numpy()
+        out[name] = value
+        out[f"{name}_sub4"] = value[:, ::4, ::4]
+    return {k: v for k, v in out.items() if k in names}
+
+
+def check_reference(
+    folder: str, config_file: str, *, reader: str = "builtin", threads: int | None = None
+) -> dict[str, Any]:
+    """Convert, run and compare (see the module docstring); returns a JSON-ready summary."""
+    if threads:
+        torch.set_num_threads(threads)
+    with open(os.path.join(folder, "info.json")) as f:
+        info = json.load(f)
+    cfg = load_config(config_file, config_opts(info.get("overrides", {})))
+    model = build_model(cfg).eval()
+    variables, reader_used = read_variables(os.path.join(folder, "ckpt-0"), reader)
+    state, report = convert(variables, model)
+    if not report.ok:
+        raise ValueError(f"{folder}: conversion failed:\n" + "\n".join(report.lines()))
+    model.load_state_dict(state)
+    ref = dict(np.load(os.path.join(folder, "reference.npz")))
+    start = time.perf_counter()
+    with torch.no_grad():
+        outputs = model(torch.from_numpy(ref["input"]).permute(0, 3, 1, 2))
+    seconds = time.perf_counter() - start
+    raw = {k: v for k, v in ref.items() if k.startswith(("semantic_logits", "center", "offset"))}
+    diffs = output_differences(_ours_on_lattice(outputs, set(raw)), raw)
+    post = info["post_processing"]
+    settings = PostProcessing(
+        stuff_area=post["stuff_area_limit"],
+        threshold=post["center_score_threshold"],
+        nms_kernel=post["nms_kernel"],
+        top_k=post["keep_k_centers"],
+    )
+    panoptic, centers = panoptic_prediction(
+        {k: v[0] for k, v in outputs.items()},
+        settings,
+        thing_ids=info["thing_class_ids"],
+        label_divisor=info["label_divisor"],
+    )
+    agreement = panoptic_agreement(
+        panoptic.numpy(),
+        ref["panoptic_pred"][0],
+        label_divisor=info["label_divisor"],
+        void_ours=VOID_LABEL,
+        void_reference=info["ignore_label"] * info["label_divisor"],
+    )
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "key": info["key"],
+        "parameters": params,
+        "reference_parameters": info["parameter_counts"]["trainable"],
+        "differences": diffs,
+        "panoptic": agreement,
+        "centers": int(len(centers)),
+        "seconds": seconds,
+        "reader": reader_used,
+        "report": report,
+    }
