@@ -84,7 +84,11 @@ def _group_plan(
             keep = drop_path_keep(keep_prob, schedule, round(math.log2(current) - 1))
         if current >= axial_from > 0:
             kind = "axial"
-            channels = (filters * attention_expansion, round(filters * value_expansion), 4 * filters)
+            channels = (
+                filters * attention_expansion,
+                round(filters * value_expansion),
+                4 * filters,
+            )
         elif backbone_type in ("resnet", "resnet_beta"):
             kind, channels = "bottleneck", (filters, filters, 4 * filters)
         elif input_stride * stride < 32:

@@ -34,9 +34,11 @@ class ResizedFuse(nn.Module):
         super().__init__()
         self.kinds = list(kinds)
         self.convs = nn.ModuleList(
-            nn.Identity()
-            if kind == "same"
-            else conv_bn(cin, channels, 1, stride=2 if kind == "strided" else 1)
+            (
+                nn.Identity()
+                if kind == "same"
+                else conv_bn(cin, channels, 1, stride=2 if kind == "strided" else 1)
+            )
             for cin, kind in zip(in_channels, kinds, strict=True)
         )
 
