@@ -1,13 +1,34 @@
-"""Atomic checkpoint writing and safe (``weights_only``) loading."""
+"""Atomic checkpoint writing and safe (``weights_only``) loading.
+
+A checkpoint file that inference can use on its own (:func:`save_checkpoint_file`) holds::
+
+    {"model": state dict (name -> tensor),
+     "config": the model's full config as YAML text,
+     "metadata": {"class_names": [str], "thing_ids": [int], "label_divisor": int,
+                  "class_colors": [[R, G, B]] (optional)},
+     "source": provenance, e.g. {"format": "deeplab2", "file": ..., "sha256": ..., "converter": ...},
+     "format_version": 1}
+
+(absent entries are left out). Our training checkpoints add the same ``config``, ``metadata`` and
+``format_version`` to their optimizer, scheduler and RNG states. Only str, int, float, bool,
+None, lists, dicts and tensors are stored, so ``torch.load(weights_only=True)`` reads every file.
+"""
 
 from __future__ import annotations
 
+import numbers
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import yaml
+
+FORMAT_VERSION = 1
+METADATA_FIELDS = ("class_names", "thing_ids", "label_divisor", "class_colors")
+_WRAPPERS = ("model", "state_dict")
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
@@ -31,19 +52,196 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a state dict with ``weights_only=True``; unwraps ``{"model": ...}``/``{"state_dict": ...}``
-    and a ``module.`` prefix left by ``DataParallel``/``DistributedDataParallel``."""
+@dataclass(frozen=True)
+class CheckpointFile:
+    """What :func:`load_checkpoint_file` read: the weights and, when the file has them, the config
+    YAML, the class metadata (validated) and the provenance."""
+
+    state_dict: dict[str, torch.Tensor]
+    config_yaml: str | None = None
+    metadata: dict | None = None
+    source: dict | None = None
+
+
+def _plain(obj: Any, where: str) -> Any:
+    """``obj`` with tuples as lists, checked to hold only str/int/float/bool/None/list/dict."""
+    if obj is None or isinstance(obj, str | int | float | bool):
+        return obj
+    if isinstance(obj, list | tuple):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, Mapping):
+        bad = [k for k in obj if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"{where}: keys must be strings, got {bad}")
+        return {k: _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    raise TypeError(f"{where}: {type(obj).__name__} cannot be stored (str, int, float, list, dict)")
+
+
+def _int(value: Any, where: str) -> int:
+    """``int(value)`` for any integer type but bool (numpy integers included)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{where}: expected an int, got {value!r}")
+    return int(value)
+
+
+def _int_list(value: Any, where: str) -> list[int]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{where}: expected a list of ints, got {type(value).__name__}")
+    return [_int(v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
+def _class_names(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError(f"{where}: expected a non-empty list of names, got {value!r:.80}")
+    bad = [i for i, n in enumerate(value) if not isinstance(n, str) or not n]
+    if bad:
+        raise ValueError(f"{where}: entries {bad[:5]} are not non-empty strings")
+    return list(value)
+
+
+def _colors(value: Any, num_classes: int, where: str) -> list[list[int]]:
+    if not isinstance(value, list | tuple) or len(value) != num_classes:
+        count = len(value) if isinstance(value, list | tuple) else type(value).__name__
+        raise ValueError(f"{where}: expected {num_classes} [R, G, B] colours, got {count}")
+    colors = [_int_list(c, f"{where}[{i}]") for i, c in enumerate(value)]
+    bad = [i for i, c in enumerate(colors) if len(c) != 3 or not all(0 <= v <= 255 for v in c)]
+    if bad:
+        raise ValueError(f"{where}: entries {bad[:5]} are not [R, G, B] in 0..255")
+    return colors
+
+
+def validate_metadata(metadata: Any, where: str) -> dict:
+    """``metadata`` checked and normalised (lists, ints); errors name ``where`` and the field."""
+    if not isinstance(metadata, Mapping):
+        raise ValueError(f"{where}: metadata must be a dict, got {type(metadata).__name__}")
+    unknown = sorted(set(metadata) - set(METADATA_FIELDS))
+    missing = [k for k in METADATA_FIELDS[:3] if k not in metadata]
+    if unknown or missing:
+        raise ValueError(
+            f"{where}: metadata needs {list(METADATA_FIELDS[:3])} (and optionally "
+            f"'class_colors'); missing {missing}, unknown {unknown}"
+        )
+    names = _class_names(metadata["class_names"], f"{where}: metadata['class_names']")
+    things = _int_list(metadata["thing_ids"], f"{where}: metadata['thing_ids']")
+    outside = [t for t in things if not 0 <= t < len(names)]
+    if outside or len(set(things)) != len(things):
+        raise ValueError(
+            f"{where}: metadata['thing_ids'] {things} must be distinct train ids in "
+            f"[0, {len(names)}) for {len(names)} class names; outside: {outside}"
+        )
+    divisor = _int(metadata["label_divisor"], f"{where}: metadata['label_divisor']")
+    if divisor < 1:
+        raise ValueError(f"{where}: metadata['label_divisor'] must be >= 1, got {divisor}")
+    out = {"class_names": names, "thing_ids": things, "label_divisor": divisor}
+    if metadata.get("class_colors") is not None:
+        where_colors = f"{where}: metadata['class_colors']"
+        out["class_colors"] = _colors(metadata["class_colors"], len(names), where_colors)
+    return out
+
+
+def _config_yaml(config: Any, where: str) -> str:
+    """The YAML text of a yacs ``CfgNode`` (its ``dump()``) or of a YAML string (checked)."""
+    text = config.dump() if hasattr(config, "dump") else config
+    if not isinstance(text, str):
+        raise TypeError(f"{where}: config must be a CfgNode or YAML text, got {type(config)}")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{where}: config is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: config YAML must be a mapping, got {type(data).__name__}")
+    return text
+
+
+def checkpoint_entries(
+    *, config: Any = None, metadata: Mapping | None = None, source: Mapping | None = None
+) -> dict[str, Any]:
+    """The ``config`` / ``metadata`` / ``source`` / ``format_version`` entries of a checkpoint,
+    checked and in weights-only-loadable form (see the module docstring); ``None`` left out."""
+    entries: dict[str, Any] = {"format_version": FORMAT_VERSION}
+    if config is not None:
+        entries["config"] = _config_yaml(config, "checkpoint")
+    if metadata is not None:
+        entries["metadata"] = validate_metadata(metadata, "checkpoint")
+    if source is not None:
+        if not isinstance(source, Mapping):
+            raise TypeError(f"checkpoint: source must be a dict, got {type(source).__name__}")
+        entries["source"] = _plain(source, "checkpoint: source")
+    return entries
+
+
+def save_checkpoint_file(
+    path: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    config: Any = None,
+    metadata: Mapping | None = None,
+    source: Mapping | None = None,
+) -> None:
+    """Write ``state_dict`` with its ``config`` (CfgNode or YAML text), class ``metadata`` and
+    ``source`` (provenance) atomically; :func:`load_checkpoint_file` reads it back."""
+    bad = [k for k, v in state_dict.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise TypeError(f"{os.fspath(path)}: state_dict entries {bad[:5]} are not name -> tensor")
+    entries = checkpoint_entries(config=config, metadata=metadata, source=source)
+    save_atomic({"model": dict(state_dict), **entries}, path)
+
+
+def _load(path: str | os.PathLike) -> Any:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"cannot load {path} as a weights-only checkpoint: {exc}") from exc
-    for key in ("model", "state_dict"):
+
+
+def _state_dict_of(obj: Any, path: str) -> dict[str, torch.Tensor]:
+    """Unwrap ``{"model": ...}``/``{"state_dict": ...}`` and a ``module.`` prefix."""
+    for key in _WRAPPERS:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+        raise ValueError(
+            f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}"
+        )
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a state dict with ``weights_only=True``; unwraps ``{"model": ...}``/``{"state_dict": ...}``
+    and a ``module.`` prefix left by ``DataParallel``/``DistributedDataParallel``."""
+    return _state_dict_of(_load(path), os.fspath(path))
+
+
+def _entries_of(obj: Any, path: str) -> dict[str, Any]:
+    """The checked ``config``/``metadata``/``source`` of a wrapped checkpoint (else empty)."""
+    if not isinstance(obj, Mapping) or not any(isinstance(obj.get(k), Mapping) for k in _WRAPPERS):
+        return {}
+    version = obj.get("format_version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format_version {version!r} is newer than this axial-deeplab reads "
+            f"({FORMAT_VERSION}); update axial-deeplab"
+        )
+    config, metadata, source = obj.get("config"), obj.get("metadata"), obj.get("source")
+    if config is not None and not isinstance(config, str):
+        raise ValueError(f"{path}: 'config' must be YAML text, got {type(config).__name__}")
+    if config is not None:
+        _config_yaml(config, path)
+    if source is not None and not isinstance(source, Mapping):
+        raise ValueError(f"{path}: 'source' must be a dict, got {type(source).__name__}")
+    return {
+        "config_yaml": config,
+        "metadata": None if metadata is None else validate_metadata(metadata, path),
+        "source": None if source is None else dict(source),
+    }
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> CheckpointFile:
+    """Load a checkpoint (ours, converted, or a bare state dict) weights-only, with its config,
+    class metadata and provenance when it carries them (see the module docstring)."""
+    obj = _load(path)
+    path = os.fspath(path)
+    return CheckpointFile(state_dict=_state_dict_of(obj, path), **_entries_of(obj, path))

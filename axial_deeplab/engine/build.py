@@ -9,9 +9,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..checkpoint.io import checkpoint_entries
 from ..data.build import build_catalog, build_test_dataset, build_train_batches, build_train_dataset
 from ..data.catalog import DatasetCatalog
 from ..data.loader import build_test_loader
+from ..data.metadata import metadata_dict
 from ..modeling.build import build_model
 from ..modeling.losses import PanopticDeepLabLoss
 from ..modeling.targets import PanopticTargetGenerator
@@ -106,7 +108,8 @@ def build_config_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_trainer(cfg, device: torch.device, catalog: DatasetCatalog | None = None) -> Trainer:
-    """Model, loss, optimizer, schedule, data and evaluation from ``cfg``."""
+    """Model, loss, optimizer, schedule, data and evaluation from ``cfg``; checkpoints also carry
+    ``cfg`` and the first training data set's class metadata (for ``tools/infer.py``)."""
     catalog = catalog or build_catalog(cfg)
     torch.manual_seed(cfg.SEED)
     model = prepare_model(cfg, device)
@@ -146,6 +149,7 @@ def build_trainer(cfg, device: torch.device, catalog: DatasetCatalog | None = No
         options=options,
         evaluate=evaluate,
         visualize=BatchPictures(metadata, PostProcessing.from_config(cfg)),
+        checkpoint_info=checkpoint_entries(config=cfg, metadata=metadata_dict(metadata)),
     )
 
 

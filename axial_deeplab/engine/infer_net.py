@@ -1,14 +1,20 @@
-"""Predict images, folders, globs and videos: ``python tools/infer.py --config-file F --input ...``.
+"""Predict images, folders, globs and videos: ``python tools/infer.py --weights W --input ...``.
 
 Per image ``NAME`` (its file stem) in ``--output``: ``NAME_panoptic.png`` (COCO panoptic
 encoding, segment id = R + 256 G + 256^2 B, 0 = void), ``NAME.json`` (``segments_info``: id,
 category_id (train id), category_name, isthing, area, score, label) and ``NAME_vis.png`` (panoptic
 overlay with class names, semantic map, centre heatmap with detected centres, offset field).
 Per video: ``NAME_overlay.avi`` (MJPG) of overlays, ``NAME.json`` with every frame's segments,
-and with ``--save-frames`` the per-image files of each frame in ``NAME/``. Class names come from
-``--class-names``, else from the config's data set, else ``class_0, class_1, ...``.
+and with ``--save-frames`` the per-image files of each frame in ``NAME/``.
 
-Example (``KEY VALUE`` overrides last, after a single-value option such as ``--output``)::
+The config is ``--config-file`` or, without one, the config stored in the ``--weights`` checkpoint
+(ours and converted ones carry it; ``KEY VALUE`` overrides and flags apply on top). Class names
+and thing ids come from ``--class-names``, else from the metadata stored in the checkpoint, else
+from the config's data set, else ``class_0, class_1, ...`` (without instances).
+
+Examples (``KEY VALUE`` overrides last, after a single-value option such as ``--output``)::
+
+    python tools/infer.py --weights converted.pth --input photos/ --output out/
 
     python tools/infer.py --config-file configs/coco/axial_deeplab_s_641.yaml \
         --weights model.pth --input photos/ "clips/*.mp4" street.jpg --tta-flip \
@@ -24,9 +30,11 @@ from collections.abc import Iterator
 
 import cv2
 import numpy as np
+import yaml
 from tqdm import tqdm
 
-from ..config import load_config
+from ..checkpoint.io import load_checkpoint_file
+from ..config import CfgNode, ConfigError, get_cfg, load_config
 from ..data.panoptic_io import write_panoptic_png
 from ..utils.atomic import write_json, write_rgb_png
 from ..utils.visualize import heatmap, offset_field, panoptic_overlay, semantic_map, tile
@@ -40,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
-    add("--config-file", default="", metavar="FILE", help="path to a YAML config")
+    add("--config-file", default="", metavar="FILE", help="config (default: the one in --weights)")
     add("--weights", default="", metavar="FILE", help="checkpoint (sets MODEL.WEIGHTS)")
     add("--input", nargs="+", required=True, help="image/video files, folders or glob patterns")
     add("--output", required=True, metavar="DIR", help="folder for the outputs")
@@ -56,8 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def config_from_args(args: argparse.Namespace):
-    """Config file, then ``KEY VALUE`` overrides, then the CLI flags (which win)."""
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """``KEY VALUE`` overrides, then the CLI flags as overrides (which win)."""
     opts = list(args.opts)
     if args.weights:
         opts += ["MODEL.WEIGHTS", args.weights]
@@ -67,7 +75,77 @@ def config_from_args(args: argparse.Namespace):
         scales = args.tta_scales or [1.0]
         opts += ["TEST.AUG.ENABLED", "True", "TEST.AUG.FLIP", str(bool(args.tta_flip))]
         opts += ["TEST.AUG.SCALES", str([float(s) for s in scales])]
-    return load_config(args.config_file or None, opts)
+    return opts
+
+
+def config_from_yaml(text: str, opts: list[str], *, source: str):
+    """Defaults, then the full config ``text`` (stored in checkpoint ``source``), then ``opts``."""
+    cfg = get_cfg()
+    try:
+        cfg.merge_from_other_cfg(CfgNode(yaml.safe_load(text)))
+    except (yaml.YAMLError, KeyError, ValueError, AssertionError, TypeError) as exc:
+        raise ConfigError(
+            f"{source}: the config stored in it does not load ({exc}); pass --config-file"
+        ) from None
+    cfg.merge_from_list(opts)
+    cfg.freeze()
+    return cfg
+
+
+def _flat(node, prefix: str) -> dict:
+    """``{"A.B.C": value}`` of a nested dict, tuples as lists (YAML's form)."""
+    if isinstance(node, dict):
+        return {k: v for key, sub in node.items() for k, v in _flat(sub, f"{prefix}.{key}").items()}
+    return {prefix: json.loads(json.dumps(node))}
+
+
+def model_differences(cfg, stored_yaml: str) -> list[str]:
+    """``MODEL.*`` keys (but ``WEIGHTS`` and ``DEVICE``) whose values differ between ``cfg`` and
+    the stored config text, as ``"KEY: stored A, used B"``."""
+    stored = _flat((yaml.safe_load(stored_yaml) or {}).get("MODEL", {}), "MODEL")
+    used = _flat(cfg.MODEL, "MODEL")
+    keys = sorted((set(stored) | set(used)) - {"MODEL.WEIGHTS", "MODEL.DEVICE"})
+    return [
+        f"{k}: stored {stored.get(k)!r}, used {used.get(k)!r}"
+        for k in keys
+        if stored.get(k) != used.get(k)
+    ]
+
+
+def config_from_args(args: argparse.Namespace, stored_config: str | None = None):
+    """``--config-file`` (else ``stored_config``, the config inside ``--weights``, else the
+    defaults), then ``KEY VALUE`` overrides, then the CLI flags (which win)."""
+    opts = _overrides(args)
+    if stored_config is None or args.config_file:
+        cfg = load_config(args.config_file or None, opts)
+        diffs = model_differences(cfg, stored_config) if stored_config else []
+        if diffs:
+            print(f"notice: --config-file {args.config_file} is used, not the config stored in "
+                  f"{args.weights}; their MODEL sections differ in {len(diffs)} keys: "
+                  + "; ".join(diffs[:5]) + ("; ..." if len(diffs) > 5 else ""))  # fmt: skip
+        return cfg
+    print(f"config: stored in {args.weights}")
+    return config_from_yaml(stored_config, opts, source=args.weights)
+
+
+def read_checkpoint_info(args: argparse.Namespace) -> tuple[str | None, dict | None]:
+    """The config text and class metadata stored in ``--weights`` (``None`` where absent).
+
+    A checkpoint without a config needs ``--config-file`` or, at least, ``KEY VALUE`` overrides
+    that turn the defaults into its model; with neither this raises an error saying so."""
+    if not args.weights:
+        return None, None
+    stored = load_checkpoint_file(args.weights)
+    if stored.config_yaml is None and not args.config_file:
+        if not args.opts:
+            raise ConfigError(
+                f"{args.weights} carries no config: pass --config-file with the model's YAML "
+                "(the config it was trained or converted with), or KEY VALUE overrides of the "
+                "defaults; checkpoints written by tools/train_net.py or the converters carry theirs"
+            )
+        print(f"notice: {args.weights} carries no config: the defaults with your KEY VALUE "
+              "overrides describe its model")  # fmt: skip
+    return stored.config_yaml, stored.metadata
 
 
 def load_class_names(path: str, thing_ids: list[int] | None) -> InferenceMetadata:
@@ -100,14 +178,15 @@ def load_class_names(path: str, thing_ids: list[int] | None) -> InferenceMetadat
 
 def metadata_from_config(cfg) -> tuple[InferenceMetadata, str]:
     """Metadata of the config's first data set (``DATASETS.TEST``, else ``TRAIN``) and where it
-    came from; generic names when there is none or it cannot be loaded."""
+    came from: the built-in table for the built-in Cityscapes and COCO splits, else the data set's
+    files; generic names when there is none or it cannot be loaded."""
     from ..data.build import build_catalog
-    from ..data.cityscapes_panoptic import cityscapes_metadata
+    from ..data.catalog import builtin_catalog
+    from ..data.metadata import metadata_for_dataset
 
     names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
-    if names and names[0].startswith("cityscapes"):
-        meta = cityscapes_metadata(name=names[0], use_train_id=True)
-        return InferenceMetadata.from_dataset(meta), f"data set {names[0]}"
+    if names and names[0] in builtin_catalog():
+        return as_metadata(metadata_for_dataset(names[0])), f"data set {names[0]}"
     if names:
         try:
             _, meta = build_catalog(cfg).get(names[0])
@@ -118,6 +197,18 @@ def metadata_from_config(cfg) -> tuple[InferenceMetadata, str]:
     print(f"notice: generic class names class_0..class_{num_classes - 1}, no thing classes "
           "(pass --class-names for names and instances)")  # fmt: skip
     return InferenceMetadata.generic(num_classes), "generic names"
+
+
+def choose_metadata(
+    args: argparse.Namespace, cfg, stored: dict | None
+) -> tuple[InferenceMetadata, str]:
+    """Class metadata and its origin: ``--class-names``, else the metadata stored in the
+    checkpoint, else the config's data set, else generic names."""
+    if args.class_names:
+        return load_class_names(args.class_names, args.thing_ids), args.class_names
+    if stored is not None:
+        return as_metadata(stored), f"metadata stored in {args.weights}"
+    return metadata_from_config(cfg)
 
 
 def shrink(image: np.ndarray, max_size: int) -> np.ndarray:
@@ -232,13 +323,12 @@ def _predict_image(predictor: Predictor, item: InputItem, out_dir: str, max_size
 
 def run(args: argparse.Namespace) -> dict:
     """Predict every input; returns ``{"images", "frames", "skipped"}`` counts and names."""
-    cfg = config_from_args(args)
+    stored_config, stored_metadata = read_checkpoint_info(args)
+    cfg = config_from_args(args, stored_config)
     device = resolve_device(cfg.MODEL.DEVICE)
     items = expand_inputs(args.input, skip_bad=args.skip_bad)
-    if args.class_names:
-        metadata, source = load_class_names(args.class_names, args.thing_ids), args.class_names
-    else:
-        metadata, source = metadata_from_config(cfg)
+    metadata, source = choose_metadata(args, cfg, stored_metadata)
+    print(f"class names: {source}")
     if len(metadata.class_names) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
         raise ValueError(
             f"{source} names {len(metadata.class_names)} classes but "
@@ -278,6 +368,8 @@ def main(argv: list[str] | None = None) -> dict:
         return run(args)
     except BadInputError as exc:
         raise SystemExit(f"error: {exc} (use --skip-bad to skip bad inputs)") from None
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

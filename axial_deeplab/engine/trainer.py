@@ -9,7 +9,10 @@ The loop knows nothing of panoptic segmentation. It takes ready-made objects:
 - ``evaluate(model) -> dict`` of metrics (optional), run every ``eval_period`` iterations;
 - ``visualize(batch, outputs) -> {tag: [H, W, 3] uint8}`` (optional): pictures of the current
   batch and the model's outputs on it, written to TensorBoard every ``vis_period`` iterations by
-  the main process.
+  the main process;
+- ``checkpoint_info`` (optional): constant entries written into every checkpoint besides the
+  training state, e.g. the run's config and class metadata (``checkpoint.io.checkpoint_entries``)
+  so that inference needs nothing but the checkpoint file.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +35,7 @@ from .distributed import is_main_process
 from .events import EventWriter
 
 LAST_CHECKPOINT = "last_checkpoint"
+STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "iteration", "best", "rng")
 
 
 @dataclass
@@ -90,6 +94,7 @@ class Trainer:
         options: TrainerOptions,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
         visualize: Callable[[dict, dict], dict[str, np.ndarray]] | None = None,
+        checkpoint_info: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.criterion = criterion
@@ -100,6 +105,10 @@ class Trainer:
         self.options = options
         self.evaluate = evaluate
         self.visualize = visualize
+        self.checkpoint_info = dict(checkpoint_info or {})
+        clash = sorted(set(self.checkpoint_info) & set(STATE_KEYS))
+        if clash:
+            raise ValueError(f"checkpoint_info keys {clash} would overwrite the training state")
         self.iteration = 0
         self.best: float | None = None
         amp_fp16 = options.amp and device.type == "cuda"
@@ -112,7 +121,9 @@ class Trainer:
         return getattr(self.model, "module", self.model)
 
     def state_dict(self) -> dict[str, Any]:
+        """The training state (:data:`STATE_KEYS`) and the ``checkpoint_info`` entries."""
         return {
+            **self.checkpoint_info,
             "model": self.unwrapped.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),

@@ -1,0 +1,65 @@
+"""Class metadata as the plain dict a checkpoint carries (``checkpoint.io.save_checkpoint_file``).
+
+``{"class_names": [str, ...] (train-id order), "thing_ids": [int, ...] (thing train ids),
+"label_divisor": int, "class_colors": [[R, G, B], ...] (optional)}``: what inference needs to
+name classes and group things into instances. Built from any data set's :class:`DatasetMetadata`
+(:func:`metadata_dict`) or, without data files, for the built-in Cityscapes and COCO panoptic
+classes (:func:`metadata_for_dataset`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .catalog import DatasetMetadata
+
+
+def metadata_dict(dataset: DatasetMetadata) -> dict:
+    """The checkpoint metadata of ``dataset``; ``class_colors`` only when every class has one."""
+    colors = [c.get("color") for c in dataset.categories]
+    meta: dict = {
+        "class_names": [str(n) for n in dataset.class_names],
+        "thing_ids": [int(t) for t in dataset.thing_train_ids],
+        "label_divisor": int(dataset.label_divisor),
+    }
+    if None not in colors:
+        meta["class_colors"] = [[int(v) for v in c] for c in colors]
+    return meta
+
+
+def _cityscapes() -> DatasetMetadata:
+    """The 19 evaluated Cityscapes classes (train ids 0..18, things 11..18), divisor 1000."""
+    from .cityscapes_panoptic import cityscapes_metadata
+
+    return cityscapes_metadata(name="cityscapes", use_train_id=True)
+
+
+def _coco() -> DatasetMetadata:
+    """The 133 COCO panoptic classes (train ids 0..132, things 0..79), divisor 1000."""
+    from .coco_categories import COCO_PANOPTIC_CATEGORIES
+    from .coco_panoptic import coco_metadata
+
+    categories = [
+        {"id": cid, "name": name, "isthing": isthing, "color": list(color)}
+        for cid, name, isthing, color in COCO_PANOPTIC_CATEGORIES
+    ]
+    return coco_metadata(categories, name="coco", source="coco_categories.py")
+
+
+BUILTIN_DATASETS: dict[str, Callable[[], DatasetMetadata]] = {
+    "cityscapes": _cityscapes,
+    "coco": _coco,
+}
+
+
+def metadata_for_dataset(name: str) -> dict:
+    """Checkpoint metadata of a built-in data set family: ``"cityscapes"`` or ``"coco"``, or a
+    built-in split name starting with one of them (``cityscapes_fine_panoptic_val``,
+    ``coco_2017_val_panoptic``)."""
+    for family, build in BUILTIN_DATASETS.items():
+        if name == family or name.startswith(f"{family}_"):
+            return metadata_dict(build())
+    raise KeyError(
+        f"no built-in class metadata for data set {name!r}; known: {sorted(BUILTIN_DATASETS)} "
+        "(or a name starting with one of them and '_')"
+    )
