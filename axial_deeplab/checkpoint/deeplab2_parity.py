@@ -24,6 +24,7 @@ import torch
 from ..config import load_config
 from ..engine.evaluate import VOID_LABEL, PostProcessing, panoptic_prediction
 from ..modeling.build import build_model
+from ..modeling.panoptic_deeplab import upsample
 from .convert_deeplab2 import convert, read_variables
 from .parity import output_differences, panoptic_agreement
 
@@ -80,28 +81,8 @@ def _ours_on_lattice(outputs: dict[str, torch.Tensor], names: set[str]) -> dict[
     return {k: v for k, v in out.items() if k in names}
 
 
-def check_reference(
-    folder: str, config_file: str, *, reader: str = "builtin", threads: int | None = None
-) -> dict[str, Any]:
-    """Convert, run and compare (see the module docstring); returns a JSON-ready summary."""
-    if threads:
-        torch.set_num_threads(threads)
-    with open(os.path.join(folder, "info.json")) as f:
-        info = json.load(f)
-    cfg = load_config(config_file, config_opts(info.get("overrides", {})))
-    model = build_model(cfg).eval()
-    variables, reader_used = read_variables(os.path.join(folder, "ckpt-0"), reader)
-    state, report = convert(variables, model)
-    if not report.ok:
-        raise ValueError(f"{folder}: conversion failed:\n" + "\n".join(report.lines()))
-    model.load_state_dict(state)
-    ref = dict(np.load(os.path.join(folder, "reference.npz")))
-    start = time.perf_counter()
-    with torch.no_grad():
-        outputs = model(torch.from_numpy(ref["input"]).permute(0, 3, 1, 2))
-    seconds = time.perf_counter() - start
-    raw = {k: v for k, v in ref.items() if k.startswith(("semantic_logits", "center", "offset"))}
-    diffs = output_differences(_ours_on_lattice(outputs, set(raw)), raw)
+def _panoptic(outputs: dict[str, torch.Tensor], info: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """Our post-processing with the reference's settings on ``[1, ...]`` outputs."""
     post = info["post_processing"]
     settings = PostProcessing(
         stuff_area=post["stuff_area_limit"],
@@ -115,21 +96,69 @@ def check_reference(
         thing_ids=info["thing_class_ids"],
         label_divisor=info["label_divisor"],
     )
-    agreement = panoptic_agreement(
-        panoptic.numpy(),
-        ref["panoptic_pred"][0],
-        label_divisor=info["label_divisor"],
-        void_ours=VOID_LABEL,
-        void_reference=info["ignore_label"] * info["label_divisor"],
+    return panoptic.numpy(), len(centers)
+
+
+def reference_outputs(ref: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """deeplab2's raw outputs as ours (``[1, C, H, W]``), upsampled from the stride-4 lattice the
+    way deeplab2 does (bilinear, align corners; the lattice offsets are already in input pixels)."""
+    layouts = {"semantic": "semantic_logits", "center": "center_heatmap", "offset": "offset_map"}
+    out = {}
+    for ours, theirs in layouts.items():
+        value = ref.get(theirs, ref.get(f"{theirs}_sub4"))
+        value = torch.from_numpy(value)
+        value = value.unsqueeze(1) if value.dim() == 3 else value.permute(0, 3, 1, 2)
+        out[ours] = upsample(value, size, align_corners=True)
+    return out
+
+
+def check_reference(
+    folder: str, config_file: str, *, reader: str = "builtin", threads: int | None = None
+) -> dict[str, Any]:
+    """Convert, run and compare (see the module docstring); returns a JSON-ready summary with
+    ``differences`` (ours vs deeplab2), ``float32_error`` (our float32 run vs our float64 run:
+    the round-off scale of float32 on this model and input, for tiny fixtures only),
+    ``panoptic`` (our whole pipeline vs deeplab2's panoptic prediction) and
+    ``panoptic_postprocessing`` (our post-processing on deeplab2's raw outputs vs its panoptic
+    prediction)."""
+    if threads:
+        torch.set_num_threads(threads)
+    with open(os.path.join(folder, "info.json")) as f:
+        info = json.load(f)
+    cfg = load_config(config_file, config_opts(info.get("overrides", {})))
+    model = build_model(cfg).eval()
+    variables, reader_used = read_variables(os.path.join(folder, "ckpt-0"), reader)
+    state, report = convert(variables, model)
+    if not report.ok:
+        raise ValueError(f"{folder}: conversion failed:\n" + "\n".join(report.lines()))
+    model.load_state_dict(state)
+    ref = dict(np.load(os.path.join(folder, "reference.npz")))
+    image = torch.from_numpy(ref["input"]).permute(0, 3, 1, 2)
+    start = time.perf_counter()
+    with torch.no_grad():
+        outputs = model(image)
+    seconds = time.perf_counter() - start
+    raw = {k: v for k, v in ref.items() if k.startswith(("semantic_logits", "center", "offset"))}
+    ours = _ours_on_lattice(outputs, set(raw))
+    summary: dict[str, Any] = {"differences": output_differences(ours, raw)}
+    if info.get("size") == "tiny":
+        with torch.no_grad():
+            exact = _ours_on_lattice(model.double()(image.double()), set(raw))
+        summary["float32_error"] = output_differences(ours, exact)
+    void = info["ignore_label"] * info["label_divisor"]
+    agree = dict(label_divisor=info["label_divisor"], void_ours=VOID_LABEL, void_reference=void)
+    panoptic, centers = _panoptic(outputs, info)
+    summary["panoptic"] = panoptic_agreement(panoptic, ref["panoptic_pred"][0], **agree)
+    theirs, _ = _panoptic(reference_outputs(ref, tuple(image.shape[2:])), info)
+    summary["panoptic_postprocessing"] = panoptic_agreement(
+        theirs, ref["panoptic_pred"][0], **agree
     )
-    params = sum(p.numel() for p in model.parameters())
     return {
         "key": info["key"],
-        "parameters": params,
+        "parameters": sum(p.numel() for p in model.parameters()),
         "reference_parameters": info["parameter_counts"]["trainable"],
-        "differences": diffs,
-        "panoptic": agreement,
-        "centers": int(len(centers)),
+        **summary,
+        "centers": centers,
         "seconds": seconds,
         "reader": reader_used,
         "report": report,

@@ -245,3 +245,22 @@ def load_checkpoint_file(path: str | os.PathLike) -> CheckpointFile:
     obj = _load(path)
     path = os.fspath(path)
     return CheckpointFile(state_dict=_state_dict_of(obj, path), **_entries_of(obj, path))
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> str:
+    """Load ``MODEL.WEIGHTS`` into ``model`` strictly: a whole model, or, when every key lies
+    under ``backbone.`` (a converted ImageNet checkpoint), its backbone only (the decoders and
+    heads keep their initialisation, for fine-tuning). Returns ``"model"`` or ``"backbone"``."""
+    state = load_state_dict_file(path)
+    prefix = "backbone."
+    if state and all(k.startswith(prefix) for k in state) and hasattr(model, "backbone"):
+        try:
+            model.backbone.load_state_dict({k[len(prefix) :]: v for k, v in state.items()})
+        except RuntimeError as err:
+            raise ValueError(f"{os.fspath(path)}: backbone weights do not fit: {err}") from None
+        return "backbone"
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{os.fspath(path)}: weights do not fit the model: {err}") from None
+    return "model"

@@ -55,9 +55,10 @@ def prepare_model(cfg, device: torch.device) -> nn.Module:
     """``build_model(cfg)`` on ``device``; SyncBN + DDP when running distributed."""
     model = build_model(cfg).to(device)
     if cfg.MODEL.WEIGHTS:
-        from ..checkpoint.io import load_state_dict_file
+        from ..checkpoint.io import load_weights
 
-        model.load_state_dict(load_state_dict_file(cfg.MODEL.WEIGHTS))
+        if load_weights(model, cfg.MODEL.WEIGHTS) == "backbone":
+            print(f"loaded backbone weights from {cfg.MODEL.WEIGHTS}; decoders and heads are new")
     if is_distributed():
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -1,0 +1,102 @@
+"""The published checkpoints we convert: where each comes from, our config for it, its source's
+published numbers (theirs, not measured here) and its parameter count.
+
+``ZOO`` is data: one ``ZooModel`` per checkpoint; ``tools/parity/`` and the tests iterate over it,
+and the README's model-zoo table lists it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEEPLAB2_URL = "https://storage.googleapis.com/gresearch/tf-deeplab/checkpoint/{}.tar.gz"
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """One published checkpoint.
+
+    ``key`` names its reference fixtures (``tests/fixtures/deeplab2/{tiny,manifests}``);
+    ``published`` holds the source's own numbers on the validation set (PQ, mIoU...);
+    ``parameters`` our parameter count, equal to the source model's.
+    """
+
+    key: str
+    source: str  # "deeplab2" or "detectron2"
+    url: str
+    config: str  # ours, relative to the repository root
+    published: dict[str, float]
+    parameters: int
+
+
+def _deeplab2(key: str, archive: str, config: str, pq: float, parameters: int) -> ZooModel:
+    return ZooModel(key, "deeplab2", DEEPLAB2_URL.format(archive), config, {"PQ": pq}, parameters)
+
+
+_CS = "configs/cityscapes/deeplab2/"
+ZOO: tuple[ZooModel, ...] = (
+    _deeplab2(
+        "axial_swidernet_1_1_1_os16_cityscapes",
+        "axial_swidernet_1_1_1_os16_axial_deeplab_cityscapes_trainfine",
+        _CS + "axial_swidernet_1_1_1_os16.yaml",
+        66.1,
+        137_844_454,
+    ),
+    _deeplab2(
+        "axial_swidernet_1_1_3_os16_cityscapes",
+        "axial_swidernet_1_1_3_os16_axial_deeplab_cityscapes_trainfine",
+        _CS + "axial_swidernet_1_1_3_os16.yaml",
+        67.1,
+        395_380_582,
+    ),
+    _deeplab2(
+        "axial_swidernet_1_1_4.5_os16_cityscapes",
+        "axial_swidernet_1_1_4.5_os16_axial_deeplab_cityscapes_trainfine",
+        _CS + "axial_swidernet_1_1_4.5_os16.yaml",
+        68.0,
+        571_791_974,
+    ),
+    _deeplab2(
+        "max_deeplab_s_backbone_os16_cityscapes",
+        "max_deeplab_s_backbone_os16_axial_deeplab_cityscapes_trainfine",
+        _CS + "max_deeplab_s_backbone_os16.yaml",
+        64.5,
+        42_788_486,
+    ),
+    _deeplab2(
+        "max_deeplab_l_backbone_os16_cityscapes",
+        "max_deeplab_l_backbone_os16_axial_deeplab_cityscapes_trainfine",
+        _CS + "max_deeplab_l_backbone_os16.yaml",
+        66.3,
+        176_560_454,
+    ),
+    _deeplab2(
+        "resnet50_os32_cityscapes",
+        "resnet50_os32_panoptic_deeplab_cityscapes_trainfine",
+        _CS + "resnet50_os32.yaml",
+        59.8,
+        54_973_702,
+    ),
+    _deeplab2(
+        "resnet50_beta_os32_cityscapes",
+        "resnet50_beta_os32_panoptic_deeplab_cityscapes_trainfine",
+        _CS + "resnet50_beta_os32.yaml",
+        60.8,
+        55_097_478,
+    ),
+    _deeplab2(
+        "wide_resnet41_os16_cityscapes",
+        "wide_resnet41_os16_panoptic_deeplab_cityscapes_trainfine",
+        _CS + "wide_resnet41_os16.yaml",
+        64.4,
+        140_479_750,
+    ),
+)
+
+
+def zoo_model(key: str) -> ZooModel:
+    """The ``ZOO`` entry ``key``."""
+    for model in ZOO:
+        if model.key == key:
+            return model
+    raise KeyError(f"no zoo model {key!r}; known: {[m.key for m in ZOO]}")

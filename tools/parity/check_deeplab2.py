@@ -1,0 +1,58 @@
+"""Measure parity of our converted models with deeplab2 on reference folders.
+
+The folders come from ``tools/parity/deeplab2_reference.py`` (full size: not committed; tiny:
+``tests/fixtures/deeplab2/tiny``). For every zoo model found there, converts the checkpoint onto
+our config, runs both on the same input and prints parameters, max |difference| of each output
+(absolute and relative to the output's std) and the panoptic agreement after post-processing with
+deeplab2's settings. Runs without TensorFlow (the built-in checkpoint reader)::
+
+    python tools/parity/check_deeplab2.py --references /tmp/dl2_ref/full --json parity.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from axial_deeplab.checkpoint.deeplab2_parity import check_reference
+from axial_deeplab.checkpoint.zoo import ZOO
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--references", required=True, help="folder of <KEY>/ reference folders")
+    parser.add_argument("--keys", nargs="*", help="zoo keys (default: every one found)")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = parser.parse_args()
+    results = []
+    print("| model | params ours / deeplab2 | semantic | center | offset | panoptic |")
+    print("|---|---|---|---|---|---|")
+    for model in ZOO:
+        folder = os.path.join(args.references, model.key)
+        if (args.keys and model.key not in args.keys) or not os.path.isdir(folder):
+            continue
+        r = check_reference(folder, model.config, threads=args.threads or None)
+        r.pop("report")
+        results.append(r)
+        cells = [
+            f"{d['max_abs']:.1e} ({d['max_rel']:.1e})"
+            for name in ("semantic_logits", "center_heatmap", "offset_map")
+            for key, d in r["differences"].items()
+            if key.startswith(name)
+        ]
+        p = r["panoptic"]
+        agree = "identical" if p["identical"] else f"{p['fraction_differing']:.2%} px differ"
+        print(
+            f"| {model.key} | {r['parameters']:,} / {r['reference_parameters']:,} | "
+            f"{' | '.join(cells)} | {agree} ({p['segments']} segments) |",
+            flush=True,
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
