@@ -4,13 +4,19 @@ Layout (Panoptic-DeepLab; deeplab2 ``model/decoder/panoptic_deeplab.py``, detect
 ``DeepLabV3PlusHead``): ``context(res5)`` -> for ``res3`` then ``res2``: bilinear upsample to
 that feature's size, concatenate ``[projection(feature), upsampled]`` (projection: 1x1 conv, norm,
 ReLU), fuse with one 5x5 depthwise-separable conv (depthwise 5x5, norm, ReLU, pointwise 1x1, norm,
-ReLU). Output ``[N, decoder_channels, H/4, W/4]``.
+ReLU) or, with ``separable=False``, two 3x3 conv-norm-ReLU (detectron2's regular
+Panoptic-DeepLab). Output ``[N, decoder_channels, H/4, W/4]``.
 
 Context modules:
 - ``"aspp"``: 1x1 branch, three 3x3 atrous branches (rates ``(6, 12, 18)`` at OS16,
-  ``(3, 6, 9)`` at OS32) and an image-pooling branch, concatenated, 1x1 projection, dropout 0.1.
-  The pooling branch is a global mean (any input size) then a 1x1 conv *with bias and no norm*
-  (as detectron2: BN on a 1x1 map fails in training with batch size 1), broadcast back.
+  ``(3, 6, 9)`` at OS32; 3x3 depthwise-separable with ``separable``, as detectron2's DSConv
+  models) and an image-pooling branch, concatenated, 1x1 projection, dropout 0.1.
+  Image pooling: a global mean (any input size), or with ``pool_size (h, w)`` a ``h x w`` average
+  at stride 1 ('valid'; the window is clipped to the feature, so a feature no larger than it gets
+  the global mean) then a bilinear resize back (detectron2 and deeplab2 pool over the training
+  crop's feature size this way); then a 1x1 conv *with bias and no norm* (detectron2: BN on a 1x1
+  map fails in training with batch size 1) or, with ``pool_norm``, without bias followed by a norm
+  (deeplab2); ReLU; broadcast or resized back.
 - ``"conv1x1"``: the single 1x1 projection (conv, norm, ReLU) that Axial-DeepLab uses instead of
   ASPP (deeplab2 ``aspp_use_only_1x1_proj_conv``).
 """
@@ -18,6 +24,7 @@ Context modules:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,16 +56,24 @@ def conv_norm_relu(
 
 
 class DepthwiseSeparableConv(nn.Sequential):
-    """Depthwise ``k x k`` conv, norm, ReLU, then pointwise 1x1 conv, norm, ReLU."""
+    """Depthwise ``k x k`` conv (dilated by ``dilation``), norm, ReLU, then pointwise 1x1 conv, norm,
+    ReLU."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, *, kernel_size: int = 5, norm: str = "BN"
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int = 5,
+        dilation: int = 1,
+        norm: str = "BN",
     ) -> None:
         depthwise = nn.Conv2d(
             in_channels,
             in_channels,
             kernel_size,
-            padding=kernel_size // 2,
+            padding=dilation * (kernel_size - 1) // 2,
+            dilation=dilation,
             groups=in_channels,
             bias=False,
         )
@@ -70,8 +85,25 @@ class DepthwiseSeparableConv(nn.Sequential):
         )
 
 
+def fusion_conv(
+    in_channels: int, out_channels: int, *, separable: bool, norm: str
+) -> nn.Sequential:
+    """One 5x5 depthwise-separable conv, or two 3x3 conv-norm-ReLU (``in -> out -> out``)."""
+    if separable:
+        return DepthwiseSeparableConv(in_channels, out_channels, norm=norm)
+    return nn.Sequential(
+        conv_norm_relu(in_channels, out_channels, kernel_size=3, norm=norm),
+        conv_norm_relu(out_channels, out_channels, kernel_size=3, norm=norm),
+    )
+
+
 class ASPP(nn.Module):
-    """Atrous spatial pyramid pooling: ``[N, C_in, h, w]`` -> ``[N, out_channels, h, w]``."""
+    """Atrous spatial pyramid pooling: ``[N, C_in, h, w]`` -> ``[N, out_channels, h, w]``.
+
+    ``separable``: 3x3 depthwise-separable atrous branches; ``pool_size``: ``()`` global image
+    pooling, ``(h, w)`` a stride-1 ``h x w`` average then a bilinear resize (``align_corners``);
+    ``pool_norm``: norm (no bias) after the pooling branch's 1x1 conv.
+    """
 
     def __init__(
         self,
@@ -81,38 +113,73 @@ class ASPP(nn.Module):
         dilations: Sequence[int] = (6, 12, 18),
         dropout: float = 0.1,
         norm: str = "BN",
+        separable: bool = False,
+        pool_size: Sequence[int] = (),
+        pool_norm: bool = False,
+        align_corners: bool = True,
     ) -> None:
         super().__init__()
+        if len(pool_size) not in (0, 2) or any(p < 1 for p in pool_size):
+            raise ValueError(f"pool_size: expected () or (h, w) >= 1, got {list(pool_size)}")
         branches = [conv_norm_relu(in_channels, out_channels, norm=norm)]
-        branches += [
-            conv_norm_relu(in_channels, out_channels, kernel_size=3, dilation=d, norm=norm)
-            for d in dilations
-        ]
+        for d in dilations:
+            if separable:
+                branch = DepthwiseSeparableConv(
+                    in_channels, out_channels, kernel_size=3, dilation=d, norm=norm
+                )
+            else:
+                branch = conv_norm_relu(
+                    in_channels, out_channels, kernel_size=3, dilation=d, norm=norm
+                )
+            branches.append(branch)
         self.branches = nn.ModuleList(branches)
-        self.pool_conv = nn.Conv2d(in_channels, out_channels, 1, bias=True)
+        self.pool_size = tuple(pool_size)
+        self.align_corners = align_corners
+        self.pool_conv = nn.Conv2d(in_channels, out_channels, 1, bias=not pool_norm)
+        self.pool_norm = norm_layer(norm, out_channels) if pool_norm else nn.Identity()
         num = len(branches) + 1
         self.project = conv_norm_relu(num * out_channels, out_channels, norm=norm)
         self.dropout = nn.Dropout(dropout)
 
+    def image_pool(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, C_in, h, w]`` -> pooled ``[N, C_in, h - kh + 1, w - kw + 1]`` (``[N, C_in, 1, 1]``
+        for global pooling), ``(kh, kw)`` = ``pool_size`` clipped to ``(h, w)``."""
+        h, w = x.shape[2:]
+        if not self.pool_size or (self.pool_size[0] >= h and self.pool_size[1] >= w):
+            return x.mean(dim=(2, 3), keepdim=True)
+        window = (min(self.pool_size[0], h), min(self.pool_size[1], w))
+        return F.avg_pool2d(x, window, stride=1)
+
+    def normalize_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``pool_norm`` of ``[N, C, h', w']``; a batch norm of one value per channel (batch 1,
+        global pooling) has no batch statistics in training and uses its running ones."""
+        norm = self.pool_norm
+        single = pooled.shape[0] * pooled.shape[2] * pooled.shape[3] == 1
+        if not (self.training and single and isinstance(norm, nn.modules.batchnorm._BatchNorm)):
+            return norm(pooled)
+        mean, var = norm.running_mean, norm.running_var
+        return F.batch_norm(pooled, mean, var, norm.weight, norm.bias, False, 0.0, norm.eps)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = [branch(x) for branch in self.branches]  # each [N, C, h, w]
-        pooled = F.relu(self.pool_conv(x.mean(dim=(2, 3), keepdim=True)))  # [N, C, 1, 1]
-        outs.append(pooled.expand(-1, -1, *x.shape[2:]))  # [N, C, h, w]
+        pooled = self.pool_conv(self.image_pool(x))  # [N, C, h', w']
+        pooled = F.relu(self.normalize_pooled(pooled))
+        if pooled.shape[2:] == (1, 1):
+            outs.append(pooled.expand(-1, -1, *x.shape[2:]))  # [N, C, h, w]
+        else:
+            size = tuple(x.shape[2:])
+            mode = dict(mode="bilinear", align_corners=self.align_corners)
+            outs.append(F.interpolate(pooled, size=size, **mode))  # [N, C, h, w]
         return self.dropout(self.project(torch.cat(outs, dim=1)))
 
 
 def build_context(
-    kind: str,
-    in_channels: int,
-    out_channels: int,
-    *,
-    dilations: Sequence[int],
-    dropout: float,
-    norm: str,
+    kind: str, in_channels: int, out_channels: int, *, norm: str, **aspp_kwargs: Any
 ) -> nn.Module:
-    """Context module by name: ``"aspp"`` or ``"conv1x1"``."""
+    """Context module by name: ``"aspp"`` (``aspp_kwargs`` go to ``ASPP``) or ``"conv1x1"``
+    (which has none of those options and ignores them)."""
     if kind == "aspp":
-        return ASPP(in_channels, out_channels, dilations=dilations, dropout=dropout, norm=norm)
+        return ASPP(in_channels, out_channels, norm=norm, **aspp_kwargs)
     if kind == "conv1x1":
         return conv_norm_relu(in_channels, out_channels, norm=norm)
     raise ValueError(f"context: expected 'aspp' or 'conv1x1', got {kind!r}")
@@ -127,7 +194,10 @@ class PanopticDeepLabDecoder(nn.Module):
             ``("res5", "res3", "res2")``.
         project_channels: 1x1 projection width of each finer feature, e.g. ``(64, 32)``.
         context: ``"aspp"`` or ``"conv1x1"``; ``context_channels`` its output width.
+        aspp_separable, aspp_pool_size, aspp_pool_norm: ``ASPP``'s ``separable``,
+            ``pool_size`` (in feature pixels) and ``pool_norm``.
         decoder_channels: width of every fusion conv (and of the output).
+        separable: fusion by one 5x5 depthwise-separable conv (else two 3x3 convs).
         align_corners: bilinear upsampling convention.
     """
 
@@ -141,7 +211,11 @@ class PanopticDeepLabDecoder(nn.Module):
         context_channels: int = 256,
         aspp_dilations: Sequence[int] = (6, 12, 18),
         aspp_dropout: float = 0.1,
+        aspp_separable: bool = False,
+        aspp_pool_size: Sequence[int] = (),
+        aspp_pool_norm: bool = False,
         decoder_channels: int = 256,
+        separable: bool = True,
         norm: str = "BN",
         align_corners: bool = True,
     ) -> None:
@@ -156,13 +230,20 @@ class PanopticDeepLabDecoder(nn.Module):
             )
         self.in_features = list(in_features)
         self.align_corners = align_corners
+        aspp_options = dict(
+            dilations=aspp_dilations,
+            dropout=aspp_dropout,
+            separable=aspp_separable,
+            pool_size=aspp_pool_size,
+            pool_norm=aspp_pool_norm,
+            align_corners=align_corners,
+        )
         self.context = build_context(
             context,
             input_shape[in_features[0]].channels,
             context_channels,
-            dilations=aspp_dilations,
-            dropout=aspp_dropout,
             norm=norm,
+            **aspp_options,
         )
         self.projections = nn.ModuleList()
         self.fusions = nn.ModuleList()
@@ -170,7 +251,7 @@ class PanopticDeepLabDecoder(nn.Module):
         for name, proj in zip(in_features[1:], project_channels, strict=True):
             self.projections.append(conv_norm_relu(input_shape[name].channels, proj, norm=norm))
             self.fusions.append(
-                DepthwiseSeparableConv(proj + channels, decoder_channels, norm=norm)
+                fusion_conv(proj + channels, decoder_channels, separable=separable, norm=norm)
             )
             channels = decoder_channels
         self.out_channels = channels

@@ -1,13 +1,15 @@
 """Prediction heads: a 5x5 depthwise-separable conv then a 1x1 conv (deeplab2
 ``PanopticDeepLabSingleHead``): semantic ``-> num_classes``, centre ``32 -> 1``,
-offset ``32 -> 2`` ``(dy, dx)``."""
+offset ``32 -> 2`` ``(dy, dx)``. With ``separable=False`` two 3x3 conv-norm-ReLU
+(``in -> in -> head_channels``) replace the 5x5 conv, as in detectron2's regular Panoptic-DeepLab
+heads (and always in its centre head)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from axial_deeplab.modeling.decoder import DepthwiseSeparableConv
+from axial_deeplab.modeling.decoder import DepthwiseSeparableConv, conv_norm_relu
 
 
 class PredictionHead(nn.Module):
@@ -26,11 +28,18 @@ class PredictionHead(nn.Module):
         kernel_size: int = 5,
         norm: str = "BN",
         init_std: float = 0.001,
+        separable: bool = True,
     ) -> None:
         super().__init__()
-        self.conv = DepthwiseSeparableConv(
-            in_channels, head_channels, kernel_size=kernel_size, norm=norm
-        )
+        if separable:
+            self.conv: nn.Sequential = DepthwiseSeparableConv(
+                in_channels, head_channels, kernel_size=kernel_size, norm=norm
+            )
+        else:
+            self.conv = nn.Sequential(
+                conv_norm_relu(in_channels, in_channels, kernel_size=3, norm=norm),
+                conv_norm_relu(in_channels, head_channels, kernel_size=3, norm=norm),
+            )
         self.predictor = nn.Conv2d(head_channels, out_channels, 1)
         nn.init.normal_(self.predictor.weight, 0.0, init_std)
         nn.init.zeros_(self.predictor.bias)

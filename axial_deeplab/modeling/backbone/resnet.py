@@ -1,9 +1,13 @@
 """ResNet baseline backbone: torchvision's ResNet modules wrapped as a ``Backbone``.
 
 Options: the DeepLab stem (three 3x3 convs, 64-64-128 channels, as ResNet-50-beta / detectron2's
-"R-52"; the first bottleneck then reads 128 channels) instead of the 7x7 one, and output stride
-8/16/32 by replacing the stride of the last stages with dilation (torchvision's
-``replace_stride_with_dilation``). Weights are random; nothing is downloaded.
+"R-52" ``DeepLabStem``; the first bottleneck then reads 128 channels) instead of the 7x7 one, and
+output stride 8/16/32 by replacing the stride of the last stages with dilation (torchvision's
+``replace_stride_with_dilation``: the first block of a dilated stage keeps the previous
+dilation). ``res5_dilations`` sets each res5 block's 3x3 dilation instead (detectron2's
+``RES5_MULTI_GRID``: ``RES5_DILATION x (1, 2, 4)`` = 2, 4, 8 in its DC5 models);
+``stride_in_1x1`` moves a block's stride from the 3x3 conv (torchvision, detectron2's R-52) to the
+first 1x1 conv (detectron2's MSRA models). Weights are random; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ DILATE_FOR_STRIDE = {8: [False, True, True], 16: [False, False, True], 32: [Fals
 STAGES = ("res2", "res3", "res4", "res5")
 
 
-def deeplab_stem(norm_layer: Callable[[int], nn.Module]) -> nn.Sequential:
-    """Three 3x3 convs (stride 2, 1, 1; 64, 64, 128 channels), each with norm and ReLU."""
+def deeplab_stem(norm_layer: Callable[[int], nn.Module], channels: int = 128) -> nn.Sequential:
+    """Three 3x3 convs (stride 2, 1, 1; ``channels / 2, channels / 2, channels``: 64, 64, 128),
+    each with norm and ReLU."""
+    half = channels // 2
     layers: list[nn.Module] = []
-    for i, (cin, cout) in enumerate(((3, 64), (64, 64), (64, 128))):
+    for i, (cin, cout) in enumerate(((3, half), (half, half), (half, channels))):
         stride = 2 if i == 0 else 1
         layers += [
             nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
@@ -40,8 +46,45 @@ def deeplab_stem(norm_layer: Callable[[int], nn.Module]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def set_dilations(stage: nn.Sequential, dilations: Sequence[int]) -> None:
+    """Give block ``i`` of ``stage`` a 3x3 conv of dilation (and 'same' padding) ``dilations[i]``."""
+    if len(dilations) != len(stage):
+        raise ValueError(f"res5 dilations: need {len(stage)} values, got {list(dilations)}")
+    for block, d in zip(stage, dilations, strict=True):
+        block.conv2.dilation = block.conv2.padding = (d, d)
+
+
+def scaled_stages(
+    net: tv_resnet.ResNet, in_channels: int, res2_channels: int, dilate: Sequence[bool]
+) -> list[nn.Sequential]:
+    """``net``'s four stages rebuilt narrower: res2 outputs ``res2_channels`` (bottleneck width a
+    quarter of it), doubling per stage, the first block reading ``in_channels``; initialised as
+    torchvision initialises ResNets."""
+    net.inplanes, net.dilation = in_channels, 1
+    layers = [net.layer1, net.layer2, net.layer3, net.layer4]
+    stages = [
+        net._make_layer(
+            tv_resnet.Bottleneck,
+            res2_channels // 4 * 2**i,
+            len(layer),
+            stride=1 if i == 0 else 2,
+            dilate=bool(i) and dilate[i - 1],
+        )
+        for i, layer in enumerate(layers)
+    ]
+    for m in nn.Sequential(*stages).modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return stages
+
+
 class ResNet(Backbone):
-    """torchvision ResNet-{50,101,152} returning ``{"res2": [N, 256, H/4, W/4], ...}``."""
+    """torchvision ResNet-{50,101,152} returning ``{"res2": [N, 256, H/4, W/4], ...}``.
+
+    ``stem_channels`` (deeplab stem only; 0: 128) and ``res2_channels`` (256; a multiple of 4)
+    narrow the network, as detectron2's ``STEM_OUT_CHANNELS`` and ``RES2_OUT_CHANNELS`` (with
+    ``WIDTH_PER_GROUP`` = a quarter of it) do: for small test models.
+    """
 
     def __init__(
         self,
@@ -51,6 +94,10 @@ class ResNet(Backbone):
         output_stride: int = 16,
         out_features: Sequence[str] = ("res2", "res3", "res5"),
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+        res5_dilations: Sequence[int] = (),
+        stride_in_1x1: bool = False,
+        stem_channels: int = 0,
+        res2_channels: int = 256,
     ) -> None:
         super().__init__()
         if depth not in RESNET_BUILDERS:
@@ -69,15 +116,34 @@ class ResNet(Backbone):
             replace_stride_with_dilation=DILATE_FOR_STRIDE[output_stride],
             norm_layer=norm_layer,
         )
+        if stem == "basic" and stem_channels not in (0, 64):
+            raise ValueError(f"stem_channels: the basic stem has 64, got {stem_channels}")
+        if res2_channels % 4:
+            raise ValueError(f"res2_channels: expected a multiple of 4, got {res2_channels}")
+        stem_channels = stem_channels or 128
         if stem == "basic":
             self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)
+            stem_channels = 64
         else:
-            self.stem = deeplab_stem(norm_layer)
-            first = net.layer1[0]  # its 1x1 conv and shortcut now read the 128-channel stem
-            first.conv1 = nn.Conv2d(128, first.conv1.out_channels, 1, bias=False)
-            first.downsample[0] = nn.Conv2d(128, first.downsample[0].out_channels, 1, bias=False)
+            self.stem = deeplab_stem(norm_layer, stem_channels)
+        stages = [net.layer1, net.layer2, net.layer3, net.layer4]
+        if res2_channels != 256:
+            stages = scaled_stages(
+                net, stem_channels, res2_channels, DILATE_FOR_STRIDE[output_stride]
+            )
+        elif stem == "deeplab":
+            first = net.layer1[0]  # its 1x1 conv and shortcut now read the deeplab stem
+            first.conv1 = nn.Conv2d(stem_channels, first.conv1.out_channels, 1, bias=False)
+            first.downsample[0] = nn.Conv2d(
+                stem_channels, first.downsample[0].out_channels, 1, bias=False
+            )
         self.maxpool = net.maxpool
-        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+        self.stages = nn.ModuleList(stages)
+        if res5_dilations:
+            set_dilations(self.stages[3], res5_dilations)
+        if stride_in_1x1:
+            for stage in self.stages:
+                stage[0].conv1.stride, stage[0].conv2.stride = stage[0].conv2.stride, (1, 1)
         self._out_features = list(out_features)
         strides = [min(4 * 2**i, output_stride) for i in range(4)]
         channels = [stage[-1].conv3.out_channels for stage in self.stages]
@@ -99,6 +165,7 @@ class ResNet(Backbone):
 
 def build_resnet_backbone(cfg) -> ResNet:
     """ResNet backbone from ``cfg.MODEL.RESNETS`` (``DEPTH``, ``STEM_TYPE``, ``RES5_DILATION``,
+    ``RES5_MULTI_GRID``, ``STRIDE_IN_1X1``, ``STEM_OUT_CHANNELS``, ``RES2_OUT_CHANNELS``,
     ``OUT_FEATURES``, ``NORM``)."""
     from axial_deeplab.modeling.decoder import NORMS
 
@@ -113,4 +180,8 @@ def build_resnet_backbone(cfg) -> ResNet:
         output_stride=32 // c.RES5_DILATION,
         out_features=tuple(c.OUT_FEATURES),
         norm_layer=NORMS[c.NORM],
+        res5_dilations=[c.RES5_DILATION * g for g in c.RES5_MULTI_GRID],
+        stride_in_1x1=c.STRIDE_IN_1X1,
+        stem_channels=c.STEM_OUT_CHANNELS,
+        res2_channels=c.RES2_OUT_CHANNELS,
     )

@@ -1,0 +1,383 @@
+"""Map detectron2's Panoptic-DeepLab checkpoints (``projects/Panoptic-DeepLab`` model zoo, and the
+ImageNet ``R-52.pkl`` backbone) onto our ``PanopticDeepLab``.
+
+Reading: a zoo ``.pkl`` is ``{"model": {name: np.ndarray}, "__author__": ..., ...}``; it is read
+by :class:`SafeUnpickler`, which rebuilds numpy arrays and plain containers and refuses every other
+global (a pickle that names one raises :class:`pickle.UnpicklingError` naming it). A ``.pth`` is
+read with ``torch.load(weights_only=True)``.
+
+Naming (detectron2 -> ours). detectron2 calls a conv unit ``P.weight`` + ``P.norm.*`` and a
+depthwise-separable one ``P.depthwise`` + ``P.pointwise``; ours are ``Sequential`` s:
+
+- ``backbone.stem.conv{1,2,3}`` -> ``backbone.stem.{0,3,6}`` (norms ``.{1,4,7}``);
+  ``backbone.res{2..5}.i.conv{1,2,3}`` / ``.shortcut`` -> ``backbone.stages.{0..3}.i.conv{n}``
+  (norm ``bn{n}``) / ``.downsample.{0,1}``;
+- ``{sem_seg,ins_embed}_head.decoder.res5.project_conv`` (the ASPP): ``convs.{0..3}`` ->
+  ``{semantic,instance}_decoder.context.branches.{0..3}``, ``convs.4.1`` (image pooling conv) ->
+  ``context.pool_conv``, ``project`` -> ``context.project``;
+- ``decoder.res{3,2}.project_conv`` / ``fuse_conv`` -> ``projections.{0,1}`` / ``fusions.{0,1}``
+  (our decoders list features coarsest first);
+- ``sem_seg_head.head`` / ``predictor`` -> ``semantic_head.conv`` / ``predictor``;
+  ``ins_embed_head.{center,offset}_head`` / ``_predictor`` -> ``{center,offset}_head.conv`` /
+  ``predictor``.
+
+A backbone-only file (keys ``stem.*``, ``res2.*``...: detectron2's ImageNet ``R-52.pkl``, loaded
+there with its matching heuristics) maps onto ``backbone.*``; an ImageNet classifier in it
+(``fc``, ``fc1000``, ``linear``) is reported as skipped. ``num_batches_tracked`` counters absent from
+a file are set to 0 and reported (they do not affect inference). Anything else unused, any
+parameter or buffer of ours left unfilled and any shape mismatch fails the conversion, naming them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+try:  # numpy >= 2 (numpy.core is its deprecated alias)
+    from numpy._core import multiarray as _multiarray
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core import multiarray as _multiarray
+
+# (module, name) globals a detectron2 .pkl may name: numpy array/scalar reconstruction only.
+_NUMPY_GLOBALS = {
+    **{
+        (module, name): getattr(_multiarray, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    },
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("collections", "OrderedDict"): dict,
+}
+HEADS = {"sem_seg_head": "semantic", "ins_embed_head": "instance"}
+CLASSIFIER = re.compile(r"(fc|fc1000|linear)\.(weight|bias)")
+_SUB = r"(\.\d|\.depthwise|\.pointwise)?"
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickler for detectron2 ``.pkl`` files: numpy arrays and builtin containers only."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _NUMPY_GLOBALS:
+            return _NUMPY_GLOBALS[(module, name)]
+        raise pickle.UnpicklingError(
+            f"refusing to load global '{module}.{name}': a detectron2 .pkl may only hold numpy "
+            "arrays in plain dicts/lists (this file could run code when unpickled)"
+        )
+
+
+def _to_tensor(name: str, value) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray | np.generic):
+        return torch.from_numpy(np.array(value, copy=True))
+    raise ValueError(f"{name}: expected an array, got {type(value).__name__}")
+
+
+def load_detectron2_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict of a detectron2 ``.pkl`` (safe unpickling) or ``.pth`` (weights only)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.endswith(".pkl"):
+        with open(path, "rb") as f:
+            try:
+                obj = SafeUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+            except pickle.UnpicklingError as exc:
+                raise pickle.UnpicklingError(f"{path}: {exc}") from None
+    else:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected {{name: array}}, got {type(obj).__name__}")
+    return {k.removeprefix("module."): _to_tensor(k, v) for k, v in obj.items()}
+
+
+def _unit(base: str, sub: str | None) -> tuple[str, str]:
+    """Our (conv, norm) module paths for detectron2's conv unit ``sub`` of a module at ``base``."""
+    if not sub or sub == ".depthwise":
+        return f"{base}.0", f"{base}.1"
+    if sub == ".pointwise":
+        return f"{base}.3", f"{base}.4"
+    return f"{base}{sub}.0", f"{base}{sub}.1"  # ".j": j-th conv of two
+
+
+def _backbone(m: re.Match, ctx: dict) -> tuple[str, str]:
+    if m["stem"]:
+        i = 3 * (int(m["stem"]) - 1)
+        return f"backbone.stem.{i}", f"backbone.stem.{i + 1}"
+    block = f"backbone.stages.{int(m['res']) - 2}.{m['block']}"
+    if m["conv"] == "shortcut":
+        return f"{block}.downsample.0", f"{block}.downsample.1"
+    n = m["conv"][-1]
+    return f"{block}.conv{n}", f"{block}.bn{n}"
+
+
+def _decoder(m: re.Match, ctx: dict) -> tuple[str, str] | None:
+    name = HEADS[m["head"]]
+    features = ctx[name]  # our decoder's in_features, coarsest first
+    dec = f"{name}_decoder"
+    if m["feat"] not in features:
+        return None
+    index = features.index(m["feat"]) - 1
+    part, rest = m["part"], m["rest"] or ""
+    if index < 0:  # the ASPP on the coarsest feature
+        aspp = re.fullmatch(r"\.convs\.(\d)(\.1|\.depthwise|\.pointwise)?|\.project", rest)
+        if part != "project_conv" or aspp is None:
+            return None
+        if rest == ".project":
+            return _unit(f"{dec}.context.project", None)
+        branch = int(aspp[1])
+        if branch == ctx[f"{name}_branches"]:  # image pooling: AdaptiveAvgPool / AvgPool, conv
+            return (f"{dec}.context.pool_conv", "") if aspp[2] == ".1" else None
+        return _unit(f"{dec}.context.branches.{branch}", aspp[2])
+    if part == "project_conv" and not rest:
+        return _unit(f"{dec}.projections.{index}", None)
+    if part == "fuse_conv" and re.fullmatch(_SUB, rest):
+        return _unit(f"{dec}.fusions.{index}", rest)
+    return None
+
+
+def _head(m: re.Match, ctx: dict) -> tuple[str, str]:
+    return _unit(HEAD_MODULES[m["module"]], m["sub"])
+
+
+def _predictor(m: re.Match, ctx: dict) -> tuple[str, str]:
+    return PREDICTORS[m[0]], ""
+
+
+HEAD_MODULES = {
+    "sem_seg_head.head": "semantic_head.conv",
+    "ins_embed_head.center_head": "center_head.conv",
+    "ins_embed_head.offset_head": "offset_head.conv",
+}
+PREDICTORS = {
+    "sem_seg_head.predictor": "semantic_head.predictor",
+    "ins_embed_head.center_predictor": "center_head.predictor",
+    "ins_embed_head.offset_predictor": "offset_head.predictor",
+}
+# detectron2 module path -> our (conv, norm) module paths (None: no counterpart).
+Rule = Callable[[re.Match, dict], "tuple[str, str] | None"]
+RULES: list[tuple[re.Pattern, Rule]] = [
+    (
+        re.compile(
+            r"backbone\.(?:stem\.conv(?P<stem>[123])"
+            r"|res(?P<res>[2-5])\.(?P<block>\d+)\.(?P<conv>conv[123]|shortcut))"
+        ),
+        _backbone,
+    ),
+    (
+        re.compile(
+            r"(?P<head>sem_seg_head|ins_embed_head)\.decoder\.(?P<feat>res\d)\."
+            r"(?P<part>project_conv|fuse_conv)(?P<rest>\..*)?"
+        ),
+        _decoder,
+    ),
+    (
+        re.compile(
+            r"(?P<module>sem_seg_head\.head|ins_embed_head\.(?:center|offset)_head)"
+            r"(?P<sub>\.\d|\.depthwise|\.pointwise)?"
+        ),
+        _head,
+    ),
+    (re.compile("|".join(re.escape(k) for k in PREDICTORS)), _predictor),
+]
+_LEAF = re.compile(r"(?P<module>.+?)(?P<norm>\.norm)?\.(?P<leaf>[a-z_]+)")
+
+
+def our_name(name: str, ctx: dict) -> str | None:
+    """Our state-dict name for detectron2's ``name`` (None when it has no counterpart)."""
+    m = _LEAF.fullmatch(name)
+    if m is None:
+        return None
+    for pattern, rule in RULES:
+        found = pattern.fullmatch(m["module"])
+        if found:
+            paths = rule(found, ctx)
+            if paths is None:
+                return None
+            path = paths[1] if m["norm"] else paths[0]
+            return f"{path}.{m['leaf']}" if path else None
+    return None
+
+
+@dataclass
+class Report:
+    """The outcome of a conversion: every source tensor used or why not, every target filled."""
+
+    used: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)  # (theirs, ours)
+    unused: list[str] = field(default_factory=list)  # source names with no counterpart
+    missing: list[str] = field(default_factory=list)  # our names left unfilled
+    shape: list[str] = field(default_factory=list)  # "theirs -> ours: [..] vs ours [..]"
+    defaulted: list[str] = field(default_factory=list)  # num_batches_tracked set to 0
+    skipped: list[str] = field(default_factory=list)  # ImageNet classifier of a backbone file
+
+    @property
+    def ok(self) -> bool:
+        return not (self.unused or self.missing or self.shape)
+
+    def format(self, verbose: bool = False) -> str:
+        """Counts, then every problem (and with ``verbose`` every mapping) on its own line."""
+        lines = [
+            f"used {len(self.used)} source tensors "
+            f"({sum(int(np.prod(s)) for _, _, s in self.used):,} values), unused "
+            f"{len(self.unused)}, unfilled {len(self.missing)}, shape mismatches "
+            f"{len(self.shape)}, counters set to 0 {len(self.defaulted)}, skipped "
+            f"{len(self.skipped)}"
+        ]
+        sections = {
+            "unused (detectron2 names without a counterpart)": self.unused,
+            "unfilled (our parameters/buffers)": self.missing,
+            "shape mismatch": self.shape,
+            "skipped (ImageNet classifier)": self.skipped,
+        }
+        if verbose:
+            sections["used"] = [f"{a} -> {b} {list(s)}" for a, b, s in self.used]
+            sections["set to 0"] = self.defaulted
+        for title, names in sections.items():
+            if names:
+                lines += [f"{title}: {len(names)}"] + [f"  {n}" for n in names]
+        return "\n".join(lines)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` listing every problem when the conversion is not complete."""
+        if not self.ok:
+            raise ValueError("detectron2 checkpoint does not match the model:\n" + self.format())
+
+
+def decoder_context(model: nn.Module) -> dict:
+    """What the name mapping needs from our model: each decoder's features (coarsest first) and
+    its number of ASPP conv branches (detectron2's image pooling comes after them)."""
+    ctx: dict = {}
+    for name in HEADS.values():
+        decoder = getattr(model, f"{name}_decoder")
+        ctx[name] = list(decoder.in_features)
+        ctx[f"{name}_branches"] = len(getattr(decoder.context, "branches", ()))
+    return ctx
+
+
+def is_backbone_only(names) -> bool:
+    """True for an ImageNet backbone file (``stem.*``, ``res2.*``..., no ``backbone.`` prefix)."""
+    return not any(n.startswith(("backbone.", *HEADS)) for n in names) and any(
+        n.startswith("stem.") for n in names
+    )
+
+
+def convert_state_dict(
+    source: Mapping[str, torch.Tensor], model: nn.Module
+) -> tuple[dict[str, torch.Tensor], Report]:
+    """detectron2 ``source`` -> our state dict for ``model`` (a ``PanopticDeepLab``, possibly on
+    the meta device), and the report. A backbone-only ``source`` fills ``backbone.*`` only and the
+    result holds only those names."""
+    target = model.state_dict()
+    backbone_only = is_backbone_only(source)
+    if backbone_only:
+        target = {k: v for k, v in target.items() if k.startswith("backbone.")}
+    ctx = decoder_context(model)
+    out: dict[str, torch.Tensor] = {}
+    report = Report()
+    for name, value in source.items():
+        full = f"backbone.{name}" if backbone_only else name
+        ours = our_name(full, ctx)
+        if backbone_only and CLASSIFIER.fullmatch(name):
+            report.skipped.append(name)
+        elif ours is None or ours not in target:
+            report.unused.append(name if ours is None else f"{name} (-> {ours}, not in our model)")
+        elif tuple(value.shape) != tuple(target[ours].shape):
+            report.shape.append(
+                f"{name} -> {ours}: {list(value.shape)} vs ours {list(target[ours].shape)}"
+            )
+        else:
+            out[ours] = value.detach().to(dtype=target[ours].dtype).clone()
+            report.used.append((name, ours, tuple(value.shape)))
+    for ours, value in target.items():
+        if ours in out:
+            continue
+        if ours.endswith("num_batches_tracked") and value.dim() == 0:
+            out[ours] = torch.zeros((), dtype=value.dtype)
+            report.defaulted.append(ours)
+        else:
+            report.missing.append(ours)
+    return out, report
+
+
+def file_sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_converted(path: str, state_dict: dict[str, torch.Tensor], *, cfg, source: dict) -> None:
+    """Write a converted state dict (weights-only loadable) with its config, class metadata and
+    provenance: the one place the output format is chosen."""
+    from ..data.metadata import metadata_for_dataset
+    from .io import save_checkpoint_file
+
+    datasets = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
+    metadata = metadata_for_dataset(datasets[0]) if datasets else None
+    save_checkpoint_file(path, state_dict, config=cfg, metadata=metadata, source=source)
+
+
+def convert_file(
+    src: str, dst: str, *, config_file: str, opts: list[str] = (), verbose: bool = False
+) -> Report:
+    """Convert detectron2 checkpoint ``src`` for the model of ``config_file`` (+ ``opts``) and write
+    ``dst``; prints the report and raises ``ValueError`` (writing nothing) when it is incomplete."""
+    from ..config import load_config
+    from ..modeling.build import build_model
+
+    cfg = load_config(config_file, list(opts))
+    with torch.device("meta"):  # names and shapes only
+        model = build_model(cfg)
+    source_state = load_detectron2_file(src)
+    state, report = convert_state_dict(source_state, model)
+    print(report.format(verbose))
+    report.check()
+    source = {
+        "format": "detectron2",
+        "file": os.path.basename(src),
+        "sha256": file_sha256(src),
+        "converter": __name__,
+        "backbone_only": is_backbone_only(source_state),
+    }
+    save_converted(dst, state, cfg=cfg, source=source)
+    print(f"wrote {len(state)} tensors to {dst}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``convert_detectron2.py MODEL.pkl OUT.pth --config-file CFG [KEY VALUE ...]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="detectron2 checkpoint (.pkl from the model zoo, or .pth)")
+    parser.add_argument("output", help="our checkpoint to write (torch.load weights_only)")
+    parser.add_argument("--config-file", required=True, help="our config of the same model")
+    parser.add_argument("--verbose", action="store_true", help="print every name mapping")
+    parser.add_argument("opts", nargs="*", help="config overrides, KEY VALUE pairs")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        convert_file(
+            args.input,
+            args.output,
+            config_file=args.config_file,
+            opts=args.opts,
+            verbose=args.verbose,
+        )
+    except (ValueError, pickle.UnpicklingError) as exc:
+        print(f"not written: {exc}")
+        return 1
+    return 0
