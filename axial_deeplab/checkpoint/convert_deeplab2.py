@@ -83,15 +83,29 @@ def convert(
     return state, report
 
 
-def _metadata(cfg) -> dict | None:
+def class_metadata(cfg) -> dict | None:
+    """Class metadata of the config's (built-in) data set for ``NUM_CLASSES`` outputs. deeplab2's
+    COCO models have one more output than COCO has classes: their ignore label 0 (``"void"``),
+    then the 133 classes (things 1..80) with panoptic label divisor 256."""
     from ..data.metadata import metadata_for_dataset
 
-    names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
-    for name in names:
+    for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
         try:
-            return metadata_for_dataset(name)
+            meta = metadata_for_dataset(name)
         except (KeyError, ValueError):
             continue
+        if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == len(meta["class_names"]) + 1:
+            meta = {
+                "class_names": ["void", *meta["class_names"]],
+                "thing_ids": [t + 1 for t in meta["thing_ids"]],
+                "label_divisor": 256,
+                **(
+                    {"class_colors": [[0, 0, 0], *meta["class_colors"]]}
+                    if "class_colors" in meta
+                    else {}
+                ),
+            }
+        return meta
     return None
 
 
@@ -133,7 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.output,
         state,
         config=None if args.backbone_only else cfg,
-        metadata=None if args.backbone_only else _metadata(cfg),
+        metadata=None if args.backbone_only else class_metadata(cfg),
         source=source,
     )
     print(f"wrote {args.output} ({sum(v.numel() for v in state.values()):,} values)")

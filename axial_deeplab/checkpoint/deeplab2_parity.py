@@ -96,7 +96,10 @@ def _panoptic(outputs: dict[str, torch.Tensor], info: dict[str, Any]) -> tuple[n
         thing_ids=info["thing_class_ids"],
         label_divisor=info["label_divisor"],
     )
-    return panoptic.numpy(), len(centers)
+    # deeplab2's void label (ignore label x divisor) is a stuff label of ours when the ignore label
+    # is a class (COCO's 0): void in both.
+    void = info["ignore_label"] * info["label_divisor"]
+    return np.where(panoptic.numpy() == void, VOID_LABEL, panoptic.numpy()), len(centers)
 
 
 def reference_outputs(ref: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -117,7 +120,8 @@ def check_reference(
 ) -> dict[str, Any]:
     """Convert, run and compare (see the module docstring); returns a JSON-ready summary with
     ``differences`` (ours vs deeplab2), ``float32_error`` (our float32 run vs our float64 run:
-    the round-off scale of float32 on this model and input, for tiny fixtures only),
+    the round-off scale of float32 on this model and input, for tiny fixtures only, with
+    ``panoptic_float64``: our panoptic maps from both runs compared),
     ``panoptic`` (our whole pipeline vs deeplab2's panoptic prediction) and
     ``panoptic_postprocessing`` (our post-processing on deeplab2's raw outputs vs its panoptic
     prediction)."""
@@ -141,13 +145,17 @@ def check_reference(
     raw = {k: v for k, v in ref.items() if k.startswith(("semantic_logits", "center", "offset"))}
     ours = _ours_on_lattice(outputs, set(raw))
     summary: dict[str, Any] = {"differences": output_differences(ours, raw)}
-    if info.get("size") == "tiny":
-        with torch.no_grad():
-            exact = _ours_on_lattice(model.double()(image.double()), set(raw))
-        summary["float32_error"] = output_differences(ours, exact)
     void = info["ignore_label"] * info["label_divisor"]
     agree = dict(label_divisor=info["label_divisor"], void_ours=VOID_LABEL, void_reference=void)
     panoptic, centers = _panoptic(outputs, info)
+    if info.get("size") == "tiny":
+        with torch.no_grad():
+            exact = {k: v.float() for k, v in model.double()(image.double()).items()}
+        summary["float32_error"] = output_differences(ours, _ours_on_lattice(exact, set(raw)))
+        exact_panoptic, _ = _panoptic(exact, info)
+        summary["panoptic_float64"] = panoptic_agreement(
+            panoptic, exact_panoptic, **{**agree, "void_reference": VOID_LABEL}
+        )
     summary["panoptic"] = panoptic_agreement(panoptic, ref["panoptic_pred"][0], **agree)
     theirs, _ = _panoptic(reference_outputs(ref, tuple(image.shape[2:])), info)
     summary["panoptic_postprocessing"] = panoptic_agreement(

@@ -34,6 +34,7 @@ def _deeplab2(key: str, archive: str, config: str, pq: float, parameters: int) -
 
 
 _CS = "configs/cityscapes/deeplab2/"
+_COCO = "configs/coco/deeplab2/"
 ZOO: tuple[ZooModel, ...] = (
     _deeplab2(
         "axial_swidernet_1_1_1_os16_cityscapes",
@@ -90,6 +91,34 @@ ZOO: tuple[ZooModel, ...] = (
         _CS + "wide_resnet41_os16.yaml",
         64.4,
         140_479_750,
+    ),
+    _deeplab2(
+        "resnet50_os16_coco",
+        "resnet50_os16_panoptic_deeplab_coco_train",
+        _COCO + "resnet50_os16.yaml",
+        35.1,
+        55_003_257,
+    ),
+    _deeplab2(
+        "resnet50_os32_coco",
+        "resnet50_os32_panoptic_deeplab_coco_train_2",
+        _COCO + "resnet50_os32.yaml",
+        34.1,
+        55_003_257,
+    ),
+    _deeplab2(
+        "resnet50_beta_os16_coco",
+        "resnet50beta_os16_panoptic_deeplab_coco_train",
+        _COCO + "resnet50_beta_os16.yaml",
+        35.2,
+        55_127_033,
+    ),
+    _deeplab2(
+        "resnet50_beta_os32_coco",
+        "resnet50beta_os32_panoptic_deeplab_coco_train",
+        _COCO + "resnet50_beta_os32.yaml",
+        34.6,
+        55_127_033,
     ),
 )
 
