@@ -218,7 +218,7 @@ def test_aspp_pool_window_is_stride_one_average_then_resize():
     assert torch.allclose(aspp.image_pool(x)[0], pooled, atol=1e-6)
     # a window no smaller than the feature is the global mean (the default)
     wide = ASPP(4, 3, dilations=(1,), pool_size=(5, 9)).eval()
-    assert torch.equal(wide.image_pool(x), x.mean((2, 3), keepdim=True))
+    assert torch.allclose(wide.image_pool(x), x.mean((2, 3), keepdim=True), atol=1e-6)
 
 
 def test_aspp_pool_norm_replaces_the_bias():
@@ -234,3 +234,18 @@ def test_aspp_pool_norm_trains_on_one_image():
     aspp = ASPP(4, 3, dilations=(1,), pool_norm=True).train()
     assert aspp(torch.randn(1, 4, 5, 7)).shape == (1, 3, 5, 7)
     assert int(aspp.pool_norm.num_batches_tracked) == 0
+
+
+def test_backbone_file_loads_through_model_weights(tmp_path):
+    """The converted ``R-52.pkl`` (``backbone.*`` only) is what ``MODEL.WEIGHTS`` loads into the
+    backbone for fine-tuning."""
+    from axial_deeplab.checkpoint.io import load_weights
+
+    info, _, source = _fixture("imagenet_r52")
+    out = tmp_path / "r52.pth"
+    argv = [str(FIXTURES / "imagenet_r52" / "model.pkl"), str(out), "--config-file"]
+    assert main(argv + [str(REPO / info["our_config"])] + list(info["our_opts"])) == 0
+    _, model = _our_model(info)
+    assert load_weights(model, str(out)) == "backbone"
+    key = "stem.conv1.weight"
+    assert torch.equal(model.backbone.stem[0].weight, source[key])

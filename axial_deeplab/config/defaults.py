@@ -41,6 +41,8 @@ _C.MODEL.RESNETS.STEM_TYPE = "basic"  # "basic" (7x7 conv) or "deeplab" (three 3
 _C.MODEL.RESNETS.RES5_DILATION = 2  # 2: output stride 16 (res5 dilated); 1: output stride 32
 _C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res5"]  # features returned to the decoders
 _C.MODEL.RESNETS.NORM = "BN"  # "BN" or "SyncBN"
+_C.MODEL.RESNETS.RES5_MULTI_GRID = []  # detectron2 key: res5 dilations = RES5_DILATION x these
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256  # detectron2 key: res2 width (x2 per stage; stem: /2)
 
 _C.MODEL.SEM_SEG_HEAD = _YacsNode()
 _C.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res5"]  # decoder inputs; last one -> context
@@ -49,8 +51,12 @@ _C.MODEL.SEM_SEG_HEAD.CONTEXT = "conv1x1"  # "conv1x1" (Axial-DeepLab) or "aspp"
 _C.MODEL.SEM_SEG_HEAD.ASPP_CHANNELS = 256  # output width of the context module
 _C.MODEL.SEM_SEG_HEAD.ASPP_DILATIONS = [6, 12, 18]  # ASPP rates; (3, 6, 9) at output stride 32
 _C.MODEL.SEM_SEG_HEAD.ASPP_DROPOUT = 0.1  # dropout after the ASPP projection
+_C.MODEL.SEM_SEG_HEAD.ASPP_DEPTHWISE_SEPARABLE_CONV = False  # atrous branches depthwise-separable
+_C.MODEL.SEM_SEG_HEAD.ASPP_POOL_SIZE = []  # image pooling window [h, w] in feature px; []: global
+_C.MODEL.SEM_SEG_HEAD.ASPP_POOL_NORM = False  # pooling conv: no bias + norm (deeplab2); else bias
 _C.MODEL.SEM_SEG_HEAD.CONVS_DIM = 256  # decoder fusion width
 _C.MODEL.SEM_SEG_HEAD.HEAD_CHANNELS = 256  # width of the head's 5x5 depthwise-separable conv
+_C.MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV = True  # fusion, head: 5x5 DS conv; else 2 3x3
 _C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 19  # semantic classes (train ids)
 _C.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255  # semantic label ignored by the loss
 _C.MODEL.SEM_SEG_HEAD.NORM = "BN"  # "BN", "SyncBN" or "GN" in decoder and head
@@ -62,24 +68,21 @@ _C.MODEL.INS_EMBED_HEAD.IN_FEATURES = ["res2", "res3", "res5"]  # decoder inputs
 _C.MODEL.INS_EMBED_HEAD.PROJECT_CHANNELS = [16, 32]  # 1x1 projection width of res2, res3
 _C.MODEL.INS_EMBED_HEAD.CONTEXT = "conv1x1"  # "conv1x1" (Axial-DeepLab) or "aspp"
 _C.MODEL.INS_EMBED_HEAD.ASPP_CHANNELS = 256  # output width of the context module
-_C.MODEL.RESNETS.RES5_MULTI_GRID = []  # detectron2 key: res5 dilations = RES5_DILATION x these
-_C.MODEL.RESNETS.STRIDE_IN_1X1 = False  # detectron2 key: stride in 1x1 conv, else in 3x3 (R-52)
-_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 0  # detectron2 key: deeplab stem width; 0: 128 (basic: 64)
-_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256  # detectron2 key: res2 width, doubled per stage
 _C.MODEL.INS_EMBED_HEAD.ASPP_DILATIONS = [6, 12, 18]  # ASPP rates; (3, 6, 9) at output stride 32
 _C.MODEL.INS_EMBED_HEAD.ASPP_DROPOUT = 0.1  # dropout after the ASPP projection
+_C.MODEL.INS_EMBED_HEAD.ASPP_DEPTHWISE_SEPARABLE_CONV = False  # atrous branches depthwise-separable
+_C.MODEL.INS_EMBED_HEAD.ASPP_POOL_SIZE = []  # image pooling window [h, w] in feature px; []: global
+_C.MODEL.INS_EMBED_HEAD.ASPP_POOL_NORM = False  # pooling conv: no bias + norm (deeplab2); else bias
 _C.MODEL.INS_EMBED_HEAD.CONVS_DIM = 128  # decoder fusion width
 _C.MODEL.INS_EMBED_HEAD.HEAD_CHANNELS = 32  # width of the centre/offset heads' 5x5 conv
+_C.MODEL.INS_EMBED_HEAD.USE_DEPTHWISE_SEPARABLE_CONV = True  # fusion, offset head: 5x5 DS
+_C.MODEL.INS_EMBED_HEAD.CENTER_USE_DEPTHWISE_SEPARABLE_CONV = True  # centre head (d2: False)
 _C.MODEL.INS_EMBED_HEAD.NORM = "BN"  # "BN", "SyncBN" or "GN" in decoder and heads
 _C.MODEL.INS_EMBED_HEAD.CENTER_LOSS_WEIGHT = 200.0  # weight of the centre MSE loss
 _C.MODEL.INS_EMBED_HEAD.OFFSET_LOSS_WEIGHT = 0.01  # weight of the offset L1 loss
 
-_C.MODEL.SEM_SEG_HEAD.ASPP_DEPTHWISE_SEPARABLE_CONV = False  # atrous branches depthwise-separable
-_C.MODEL.SEM_SEG_HEAD.ASPP_POOL_SIZE = []  # image pooling window [h, w] in feature px; []: global
-_C.MODEL.SEM_SEG_HEAD.ASPP_POOL_NORM = False  # pooling conv: no bias + norm (deeplab2); else bias
 _C.MODEL.PANOPTIC_DEEPLAB = _YacsNode()
 _C.MODEL.PANOPTIC_DEEPLAB.ALIGN_CORNERS = True  # bilinear upsampling convention in decoder/outputs
-_C.MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV = True  # fusion, head: 5x5 DS conv; else 2 3x3
 _C.MODEL.PANOPTIC_DEEPLAB.STUFF_AREA = 2048  # stuff regions smaller than this become void
 _C.MODEL.PANOPTIC_DEEPLAB.CENTER_THRESHOLD = 0.1  # minimum centre heatmap score
 _C.MODEL.PANOPTIC_DEEPLAB.NMS_KERNEL = 7  # max-pool window of centre NMS
@@ -93,13 +96,8 @@ _C.INPUT.FORMAT = "RGB"  # channel order of images fed to the model
 _C.INPUT.GAUSSIAN_SIGMA = 8.0  # std of the centre-heatmap Gaussian, in pixels
 _C.INPUT.SMALL_INSTANCE_AREA = 4096  # thing instances below this area get a larger semantic weight
 _C.INPUT.SMALL_INSTANCE_WEIGHT = 3.0  # that semantic loss weight
-_C.MODEL.INS_EMBED_HEAD.ASPP_DEPTHWISE_SEPARABLE_CONV = False  # atrous branches depthwise-separable
-_C.MODEL.INS_EMBED_HEAD.ASPP_POOL_SIZE = []  # image pooling window [h, w] in feature px; []: global
-_C.MODEL.INS_EMBED_HEAD.ASPP_POOL_NORM = False  # pooling conv: no bias + norm (deeplab2); else bias
 _C.INPUT.IGNORE_CROWD_IN_SEMANTIC = False  # True: crowd pixels are ignored by the semantic loss
 # True: a crowd region of a thing class gets a centre and offsets like an instance, so that inference
-_C.MODEL.INS_EMBED_HEAD.USE_DEPTHWISE_SEPARABLE_CONV = True  # fusion, offset head: 5x5 DS
-_C.MODEL.INS_EMBED_HEAD.CENTER_USE_DEPTHWISE_SEPARABLE_CONV = True  # centre head (d2: False)
 # groups its pixels apart (PQ ignores that segment) instead of into the instances around it.
 _C.INPUT.CROWD_AS_INSTANCE = False
 _C.INPUT.MIN_SCALE = 0.5  # smallest random scale factor of training images

@@ -142,12 +142,12 @@ class ASPP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def image_pool(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, C_in, h, w]`` -> pooled ``[N, C_in, h - kh + 1, w - kw + 1]`` (``[N, C_in, 1, 1]``
-        for global pooling), ``(kh, kw)`` = ``pool_size`` clipped to ``(h, w)``."""
-        h, w = x.shape[2:]
-        if not self.pool_size or (self.pool_size[0] >= h and self.pool_size[1] >= w):
+        """``[N, C_in, h, w]`` -> ``[N, C_in, 1, 1]`` global mean, or with ``pool_size`` the
+        stride-1 average ``[N, C_in, h - kh + 1, w - kw + 1]`` over ``(kh, kw)`` = ``pool_size``
+        clipped to ``(h, w)`` (``[N, C_in, 1, 1]`` when the feature is no larger than it)."""
+        if not self.pool_size:
             return x.mean(dim=(2, 3), keepdim=True)
-        window = (min(self.pool_size[0], h), min(self.pool_size[1], w))
+        window = (min(self.pool_size[0], x.shape[2]), min(self.pool_size[1], x.shape[3]))
         return F.avg_pool2d(x, window, stride=1)
 
     def normalize_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -164,9 +164,9 @@ class ASPP(nn.Module):
         outs = [branch(x) for branch in self.branches]  # each [N, C, h, w]
         pooled = self.pool_conv(self.image_pool(x))  # [N, C, h', w']
         pooled = F.relu(self.normalize_pooled(pooled))
-        if pooled.shape[2:] == (1, 1):
+        if not self.pool_size:
             outs.append(pooled.expand(-1, -1, *x.shape[2:]))  # [N, C, h, w]
-        else:
+        else:  # resized back even from 1 x 1, as detectron2 and deeplab2 do
             size = tuple(x.shape[2:])
             mode = dict(mode="bilinear", align_corners=self.align_corners)
             outs.append(F.interpolate(pooled, size=size, **mode))  # [N, C, h, w]

@@ -6,7 +6,7 @@ Needs detectron2 (installed from a checkout, e.g. commit c69939aa) and that chec
     # full size: every model -> OUT/<key>/ (model.pkl, outputs.npz, meta.json), then ours on them
     OMP_NUM_THREADS=2 python tools/parity/detectron2_reference.py --detectron2 /tmp/d2src \
         --out /tmp/d2ref
-    OMP_NUM_THREADS=2 python tools/parity/detectron2_reference.py --compare /tmp/d2ref
+    OMP_NUM_THREADS=2 python tools/parity/detectron2_compare.py /tmp/d2ref
     # reduced width, small inputs -> tests/fixtures/detectron2/<key>/ (committed)
     python tools/parity/detectron2_reference.py --detectron2 /tmp/d2src --size tiny
     # names and shapes of each full-size checkpoint -> tests/fixtures/detectron2/manifests/
@@ -78,7 +78,6 @@ SIZES = {
 }
 # tiny: narrower networks (keys both detectron2 and we have), ASPP rates that fit 4x8 features
 TINY_SHARED = {
-    "MODEL.RESNETS.STEM_OUT_CHANNELS": 8,
     "MODEL.RESNETS.RES2_OUT_CHANNELS": 8,
     **{
         f"MODEL.{head}.{key}": value
@@ -145,10 +144,9 @@ def d2_config(d2_root: str, spec: dict, size: str, crop: tuple[int, int]):
         opts += ["MODEL.PANOPTIC_DEEPLAB.SIZE_DIVISIBILITY", -1]
         opts += ["MODEL.PANOPTIC_DEEPLAB.STUFF_AREA", 32, "MODEL.PANOPTIC_DEEPLAB.NMS_KERNEL", 7]
         opts += [x for k, v in TINY_SHARED.items() for x in (k, v)]
-        opts += [
-            "MODEL.RESNETS.WIDTH_PER_GROUP",
-            TINY_SHARED["MODEL.RESNETS.RES2_OUT_CHANNELS"] // 4,
-        ]
+        res2 = TINY_SHARED["MODEL.RESNETS.RES2_OUT_CHANNELS"]  # bottleneck /4, our stem /2
+        opts += ["MODEL.RESNETS.WIDTH_PER_GROUP", res2 // 4]
+        opts += ["MODEL.RESNETS.STEM_OUT_CHANNELS", res2 // 2]
     cfg.merge_from_list([str(x) if not isinstance(x, list) else x for x in opts])
     return cfg
 
@@ -352,100 +350,16 @@ def write_manifest(d2_root: str, key: str) -> None:
     print(f"{key}: {len(state)} tensors -> {path}")
 
 
-def upsample_reference(ref: dict) -> dict[str, np.ndarray]:
-    """Stride-4 reference outputs at input size, as detectron2's heads resize them in eval."""
-    import torch.nn.functional as F
-
-    up = {
-        k: F.interpolate(torch.from_numpy(ref[k])[None], scale_factor=4, mode="bilinear")[0]
-        for k in ("semantic", "center", "offset")
-    }
-    up["offset"] = up["offset"] * 4
-    return {k: v.numpy() for k, v in up.items()}
-
-
-def compare(out_dir: str) -> dict:
-    """Convert ``out_dir/model.pkl`` with our converter, run our model on the same input and
-    measure it against detectron2's stored outputs (needs no detectron2)."""
-    from axial_deeplab.checkpoint.detectron2 import convert_state_dict, load_detectron2_file
-    from axial_deeplab.config import load_config
-    from axial_deeplab.modeling.build import build_model
-    from axial_deeplab.modeling.postprocessing import get_panoptic_segmentation
-
-    with open(os.path.join(out_dir, "meta.json")) as f:
-        info = json.load(f)
-    cfg = load_config(os.path.join(REPO, info["our_config"]), info["our_opts"])
-    model = build_model(cfg).eval()
-    state, report = convert_state_dict(
-        load_detectron2_file(os.path.join(out_dir, "model.pkl")), model
-    )
-    report.check()
-    model.load_state_dict(state, strict=not MODELS[info["model"]].get("backbone_only", False))
-    spec = MODELS[info["model"]]
-    image, _ = load_image(spec["image"], tuple(SIZES[info["size"]][spec["image"]][0]))
-    x = torch.from_numpy(image).permute(2, 0, 1)[None]
-    ref = dict(np.load(os.path.join(out_dir, "outputs.npz")))
-    if info["size"] == "tiny" and not spec.get("backbone_only"):
-        ref.update(upsample_reference(ref))
-    start = time.perf_counter()
-    with torch.no_grad():
-        if spec.get("backbone_only"):
-            ours = {
-                k: v[0] for k, v in model.backbone((x - model.pixel_mean) / model.pixel_std).items()
-            }
-        else:
-            ours = {k: v[0] for k, v in model(x).items()}
-    seconds = {"network": time.perf_counter() - start}
-    result = {"model": info["model"], "report": report.format().splitlines()[0]}
-    result["parameters"] = {"ours": sum(p.numel() for p in model.parameters())}
-    result["parameters"]["detectron2"] = info["parameters"]
-    if spec.get("backbone_only"):
-        result["parameters"]["ours"] = sum(p.numel() for p in model.backbone.parameters())
-    for key in ours:
-        diff = float((ours[key] - torch.from_numpy(ref[key])).abs().max())
-        std = float(ref[key].std())
-        result[key] = {"max_abs_diff": diff, "ref_std": std, "relative": diff / std}
-    if not spec.get("backbone_only"):
-        post = dict(info["postprocessing"])
-        start = time.perf_counter()
-        pan, _ = get_panoptic_segmentation(
-            ours["semantic"].argmax(0, keepdim=True), ours["center"], ours["offset"], **post
-        )
-        seconds["postprocessing"] = time.perf_counter() - start
-        ref_pan = torch.from_numpy(ref["panoptic"]).long()
-        labels = torch.unique(ref_pan)
-        pan_on_ref, _ = get_panoptic_segmentation(
-            torch.from_numpy(ref["semantic"]).argmax(0, keepdim=True),
-            torch.from_numpy(ref["center"]),
-            torch.from_numpy(ref["offset"]),
-            **post,
-        )
-        result["panoptic"] = {
-            "differing_pixels": int((pan[0] != ref_pan).sum()),
-            "ours_on_detectron2_outputs_differing_pixels": int((pan_on_ref[0] != ref_pan).sum()),
-            "segments": int((labels >= 0).sum()),
-            "instances": int(((labels > 0) & (labels % post["label_divisor"] > 0)).sum()),
-        }
-    result["seconds"] = {"ours": seconds, "detectron2": info["seconds"]}
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--detectron2", help="detectron2 checkout (for projects/Panoptic-DeepLab)")
+    parser.add_argument(
+        "--detectron2", required=True, help="detectron2 checkout (for projects/Panoptic-DeepLab)"
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--models", nargs="*", default=sorted(MODELS), choices=sorted(MODELS))
     parser.add_argument("--out", default="", help="output folder (tiny: the test fixtures)")
     parser.add_argument("--manifests", action="store_true", help="write the name/shape manifests")
-    parser.add_argument("--compare", default="", help="a --out folder: run ours against it")
     args = parser.parse_args(argv)
-    if args.compare:
-        for key in args.models:
-            if os.path.isdir(os.path.join(args.compare, key)):
-                print(json.dumps(compare(os.path.join(args.compare, key)), indent=1), flush=True)
-        return 0
-    if not args.detectron2:
-        parser.error("--detectron2 DIR is needed to build the reference models")
     sys.path.insert(0, os.path.join(args.detectron2, "projects", "Panoptic-DeepLab"))
     for key in args.models:
         if args.manifests:

@@ -5,9 +5,9 @@ Options: the DeepLab stem (three 3x3 convs, 64-64-128 channels, as ResNet-50-bet
 output stride 8/16/32 by replacing the stride of the last stages with dilation (torchvision's
 ``replace_stride_with_dilation``: the first block of a dilated stage keeps the previous
 dilation). ``res5_dilations`` sets each res5 block's 3x3 dilation instead (detectron2's
-``RES5_MULTI_GRID``: ``RES5_DILATION x (1, 2, 4)`` = 2, 4, 8 in its DC5 models);
-``stride_in_1x1`` moves a block's stride from the 3x3 conv (torchvision, detectron2's R-52) to the
-first 1x1 conv (detectron2's MSRA models). Weights are random; nothing is downloaded.
+``RES5_MULTI_GRID``: ``RES5_DILATION x (1, 2, 4)`` = 2, 4, 8 in its DC5 models). A block's stride
+is in its 3x3 conv (torchvision; detectron2's ``STRIDE_IN_1X1 False``, as its R-52). Weights are
+random; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ def scaled_stages(
 class ResNet(Backbone):
     """torchvision ResNet-{50,101,152} returning ``{"res2": [N, 256, H/4, W/4], ...}``.
 
-    ``stem_channels`` (deeplab stem only; 0: 128) and ``res2_channels`` (256; a multiple of 4)
-    narrow the network, as detectron2's ``STEM_OUT_CHANNELS`` and ``RES2_OUT_CHANNELS`` (with
-    ``WIDTH_PER_GROUP`` = a quarter of it) do: for small test models.
+    ``res2_channels`` (256; a multiple of 8) narrows the network as detectron2's
+    ``RES2_OUT_CHANNELS`` does (with ``WIDTH_PER_GROUP`` a quarter of it and the deeplab stem's
+    ``STEM_OUT_CHANNELS`` half of it, as in R-52): for small test models.
     """
 
     def __init__(
@@ -95,8 +95,6 @@ class ResNet(Backbone):
         out_features: Sequence[str] = ("res2", "res3", "res5"),
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
         res5_dilations: Sequence[int] = (),
-        stride_in_1x1: bool = False,
-        stem_channels: int = 0,
         res2_channels: int = 256,
     ) -> None:
         super().__init__()
@@ -116,11 +114,11 @@ class ResNet(Backbone):
             replace_stride_with_dilation=DILATE_FOR_STRIDE[output_stride],
             norm_layer=norm_layer,
         )
-        if stem == "basic" and stem_channels not in (0, 64):
-            raise ValueError(f"stem_channels: the basic stem has 64, got {stem_channels}")
-        if res2_channels % 4:
-            raise ValueError(f"res2_channels: expected a multiple of 4, got {res2_channels}")
-        stem_channels = stem_channels or 128
+        if res2_channels % 8 or (stem == "basic" and res2_channels != 256):
+            raise ValueError(
+                f"res2_channels: a multiple of 8 (256 with the basic stem), got {res2_channels}"
+            )
+        stem_channels = res2_channels // 2
         if stem == "basic":
             self.stem = nn.Sequential(net.conv1, net.bn1, net.relu)
             stem_channels = 64
@@ -141,9 +139,6 @@ class ResNet(Backbone):
         self.stages = nn.ModuleList(stages)
         if res5_dilations:
             set_dilations(self.stages[3], res5_dilations)
-        if stride_in_1x1:
-            for stage in self.stages:
-                stage[0].conv1.stride, stage[0].conv2.stride = stage[0].conv2.stride, (1, 1)
         self._out_features = list(out_features)
         strides = [min(4 * 2**i, output_stride) for i in range(4)]
         channels = [stage[-1].conv3.out_channels for stage in self.stages]
@@ -165,8 +160,7 @@ class ResNet(Backbone):
 
 def build_resnet_backbone(cfg) -> ResNet:
     """ResNet backbone from ``cfg.MODEL.RESNETS`` (``DEPTH``, ``STEM_TYPE``, ``RES5_DILATION``,
-    ``RES5_MULTI_GRID``, ``STRIDE_IN_1X1``, ``STEM_OUT_CHANNELS``, ``RES2_OUT_CHANNELS``,
-    ``OUT_FEATURES``, ``NORM``)."""
+    ``RES5_MULTI_GRID``, ``RES2_OUT_CHANNELS``, ``OUT_FEATURES``, ``NORM``)."""
     from axial_deeplab.modeling.decoder import NORMS
 
     c = cfg.MODEL.RESNETS
@@ -181,7 +175,5 @@ def build_resnet_backbone(cfg) -> ResNet:
         out_features=tuple(c.OUT_FEATURES),
         norm_layer=NORMS[c.NORM],
         res5_dilations=[c.RES5_DILATION * g for g in c.RES5_MULTI_GRID],
-        stride_in_1x1=c.STRIDE_IN_1X1,
-        stem_channels=c.STEM_OUT_CHANNELS,
         res2_channels=c.RES2_OUT_CHANNELS,
     )
