@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from axial_deeplab.checkpoint.detectron2 import (
     SafeUnpickler,
+    check,
     convert_state_dict,
     load_detectron2_file,
     main,
@@ -75,8 +76,8 @@ def _converted_model(key: str):
     info, ref, source = _fixture(key)
     cfg, model = _our_model(info)
     state, report = convert_state_dict(source, model)
-    assert report.ok, report.format()
-    assert len(report.used) == len(source) and not report.defaulted and not report.skipped
+    assert report.ok, report.lines()
+    assert report.used == len(source) and not report.defaulted and not report.ignored
     model.load_state_dict(state)  # strict: every parameter and buffer filled
     return info, ref, cfg, model
 
@@ -118,7 +119,7 @@ def test_backbone_only_imagenet_file():
     cfg, model = _our_model(info)
     source["linear.weight"] = torch.zeros(1000, 128)
     state, report = convert_state_dict(source, model)
-    assert report.ok and report.skipped == ["linear.weight"]
+    assert report.ok and report.ignored == {"ImageNet classifier": ["linear.weight"]}
     assert set(state) == {k for k in model.state_dict() if k.startswith("backbone.")}
     model.load_state_dict(state, strict=False)
     image = torch.from_numpy(ref["image"].astype(np.float32)).permute(2, 0, 1)[None]
@@ -155,14 +156,14 @@ def test_wrong_shape_unused_and_missing_are_named(tmp_path, capsys):
     source["sem_seg_head.extra.weight"] = torch.zeros(1)
     del source["ins_embed_head.offset_predictor.bias"]
     _, report = convert_state_dict(source, model)
-    assert report.shape == [
-        f"{name} -> semantic_decoder.projections.0.0.weight: {[shape[0] + 1, *shape[1:]]} "
-        f"vs ours {shape}"
+    assert report.shape_errors == [
+        f"{name} {[shape[0] + 1, *shape[1:]]} -> semantic_decoder.projections.0.0.weight: "
+        f"converted shape {[shape[0] + 1, *shape[1:]]}, model expects {shape}"
     ]
-    assert report.unused == ["sem_seg_head.extra.weight"]
-    assert "offset_head.predictor.bias" in report.missing
-    with pytest.raises(ValueError, match=r"shape mismatch: 1\n.*res3\.project_conv\.weight"):
-        report.check()
+    assert "sem_seg_head.extra.weight" in report.unused
+    assert any(m.startswith("offset_head.predictor.bias ") for m in report.missing)
+    with pytest.raises(ValueError, match=r"SHAPE mismatches \(1\):\n.*res3\.project_conv"):
+        check(report)
     # the command writes nothing and exits 1
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in source.items()}}))
@@ -193,8 +194,8 @@ def test_converter_covers_every_zoo_tensor(path):
         model = build_model(cfg)
         source = {k: torch.empty(s) for k, s in manifest["tensors"].items()}
     _, report = convert_state_dict(source, model)
-    assert report.ok, report.format()
-    assert len(report.used) == len(manifest["tensors"])
+    assert report.ok, report.lines()
+    assert report.used == len(manifest["tensors"])
 
 
 def test_manifests_present():
@@ -249,3 +250,21 @@ def test_backbone_file_loads_through_model_weights(tmp_path):
     assert load_weights(model, str(out)) == "backbone"
     key = "stem.conv1.weight"
     assert torch.equal(model.backbone.stem[0].weight, source[key])
+
+
+def test_pth_files_read_weights_only(tmp_path):
+    """A ``.pth`` (``{"model": tensors}``, as detectron2's trainer writes) reads like the zoo's
+    ``.pkl``; one holding arbitrary objects is refused by ``weights_only``."""
+    _, _, source = _fixture("imagenet_r52")
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": source, "iteration": 7}, path)
+    loaded = load_detectron2_file(path)
+    assert loaded.keys() == source.keys()
+    assert all(torch.equal(loaded[k], v) for k, v in source.items())
+    torch.save({"model": {"x": torch.zeros(1)}, "obj": _Opaque()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        load_detectron2_file(path)
+
+
+class _Opaque:
+    """An object ``torch.load(weights_only=True)`` must not rebuild."""

@@ -23,9 +23,10 @@ depthwise-separable one ``P.depthwise`` + ``P.pointwise``; ours are ``Sequential
 
 A backbone-only file (keys ``stem.*``, ``res2.*``...: detectron2's ImageNet ``R-52.pkl``, loaded
 there with its matching heuristics) maps onto ``backbone.*``; an ImageNet classifier in it
-(``fc``, ``fc1000``, ``linear``) is reported as skipped. ``num_batches_tracked`` counters absent from
-a file are set to 0 and reported (they do not affect inference). Anything else unused, any
-parameter or buffer of ours left unfilled and any shape mismatch fails the conversion, naming them.
+(``fc``, ``fc1000``, ``linear``) is reported as ignored. The report is the shared one of
+``checkpoint.mapping``: ``num_batches_tracked`` counters absent from a file keep their value and
+are reported (they do not affect inference); anything else unused, any parameter or buffer of ours
+left unfilled and any shape mismatch fails the conversion, naming them.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ import os
 import pickle
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
+
+from .mapping import ConversionReport, Entry, apply_mapping
 
 try:  # numpy >= 2 (numpy.core is its deprecated alias)
     from numpy._core import multiarray as _multiarray
@@ -94,7 +96,10 @@ def load_detectron2_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             except pickle.UnpicklingError as exc:
                 raise pickle.UnpicklingError(f"{path}: {exc}") from None
     else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise pickle.UnpicklingError(f"{path}: not a weights-only file: {exc}") from None
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping):
@@ -210,48 +215,11 @@ def our_name(name: str, ctx: dict) -> str | None:
     return None
 
 
-@dataclass
-class Report:
-    """The outcome of a conversion: every source tensor used or why not, every target filled."""
-
-    used: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)  # (theirs, ours)
-    unused: list[str] = field(default_factory=list)  # source names with no counterpart
-    missing: list[str] = field(default_factory=list)  # our names left unfilled
-    shape: list[str] = field(default_factory=list)  # "theirs -> ours: [..] vs ours [..]"
-    defaulted: list[str] = field(default_factory=list)  # num_batches_tracked set to 0
-    skipped: list[str] = field(default_factory=list)  # ImageNet classifier of a backbone file
-
-    @property
-    def ok(self) -> bool:
-        return not (self.unused or self.missing or self.shape)
-
-    def format(self, verbose: bool = False) -> str:
-        """Counts, then every problem (and with ``verbose`` every mapping) on its own line."""
-        lines = [
-            f"used {len(self.used)} source tensors "
-            f"({sum(int(np.prod(s)) for _, _, s in self.used):,} values), unused "
-            f"{len(self.unused)}, unfilled {len(self.missing)}, shape mismatches "
-            f"{len(self.shape)}, counters set to 0 {len(self.defaulted)}, skipped "
-            f"{len(self.skipped)}"
-        ]
-        sections = {
-            "unused (detectron2 names without a counterpart)": self.unused,
-            "unfilled (our parameters/buffers)": self.missing,
-            "shape mismatch": self.shape,
-            "skipped (ImageNet classifier)": self.skipped,
-        }
-        if verbose:
-            sections["used"] = [f"{a} -> {b} {list(s)}" for a, b, s in self.used]
-            sections["set to 0"] = self.defaulted
-        for title, names in sections.items():
-            if names:
-                lines += [f"{title}: {len(names)}"] + [f"  {n}" for n in names]
-        return "\n".join(lines)
-
-    def check(self) -> None:
-        """Raise ``ValueError`` listing every problem when the conversion is not complete."""
-        if not self.ok:
-            raise ValueError("detectron2 checkpoint does not match the model:\n" + self.format())
+def check(report: ConversionReport) -> None:
+    """Raise ``ValueError`` with the report when a conversion is not complete."""
+    if not report.ok:
+        lines = "\n".join(report.lines())
+        raise ValueError(f"detectron2 checkpoint does not match the model:\n{lines}")
 
 
 def decoder_context(model: nn.Module) -> dict:
@@ -272,42 +240,41 @@ def is_backbone_only(names) -> bool:
     )
 
 
+def mapping_entries(names, model: nn.Module) -> list[Entry]:
+    """``Entry(detectron2 name, our name)`` for every name that has a counterpart in ``model``'s
+    naming (backbone-only names are read under ``backbone.``)."""
+    ctx = decoder_context(model)
+    prefix = "backbone." if is_backbone_only(names) else ""
+    entries = []
+    for name in names:
+        ours = our_name(prefix + name, ctx)
+        if ours is not None:
+            entries.append(Entry(name, ours))
+    return entries
+
+
 def convert_state_dict(
     source: Mapping[str, torch.Tensor], model: nn.Module
-) -> tuple[dict[str, torch.Tensor], Report]:
-    """detectron2 ``source`` -> our state dict for ``model`` (a ``PanopticDeepLab``, possibly on
-    the meta device), and the report. A backbone-only ``source`` fills ``backbone.*`` only and the
-    result holds only those names."""
-    target = model.state_dict()
-    backbone_only = is_backbone_only(source)
-    if backbone_only:
-        target = {k: v for k, v in target.items() if k.startswith("backbone.")}
-    ctx = decoder_context(model)
-    out: dict[str, torch.Tensor] = {}
-    report = Report()
-    for name, value in source.items():
-        full = f"backbone.{name}" if backbone_only else name
-        ours = our_name(full, ctx)
-        if backbone_only and CLASSIFIER.fullmatch(name):
-            report.skipped.append(name)
-        elif ours is None or ours not in target:
-            report.unused.append(name if ours is None else f"{name} (-> {ours}, not in our model)")
-        elif tuple(value.shape) != tuple(target[ours].shape):
-            report.shape.append(
-                f"{name} -> {ours}: {list(value.shape)} vs ours {list(target[ours].shape)}"
-            )
-        else:
-            out[ours] = value.detach().to(dtype=target[ours].dtype).clone()
-            report.used.append((name, ours, tuple(value.shape)))
-    for ours, value in target.items():
-        if ours in out:
-            continue
-        if ours.endswith("num_batches_tracked") and value.dim() == 0:
-            out[ours] = torch.zeros((), dtype=value.dtype)
-            report.defaulted.append(ours)
-        else:
-            report.missing.append(ours)
-    return out, report
+) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    """detectron2 ``source`` -> our state dict for ``model`` (a ``PanopticDeepLab``; on the meta
+    device only shapes are checked) and the shared report (``checkpoint.mapping``). A
+    backbone-only ``source`` fills ``backbone.*`` and the result holds only those names."""
+    state = model.state_dict()
+    if is_backbone_only(source):
+        state = {k: v for k, v in state.items() if k.startswith("backbone.")}
+    arrays = {
+        k: v.detach().cpu().numpy() if not v.is_meta else _shape_only(v) for k, v in source.items()
+    }
+    return apply_mapping(
+        arrays,
+        mapping_entries(list(source), model),
+        state,
+        ignore=lambda name: "ImageNet classifier" if CLASSIFIER.fullmatch(name) else None,
+    )
+
+
+def _shape_only(tensor: torch.Tensor) -> np.ndarray:
+    return np.broadcast_to(np.float32(0), tuple(tensor.shape))
 
 
 def file_sha256(path: str) -> str:
@@ -333,19 +300,24 @@ def save_converted(path: str, state_dict: dict[str, torch.Tensor], *, cfg, sourc
 
 def convert_file(
     src: str, dst: str, *, config_file: str, opts: list[str] = (), verbose: bool = False
-) -> Report:
+) -> ConversionReport:
     """Convert detectron2 checkpoint ``src`` for the model of ``config_file`` (+ ``opts``) and write
     ``dst``; prints the report and raises ``ValueError`` (writing nothing) when it is incomplete."""
     from ..config import load_config
     from ..modeling.build import build_model
 
     cfg = load_config(config_file, list(opts))
-    with torch.device("meta"):  # names and shapes only
-        model = build_model(cfg)
+    model = build_model(cfg)
     source_state = load_detectron2_file(src)
     state, report = convert_state_dict(source_state, model)
-    print(report.format(verbose))
-    report.check()
+    print("\n".join(report.lines()))
+    if verbose:
+        print(
+            "\n".join(
+                f"{e.source} -> {e.target}" for e in mapping_entries(list(source_state), model)
+            )
+        )
+    check(report)
     source = {
         "format": "detectron2",
         "file": os.path.basename(src),

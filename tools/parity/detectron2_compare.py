@@ -43,7 +43,7 @@ def upsample_reference(ref: dict) -> dict[str, np.ndarray]:
 def our_model(out_dir: str, info: dict):
     """Our model of ``info``'s config with ``out_dir/model.pkl`` converted into it, and the
     converter's report."""
-    from axial_deeplab.checkpoint.detectron2 import convert_state_dict, load_detectron2_file
+    from axial_deeplab.checkpoint.detectron2 import check, convert_state_dict, load_detectron2_file
     from axial_deeplab.config import load_config
     from axial_deeplab.modeling.build import build_model
 
@@ -51,7 +51,7 @@ def our_model(out_dir: str, info: dict):
     model = build_model(cfg).eval()
     source = load_detectron2_file(os.path.join(out_dir, "model.pkl"))
     state, report = convert_state_dict(source, model)
-    report.check()
+    check(report)
     model.load_state_dict(state, strict=not MODELS[info["model"]].get("backbone_only", False))
     return model, report
 
@@ -119,7 +119,7 @@ def compare(out_dir: str, d2_root: str = "", repeats: int = 1) -> dict:
     counted = model.backbone if spec.get("backbone_only") else model
     result = {
         "model": info["model"],
-        "report": report.format().splitlines()[0],
+        "report": report.lines()[0],
         "parameters": {
             "ours": sum(p.numel() for p in counted.parameters()),
             "detectron2": info["parameters"],
