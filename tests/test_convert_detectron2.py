@@ -9,6 +9,7 @@ was built (``meta.json``). No detectron2 is needed here. The manifests list the 
 shapes of each full-size zoo checkpoint.
 """
 
+import io
 import json
 import os
 import pickle
@@ -144,7 +145,7 @@ def test_malicious_pickle_is_refused(tmp_path):
     assert not marker.exists()
     # numpy arrays from old and new numpy module paths are fine
     good = pickle.dumps({"model": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}})
-    assert SafeUnpickler(__import__("io").BytesIO(good)).load()["model"]["w"].shape == (2, 3)
+    assert SafeUnpickler(io.BytesIO(good)).load()["model"]["w"].shape == (2, 3)
 
 
 def test_wrong_shape_unused_and_missing_are_named(tmp_path, capsys):

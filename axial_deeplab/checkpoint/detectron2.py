@@ -31,7 +31,6 @@ left unfilled and any shape mismatch fails the conversion, naming them.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import re
@@ -92,7 +91,7 @@ def load_detectron2_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.endswith(".pkl"):
         with open(path, "rb") as f:
             try:
-                obj = SafeUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+                obj = SafeUnpickler(f, encoding="latin1").load()
             except pickle.UnpicklingError as exc:
                 raise pickle.UnpicklingError(f"{path}: {exc}") from None
     else:
