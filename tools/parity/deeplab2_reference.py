@@ -14,7 +14,8 @@ Per model key (``--models``; see ``MODELS``) it writes into ``--out/<KEY>/``:
 * ``reference.npz``: ``input`` (float32 [1,H,W,3], raw 0..255 pixels as fed to the model) and
   the eval-mode outputs of ``DeepLab.call(training=False)`` including its post-processing with
   the config's settings: ``semantic_logits`` [1,H,W,C], ``center_heatmap`` [1,H,W],
-  ``offset_map`` [1,H,W,2], ``semantic_pred``, ``instance_pred``, ``panoptic_pred``.
+  ``offset_map`` [1,H,W,2] (channels (dy, dx), in input pixels), ``semantic_pred``,
+  ``instance_pred``, ``panoptic_pred`` (semantic * label_divisor + instance; int32).
   ImageNet keys instead hold the encoder endpoints ``res1..res5`` (activated stage outputs) for
   the input normalised as DeepLab does (``input / 127.5 - 1``), plus ``backbone_output`` where
   it differs from ``res5`` (MaX-L: the output of its stacked hourglass decoder, which deeplab2's
@@ -42,7 +43,10 @@ beta, every bias and every constant-initialised variable are drawn at random, th
 moving statistics are set per layer from the statistics of that layer's own input on the
 reference image, randomly perturbed (mean + U(-0.2, 0.2) * std, var * U(0.5, 1.5)). The
 data-dependent statistics keep activations finite and of order one through the deepest models
-(fixed random statistics make activations grow geometrically with depth).
+(fixed random statistics make activations grow geometrically with depth). Finally the center
+head's last bias is shifted so that 5% of the center heatmap exceeds the score threshold (else a
+random head may yield no instance at all). Seeds are per key, ``(seed + crc32(key)) % 2**31``,
+and runs are reproducible (same files from the same command).
 
 Example (from the repository root)::
 
@@ -60,20 +64,19 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
 CITYSCAPES_IMAGE = os.path.join(
-    REPO_ROOT,
-    "..",
-    "shared/data/cityscapes_panoptic_sample/leftImg8bit/dummy_000000_000000_leftImg8bit.png",
+    SHARED_DATA,
+    "cityscapes_panoptic_sample/leftImg8bit/dummy_000000_000000_leftImg8bit.png",
 )
-COCO_IMAGE = os.path.join(
-    REPO_ROOT, "..", "shared/data/coco_panoptic_sample/images/000000439180.jpg"
-)
+COCO_IMAGE = os.path.join(SHARED_DATA, "coco_panoptic_sample/images/000000439180.jpg")
 DEFAULT_MANIFEST_DIR = os.path.join(REPO_ROOT, "tests/fixtures/deeplab2/manifests")
 PAD_VALUE = 127.5  # deeplab2 pads images with the mean pixel.
 
@@ -149,7 +152,9 @@ for _family, _key in [
 ]:
     MODELS[f"imagenet_{_family}"] = dataclasses.replace(MODELS[_key], imagenet=True)
 
-# Input (height, width) per size and dataset kind.
+# Input (height, width) per size and dataset kind. ImageNet keys are built (full DeepLab model,
+# encoder kept) at 225x225 (ImageNet-like, 16k+1 as deeplab2 likes) with the output stride of
+# their Cityscapes config (32 for the ResNets, 16 otherwise): the variables do not depend on it.
 INPUT_SIZES: dict[str, dict[str, tuple[int, int]]] = {
     "full": {_CS: (1025, 2049), _COCO: (641, 641), "imagenet": (225, 225)},
     "tiny": {_CS: (65, 129), _COCO: (49, 49), "imagenet": (33, 33)},
@@ -218,7 +223,9 @@ RANDOMISATION = {
     "head_last_layer_kernel": "rescaled to std 1/sqrt(fan_in) (keeps its random direction)",
     "bn_moving_mean": "input batch mean + U(-0.2, 0.2) * input batch std (per layer, ref image)",
     "bn_moving_variance": "input batch variance * U(0.5, 1.5) (per layer, ref image)",
-    "order": "numpy RandomState(seed); variables in model.variables order, BN layers in call order",
+    "order": "variables in model.variables order, BN layers in call order",
+    "center_head_last_bias": "then shifted so that 5% of the center heatmap exceeds "
+    "center_score_threshold (see center_bias_shift)",
 }
 
 
@@ -226,7 +233,9 @@ RANDOMISATION = {
 # Inputs.
 
 
-def load_input(kind: str, size: tuple[int, int]) -> np.ndarray:
+def load_input(
+    kind: str, size: tuple[int, int], cityscapes_image: str, coco_image: str
+) -> np.ndarray:
     """Returns the [1,H,W,3] float32 input (raw 0..255 pixels) for a dataset kind and size.
 
     Cityscapes: the sample resized bilinearly to (H-1, W-1) then padded bottom/right with the
@@ -238,7 +247,7 @@ def load_input(kind: str, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
     height, width = size
-    path = COCO_IMAGE if kind == _COCO else CITYSCAPES_IMAGE
+    path = coco_image if kind == _COCO else cityscapes_image
     image = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
     if kind == _CS:
         target = (height - 1, width - 1)
@@ -337,6 +346,23 @@ def randomise(module: Any, rng: np.random.RandomState) -> dict[str, list[str]]:
             var.assign(rng.normal(0.0, 1.0 / np.sqrt(fan_in), shape).astype(np.float32))
             touched["constant"].append(name)
     return touched
+
+
+def key_seed(key: str, seed: int) -> int:
+    return (seed + zlib.crc32(key.encode())) % 2**31
+
+
+def shift_center_bias(items: dict[str, Any], heatmap: np.ndarray, threshold: float) -> float:
+    """Shifts the center head's last bias so 5% of the heatmap exceeds the score threshold.
+
+    Random heads can leave the whole heatmap below the threshold (no instance at all); the
+    bias is added after the last batch norm and bilinear upsampling keeps constants, so the
+    heatmap moves by exactly the shift.
+    """
+    shift = float(threshold - np.quantile(heatmap, 0.95))
+    bias = items["instance_center_head_last_layer"].bias
+    bias.assign_add(np.full(bias.shape, shift, np.float32))
+    return shift
 
 
 def calibrate_batch_norms(module: Any, run: Callable[[], Any], rng: np.random.RandomState) -> Any:
@@ -482,8 +508,10 @@ def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
     dataset_info = dataset.MAP_NAME_TO_DATASET_INFO[spec.dataset]
     out_dir = os.path.join(args.out, key)
     os.makedirs(out_dir, exist_ok=True)
-    tf.random.set_seed(args.seed)
-    rng = np.random.RandomState(args.seed)
+    # Per-key seed, so that keys with the same architecture still get different weights.
+    seed = key_seed(key, args.seed)
+    tf.keras.utils.set_random_seed(seed)  # Python, NumPy and TF seeds (Keras initialisers).
+    rng = np.random.RandomState(seed)
     timings: dict[str, float] = {}
 
     start = time.time()
@@ -494,7 +522,7 @@ def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
     target = items["encoder"] if spec.imagenet else model
     counts = count_parameters(target)
     checkpoint_items = {"encoder": items["encoder"]} if spec.imagenet else items
-    image = load_input(kind, size)
+    image = load_input(kind, size, args.cityscapes_image, args.coco_image)
 
     def forward() -> dict[str, np.ndarray]:
         if spec.imagenet:
@@ -521,7 +549,12 @@ def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
     if not args.manifest_only:
         start = time.time()
         touched = randomise(target, rng)
-        calibrate_batch_norms(target, forward, rng)
+        calibrated = calibrate_batch_norms(target, forward, rng)
+        if not spec.imagenet:
+            threshold = config.evaluator_options.center_score_threshold
+            touched["center_bias_shift"] = shift_center_bias(
+                items, calibrated["center_heatmap"], threshold
+            )
         timings["randomise_and_calibrate_s"] = time.time() - start
         start = time.time()
         outputs = forward()
@@ -543,6 +576,9 @@ def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint_objects": sorted(checkpoint_items) + sorted(kwargs),
         "crop_size": list(size),
         "input": "raw 0..255 pixels; the model normalises with x / 127.5 - 1",
+        "input_image": os.path.basename(
+            args.coco_image if kind == _COCO else args.cityscapes_image
+        ),
         "input_preparation": " ".join(load_input.__doc__.split("\n\n")[1].split()),
         "dataset": spec.dataset,
         "num_classes": dataset_info.num_classes,
@@ -584,6 +620,10 @@ def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
         "tensorflow": tf.__version__,
         "deeplab2_commit": args.deeplab2_commit,
         "seed": args.seed,
+        "key_seed": seed,
+        "seeding": "key_seed = (seed + crc32(key)) % 2**31; tf.keras.utils.set_random_seed("
+        "key_seed) (initialisers), numpy RandomState(key_seed) (randomisation)",
+        "center_bias_shift": touched.get("center_bias_shift"),
         "randomisation": RANDOMISATION,
         "randomised_constant_variables": touched.get("constant", []),
         "rescaled_head_kernels": touched.get("head_last_kernel", []),
@@ -679,7 +719,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="rebuild, restore and compare the outputs (default: on for tiny, off for full)",
     )
-    parser.add_argument("--deeplab2-commit", default="64bc1c1a")
+    parser.add_argument("--deeplab2-commit", default="64bc1c1a", help="recorded in info.json")
+    parser.add_argument("--cityscapes-image", default=CITYSCAPES_IMAGE)
+    parser.add_argument("--coco-image", default=COCO_IMAGE)
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.models == ["all"]:
