@@ -204,7 +204,10 @@ def deeplab2_entries(model: nn.Module) -> list[Entry]:
     """Every tensor of ``model`` (a ``PanopticDeepLab`` with a ``GroupedResNet`` backbone, or a
     bare ``GroupedResNet`` for ImageNet backbone checkpoints) with its deeplab2 name."""
     if isinstance(model, GroupedResNet):
-        return list(encoder_entries(model, ours=""))
+        prefix = "backbone."
+        return [
+            Entry(e.source, e.target[len(prefix) :], e.transform) for e in encoder_entries(model)
+        ]
     if not isinstance(model.backbone, GroupedResNet):
         raise TypeError(
             f"deeplab2 checkpoints need a deeplab2-layout backbone (MODEL.AXIAL_RESNET.VARIANT "

@@ -46,7 +46,9 @@ LIST_OPTIONS = {
     f"{_PD}.low_level": "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS",
     f"{_PD}.instance.low_level_override": "MODEL.INS_EMBED_HEAD.PROJECT_CHANNELS",
 }
-IGNORED_OPTIONS = (f"{_PD}.instance.regression_head.head_channels",)  # = centre head's here
+# Not model options: the regression head's width equals the centre head's here, and the
+# post-processing settings (``evaluator_options.*``) are read from ``info["post_processing"]``.
+IGNORED_OPTIONS = (f"{_PD}.instance.regression_head.head_channels",)
 
 
 def config_opts(overrides: dict[str, Any]) -> list[str]:
@@ -59,7 +61,7 @@ def config_opts(overrides: dict[str, Any]) -> list[str]:
         elif name.endswith("].channels_project") and name.split("[")[0] in LIST_OPTIONS:
             index = int(name.split("[")[1].split("]")[0])
             lists.setdefault(LIST_OPTIONS[name.split("[")[0]], {})[index] = int(value)
-        elif name not in IGNORED_OPTIONS:
+        elif name not in IGNORED_OPTIONS and not name.startswith("evaluator_options."):
             raise ValueError(f"no config key for the deeplab2 option {name!r}")
     for key, values in lists.items():
         opts += [key, str([values[i] for i in sorted(values, reverse=True)])]

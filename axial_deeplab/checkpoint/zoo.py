@@ -129,3 +129,30 @@ def zoo_model(key: str) -> ZooModel:
         if model.key == key:
             return model
     raise KeyError(f"no zoo model {key!r}; known: {[m.key for m in ZOO]}")
+
+
+@dataclass(frozen=True)
+class ImageNetBackbone:
+    """A deeplab2 ImageNet-pretrained encoder (``--backbone-only`` conversion, for fine-tuning
+    through ``MODEL.WEIGHTS``): its fixture key, download and our variant row."""
+
+    key: str
+    url: str
+    variant: str
+
+
+def _imagenet(variant: str, archive: str, key: str = "") -> ImageNetBackbone:
+    return ImageNetBackbone(key or f"imagenet_{variant}", DEEPLAB2_URL.format(archive), variant)
+
+
+_STRONG = "_imagenet1k_strong_training_strategy"
+IMAGENET: tuple[ImageNetBackbone, ...] = (
+    _imagenet("resnet50_deeplab2", "resnet50" + _STRONG, "imagenet_resnet50"),
+    _imagenet("resnet50_beta_deeplab2", "resnet50_beta" + _STRONG, "imagenet_resnet50_beta"),
+    _imagenet("wide_resnet41", "wide_resnet41" + _STRONG),
+    _imagenet("axial_swidernet_1_1_1", "axial_swidernet_1_1_1" + _STRONG),
+    _imagenet("axial_swidernet_1_1_3", "axial_swidernet_1_1_3" + _STRONG),
+    _imagenet("axial_swidernet_1_1_4.5", "axial_swidernet_1_1_4.5" + _STRONG),
+    _imagenet("max_deeplab_s_backbone", "max_deeplab_s_backbone" + _STRONG),
+    _imagenet("max_deeplab_l_backbone", "max_deeplab_l_backbone" + _STRONG),
+)
