@@ -1,8 +1,9 @@
 """The published checkpoints we convert: where each comes from, our config for it, its source's
 published numbers (theirs, not measured here) and its parameter count.
 
-``ZOO`` is data: one ``ZooModel`` per checkpoint; ``tools/parity/`` and the tests iterate over it,
-and the README's model-zoo table lists it.
+``ZOO`` (deeplab2's Panoptic-DeepLab / Axial-DeepLab models), ``DETECTRON2`` (detectron2's
+Panoptic-DeepLab models) and ``IMAGENET`` (deeplab2's ImageNet encoders) are data; ``tools/parity/``
+and the tests iterate over them, and the README's model-zoo table lists them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEEPLAB2_URL = "https://storage.googleapis.com/gresearch/tf-deeplab/checkpoint/{}.tar.gz"
+DETECTRON2_URL = "https://dl.fbaipublicfiles.com/detectron2/PanopticDeepLab/{}"
 
 
 @dataclass(frozen=True)
@@ -123,9 +125,41 @@ ZOO: tuple[ZooModel, ...] = (
 )
 
 
+_D2_CS = "Cityscapes-PanopticSegmentation/panoptic_deeplab_R_52_os16_mg124_poly_90k_bs32"
+DETECTRON2: tuple[ZooModel, ...] = (
+    ZooModel(
+        "cityscapes_r52_dc5",
+        "detectron2",
+        DETECTRON2_URL.format(_D2_CS + "/model_final_bd324a.pkl"),
+        "configs/cityscapes/panoptic_deeplab_r52_dc5_d2.yaml",
+        {"PQ": 60.3},
+        59_770_166,
+    ),
+    ZooModel(
+        "cityscapes_r52_dc5_dsconv",
+        "detectron2",
+        DETECTRON2_URL.format(_D2_CS + "_crop_512_1024_dsconv/model_final_23d03a.pkl"),
+        "configs/cityscapes/panoptic_deeplab_r52_dc5_dsconv_d2.yaml",
+        {"PQ": 60.3},
+        30_271_350,
+    ),
+    ZooModel(
+        "coco_r52_dc5_dsconv",
+        "detectron2",
+        DETECTRON2_URL.format(
+            "COCO-PanopticSegmentation/panoptic_deeplab_R_52_os16_mg124_poly_200k_bs64_crop_640_640"
+            "_coco_dsconv/model_final_5e6da2.pkl"
+        ),
+        "configs/coco/panoptic_deeplab_r52_dc5_dsconv_d2.yaml",
+        {"PQ": 35.5},
+        30_300_648,
+    ),
+)
+
+
 def zoo_model(key: str) -> ZooModel:
     """The ``ZOO`` entry ``key``."""
-    for model in ZOO:
+    for model in ZOO + DETECTRON2:
         if model.key == key:
             return model
     raise KeyError(f"no zoo model {key!r}; known: {[m.key for m in ZOO]}")
