@@ -31,6 +31,9 @@ setup(
         # pure-Python dependencies, resolved here from the registry.
         "d2": ["fvcore>=0.1.5,<0.1.6", "iopath>=0.1.7,<0.1.10"],
         "export": ["onnx", "onnxruntime"],
+        # Reading deeplab2 checkpoints with TensorFlow's own reader (tools/convert_deeplab2.py);
+        # without it the built-in reader is used.
+        "deeplab2": ["tensorflow-cpu"],
         "cityscapes": ["cityscapesscripts"],
         "dev": ["pytest", "ruff", "black", "cityscapesscripts", "tensorboard"],
     },
@@ -42,6 +45,7 @@ setup(
             "axial-deeplab-quickstart=axial_deeplab.quickstart:main",
             "axial-deeplab-stats=axial_deeplab.utils.model_stats:main",
             "axial-deeplab-convert=axial_deeplab.checkpoint.authors:main",
+            "axial-deeplab-convert-deeplab2=axial_deeplab.checkpoint.convert_deeplab2:main",
         ]
     },
 )

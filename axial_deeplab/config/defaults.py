@@ -34,6 +34,15 @@ _C.MODEL.AXIAL_RESNET.STEM = ""  # "inception", "conv7" or "axial" (full attenti
 _C.MODEL.AXIAL_RESNET.OUT_FEATURES = ["res2", "res3", "res5"]  # features returned to the decoder
 _C.MODEL.AXIAL_RESNET.GRADIENT_CHECKPOINTING = False  # recompute axial blocks in backward to save memory
 _C.MODEL.AXIAL_RESNET.NUM_HEADS = 8  # attention heads per axial layer
+_C.MODEL.AXIAL_RESNET.WIDTH_MULTIPLIER = 0.0  # channel width multiplier; 0: the variant's
+_C.MODEL.AXIAL_RESNET.STEM_WIDTH_MULTIPLIER = 0.0  # stem width multiplier; 0: the variant's
+_C.MODEL.AXIAL_RESNET.LAYER_MULTIPLIER = 0.0  # deeplab2 encoders: blocks x this; 0: variant's
+_C.MODEL.AXIAL_RESNET.DROP_PATH_KEEP_PROB = 0.0  # drop-path keep prob (last stage); 0: variant's
+_C.MODEL.AXIAL_RESNET.DROP_PATH_SCHEDULE = ""  # "constant" or "linear" over stages; "": variant's
+
+_C.MODEL.BATCH_NORM = _YacsNode()
+_C.MODEL.BATCH_NORM.EPS = 1e-5  # epsilon of every batch norm (1e-3 for weights trained in Keras)
+_C.MODEL.BATCH_NORM.MOMENTUM = 0.1  # PyTorch running-stat momentum (Keras 0.99 is 0.01 here)
 
 _C.MODEL.RESNETS = _YacsNode()
 _C.MODEL.RESNETS.DEPTH = 50  # torchvision ResNet depth: 50, 101 or 152

@@ -95,4 +95,8 @@ def build_model(cfg) -> PanopticDeepLab:
             f"MODEL.META_ARCHITECTURE: only 'PanopticDeepLab' exists, got "
             f"{cfg.MODEL.META_ARCHITECTURE!r}"
         )
-    return PanopticDeepLab(**panoptic_deeplab_modules(cfg, build_backbone(cfg)))
+    from axial_deeplab.layers.batch_norm import set_batch_norm
+
+    model = PanopticDeepLab(**panoptic_deeplab_modules(cfg, build_backbone(cfg)))
+    bn = cfg.MODEL.BATCH_NORM
+    return set_batch_norm(model, eps=bn.EPS, momentum=bn.MOMENTUM)
