@@ -118,11 +118,17 @@ def reference_outputs(ref: dict[str, np.ndarray], size: tuple[int, int]) -> dict
 
 
 def check_reference(
-    folder: str, config_file: str, *, reader: str = "builtin", threads: int | None = None
+    folder: str,
+    config_file: str,
+    *,
+    reader: str = "builtin",
+    threads: int | None = None,
+    float64: bool | None = None,
 ) -> dict[str, Any]:
     """Convert, run and compare (see the module docstring); returns a JSON-ready summary with
     ``differences`` (ours vs deeplab2), ``float32_error`` (our float32 run vs our float64 run:
-    the round-off scale of float32 on this model and input, for tiny fixtures only, with
+    the round-off scale of float32 on this model and input; by default for tiny fixtures only,
+    ``float64=True`` for any), with
     ``panoptic_float64``: our panoptic maps from both runs compared),
     ``panoptic`` (our whole pipeline vs deeplab2's panoptic prediction) and
     ``panoptic_postprocessing`` (our post-processing on deeplab2's raw outputs vs its panoptic
@@ -150,7 +156,7 @@ def check_reference(
     void = info["ignore_label"] * info["label_divisor"]
     agree = dict(label_divisor=info["label_divisor"], void_ours=VOID_LABEL, void_reference=void)
     panoptic, centers = _panoptic(outputs, info)
-    if info.get("size") == "tiny":
+    if float64 or (float64 is None and info.get("size") == "tiny"):
         with torch.no_grad():
             exact = {k: v.float() for k, v in model.double()(image.double()).items()}
         summary["float32_error"] = output_differences(ours, _ours_on_lattice(exact, set(raw)))

@@ -4,7 +4,9 @@ The folders come from ``tools/parity/deeplab2_reference.py`` (full size: not com
 ``tests/fixtures/deeplab2/tiny``). For every zoo model found there, converts the checkpoint onto
 our config, runs both on the same input and prints parameters, max |difference| of each output
 (absolute and relative to the output's std) and the panoptic agreement after post-processing with
-deeplab2's settings. Runs without TensorFlow (the built-in checkpoint reader)::
+deeplab2's settings, from our outputs and (last column) from deeplab2's raw outputs. Cells are
+max |difference| (relative to the output's std). Runs without TensorFlow (the built-in checkpoint
+reader)::
 
     python tools/parity/check_deeplab2.py --references /tmp/dl2_ref/full --json parity.json
 """
@@ -25,15 +27,22 @@ def main() -> None:
     parser.add_argument("--keys", nargs="*", help="zoo keys (default: every one found)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--float64", action="store_true", help="also run our model in float64 (round-off scale)"
+    )
     args = parser.parse_args()
     results = []
-    print("| model | params ours / deeplab2 | semantic | center | offset | panoptic |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| model | params ours / deeplab2 | semantic | center | offset | panoptic | post-processing |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for model in ZOO:
         folder = os.path.join(args.references, model.key)
         if (args.keys and model.key not in args.keys) or not os.path.isdir(folder):
             continue
-        r = check_reference(folder, model.config, threads=args.threads or None)
+        r = check_reference(
+            folder, model.config, threads=args.threads or None, float64=args.float64 or None
+        )
         r.pop("report")
         results.append(r)
         cells = [
@@ -42,11 +51,14 @@ def main() -> None:
             for key, d in r["differences"].items()
             if key.startswith(name)
         ]
-        p = r["panoptic"]
-        agree = "identical" if p["identical"] else f"{p['fraction_differing']:.2%} px differ"
+        agree = [
+            "identical" if p["identical"] else f"{p['fraction_differing']:.2%} px differ"
+            for p in (r["panoptic"], r["panoptic_postprocessing"])
+        ]
         print(
             f"| {model.key} | {r['parameters']:,} / {r['reference_parameters']:,} | "
-            f"{' | '.join(cells)} | {agree} ({p['segments']} segments) |",
+            f"{' | '.join(cells)} | {agree[0]} ({r['panoptic']['segments']} segments) | "
+            f"{agree[1]} |",
             flush=True,
         )
     if args.json:
