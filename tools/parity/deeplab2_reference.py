@@ -224,8 +224,9 @@ RANDOMISATION = {
     "bn_moving_mean": "input batch mean + U(-0.2, 0.2) * input batch std (per layer, ref image)",
     "bn_moving_variance": "input batch variance * U(0.5, 1.5) (per layer, ref image)",
     "order": "variables in model.variables order, BN layers in call order",
-    "center_head_last_bias": "then shifted so that 5% of the center heatmap exceeds "
-    "center_score_threshold (see center_bias_shift)",
+    "center_head_last_bias": "then shifted so that 5% (or fewer, down to 0.01%, while more than "
+    "150 centre candidates remain after NMS) of the center heatmap exceeds center_score_threshold "
+    "(see center_bias_shift)",
 }
 
 
@@ -352,14 +353,34 @@ def key_seed(key: str, seed: int) -> int:
     return (seed + zlib.crc32(key.encode())) % 2**31
 
 
-def shift_center_bias(items: dict[str, Any], heatmap: np.ndarray, threshold: float) -> float:
-    """Shifts the center head's last bias so 5% of the heatmap exceeds the score threshold.
+def _center_peaks(heatmap: np.ndarray, threshold: float, nms_kernel: int) -> int:
+    """Number of centre candidates: values above ``threshold`` that are their window's max."""
+    import tensorflow as tf
 
-    Random heads can leave the whole heatmap below the threshold (no instance at all); the
-    bias is added after the last batch norm and bilinear upsampling keeps constants, so the
-    heatmap moves by exactly the shift.
+    h = np.where(heatmap > threshold, heatmap, 0.0).astype(np.float32)[..., None]  # [1, H, W, 1]
+    pooled = tf.nn.max_pool2d(h, nms_kernel, 1, "SAME").numpy()
+    return int(((h == pooled) & (h > 0)).sum())
+
+
+MAX_CENTER_PEAKS = 150  # well below deeplab2's keep_k_centers (400), see shift_center_bias
+
+
+def shift_center_bias(
+    items: dict[str, Any], heatmap: np.ndarray, threshold: float, nms_kernel: int
+) -> float:
+    """Shifts the center head's last bias so a few pixels exceed the score threshold.
+
+    Random heads can leave the whole heatmap below the threshold (no instance at all), or far
+    above it (thousands of peaks). The shift puts the 95th percentile at the threshold, or a
+    higher percentile when that leaves more than ``MAX_CENTER_PEAKS`` candidates: past
+    keep_k_centers (400), deeplab2 keeps ``top_k(sorted=False)[-1]``-thresholded centres, an
+    arbitrary subset, which no other implementation can reproduce. The bias is added after the last
+    batch norm and bilinear upsampling keeps constants, so the heatmap moves by exactly the shift.
     """
-    shift = float(threshold - np.quantile(heatmap, 0.95))
+    for quantile in (0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999):
+        shift = float(threshold - np.quantile(heatmap, quantile))
+        if _center_peaks(heatmap + shift, threshold, nms_kernel) <= MAX_CENTER_PEAKS:
+            break
     bias = items["instance_center_head_last_layer"].bias
     bias.assign_add(np.full(bias.shape, shift, np.float32))
     return shift
@@ -484,6 +505,34 @@ def write_manifest(ckpt_prefix: str, path: str, key: str, counts: dict[str, int]
         f.write(json.dumps(manifest, indent=0).encode())
 
 
+def use_float64(tf: Any, deeplab_utils: Any) -> None:
+    """Runs deeplab2 in float64 (``--float64``): Keras' float type, and float32 copies for its
+    resize helpers, which are float32-only (they come after the network body, so their float32
+    round-off is not amplified)."""
+    tf.keras.backend.set_floatx("float64")
+    for name in ("resize_align_corners", "resize_bilinear", "resize_and_rescale_offsets"):
+        original = getattr(deeplab_utils, name)
+
+        def keep_dtype(x: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            return tf.cast(_original(tf.cast(x, tf.float32), *args, **kwargs), x.dtype)
+
+        setattr(deeplab_utils, name, keep_dtype)
+
+
+def float32_post_processing(tf: Any, model: Any) -> None:
+    """deeplab2's post-processing is float32-only: under ``--float64`` it gets float32 copies of
+    the raw outputs (its layer call would cast them back, so its ``call`` is used directly)."""
+    post = model._post_processor
+
+    def call(result: dict[str, Any]) -> Any:
+        cast = {
+            k: tf.cast(v, tf.float32) if v.dtype == tf.float64 else v for k, v in result.items()
+        }
+        return post.call(cast)
+
+    model._post_processor = call
+
+
 def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
     """Builds, randomises, runs and saves one model; returns its info dict."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -494,6 +543,8 @@ def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
     from deeplab2.model import utils as deeplab_utils
 
     spec = MODELS[key]
+    if args.float64:
+        use_float64(tf, deeplab_utils)
     kind = "imagenet" if spec.imagenet else (_CS if spec.dataset.startswith(_CS) else _COCO)
     size = INPUT_SIZES[args.size][kind]
     overrides: dict[str, Any] = {}
@@ -515,8 +566,11 @@ def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     start = time.time()
+    floatx = tf.keras.backend.floatx()
     model = deeplab.DeepLab(config, dataset_info)
-    model(tf.keras.Input(shape=(*size, 3), batch_size=1), training=False)
+    if args.float64:
+        float32_post_processing(tf, model)
+    model(tf.keras.Input(shape=(*size, 3), batch_size=1, dtype=floatx), training=False)
     timings["build_s"] = time.time() - start
     items = model.checkpoint_items
     target = items["encoder"] if spec.imagenet else model
@@ -526,7 +580,9 @@ def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
 
     def forward() -> dict[str, np.ndarray]:
         if spec.imagenet:
-            endpoints = items["encoder"](tf.constant(image) / 127.5 - 1.0, training=False)
+            endpoints = items["encoder"](
+                tf.constant(image, dtype=floatx) / 127.5 - 1.0, training=False
+            )
             arrays = {n: endpoints[n].numpy() for n in [f"res{i}" for i in range(1, 6)]}
             # MaX-L's backbone ends with a stacked (hourglass) decoder whose output is only in
             # backbone_output; Panoptic-DeepLab's decoder reads res5 and never uses it.
@@ -534,7 +590,7 @@ def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
             if not np.array_equal(backbone_output, arrays["res5"]):
                 arrays["backbone_output"] = backbone_output
             return arrays
-        outputs = model(tf.constant(image), training=False)
+        outputs = model(tf.constant(image, dtype=floatx), training=False)
         names = [
             "semantic_logits",
             "center_heatmap",
@@ -553,7 +609,10 @@ def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
         if not spec.imagenet:
             threshold = config.evaluator_options.center_score_threshold
             touched["center_bias_shift"] = shift_center_bias(
-                items, calibrated["center_heatmap"], threshold
+                items,
+                calibrated["center_heatmap"],
+                threshold,
+                config.evaluator_options.nms_kernel,
             )
         timings["randomise_and_calibrate_s"] = time.time() - start
         start = time.time()
@@ -571,6 +630,7 @@ def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
     info: dict[str, Any] = {
         "key": key,
         "size": args.size,
+        "dtype": "float64" if args.float64 else "float32",
         "textproto": "deeplab2/configs/" + spec.textproto,
         "imagenet_encoder_only": spec.imagenet,
         "checkpoint_objects": sorted(checkpoint_items) + sorted(kwargs),
@@ -658,7 +718,9 @@ def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
             # Rebuild from scratch, restore the checkpoint and compare the outputs.
             start = time.time()
             model2 = deeplab.DeepLab(config, dataset_info)
-            model2(tf.keras.Input(shape=(*size, 3), batch_size=1), training=False)
+            if args.float64:
+                float32_post_processing(tf, model2)
+            model2(tf.keras.Input(shape=(*size, 3), batch_size=1, dtype=floatx), training=False)
             items2 = model2.checkpoint_items
             restore_items = {"encoder": items2["encoder"]} if spec.imagenet else items2
             status = tf.train.Checkpoint(**restore_items).read(prefix)
@@ -707,6 +769,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", choices=("full", "tiny"), default="tiny")
     parser.add_argument("--out", required=True, help="output folder (one subfolder per key)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--float64",
+        action="store_true",
+        help="build and run in float64 (parity of models whose float32 round-off is amplified)",
+    )
     parser.add_argument("--manifest-dir", default=DEFAULT_MANIFEST_DIR)
     parser.add_argument(
         "--manifest-only",
