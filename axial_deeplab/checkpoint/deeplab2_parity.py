@@ -77,7 +77,7 @@ def _ours_on_lattice(outputs: dict[str, torch.Tensor], names: set[str]) -> dict[
     }
     out = {}
     for name, value in layouts.items():
-        value = value.numpy()
+        value = value.double().numpy()
         out[name] = value
         out[f"{name}_sub4"] = value[:, ::4, ::4]
     return {k: v for k, v in out.items() if k in names}
@@ -138,14 +138,16 @@ def check_reference(
     with open(os.path.join(folder, "info.json")) as f:
         info = json.load(f)
     cfg = load_config(config_file, config_opts(info.get("overrides", {})))
-    model = build_model(cfg).eval()
+    # A float64 reference (``deeplab2_reference.py --float64``) is compared with our float64 run.
+    dtype = torch.float64 if info.get("dtype") == "float64" else torch.float32
+    model = build_model(cfg).eval().to(dtype)
     variables, reader_used = read_variables(os.path.join(folder, "ckpt-0"), reader)
     state, report = convert(variables, model)
     if not report.ok:
         raise ValueError(f"{folder}: conversion failed:\n" + "\n".join(report.lines()))
     model.load_state_dict(state)
     ref = dict(np.load(os.path.join(folder, "reference.npz")))
-    image = torch.from_numpy(ref["input"]).permute(0, 3, 1, 2)
+    image = torch.from_numpy(ref["input"]).permute(0, 3, 1, 2).to(dtype)
     start = time.perf_counter()
     with torch.no_grad():
         outputs = model(image)
@@ -156,13 +158,19 @@ def check_reference(
     void = info["ignore_label"] * info["label_divisor"]
     agree = dict(label_divisor=info["label_divisor"], void_ours=VOID_LABEL, void_reference=void)
     panoptic, centers = _panoptic(outputs, info)
-    if float64 or (float64 is None and info.get("size") == "tiny"):
+    if float64 or (float64 is None and info.get("size") == "tiny") or dtype == torch.float64:
+        other = torch.float32 if dtype == torch.float64 else torch.float64
         with torch.no_grad():
-            exact = {k: v.float() for k, v in model.double()(image.double()).items()}
-        summary["float32_error"] = output_differences(ours, _ours_on_lattice(exact, set(raw)))
-        exact_panoptic, _ = _panoptic(exact, info)
+            second = model.to(other)(image.to(other))
+        model.to(dtype)
+        single, double = (second, outputs) if dtype == torch.float64 else (outputs, second)
+        summary["float32_error"] = output_differences(
+            _ours_on_lattice(single, set(raw)), _ours_on_lattice(double, set(raw))
+        )
         summary["panoptic_float64"] = panoptic_agreement(
-            panoptic, exact_panoptic, **{**agree, "void_reference": VOID_LABEL}
+            _panoptic(single, info)[0],
+            _panoptic(double, info)[0],
+            **{**agree, "void_reference": VOID_LABEL},
         )
     summary["panoptic"] = panoptic_agreement(panoptic, ref["panoptic_pred"][0], **agree)
     theirs, _ = _panoptic(reference_outputs(ref, tuple(image.shape[2:])), info)
