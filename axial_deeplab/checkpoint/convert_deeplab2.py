@@ -19,7 +19,6 @@ The output carries the config, the class metadata of the config's data set and t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import tempfile
 from typing import Any
@@ -30,7 +29,7 @@ import torch
 from ..config import load_config
 from ..modeling.build import build_model
 from .deeplab2 import deeplab2_entries, ignore_reason
-from .io import save_checkpoint_file
+from .io import file_sha256, save_checkpoint_file
 from .mapping import ConversionReport, apply_mapping
 from .tf_checkpoint import read_checkpoint, resolve_checkpoint
 
@@ -53,14 +52,6 @@ def read_variables(prefix: str, reader: str = "auto") -> tuple[dict[str, np.ndar
             names = [n for n, t in ckpt.get_variable_to_dtype_map().items() if t != tf.string]
             return {n: ckpt.get_tensor(n) for n in names}, f"tensorflow {tf.__version__}"
     return read_checkpoint(prefix), "builtin"
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def convert(
@@ -130,7 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         prefix = resolve_checkpoint(args.checkpoint, work)
         variables, reader = read_variables(prefix, args.reader)
         state, report = convert(variables, model, backbone_only=args.backbone_only)
-        index_sha = _sha256(prefix + ".index")
+        index_sha = file_sha256(prefix + ".index")
     print(f"read {len(variables)} variables from {args.checkpoint} ({reader} reader)")
     print("\n".join(report.lines()))
     if not report.ok:

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .io import file_sha256
 from .mapping import ConversionReport, Entry, apply_mapping
 
 try:  # numpy >= 2 (numpy.core is its deprecated alias)
@@ -274,16 +275,6 @@ def convert_state_dict(
 
 def _shape_only(tensor: torch.Tensor) -> np.ndarray:
     return np.broadcast_to(np.float32(0), tuple(tensor.shape))
-
-
-def file_sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_converted(path: str, state_dict: dict[str, torch.Tensor], *, cfg, source: dict) -> None:

@@ -16,6 +16,7 @@ None, lists, dicts and tensors are stored, so ``torch.load(weights_only=True)`` 
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 import os
 import tempfile
@@ -267,3 +268,12 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> str:
     except RuntimeError as err:
         raise ValueError(f"{os.fspath(path)}: weights do not fit the model: {err}") from None
     return "model"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (a converted checkpoint's provenance), read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
