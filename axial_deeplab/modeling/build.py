@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from axial_deeplab.layers.batch_norm import set_batch_norm
 from axial_deeplab.modeling.backbone.base import ShapeSpec
 from axial_deeplab.modeling.decoder import PanopticDeepLabDecoder
 from axial_deeplab.modeling.heads import PredictionHead
@@ -48,14 +49,15 @@ def _decoder(head_cfg, input_shape: Mapping[str, ShapeSpec], align_corners: bool
 def panoptic_deeplab_modules(cfg, backbone) -> dict:
     """The keyword arguments of ``PanopticDeepLab`` for ``backbone`` (anything with
     ``output_shape()``, e.g. a detectron2 backbone): decoders and heads from ``MODEL.SEM_SEG_HEAD``
-    and ``MODEL.INS_EMBED_HEAD``, pixel statistics, ``ALIGN_CORNERS``."""
+    and ``MODEL.INS_EMBED_HEAD``, pixel statistics, ``ALIGN_CORNERS``; every batch norm (the
+    backbone's too) gets ``MODEL.BATCH_NORM``'s epsilon and momentum."""
     align = cfg.MODEL.PANOPTIC_DEEPLAB.ALIGN_CORNERS
     shapes = backbone.output_shape()
     sem_cfg, ins_cfg = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.INS_EMBED_HEAD
     semantic_decoder = _decoder(sem_cfg, shapes, align)
     instance_decoder = _decoder(ins_cfg, shapes, align)
     ins_channels = instance_decoder.out_channels
-    return dict(
+    modules = dict(
         backbone=backbone,
         semantic_decoder=semantic_decoder,
         instance_decoder=instance_decoder,
@@ -80,6 +82,12 @@ def panoptic_deeplab_modules(cfg, backbone) -> dict:
             norm=ins_cfg.NORM,
             separable=ins_cfg.USE_DEPTHWISE_SEPARABLE_CONV,
         ),
+    )
+    bn = cfg.MODEL.BATCH_NORM
+    for module in modules.values():
+        set_batch_norm(module, eps=bn.EPS, momentum=bn.MOMENTUM)
+    return dict(
+        modules,
         pixel_mean=tuple(cfg.MODEL.PIXEL_MEAN),
         pixel_std=tuple(cfg.MODEL.PIXEL_STD),
         align_corners=align,
@@ -95,8 +103,4 @@ def build_model(cfg) -> PanopticDeepLab:
             f"MODEL.META_ARCHITECTURE: only 'PanopticDeepLab' exists, got "
             f"{cfg.MODEL.META_ARCHITECTURE!r}"
         )
-    from axial_deeplab.layers.batch_norm import set_batch_norm
-
-    model = PanopticDeepLab(**panoptic_deeplab_modules(cfg, build_backbone(cfg)))
-    bn = cfg.MODEL.BATCH_NORM
-    return set_batch_norm(model, eps=bn.EPS, momentum=bn.MOMENTUM)
+    return PanopticDeepLab(**panoptic_deeplab_modules(cfg, build_backbone(cfg)))
