@@ -14,6 +14,12 @@ ImageNet classifiers (the authors' ``lib/models/axialnet.py``): 7x7 stem of ``in
 global attention whose span is each block's input size at 224x224 (56; 56, 28; 28, 14; 14, 7),
 average-pool striding, a 1000-way linear head. Parameters: 5,944,936 / 11,586,216 / 25,179,400 /
 43,973,480 (``axial26s``, ``axial50s``, ``axial50m``, ``axial50l``), as counted on their code.
+
+deeplab2's encoders (``model/encoder/axial_resnet_instances.py``; rows with ``layout="grouped"``,
+built by ``grouped_resnet`` from ``grouped_resnet.plan_groups`` arguments): ``resnet50_deeplab2``,
+``resnet50_beta_deeplab2``, ``wide_resnet41``, ``axial_swidernet_1_1_{1,3,4.5}`` and the
+``max_deeplab_{s,l}_backbone`` s. Their parameter counts equal deeplab2's (tested against the
+variable lists of the published checkpoints' architectures).
 """
 
 from __future__ import annotations
