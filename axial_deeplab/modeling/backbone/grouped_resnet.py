@@ -116,6 +116,22 @@ PLAN_DEFAULTS: dict[str, Any] = dict(
 )
 
 
+def block_options(*, backbone_type: str, **plan: Any) -> dict[str, Any]:
+    """The keyword arguments of ``_group_plan`` shared by every group of an encoder built from
+    ``plan`` (``plan_groups`` arguments; missing ones take ``PLAN_DEFAULTS``)."""
+    o = {**PLAN_DEFAULTS, **plan}
+    return dict(
+        output_stride=o["output_stride"],
+        backbone_type=backbone_type,
+        axial_from=o["axial_from"],
+        attention_expansion=o["attention_expansion"],
+        value_expansion=o["value_expansion"],
+        keep_prob=o["drop_path_keep_prob"],
+        drop_path_from=o["drop_path_from"],
+        schedule=o["drop_path_schedule"],
+    )
+
+
 def plan_groups(*, backbone_type: str, num_blocks: Sequence[int], **options: Any) -> dict:
     """Group name (``res1``..``res5``) -> its blocks, for a stem of stride 2.
 
@@ -142,16 +158,7 @@ def plan_groups(*, backbone_type: str, num_blocks: Sequence[int], **options: Any
         for i in range(5)
     ]
     strides, input_strides = [1 if wide else 2, 2, 2, 2, 2], [2 if wide else 1, 2, 4, 8, 16]
-    common = dict(
-        output_stride=output_stride,
-        backbone_type=backbone_type,
-        axial_from=o["axial_from"],
-        attention_expansion=o["attention_expansion"],
-        value_expansion=o["value_expansion"],
-        keep_prob=o["drop_path_keep_prob"],
-        drop_path_from=o["drop_path_from"],
-        schedule=o["drop_path_schedule"],
-    )
+    common = block_options(backbone_type=backbone_type, **o)
     return {
         GROUP_NAMES[i]: _group_plan(
             filters[i], counts[i], stride=strides[i], input_stride=input_strides[i], **common

@@ -19,7 +19,7 @@ from torch import nn
 
 from .base import ShapeSpec
 from .conv_blocks import conv_bn
-from .grouped_resnet import GROUP_NAMES, PLAN_DEFAULTS, _group_plan, build_block
+from .grouped_resnet import GROUP_NAMES, PLAN_DEFAULTS, _group_plan, block_options, build_block
 
 
 class ResizedFuse(nn.Module):
@@ -109,18 +109,7 @@ def build_stacked_decoder(
         kinds = [_fuse_kind(channels, shapes[n], stride, channels) for n in sources]
         fuse = ResizedFuse([shapes[n].channels for n in sources], kinds, channels)
         (block_plan,) = _group_plan(
-            channels // 4,
-            1,
-            stride=1,
-            input_stride=input_stride,
-            output_stride=os,
-            backbone_type=p["backbone_type"],
-            axial_from=p["axial_from"],
-            attention_expansion=p["attention_expansion"],
-            value_expansion=p["value_expansion"],
-            keep_prob=p["drop_path_keep_prob"],
-            drop_path_from=p["drop_path_from"],
-            schedule=p["drop_path_schedule"],
+            channels // 4, 1, stride=1, input_stride=input_stride, **block_options(**plan)
         )
         block = build_block(channels, block_plan, num_heads=num_heads)
         stages.append((stride, sources, fuse, block))
