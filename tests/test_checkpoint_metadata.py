@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from sample_data import require
 
 from axial_deeplab.checkpoint.io import (
     FORMAT_VERSION,
@@ -134,8 +135,7 @@ def test_builtin_metadata_tables():
     assert coco["class_names"][0] == "person" and coco["class_colors"][0] == [220, 20, 60]
     with pytest.raises(KeyError, match="no built-in class metadata for data set 'mapillary'"):
         metadata_for_dataset("mapillary")
-    if not COCO_JSON.is_file():
-        pytest.skip(f"sample data absent: {COCO_JSON}")
+    require(COCO_JSON)
     # the built-in table equals the official categories file (names, isthing, colours, order)
     categories = json.loads(COCO_JSON.read_text())
     assert coco["class_names"] == [c["name"] for c in categories]

@@ -19,6 +19,8 @@ pytest.importorskip(
     "Cityscapes evaluations cannot run",
 )
 
+from sample_data import require  # noqa: E402
+
 from axial_deeplab.data.panoptic_io import read_panoptic_png, write_panoptic_png  # noqa: E402
 from axial_deeplab.evaluation.cityscapes_official import (  # noqa: E402
     CityscapesEvaluationError,
@@ -39,9 +41,10 @@ SAMPLE = SAMPLE / "cityscapes_panoptic_sample" / "gtFine"
 STEM = "dummy_000000_000000"
 CAR = 26  # Cityscapes label id (train id 13)
 
-pytestmark = pytest.mark.skipif(
-    not SAMPLE.is_dir(), reason="real sample data not found at ../shared/data"
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def _sample_present():
+    require(SAMPLE)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sample_data import require
 
 from axial_deeplab.config import get_cfg
 from axial_deeplab.data.build import build_catalog, load_datasets
@@ -23,9 +24,13 @@ from axial_deeplab.data.validation import DatasetFormatError
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 COCO = DATA / "coco_panoptic_sample"
 CITY = DATA / "cityscapes_panoptic_sample"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"sample data not found at {DATA}")
 CITY_JSON = "gtFine/cityscapes_panoptic_dummy_trainId.json"
 CITY_PNG = "gtFine/cityscapes_panoptic_dummy_trainId"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sample_present():
+    require(DATA)
 
 
 def coco_copy(tmp_path: Path) -> Path:

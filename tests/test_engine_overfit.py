@@ -11,6 +11,7 @@ needs a model that learned the classes, centers and offsets of these photos.
 from pathlib import Path
 
 import pytest
+from sample_data import require
 
 from axial_deeplab.engine.launch import default_argument_parser
 from axial_deeplab.engine.train_net import run
@@ -22,8 +23,8 @@ SAMPLES = REPO.parent / "shared" / "data" / "coco_panoptic_sample"
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.skipif(not SAMPLES.is_dir(), reason="needs ../shared/data/coco_panoptic_sample")
 def test_short_overfit_of_the_coco_samples_learns(tmp_path, monkeypatch):
+    require(SAMPLES)
     monkeypatch.chdir(REPO)  # the config names the samples relative to the repository root
     args = default_argument_parser("test").parse_args(
         ["--config-file", str(CONFIG), "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "100"]

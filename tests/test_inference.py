@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sample_data import require
 from torch import nn
 
 from axial_deeplab.data.panoptic_io import read_panoptic_png
@@ -305,8 +306,7 @@ def test_resolve_device_falls_back_to_cpu(capsys):
 
 def test_class_names_from_coco_categories_and_config():
     path = DATA / "coco_panoptic_sample" / "panoptic_coco_categories.json"
-    if not path.is_file():
-        pytest.skip(f"sample data absent: {path}")
+    require(path)
     meta = infer_net.load_class_names(str(path), None)
     # COCO panoptic: 133 categories, 80 things, first "person" (a thing), colours from the file
     assert len(meta.class_names) == 133 and len(meta.thing_ids) == 80

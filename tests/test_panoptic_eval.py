@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from sample_data import require
 
 from axial_deeplab.data.panoptic_io import read_panoptic_png, write_panoptic_png
 from axial_deeplab.data.validation import DatasetFormatError
@@ -236,8 +237,8 @@ def _ours(images, categories) -> dict:
     return evaluator.evaluate()
 
 
-@pytest.mark.skipif(not COCO.is_dir(), reason="real sample data not found at ../shared/data")
 def test_matches_official_on_real_coco_samples(tmp_path):
+    require(COCO)
     data = json.loads((COCO / "panoptic_examples.json").read_text())
     images = []
     for ann in data["annotations"]:
@@ -266,8 +267,8 @@ def _cityscapes_categories() -> list[dict]:
     ]
 
 
-@pytest.mark.skipif(not CITYSCAPES.is_dir(), reason="real sample data not found at ../shared/data")
 def test_matches_official_on_real_cityscapes_sample_with_crowd(tmp_path):
+    require(CITYSCAPES)
     categories = _cityscapes_categories()
     ann = json.loads((CITYSCAPES / "cityscapes_panoptic_dummy_trainId.json").read_text())
     ann = ann["annotations"][0]

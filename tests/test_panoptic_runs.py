@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from sample_data import require
 
 from axial_deeplab.data.panoptic_io import read_panoptic_png, write_panoptic_png
 from axial_deeplab.evaluation import runs as runs_module
@@ -134,8 +135,8 @@ def test_zlib_path_equals_libdeflate_path(tmp_path, monkeypatch):
     _assert_same(read_panoptic_runs(tmp_path / "a.png"), ids)
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="real sample data not found at ../shared/data")
 def test_real_sample_pngs_with_one_reader(tmp_path):
+    require(DATA)
     reader = PanopticPngReader()  # buffers reused across images of different sizes
     pngs = sorted(DATA.glob("*/panoptic/*.png")) + sorted(DATA.glob("*/gtFine/*/*.png"))
     assert len(pngs) == 3

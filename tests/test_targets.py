@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sample_data import require
 
 from axial_deeplab.data.panoptic_io import read_panoptic_png
 from axial_deeplab.modeling.targets import (
@@ -127,8 +128,7 @@ def test_cityscapes_sample_matches_loop_reference():
     png = (
         CITYSCAPES / "cityscapes_panoptic_dummy_trainId" / "dummy_000000_000000_gtFine_panoptic.png"
     )
-    if not png.is_file():
-        pytest.skip(f"sample data not found at {png}")
+    require(png)
     pan = read_panoptic_png(png)
     info = json.loads((CITYSCAPES / "cityscapes_panoptic_dummy_trainId.json").read_text())
     segments = info["annotations"][0]["segments_info"]

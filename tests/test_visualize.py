@@ -51,8 +51,19 @@ def test_offset_field_brightness_is_length_and_zero_is_black():
         offset_field(np.zeros((3, 4, 4)))
 
 
-def test_heatmap_and_tile_shapes():
-    hm = heatmap(np.zeros((8, 10)), centers=np.array([[4, 5]]))
-    assert hm.shape == (8, 10, 3)
+def test_heatmap_marks_centres_at_their_pixels_and_tile_shapes():
+    scores = np.zeros((12, 14))
+    scores[:, 7:] = 1.0  # left half score 0, right half score 1
+    hm = heatmap(scores, centers=np.array([[2, 9]]))  # (y, x) = (2, 9), off the diagonal
+    assert hm.shape == (12, 14, 3)
+    plain = heatmap(scores)
+    white = np.array([255, 255, 255])
+    # The marker is a white cross centred on (y, x) = (2, 9): the centre and its arms are white...
+    for y, x in [(2, 9), (0, 9), (5, 9), (2, 6), (2, 12)]:
+        assert np.array_equal(hm[y, x], white), (y, x)
+    # ...and the pixels away from it (the transposed position (9, 2) included) keep the map.
+    assert np.array_equal(hm[7:], plain[7:]) and np.array_equal(hm[:, :5], plain[:, :5])
+    # The map itself: score 0 and score 1 get different, non-white colors.
+    assert not np.array_equal(plain[10, 0], plain[10, 13]) and (plain != 255).any(axis=-1).all()
     grid = tile({"a": hm, "b": hm, "c": hm}, columns=2)
-    assert grid.shape == (2 * (8 + 24), 20, 3)
+    assert grid.shape == (2 * (12 + 24), 28, 3)
