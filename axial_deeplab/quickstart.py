@@ -18,7 +18,7 @@ from pathlib import Path
 from .config import load_config
 from .data.catalog import builtin_catalog
 from .data.synthetic_writer import register_synthetic, write_synthetic_dataset
-from .engine.build import build_trainer, save_config
+from .engine.build import build_trainer, resolve_config_seed, save_config
 from .engine.distributed import init_from_env, is_main_process
 from .utils.atomic import write_json
 
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     catalog = builtin_catalog(cfg.DATASETS.ROOT or None)
     register_synthetic(catalog, data_dir, splits=("train", "val"))
     device = init_from_env(cfg.MODEL.DEVICE)
+    cfg = resolve_config_seed(cfg)
     save_config(cfg)
     trainer = build_trainer(cfg, device, catalog)
     if trainer.resume():

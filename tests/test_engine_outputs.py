@@ -109,15 +109,35 @@ def test_eval_only_coco_predictions_score_as_in_memory(trained):
     _no_temp_files(folder)
 
 
+def _as_cityscapes_19_classes(weights: str, path: str) -> str:
+    """The trained 6-class weights as a 19-class Cityscapes model: each synthetic class's semantic
+    logit goes to the Cityscapes train id it stands in for (SYNTHETIC_CLASSES: disc = person 11,
+    square = car 13, triangle = truck 14, sky 10, ground = road 0, wall = building 2); the other 13
+    classes get a logit bias of -30, so they are never predicted."""
+    state = torch.load(weights, map_location="cpu", weights_only=True)["model"]
+    train_ids = (11, 13, 14, 10, 0, 2)  # in SYNTHETIC_CLASSES order
+    w, b = state["semantic_head.predictor.weight"], state["semantic_head.predictor.bias"]
+    new_w, new_b = w.new_zeros((19, *w.shape[1:])), b.new_full((19,), -30.0)
+    new_w[list(train_ids)], new_b[list(train_ids)] = w, b
+    state["semantic_head.predictor.weight"], state["semantic_head.predictor.bias"] = new_w, new_b
+    torch.save({"model": state}, path)
+    return path
+
+
 def test_eval_only_cityscapes_formats(trained):
-    """An untrained 19-class model on the Cityscapes-format copy: label-id PNGs, instance txt files
-    and masks, and COCO panoptic files in the file's label ids that score as in memory."""
+    """The trained model, as a 19-class model, on the Cityscapes-format copy: label-id PNGs,
+    instance txt files and masks, and COCO panoptic files in the file's label ids that score as in
+    memory (PQ > 0, so that the equality is not 0 == 0)."""
     out = str(trained["root"] / "eval_cs")
-    metrics = _run(*trained["common"], "OUTPUT_DIR", out,
+    weights = _as_cityscapes_19_classes(
+        os.path.join(trained["out"], "model_0000020.pth"), str(trained["root"] / "cs19.pth")
+    )
+    metrics = _run(*trained["common"], "OUTPUT_DIR", out, "MODEL.WEIGHTS", weights,
                    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "19", "MODEL.PANOPTIC_DEEPLAB.STUFF_AREA", "0",
                    "MODEL.PANOPTIC_DEEPLAB.CENTER_THRESHOLD", "0.0",
                    "DATASETS.TEST", "('synth_cs_val',)", "TEST.SAVE_PREDICTIONS", "True",
                    eval_only=True)  # fmt: skip
+    assert metrics["PQ"] > 0, "no matched segment: the comparison below would be vacuous"
     folder = os.path.join(out, "inference")
     label_ids = {label for _, label, *_ in CITYSCAPES_CLASSES}
     semantic = sorted(glob.glob(f"{folder}/cityscapes_semantic/*.png"))
@@ -130,7 +150,9 @@ def test_eval_only_cityscapes_formats(trained):
     lines = [line.split() for t in texts for line in open(t, encoding="utf-8").read().splitlines()]
     assert lines, "no thing instance at all (centre threshold 0 should give some)"
     for mask, label, score in lines:
-        assert int(label) in {24, 25, 26, 27, 28, 31, 32, 33} and 0 <= float(score) <= 1
+        # score = mean class probability x the regressed centre heatmap at the mask's mean pixel
+        # (as detectron2's): slightly negative where the heatmap is
+        assert int(label) in {24, 25, 26, 27, 28, 31, 32, 33} and abs(float(score)) <= 1
         png = cv2.imread(os.path.join(folder, "cityscapes_instances", mask), cv2.IMREAD_UNCHANGED)
         assert png.shape == (96, 128) and set(np.unique(png)) <= {0, 255}
     gt = os.path.join(trained["data"], "cityscapes", "gtFine", "cityscapes_panoptic_val")

@@ -160,4 +160,4 @@ _C.TEST.AUG.SCALES = [1.0]  # when enabled, input scale factors; outputs average
 _C.OUTPUT_DIR = "./output"  # where checkpoints, logs and predictions go
 _C.LOG_PERIOD = 20  # iterations between metrics.json records
 _C.VIS_PERIOD = 0  # detectron2 key: iterations between TensorBoard pictures of a batch; 0: none
-_C.SEED = 0  # global seed; negative picks one at random and logs it
+_C.SEED = 0  # global seed; negative: a random one, printed and written to config.yaml

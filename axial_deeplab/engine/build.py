@@ -23,7 +23,7 @@ from .evaluate import PostProcessing, evaluate_panoptic
 from .optim import build_lr_scheduler, build_optimizer, param_groups
 from .predictions import PredictionSaver
 from .summaries import BatchPictures
-from .trainer import Trainer, TrainerOptions
+from .trainer import Trainer, TrainerOptions, resolve_seed
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ def build_trainer(cfg, device: torch.device, catalog: DatasetCatalog | None = No
     """Model, loss, optimizer, schedule, data and evaluation from ``cfg``; checkpoints also carry
     ``cfg`` and the first training data set's class metadata (for ``tools/infer.py``)."""
     catalog = catalog or build_catalog(cfg)
+    cfg = resolve_config_seed(cfg)
     torch.manual_seed(cfg.SEED)
     model = prepare_model(cfg, device)
     if not cfg.DATASETS.TRAIN:
@@ -152,6 +153,19 @@ def build_trainer(cfg, device: torch.device, catalog: DatasetCatalog | None = No
         visualize=BatchPictures(metadata, PostProcessing.from_config(cfg)),
         checkpoint_info=checkpoint_entries(config=cfg, metadata=metadata_dict(metadata)),
     )
+
+
+def resolve_config_seed(cfg):
+    """``cfg`` with ``SEED < 0`` replaced by a random seed (``trainer.resolve_seed``); unchanged
+    (the same object) when ``SEED >= 0``. Call it before ``save_config`` so the file holds the seed."""
+    seed = resolve_seed(cfg.SEED)
+    if seed == cfg.SEED:
+        return cfg
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SEED = seed
+    cfg.freeze()
+    return cfg
 
 
 def save_config(cfg) -> str:

@@ -19,7 +19,13 @@ import torch
 
 from ..config import load_config
 from ..utils.atomic import write_json
-from .build import build_evaluate_fn, build_trainer, prepare_model, save_config
+from .build import (
+    build_evaluate_fn,
+    build_trainer,
+    prepare_model,
+    resolve_config_seed,
+    save_config,
+)
 from .distributed import init_from_env, is_main_process
 from .launch import default_argument_parser, launch
 
@@ -41,6 +47,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             write_json(os.path.join(save_dir, "metrics.json"), metrics, indent=1)
             print(f"predictions in the official formats written to {save_dir}")
     else:
+        cfg = resolve_config_seed(cfg)
         if is_main_process():
             save_config(cfg)
         trainer = build_trainer(cfg, device)

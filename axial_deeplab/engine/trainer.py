@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from ..checkpoint.io import save_atomic
 from ..utils.atomic import write_text
-from .distributed import is_main_process
+from .distributed import all_gather_objects, is_main_process
 from .events import EventWriter
 
 LAST_CHECKPOINT = "last_checkpoint"
@@ -64,6 +65,17 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def resolve_seed(seed: int) -> int:
+    """``seed`` if it is >= 0; else a random seed in ``[0, 2^31)``, drawn by the main process and
+    shared by every process (so that all ranks shuffle alike), and printed so a run can be redone."""
+    if seed >= 0:
+        return seed
+    drawn = all_gather_objects(secrets.randbelow(2**31))[0]
+    if is_main_process():
+        print(f"SEED is {seed} (< 0): using the random seed {drawn}")
+    return drawn
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
