@@ -7,6 +7,7 @@ end-to-end run of ``tools/d2_train_net.py`` is in ``test_d2_train_net.py``.
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip(
     "detectron2",
@@ -184,26 +185,57 @@ def test_meta_arch_train_losses_finite(cfg):
 
 
 def test_meta_arch_pads_images_of_different_sizes(cfg):
-    """Two crops of different sizes train together: the smaller one is padded with the pixel
-    mean (image) and ignore / zero weights (targets), so its loss equals its loss alone when the
-    semantic loss keeps every pixel (top-k 1.0) and BN uses running statistics."""
+    """A padded image's loss equals its loss alone: images are padded with the pixel mean and
+    targets with ignore / zero weights; the centre and offset losses are normalised by the
+    weights (padding adds nothing), the semantic loss by all pixels (padding adds zeros).
+    Checked with a per-pixel network (a 1x1 conv with a nonzero bias stands in for the model, so
+    padding cannot reach the valid pixels through a receptive field, and padded pixels get
+    nonzero outputs that would add to a loss that counted them); the real model then trains on
+    two crops of different sizes."""
     cfg.defrost()
-    cfg.MODEL.SEM_SEG_HEAD.LOSS_TOP_K = 1.0
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_TOP_K = 1.0  # the top-k pixel selection would see the batch
     torch.manual_seed(0)
     model = build_model(cfg).train()
-    model.apply(lambda m: m.eval() if isinstance(m, torch.nn.BatchNorm2d) else None)
     big, small = _mapped(cfg, "train", True)[:2]
     small = {
         k: (v[..., :40, :56] if torch.is_tensor(v) and v.dim() >= 2 else v)
         for k, v in small.items()
     }
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    pixelwise = torch.nn.Conv2d(3, num_classes + 3, 1)
+    torch.nn.init.normal_(pixelwise.bias, 0.0, 1.0)
+    sizes, pads = [], []
+
+    def predict_raw(images):
+        sizes.append(tuple(images.shape[-2:]))
+        pads.append(images[0, :, 40:].flatten(1))  # [3, P]: below the small crop
+        out = pixelwise((images - model.pixel_mean.view(1, -1, 1, 1)) / 50.0)
+        return {"semantic": out[:, :num_classes], "center": out[:, num_classes:][:, :1],
+                "offset": out[:, num_classes + 1:]}  # fmt: skip
+
+    real_predict = model.predict_raw
+    model.predict_raw = predict_raw
+    model.size_divisibility = 0
     alone = model([small])
-    with torch.no_grad():
-        together_small = model([small, small])
-    mixed = model([big, small])
+    model.size_divisibility = 48  # 40 x 56 -> 48 x 96: 60% of the pixels are padding
+    padded = model([small])
+    model.size_divisibility = 0
+    with_big = model([small, small, big])  # the small ones padded to the big crop
+    assert sizes == [(40, 56), (48, 96), (48, 64)]
+    mean = model.pixel_mean.view(3, 1)
+    assert torch.equal(pads[1], mean.expand_as(pads[1])) and pads[1].shape[1] == 8 * 96
     for key in alone:
-        assert torch.allclose(alone[key], together_small[key], atol=1e-5)
-        assert torch.isfinite(mixed[key])
+        assert alone[key] > 0, key
+        # The semantic loss is the mean over all pixels with ignored ones as zeros (losses.py,
+        # as the authors' re-implementation), so padding scales it by the valid fraction.
+        scale = 40 * 56 / (48 * 96) if key == "loss_sem_seg" else 1.0
+        torch.testing.assert_close(padded[key], alone[key] * scale, rtol=1e-6, atol=0, msg=key)
+        assert with_big[key] != alone[key], key  # the big crop's pixels count too
+    model.predict_raw = real_predict
+    model.apply(lambda m: m.eval() if isinstance(m, torch.nn.BatchNorm2d) else None)
+    mixed = model([big, small])
+    sum(mixed.values()).backward()
+    assert all(torch.isfinite(v) for v in mixed.values())
 
 
 def test_meta_arch_eval_outputs(cfg):
@@ -389,14 +421,41 @@ def test_evaluator_wrapper_equals_native_on_perturbed_predictions():
         assert got["RQ_st"] == 100 * expected["Stuff"]["rq"]
 
 
-def test_detectron2_evaluation_equals_native_evaluation(cfg, synthetic_dir):
-    """The same weights evaluated by the native loop and by detectron2's inference_on_dataset
-    with our wrapped evaluators: the same PQ/SQ/RQ and mIoU."""
+def _oracle_forward(cfg, split: str):
+    """A ``PanopticDeepLab.forward`` that answers each image of ``split`` with its ground truth's
+    targets (semantic one-hot logits, centre heatmap, offsets), so PQ, SQ, RQ and AP are high."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.INPUT.MIN_SCALE, cfg.INPUT.MAX_SCALE, cfg.INPUT.RANDOM_FLIP = 1.0, 1.0, "none"
+    mapper = AxialDeepLabDatasetMapper(cfg, is_train=True)  # targets, no augmentation
+    answers = [mapper(d) for d in DatasetCatalog.get(f"synthetic_coco_{split}")]
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+
+    def forward(self, images):  # [N, 3, H, W], possibly padded
+        out = {"semantic": images.new_zeros(len(images), num_classes, *images.shape[-2:]),
+               "center": images.new_zeros(len(images), 1, *images.shape[-2:]),
+               "offset": images.new_zeros(len(images), 2, *images.shape[-2:])}  # fmt: skip
+        for n, image in enumerate(images):
+            a = next(a for a in answers if torch.equal(image[:, :48, :64], a["image"].float()))
+            sem = a["sem_seg"].clone()
+            sem[sem == cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE] = 0
+            out["semantic"][n, :, :48, :64] = 20.0 * F.one_hot(sem, num_classes).permute(2, 0, 1)
+            out["center"][n, :, :48, :64] = a["center"]
+            out["offset"][n, :, :48, :64] = a["offset"]
+        return out
+
+    return forward
+
+
+def test_detectron2_evaluation_equals_native_evaluation(cfg, synthetic_dir, monkeypatch):
+    """The same model evaluated by the native loop and by detectron2's inference_on_dataset
+    with our wrapped evaluators: the same PQ/SQ/RQ, mIoU and AP. The model answers with the
+    ground truth's targets (``_oracle_forward``), so that none of them is 0 == 0."""
     torch.manual_seed(0)
     native_cfg = _native(["DATASETS.TEST", "('synthetic_coco_val',)"])
     native = native_build_model(native_cfg).eval()
     plugin = build_model(cfg).eval()
-    plugin.load_state_dict(native.state_dict())
+    monkeypatch.setattr(type(native), "forward", _oracle_forward(cfg, "val"))
     catalog = build_catalog(native_cfg)
     register_synthetic(catalog, synthetic_dir)
     dataset = build_test_dataset(native_cfg, catalog, "synthetic_coco_val")
@@ -414,7 +473,8 @@ def test_detectron2_evaluation_equals_native_evaluation(cfg, synthetic_dir):
     got = {**results["panoptic_seg"], "mIoU": results["sem_seg"]["mIoU"]}
     got.update(AP=results["segm"]["AP"], AP50=results["segm"]["AP50"])
     assert got == pytest.approx(expected, abs=1e-9)
-    assert got["mIoU"] > 0
+    for key in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "mIoU", "AP", "AP50"):
+        assert got[key] > 30, (key, got[key])
 
 
 def test_resized_test_images_are_evaluated_at_the_file_size(cfg):
