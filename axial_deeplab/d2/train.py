@@ -21,9 +21,11 @@ from detectron2.data import (
 )
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.utils import comm
 
 from axial_deeplab.engine.build import build_config_optimizer
 from axial_deeplab.engine.optim import build_lr_scheduler
+from axial_deeplab.layers.batch_norm import batch_norm_for_devices
 
 from .config import load_config
 from .data import AxialDeepLabDatasetMapper, register_datasets
@@ -40,6 +42,17 @@ class Trainer(DefaultTrainer):
         # detectron2 v0.6 checkpoints only schedulers derived from _LRScheduler; ours is a
         # LambdaLR, so it is saved explicitly (a resumed run continues the schedule).
         self.checkpointer.add_checkpointable("lr_scheduler", self.scheduler)
+
+    @classmethod
+    def build_model(cls, cfg) -> torch.nn.Module:
+        """Our model; under several processes every batch norm becomes a SyncBN on GPUs (the
+        backbone's too: detectron2 itself converts none), and SyncBN falls back to per-process BN
+        on CPUs, where PyTorch cannot run it (``batch_norm_for_devices``)."""
+        model = super().build_model(cfg)
+        device_type = torch.device(cfg.MODEL.DEVICE).type
+        return batch_norm_for_devices(
+            model, distributed=comm.get_world_size() > 1, device_type=device_type
+        )
 
     @classmethod
     def build_optimizer(cls, cfg, model: torch.nn.Module) -> torch.optim.Optimizer:

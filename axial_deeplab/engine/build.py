@@ -14,6 +14,7 @@ from ..data.build import build_catalog, build_test_dataset, build_train_batches,
 from ..data.catalog import DatasetCatalog
 from ..data.loader import build_test_loader
 from ..data.metadata import metadata_dict
+from ..layers.batch_norm import batch_norm_for_devices
 from ..modeling.build import build_model
 from ..modeling.losses import PanopticDeepLabLoss
 from ..modeling.targets import PanopticTargetGenerator
@@ -52,7 +53,8 @@ def build_target_generator(cfg, thing_ids) -> PanopticTargetGenerator:
 
 
 def prepare_model(cfg, device: torch.device) -> nn.Module:
-    """``build_model(cfg)`` on ``device``; SyncBN + DDP when running distributed."""
+    """``build_model(cfg)`` on ``device``; when running distributed, DDP and every batch norm a
+    SyncBN on GPUs (on CPUs, SyncBN of the config falls back to BN: ``batch_norm_for_devices``)."""
     model = build_model(cfg).to(device)
     if cfg.MODEL.WEIGHTS:
         from ..checkpoint.io import load_weights
@@ -60,8 +62,7 @@ def prepare_model(cfg, device: torch.device) -> nn.Module:
         if load_weights(model, cfg.MODEL.WEIGHTS) == "backbone":
             print(f"loaded backbone weights from {cfg.MODEL.WEIGHTS}; decoders and heads are new")
     if is_distributed():
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = batch_norm_for_devices(model, distributed=True, device_type=device.type)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )

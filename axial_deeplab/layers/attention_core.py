@@ -159,7 +159,8 @@ def attend(
     positions centred on each query), ``"hybrid"`` (local on axes longer than ``2 span - 1``, else
     global) or ``"block"`` (query blocks widened by a flange, see
     ``relative_position.block_geometry``). A local span on an axis longer than ``2 m`` runs in
-    query blocks of ``m`` against their ``3 m - 1`` keys, so memory is ``O(L m)`` instead of
+    query blocks of ``m`` against their ``2 m - 1`` keys (the block widened by ``m // 2`` on each
+    side, clipped at the borders), so memory is ``O(L m)`` instead of
     ``O(L^2)``; the blocked mode likewise runs block by block.
     """
     outputs = [

@@ -44,7 +44,8 @@ class AxialAttention(nn.Module):
             ``"hybrid"`` (local on axes longer than ``2m - 1``, global on shorter ones, where a
             window of ``m`` covers most of the axis anyway; relative tables of ``4m - 3`` entries;
             the formulation whose parameter and multiply-add counts match the paper's
-            Axial-DeepLab-S/M/L/XL) or ``"block"`` (the authors' TensorFlow formulation: blocks of ``2m - 1`` queries attend to
+            Axial-DeepLab-S/M/L/XL) or ``"block"`` (the blocked local attention described, not
+            implemented, by deeplab2's axial layer: blocks of ``2m - 1`` queries attend to
             their block widened by ``m // 2`` on each side, so each query sees ``m`` to ``3m - 2``
             positions; axes up to ``2m - 1`` long are attended globally; relative tables of
             ``2 (2m - 1 + m // 2) - 1`` entries, 321 for ``m = 65``).

@@ -69,3 +69,51 @@ def set_batch_norm(module: nn.Module, *, eps: float, momentum: float | None) -> 
         if isinstance(m, _BatchNorm):
             m.eps, m.momentum = eps, momentum
     return module
+
+
+def _replace_batch_norms(module: nn.Module, make) -> nn.Module:
+    """``module`` with every batch norm ``bn`` that ``make(bn)`` maps to a new module replaced by
+    it (parameters and statistics copied); ``make`` returns None to keep ``bn``."""
+    new = make(module) if isinstance(module, _BatchNorm) else None
+    if new is not None:
+        with torch.no_grad():
+            if module.affine:
+                new.weight, new.bias = module.weight, module.bias
+            if module.track_running_stats:
+                new.running_mean, new.running_var = module.running_mean, module.running_var
+                new.num_batches_tracked = module.num_batches_tracked
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        module.add_module(name, _replace_batch_norms(child, make))
+    return module
+
+
+def batch_norm_for_devices(module: nn.Module, *, distributed: bool, device_type: str) -> nn.Module:
+    """The batch norms a run needs, in place where possible; returns the module to use.
+
+    - distributed on GPUs: every batch norm becomes a ``SyncBatchNorm`` (statistics over all GPUs,
+      as in the papers' and deeplab2's training), the backbone's included;
+    - distributed on CPUs: ``SyncBatchNorm`` cannot run there (PyTorch supports it on GPUs only),
+      so any ``SyncBN`` of the config becomes a per-process ``BatchNorm2d``, with a notice;
+    - one process: unchanged (a ``SyncBatchNorm`` then normalises by its own batch).
+    """
+    if not distributed:
+        return module
+    if device_type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+    def plain(bn: _BatchNorm) -> nn.Module | None:
+        if not isinstance(bn, nn.SyncBatchNorm):
+            return None
+        return nn.BatchNorm2d(
+            bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats
+        )
+
+    if any(isinstance(m, nn.SyncBatchNorm) for m in module.modules()):
+        print(
+            f"notice: SyncBN needs GPUs; on {device_type} each process normalises by its own "
+            "batch (BatchNorm2d)"
+        )
+        module = _replace_batch_norms(module, plain)
+    return module

@@ -41,28 +41,13 @@ def block_geometry(span: int) -> tuple[int, int]:
     queries attend to their block widened by ``m // 2`` keys on each side (clipped at the borders),
     so every query sees at least the ``m`` positions centred on it, and at most ``3 m - 2``.
 
-    This is the local attention of the authors' TensorFlow implementation (query blocks of 129 with
-    a memory flange of 32 for ``m = 65``), whose relative tables span every distance within a
-    widened block: ``2 (2 m - 1 + m // 2) - 1`` entries (321 for ``m = 65``).
+    This is the local attention that deeplab2's ``AxialAttention`` describes in its docstring and
+    defaults (query blocks of 129 with a memory flange of 32 for ``m = 65``) but does not implement
+    (its local branch raises ``NotImplementedError``): our reading of that description, checked
+    against no reference. Its relative tables span every distance within a widened block:
+    ``2 (2 m - 1 + m // 2) - 1`` entries (321 for ``m = 65``).
     """
     return 2 * span - 1, span // 2
-
-
-def relative_index(length: int, size: int, device: torch.device | None = None) -> torch.Tensor:
-    """Table index of every (query, key) pair of an axis of ``length`` positions.
-
-    Returns a ``[length, length]`` int64 tensor ``idx[o, p] = clip(p - o) + (size - 1) // 2``, where
-    distances beyond the table are clipped to its edge.
-    """
-    reach = (size - 1) // 2
-    pos = torch.arange(length, device=device)
-    return (pos[None, :] - pos[:, None]).clamp(-reach, reach) + reach
-
-
-def local_mask(length: int, span: int, device: torch.device | None = None) -> torch.Tensor:
-    """``[length, length]`` bool tensor, True where key ``p`` is outside query ``o``'s window."""
-    pos = torch.arange(length, device=device)
-    return (pos[None, :] - pos[:, None]).abs() > span // 2
 
 
 def pair_index(

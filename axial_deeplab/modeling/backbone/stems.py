@@ -3,7 +3,9 @@
 - ``"conv7"``: 7x7 conv (stride 2) + BN + ReLU, 3x3 max-pool (stride 2): the authors' ImageNet models.
 - ``"inception"``: three 3x3 convs (stride 2, 1, 1; 64, 64, 128 channels) with BN + ReLU, then the
   3x3 max-pool: the stem of DeepLab's ResNet-beta used by Panoptic-DeepLab and Axial-DeepLab (deeplab2
-  ``InceptionSTEM``; its widths are not scaled by the backbone's width multiplier).
+  ``InceptionSTEM``). The builder passes the widths times the variant's ``stem_width_multiplier``
+  (``variants.py``): Axial-DeepLab-S/M/L/XL scale them with the width multiplier (inferred from the
+  paper's multiply-add counts), deeplab2 keeps them at 1x.
 - ``"axial"``: the "full axial-attention" model: no convolution but the blocks' 1x1 projections.
   Three axial blocks (width 32, output 64 channels, local span 15, the first with stride 2) read the
   RGB image directly, then the 3x3 max-pool. This follows deeplab2's fully axial layout (a first
