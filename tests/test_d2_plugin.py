@@ -521,3 +521,23 @@ def test_mask_ap_of_ground_truth_instances_is_100(cfg):
         evaluator = MaskAPEvaluator(meta)
         evaluator.process(inputs, predictions(keep_every))
         assert check(evaluator.evaluate()["segm"]["AP"])
+
+
+def test_trainer_build_model_converts_batch_norm_for_processes(cfg, monkeypatch, capsys):
+    """detectron2 converts no batch norm itself: our Trainer does, as the native engine."""
+    from axial_deeplab.d2 import train as d2_train
+
+    cfg.defrost()
+    cfg.MODEL.SEM_SEG_HEAD.NORM = "SyncBN"
+
+    def kinds(model):
+        return {type(m).__name__ for m in model.modules()
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}  # fmt: skip
+
+    assert kinds(d2_train.Trainer.build_model(cfg)) == {"BatchNorm2d", "SyncBatchNorm"}
+    monkeypatch.setattr(d2_train.comm, "get_world_size", lambda: 2)
+    assert kinds(d2_train.Trainer.build_model(cfg)) == {"BatchNorm2d"}  # CPU: SyncBN falls back
+    assert "SyncBN needs GPUs" in capsys.readouterr().out
+    cfg.MODEL.DEVICE = "cuda"  # a GPU run: every batch norm syncs (built on the CPU here)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)
+    assert kinds(d2_train.Trainer.build_model(cfg)) == {"SyncBatchNorm"}
