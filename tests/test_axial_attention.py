@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from axial_deeplab.layers import AxialAttention, attention_core
-from axial_deeplab.layers.attention_core import AttentionCore
+from axial_deeplab.layers.attention_core import AttentionCore, key_ranges
 from axial_deeplab.layers.logit_stats import logit_moments
 from axial_deeplab.layers.relative_position import pair_index
 
@@ -67,22 +67,28 @@ class NaiveAxialAttention(nn.Module):
         qk = torch.einsum("bgco,bgcp->bgop", q, k)  # [B, G, L, L]
         qr = torch.einsum("bgco,cop->bgop", q, rq)  # [B, G, L, L]
         kr = torch.einsum("bgcp,cop->bgop", k, rk)  # [B, G, L, L]
-        logits = self.logits_norm(torch.cat([qk, qr, kr], dim=1))  # [B, 3G, L, L]
-        logits = logits.reshape(-1, 3, g, length, length).sum(dim=1)  # [B, G, L, L]
+        outside = torch.zeros(length, length, dtype=torch.bool)  # [L(o), L(p)]
         if cfg.span_mode == "local" or (cfg.span_mode == "hybrid" and length > 2 * cfg.span - 1):
-            outside = [[abs(p - o) > cfg.span // 2 for p in range(length)] for o in range(length)]
-            logits = logits.masked_fill(torch.tensor(outside), float("-inf"))
+            outside = torch.tensor(
+                [[abs(p - o) > cfg.span // 2 for p in range(length)] for o in range(length)]
+            )
         if cfg.span_mode == "block" and length > 2 * cfg.span - 1:
             # Blocks of 2m - 1 queries; each sees its block widened by m // 2 on both sides.
             block, flange = 2 * cfg.span - 1, cfg.span // 2
-            outside = [
+            outside = torch.tensor([
                 [
                     p < (o // block) * block - flange or p >= (o // block + 1) * block + flange
                     for p in range(length)
                 ]
                 for o in range(length)
-            ]
-            logits = logits.masked_fill(torch.tensor(outside), float("-inf"))
+            ])  # fmt: skip
+        # Batch norm of the logits the softmax sees: the module itself, applied to the
+        # [B, 3G, P] pairs inside the window only (P of them), then put back in place.
+        terms = torch.cat([qk, qr, kr], dim=1)  # [B, 3G, L, L]
+        seen = self.logits_norm(terms[:, :, ~outside].unsqueeze(-1)).squeeze(-1)  # [B, 3G, P]
+        logits = terms.new_full(terms.shape, float("-inf"))
+        logits[:, :, ~outside] = seen
+        logits = logits.reshape(-1, 3, g, length, length).sum(dim=1)  # [B, G, L, L]
         weights = logits.softmax(dim=-1)  # [B, G, L(o), L(p)]
         sv = torch.einsum("bgop,bgcp->bgco", weights, v).reshape(-1, c, length)  # [B, C, L]
         sve = torch.einsum("bgop,cop->bgco", weights, rv).reshape(-1, c, length)  # [B, C, L]
@@ -229,6 +235,39 @@ def test_logit_moments_match_dense_terms():
     assert count == b * length * length
     torch.testing.assert_close(got_mean, mean, atol=1e-12, rtol=0)
     torch.testing.assert_close(got_var, var, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("mode,span,length", [("local", 3, 7), ("block", 3, 13), ("local", 5, 4)])
+def test_logit_moments_over_the_pairs_the_softmax_sees(mode, span, length):
+    gen = torch.Generator().manual_seed(9)
+    b, g, d = 2, 2, 3
+    q, k = (torch.randn(b, g, d, length, dtype=DTYPE, generator=gen) for _ in range(2))
+    eq, ek = (torch.randn(d, 2 * length - 1, dtype=DTYPE, generator=gen) for _ in range(2))
+    idx = torch.tensor([[p - o + length - 1 for p in range(length)] for o in range(length)])
+    terms = torch.cat([
+        torch.einsum("bgco,bgcp->bgop", q, k),
+        torch.einsum("bgco,cop->bgop", q, eq[:, idx]),
+        torch.einsum("bgcp,cop->bgop", k, ek[:, idx]),
+    ], dim=1)  # fmt: skip
+    # The window, written out: |p - o| <= m // 2, or blocks of 2m - 1 queries widened by m // 2.
+    if mode == "local":
+        seen = [[abs(p - o) <= span // 2 for p in range(length)] for o in range(length)]
+    else:
+        block, flange = 2 * span - 1, span // 2
+        seen = [[(o // block) * block - flange <= p < (o // block + 1) * block + flange
+                 for p in range(length)] for o in range(length)]  # fmt: skip
+    seen = torch.tensor(seen)
+    var, mean = torch.var_mean(terms[:, :, seen], dim=(0, 2), correction=0)
+    ranges = key_ranges(length, span, mode)
+    if bool(seen.all()):  # a window covering the axis: the all-pairs path
+        assert ranges is None
+    got_mean, got_var, count = logit_moments(q, k, eq, ek, ranges)
+    assert count == b * int(seen.sum())
+    torch.testing.assert_close(got_mean, mean, atol=1e-12, rtol=0)
+    torch.testing.assert_close(got_var, var, atol=1e-12, rtol=0)
+    if ranges is not None:  # hand-written backward of the banded content term
+        args = tuple(t.clone().requires_grad_(True) for t in (q, k, eq, ek))
+        assert torch.autograd.gradcheck(lambda *a: logit_moments(*a, ranges)[:2], args)
 
 
 def test_moments_gradcheck():

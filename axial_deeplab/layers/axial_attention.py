@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention_core import attend
+from .attention_core import attend, key_ranges
 from .batch_norm import running_affine, sync_moments, update_running_stats, uses_batch_stats
 from .logit_stats import logit_moments
 from .relative_position import extended_index, table_size
@@ -186,8 +186,11 @@ class AxialAttention(nn.Module):
         """
         bn = self.logits_norm
         if uses_batch_stats(bn):
-            index = extended_index(q.shape[-1], self.query_rel.shape[1], device=q.device)
-            mean, var, count = logit_moments(q, k, self.query_rel[:, index], self.key_rel[:, index])
+            length = q.shape[-1]
+            index = extended_index(length, self.query_rel.shape[1], device=q.device)
+            ranges = key_ranges(length, self.span, self.span_mode, device=q.device)
+            eq, ek = self.query_rel[:, index], self.key_rel[:, index]  # [dk, 2L - 1] each
+            mean, var, count = logit_moments(q, k, eq, ek, ranges)
             mean, var = sync_moments(bn, mean, var, count)
             update_running_stats(bn, mean, var, count)
         else:

@@ -98,20 +98,95 @@ class TermMoments(torch.autograd.Function):
         return grad_q, grad_k, grad_sum_q, grad_gram_q, grad_sum_k, grad_gram_k
 
 
+class BandMoments(torch.autograd.Function):
+    """Per-head sum and sum of squares, ``(total, squares)`` each ``[G]`` in float64, of the content
+    term ``q_o . k_p`` over the pairs with ``lo[o] <= p < hi[o]`` (a band around the diagonal),
+    one diagonal ``p - o = s`` at a time: ``O(B G d L w)`` work for bands ``w`` wide and no
+    ``[B, G, L, w]`` tensor kept; the backward recomputes each diagonal."""
+
+    @staticmethod
+    def forward(ctx, q, k, lo, hi):  # noqa: D102
+        ctx.save_for_backward(q, k, lo, hi)
+        g = q.shape[1]
+        total = q.new_zeros(g, dtype=torch.float64)
+        squares = q.new_zeros(g, dtype=torch.float64)
+        for o0, o1, s, valid in _diagonals(lo, hi, q.shape[-1]):
+            valid = valid.to(q.dtype)
+            dots = (q[..., o0:o1] * k[..., o0 + s : o1 + s]).sum(2) * valid  # [B, G, n]
+            total += dots.sum(dim=(0, 2), dtype=torch.float64)
+            squares += (dots * dots).sum(dim=(0, 2), dtype=torch.float64)
+        return total, squares
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_squares):  # noqa: D102
+        q, k, lo, hi = ctx.saved_tensors
+        gt = grad_total.to(q.dtype)[None, :, None]  # [1, G, 1]
+        gs = grad_squares.to(q.dtype)[None, :, None]  # [1, G, 1]
+        grad_q, grad_k = torch.zeros_like(q), torch.zeros_like(k)
+        for o0, o1, s, valid in _diagonals(lo, hi, q.shape[-1]):
+            valid = valid.to(q.dtype)
+            qs, ks = q[..., o0:o1], k[..., o0 + s : o1 + s]  # [B, G, d, n]
+            dots = (qs * ks).sum(2) * valid  # [B, G, n]
+            coef = ((gt + 2.0 * gs * dots) * valid).unsqueeze(2)  # [B, G, 1, n]
+            grad_q[..., o0:o1] += coef * ks
+            grad_k[..., o0 + s : o1 + s] += coef * qs
+        return grad_q, grad_k, None, None
+
+
+def _diagonals(lo: torch.Tensor, hi: torch.Tensor, length: int):
+    """``(o0, o1, s, valid [n])`` for every diagonal ``p = o + s`` that meets the band
+    ``lo[o] <= p < hi[o]``: queries ``[o0, o1)`` (``n = o1 - o0``) and which of them it is in."""
+    pos = torch.arange(length, device=lo.device)
+    for s in range(int((lo - pos).min()), int((hi - 1 - pos).max()) + 1):
+        o0, o1 = max(0, -s), min(length, length - s)
+        o = pos[o0:o1]
+        yield o0, o1, s, (o + s >= lo[o0:o1]) & (o + s < hi[o0:o1])
+
+
+def _range_sums(table: torch.Tensor, start: torch.Tensor, end: torch.Tensor):
+    """Sums and Gram matrices of the columns ``[start[i], end[i])`` of ``table [d, T]``:
+    ``[d, n]`` and ``[n, d, d]`` (differences of cumulative sums)."""
+    outer = torch.einsum("cj,dj->jcd", table, table)  # [T, d, d]
+    grams = F.pad(outer.cumsum(0), (0, 0, 0, 0, 1, 0))  # [T + 1, d, d]
+    sums = F.pad(table.cumsum(1), (1, 0))  # [d, T + 1]
+    return sums[:, end] - sums[:, start], grams[end] - grams[start]
+
+
 def logit_moments(
-    q: torch.Tensor, k: torch.Tensor, eq: torch.Tensor, ek: torch.Tensor
+    q: torch.Tensor,
+    k: torch.Tensor,
+    eq: torch.Tensor,
+    ek: torch.Tensor,
+    key_ranges: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Batch ``mean`` and biased ``var`` (each ``[3 * G]``: qk heads | qr heads | kr heads) of the
-    logit terms, and the element count ``B * L * L`` each statistic is over.
+    logit terms, and the element count each statistic is over.
 
-    For a fixed query ``o`` the term ``qr`` sweeps the ``L`` table columns starting at ``L - 1 - o``;
-    for a fixed key ``p`` the term ``kr`` sweeps those starting at ``p``.
+    ``key_ranges``: ``(lo, hi)``, int64 ``[L]`` each, nondecreasing: query ``o`` sees the keys
+    ``lo[o] <= p < hi[o]`` (its local window or widened block), and the statistics are over those
+    pairs only, the logits the softmax sees; None: every pair (``count = B L^2``). For a fixed
+    query ``o`` the term ``qr`` sweeps table columns ``p - o + L - 1``; for a fixed key ``p`` the
+    term ``kr`` sweeps columns ``p - o + L - 1`` over the queries that see ``p``.
     """
-    b, _, _, length = q.shape
-    count = b * length * length
-    sum_q, gram_q = _window_sums(eq, length)  # [d, L(start)], [L(start), d, d]
-    sum_k, gram_k = _window_sums(ek, length)
-    total, squares = TermMoments.apply(q, k, sum_q.flip(-1), gram_q.flip(0), sum_k, gram_k)
+    b, g, _, length = q.shape
+    if key_ranges is None:
+        count = b * length * length
+        sum_q, gram_q = _window_sums(eq, length)  # [d, L(start)], [L(start), d, d]
+        sum_k, gram_k = _window_sums(ek, length)
+        total, squares = TermMoments.apply(q, k, sum_q.flip(-1), gram_q.flip(0), sum_k, gram_k)
+    else:
+        lo, hi = key_ranges
+        pos = torch.arange(length, device=q.device)
+        count = b * int((hi - lo).sum())
+        # Queries that see key p: o_lo[p] <= o < o_hi[p] (lo and hi are nondecreasing).
+        o_lo = torch.searchsorted(hi, pos, right=True)
+        o_hi = torch.searchsorted(lo, pos, right=True)
+        sum_q, gram_q = _range_sums(eq, lo - pos + length - 1, hi - pos + length - 1)
+        sum_k, gram_k = _range_sums(ek, pos - o_hi + length, pos - o_lo + length)
+        total, squares = TermMoments.apply(q, k, sum_q, gram_q, sum_k, gram_k)
+        band_total, band_squares = BandMoments.apply(q, k, lo, hi)
+        total = torch.cat([band_total, total[g:]])
+        squares = torch.cat([band_squares, squares[g:]])
     mean = total / count
     var = (squares / count - mean * mean).clamp(min=0.0)
     return mean.to(q.dtype), var.to(q.dtype), count
