@@ -72,3 +72,11 @@ def test_every_config_file_loads_and_builds(path):
     assert model.semantic_head is not None
     n_classes = model(torch.empty(1, 3, 65, 97, device="meta"))["semantic"].shape[1]
     assert n_classes == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+
+
+def test_freeze_at_is_not_a_key():
+    # MODEL.BACKBONE.FREEZE_AT was read nowhere (every stage always trained): it is gone, and a
+    # file or override that sets it gets the unknown-key error instead of being ignored.
+    assert "FREEZE_AT" not in get_cfg().MODEL.BACKBONE
+    with pytest.raises(ConfigError, match="FREEZE_AT"):
+        load_config(None, ["MODEL.BACKBONE.FREEZE_AT", "2"])

@@ -541,3 +541,13 @@ def test_trainer_build_model_converts_batch_norm_for_processes(cfg, monkeypatch,
     cfg.MODEL.DEVICE = "cuda"  # a GPU run: every batch norm syncs (built on the CPU here)
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)
     assert kinds(d2_train.Trainer.build_model(cfg)) == {"SyncBatchNorm"}
+
+
+def test_freeze_at_other_than_zero_is_refused(cfg):
+    """detectron2's own default FREEZE_AT is 2; ours is 0 and the builder refuses any other value
+    rather than ignoring it."""
+    assert cfg.MODEL.BACKBONE.FREEZE_AT == 0
+    cfg.defrost()
+    cfg.MODEL.BACKBONE.FREEZE_AT = 2
+    with pytest.raises(ValueError, match="FREEZE_AT=2"):
+        build_model(cfg)

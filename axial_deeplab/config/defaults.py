@@ -22,7 +22,6 @@ _C.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]  # RGB std dividing the mean-subtra
 
 _C.MODEL.BACKBONE = _YacsNode()
 _C.MODEL.BACKBONE.NAME = "axial_resnet"  # backbone builder: "axial_resnet" or "resnet"
-_C.MODEL.BACKBONE.FREEZE_AT = 0  # detectron2 key; 0 trains every stage
 
 _C.MODEL.AXIAL_RESNET = _YacsNode()
 _C.MODEL.AXIAL_RESNET.VARIANT = "axial_resnet_s"  # name in the variant table (S/M/L/XL, axial26s...)

@@ -62,6 +62,11 @@ def _d2_builder(name: str, native_builder: Callable) -> Callable:
                 f"MODEL.BACKBONE.NAME={name!r} reads 3-channel images, got "
                 f"{input_shape.channels} channels (len(MODEL.PIXEL_MEAN))"
             )
+        if cfg.MODEL.BACKBONE.FREEZE_AT:
+            raise ValueError(
+                f"MODEL.BACKBONE.FREEZE_AT={cfg.MODEL.BACKBONE.FREEZE_AT}: our backbones do not "
+                "freeze stages (every stage trains, as in the papers and deeplab2); set it to 0"
+            )
         return as_d2_backbone(native_builder(cfg))
 
     build.__name__ = build.__qualname__ = name

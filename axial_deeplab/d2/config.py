@@ -48,6 +48,7 @@ def add_axial_deeplab_config(cfg: CfgNode) -> None:
     """
     _merge_defaults(cfg, native_get_cfg())
     cfg.MODEL.META_ARCHITECTURE = META_ARCHITECTURE
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0  # our backbones train every stage (the d2 builder checks)
     native = native_get_cfg().SOLVER
     cfg.SOLVER.AMP.ENABLED = bool(native.AMP)
     cfg.SOLVER.CLIP_GRADIENTS.merge_from_other_cfg(CfgNode(_clip_node(native.CLIP_GRADIENTS)))
