@@ -7,7 +7,9 @@ Along one axis of length ``L``, for every query position ``o``::
 with ``G`` heads, per-head query/key width ``C_out / (2G)`` and value width ``C_out / G`` (for 8 heads:
 width/16 and width/8), relative tables ``rq, rk, rv`` shared by all heads and no ``1/sqrt(d)`` scaling.
 Batch norm follows the q/k/v projection, each of the three logit terms (separate parameters per term
-and head) before they are summed, and the two outputs (``sum softmax * v`` and ``sum softmax * rv``,
+and head; batch statistics over the (query, key) pairs the softmax sees: the whole axis, the local
+window or the widened block, as deeplab2 normalises the similarity it feeds to the softmax) before
+they are summed, and the two outputs (``sum softmax * v`` and ``sum softmax * rv``,
 separate parameters per term and channel) before they are summed.
 """
 
@@ -180,7 +182,8 @@ class AxialAttention(nn.Module):
         )
 
     def _logit_scales(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """BN scale ``gamma / sqrt(var + eps)`` of each logit term and head, ``[3 * G]``.
+        """BN scale ``gamma / sqrt(var + eps)`` of each logit term and head, ``[3 * G]``; in
+        training the statistics are over the pairs inside each query's window (``key_ranges``).
 
         The BN shift is constant over the softmax axis and cancels, in train and in eval mode.
         """
