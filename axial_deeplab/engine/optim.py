@@ -1,7 +1,8 @@
 """Optimizers and learning-rate schedules of the Axial-DeepLab recipes.
 
-- Adam, and the paper's RAdam + Lookahead (Zhang et al. 2019: every ``k`` fast steps, the slow weights
-  move ``alpha`` of the way towards the fast ones and the fast weights restart from them).
+- Adam (deeplab2's Panoptic- and Axial-DeepLab configs, and all of ours), and RAdam + Lookahead
+  (Zhang et al. 2019: every ``k`` fast steps, the slow weights move ``alpha`` of the way towards
+  the fast ones and the fast weights restart from them), which no config here uses.
 - Poly decay ``(1 - t / T) ** power`` after a linear warm-up from ``warmup_factor``.
 - Weight decay by an explicit rule: ``decays(name, param)`` says which parameters decay. The default
   rule exempts normalization weights and biases, all biases, and relative-position tables.
