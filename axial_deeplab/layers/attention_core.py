@@ -196,22 +196,21 @@ def plan_blocks(length: int, span: int, span_mode: str) -> list[Block]:
     ]
 
 
-def key_ranges(
-    length: int, span: int, span_mode: str, device: torch.device | None = None
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The keys each query's softmax sees: ``(lo, hi)``, int64 ``[L]``, keys ``lo[o] <= p < hi[o]``
-    (the local window clipped at the borders, or the widened block), as ``plan_blocks`` and
-    ``window_mask`` attend; None when every query sees the whole axis."""
-    lo = torch.empty(length, dtype=torch.int64)
-    hi = torch.empty(length, dtype=torch.int64)
+def key_ranges(length: int, span: int, span_mode: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The keys each query's softmax sees: ``(lo, hi)``, int64 ``[L]`` on the CPU, keys
+    ``lo[o] <= p < hi[o]`` (the local window clipped at the borders, or the widened block), as
+    ``plan_blocks`` and ``window_mask`` attend; None when every query sees the whole axis."""
+    cpu = torch.device("cpu")  # planned on the CPU whatever the default device (even "meta")
+    lo = torch.empty(length, dtype=torch.int64, device=cpu)
+    hi = torch.empty(length, dtype=torch.int64, device=cpu)
     for (o0, o1), (p0, p1), local in plan_blocks(length, span, span_mode):
-        o = torch.arange(o0, o1)
+        o = torch.arange(o0, o1, device=cpu)
         reach = length if local is None else local // 2
         lo[o0:o1] = (o - reach).clamp(min=p0)
         hi[o0:o1] = (o + reach + 1).clamp(max=p1)
     if bool((lo == 0).all()) and bool((hi == length).all()):
         return None
-    return lo.to(device), hi.to(device)
+    return lo, hi
 
 
 def window_mask(queries, keys, span, device) -> torch.Tensor | None:

@@ -191,7 +191,7 @@ class AxialAttention(nn.Module):
         if uses_batch_stats(bn):
             length = q.shape[-1]
             index = extended_index(length, self.query_rel.shape[1], device=q.device)
-            ranges = key_ranges(length, self.span, self.span_mode, device=q.device)
+            ranges = key_ranges(length, self.span, self.span_mode)  # CPU index tensors
             eq, ek = self.query_rel[:, index], self.key_rel[:, index]  # [dk, 2L - 1] each
             mean, var, count = logit_moments(q, k, eq, ek, ranges)
             mean, var = sync_moments(bn, mean, var, count)

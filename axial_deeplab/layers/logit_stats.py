@@ -111,7 +111,7 @@ class BandMoments(torch.autograd.Function):
         g = q.shape[1]
         total = q.new_zeros(g, dtype=torch.float64)
         squares = q.new_zeros(g, dtype=torch.float64)
-        for (o0, o1), (p0, p1), inside in _band_chunks(lo, hi, q.dtype):
+        for (o0, o1), (p0, p1), inside in _band_chunks(lo, hi, q):
             dots = (q[..., o0:o1].transpose(2, 3) @ k[..., p0:p1]).mul_(inside)  # [B, G, n, w]
             total += dots.sum(dim=(0, 2, 3)).double()
             squares += dots.square_().sum(dim=(0, 2, 3)).double()
@@ -123,7 +123,7 @@ class BandMoments(torch.autograd.Function):
         gt = grad_total.to(q.dtype)[None, :, None, None]  # [1, G, 1, 1]
         gs = grad_squares.to(q.dtype)[None, :, None, None]  # [1, G, 1, 1]
         grad_q, grad_k = torch.zeros_like(q), torch.zeros_like(k)
-        for (o0, o1), (p0, p1), inside in _band_chunks(lo, hi, q.dtype):
+        for (o0, o1), (p0, p1), inside in _band_chunks(lo, hi, q):
             qs, ks = q[..., o0:o1], k[..., p0:p1]  # [B, G, d, n], [B, G, d, w]
             dots = qs.transpose(2, 3) @ ks  # [B, G, n, w] (zero outside the band below)
             coef = dots.mul_(2.0 * gs).add_(gt).mul_(inside)  # [B, G, n, w]
@@ -135,16 +135,17 @@ class BandMoments(torch.autograd.Function):
 BAND_CHUNK = 16  # queries per chunk of BandMoments (fastest of 8-128 on CPU for m = 65, L = 257)
 
 
-def _band_chunks(lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype):
+def _band_chunks(lo: torch.Tensor, hi: torch.Tensor, like: torch.Tensor):
     """``((o0, o1), (p0, p1), inside [n, w])``: chunks of queries ``[o0, o1)``, the keys
-    ``[p0, p1)`` their bands reach (``lo``, ``hi`` nondecreasing) and which pairs are in a band."""
+    ``[p0, p1)`` their bands reach (``lo``, ``hi`` nondecreasing, on the CPU) and which pairs are
+    in a band (on ``like``'s device, in its dtype)."""
     length = lo.shape[0]
     for o0 in range(0, length, BAND_CHUNK):
         o1 = min(o0 + BAND_CHUNK, length)
         p0, p1 = int(lo[o0]), int(hi[o1 - 1])
         p = torch.arange(p0, p1, device=lo.device)
         inside = (p >= lo[o0:o1, None]) & (p < hi[o0:o1, None])  # [n, w]
-        yield (o0, o1), (p0, p1), inside.to(dtype)
+        yield (o0, o1), (p0, p1), inside.to(device=like.device, dtype=like.dtype)
 
 
 def _range_sums(table: torch.Tensor, start: torch.Tensor, end: torch.Tensor):
@@ -180,7 +181,7 @@ def logit_moments(
         total, squares = TermMoments.apply(q, k, sum_q.flip(-1), gram_q.flip(0), sum_k, gram_k)
     else:
         lo, hi = key_ranges
-        pos = torch.arange(length, device=q.device)
+        pos = torch.arange(length, device=lo.device)  # index arithmetic on the CPU
         count = b * int((hi - lo).sum())
         # Queries that see key p: o_lo[p] <= o < o_hi[p] (lo and hi are nondecreasing).
         o_lo = torch.searchsorted(hi, pos, right=True)
