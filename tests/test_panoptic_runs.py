@@ -66,9 +66,12 @@ def test_opencv_written_pngs(tmp_path, monkeypatch, strategy, alpha):
     np.testing.assert_array_equal(expected, ids)
 
 
-def test_pil_written_pngs_with_paeth_rows_fall_back(tmp_path):
+@pytest.mark.parametrize("alpha", [False, True])
+def test_pil_written_pngs_with_paeth_rows_fall_back(tmp_path, alpha):
     ids = _scene(5)
     rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+    if alpha:  # ignored, as by the COCO API's rgb2id
+        rgb = np.dstack([rgb, (ids * 7 % 256).astype(np.uint8)])
     Image.fromarray(rgb).save(tmp_path / "a.png")  # adaptive filters: Paeth/Average rows too
     _assert_same(read_panoptic_runs(tmp_path / "a.png"), ids)
 
@@ -102,7 +105,7 @@ def _png_with_filters(path: Path, ids: np.ndarray, kinds: list[int]) -> None:
 
 
 def _forbid_fallback(monkeypatch) -> None:
-    def fail(blob, path):
+    def fail(blob, raw, path):
         raise AssertionError(f"{path} went through the plain decoder")
 
     monkeypatch.setattr(runs_module, "_decoded_runs", fail)
