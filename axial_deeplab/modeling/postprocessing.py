@@ -41,14 +41,29 @@ def find_instance_centers(
     _check("center_heatmap", center_heatmap, 1)
     if nms_kernel % 2 != 1:
         raise ValueError(f"nms_kernel must be odd, got {nms_kernel}")
-    heat = center_heatmap.float()
-    heat = torch.where(heat > threshold, heat, torch.full_like(heat, -1.0))  # [1, H, W]
+    heat = center_heatmap[0].float()
+    heat = torch.where(heat > threshold, heat, torch.full_like(heat, -1.0))  # [H, W]
+    # A centre equals the max of its k x k window (-inf beyond the border, as max pooling pads).
+    candidates = torch.nonzero(heat > -1.0)  # [N, 2], row-major
     pad = nms_kernel // 2
-    # k x k max pool as a 1 x k then k x 1 pool (max is separable): [1, H, W] -> [1, H, W]
-    pooled = F.max_pool2d(heat[None], (1, nms_kernel), stride=1, padding=(0, pad))
-    pooled = F.max_pool2d(pooled, (nms_kernel, 1), stride=1, padding=(pad, 0))[0]
-    survivors = torch.nonzero((heat[0] == pooled[0]) & (heat[0] > -1.0))  # [S, 2]
-    scores = heat[0, survivors[:, 0], survivors[:, 1]]  # [S]
+    if len(candidates) * nms_kernel**2 > heat.numel():  # e.g. an untrained model: pool it all
+        # k x k max pool as a 1 x k then k x 1 pool (max is separable): [1, 1, H, W]
+        pooled = F.max_pool2d(heat[None, None], (1, nms_kernel), stride=1, padding=(0, pad))
+        pooled = F.max_pool2d(pooled, (nms_kernel, 1), stride=1, padding=(pad, 0))[0, 0]
+        return _top_k(torch.nonzero((heat == pooled) & (heat > -1.0)), heat, top_k)
+    # Else only the windows of the pixels above the threshold (a few thousand, not H x W).
+    padded = F.pad(heat, (pad, pad, pad, pad), value=float("-inf"))  # [H + 2 pad, W + 2 pad]
+    window = torch.arange(nms_kernel, device=heat.device)  # [k]
+    rows = candidates[:, 0, None, None] + window[None, :, None]  # [N, k, 1]
+    cols = candidates[:, 1, None, None] + window[None, None, :]  # [N, 1, k]
+    peak = padded[rows, cols].amax(dim=(1, 2))  # [N] window maxima
+    values = heat[candidates[:, 0], candidates[:, 1]]  # [N]
+    return _top_k(candidates[values == peak], heat, top_k)
+
+
+def _top_k(survivors: torch.Tensor, heat: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """The ``[S, 2]`` survivors scoring strictly above the ``top_k``-th best (all if fewer)."""
+    scores = heat[survivors[:, 0], survivors[:, 1]]  # [S]
     bound = 0.0
     if top_k is not None and len(scores) >= top_k:
         bound = max(float(torch.topk(scores, top_k).values[-1]), 0.0)
