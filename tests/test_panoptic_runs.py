@@ -1,5 +1,6 @@
 """Reading panoptic PNGs as runs: equal to a plain decode for every PNG filter, on both paths, and
-on randomly damaged files (a differential fuzz test against libspng and OpenCV)."""
+on randomly damaged files (a differential fuzz test against libpng, through OpenCV); the full
+decoder ``read_panoptic_png`` too."""
 
 from __future__ import annotations
 
@@ -105,10 +106,11 @@ def _png_with_filters(path: Path, ids: np.ndarray, kinds: list[int]) -> None:
 
 
 def _forbid_fallback(monkeypatch) -> None:
-    def fail(blob, raw, path):
-        raise AssertionError(f"{path} went through the plain decoder")
+    def fail(*args):
+        raise AssertionError(f"{args[-1]} went through the plain decoder")
 
-    monkeypatch.setattr(runs_module, "_decoded_runs", fail)
+    monkeypatch.setattr(runs_module, "decode_ids", fail)
+    monkeypatch.setattr(runs_module, "read_panoptic_png", fail)
 
 
 @pytest.mark.parametrize(
@@ -284,9 +286,12 @@ def test_damaged_pngs_match_the_reference_decoder(tmp_path):
                 runs = reader.read(path)
             except ValueError as err:
                 assert f"m{i}.png" in str(err)
+                with pytest.raises(ValueError, match=f"m{i}.png"):  # the full decoder too
+                    read_panoptic_png(path)
                 rejected += 1
                 continue
             assert expected is not None, f"{name} mutant {i}: libpng rejects it, the reader not"
             _assert_same(runs, expected)
+            np.testing.assert_array_equal(read_panoptic_png(path), expected)
             decoded += 1
     assert decoded >= 20 and rejected >= 200  # both outcomes are exercised

@@ -5,19 +5,14 @@ be counted on maximal horizontal runs instead of pixels. Reading a PNG to runs s
 work: a row stored with the PNG "Sub" filter holds zero wherever the id does not change, so the run
 starts are its non-zero pixels and the ids follow from a byte-wise running sum over the runs only.
 
-Every file's header is checked first: a header claiming more pixels than the file can hold
-(deflate expands at most ~1032x) is an error before any decoder allocates. Then, for 8-bit
-RGB/RGBA non-interlaced PNGs (every panoptic PNG seen), the chunks are walked here with each
-chunk's CRC-32 checked (on the compressed bytes: cheap) and the image data is inflated by
-libdeflate (the ``deflate`` package), which checks the stream's Adler-32; damage is an error
-naming the file. Two paths then, chosen by measurement (bench/panoptic_eval.py):
+The file is checked, inflated and (when needed) decoded by :mod:`axial_deeplab.data.panoptic_png`
+(chunk CRCs, libdeflate with its Adler-32 check, libspng). Two paths, chosen by measurement
+(bench/panoptic_eval.py):
 - the fast path: rows using the None, Sub or (a few) Up filters, as OpenCV (our writer) stores
   them, become runs without a per-pixel decode: about 0.2 ms for a 640x480 map, 8x less than any
   full decoder measured;
 - other rows (PIL's adaptive Up/Paeth rows, as the official COCO and Cityscapes PNGs are written)
-  are decoded by libspng (``pyspng``), the fastest full decoder measured here (CPU per 640x480
-  map: pyspng 1.4 ms, imagecodecs 1.6, OpenCV 1.9, PIL 3.4), most of which is zlib's inflate:
-  libspng is handed the rows libdeflate inflated, as stored deflate blocks (0.6 ms in all).
+  are decoded to ids by libspng (0.6 ms), then cut into runs.
 Other PNGs (palettes, grey, 16 bits, interlacing) are decoded by libpng through OpenCV.
 The runs never depend on the path taken: tests compare them with libpng's decode, also on
 thousands of randomly damaged files.
@@ -26,23 +21,21 @@ thousands of randomly damaged files.
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import deflate
 import numpy as np
-import pyspng
 
 from axial_deeplab.data.panoptic_io import read_panoptic_png
+from axial_deeplab.data.panoptic_png import (
+    BYTES_PER_PIXEL,
+    checked_idat,
+    decode_ids,
+    inflate_rows,
+    png_header,
+)
 
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk with its CRC
-_BYTES_PER_PIXEL = {2: 3, 6: 4}  # PNG colour type -> bytes per pixel (RGB, RGBA) at 8 bits
 _MAX_SPECIAL_ROWS = 64  # above this many None/Up rows, the per-pixel decoder is as fast
-_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}  # by colour
-_MAX_DEFLATE_RATIO = 1032  # deflate's largest expansion: 258 bytes from one ~2-bit code
 
 
 @dataclass(frozen=True)
@@ -97,68 +90,6 @@ def concatenate_runs(runs: Sequence[Runs]) -> tuple[Runs, np.ndarray]:
     image = np.repeat(np.arange(len(runs)), [r.starts.size for r in runs])  # [K]
     starts = np.concatenate([r.starts + offset for r, offset in zip(runs, offsets)])
     return Runs((1, offsets[-1]), starts, np.concatenate([r.values for r in runs])), image
-
-
-def png_header(blob: bytes, path: str) -> tuple[int, int, int, int, int]:
-    """``(height, width, bit depth, colour type, interlace)`` from a PNG's IHDR, which must come
-    first; ValueError naming ``path`` if ``blob`` is not a PNG, or if its header claims more pixels
-    than the file could hold (deflate expands at most ~1032x), so that no decoder is asked to
-    allocate more than a bounded multiple of the file size."""
-    if not blob.startswith(_SIGNATURE) or len(blob) < 33 or blob[8:16] != b"\x00\x00\x00\x0dIHDR":
-        raise ValueError(f"cannot decode panoptic PNG (not a PNG file): {path}")
-    width, height, depth, color, method, filters, interlace = struct.unpack_from(
-        ">IIBBBBB", blob, 16
-    )
-    if (
-        not 0 < width < 2**31 or not 0 < height < 2**31
-        or depth not in _DEPTHS.get(color, ()) or method or filters or interlace > 1
-    ):  # fmt: skip
-        raise ValueError(
-            f"cannot decode panoptic PNG (invalid IHDR: {width}x{height}, bit depth {depth}, "
-            f"colour type {color}, methods {method}/{filters}/{interlace}): {path}"
-        )
-    if height * (1 + width * (depth + 7) // 8) > _MAX_DEFLATE_RATIO * len(blob):
-        raise ValueError(
-            f"cannot decode panoptic PNG (corrupt: its header claims {width}x{height} pixels, "
-            f"more than a file of {len(blob)} bytes can hold): {path}"
-        )
-    return height, width, depth, color, interlace
-
-
-def _checked_idat(blob: bytes, header: tuple, path: str) -> bytes | memoryview | None:
-    """The image data of an 8-bit RGB/RGBA non-interlaced PNG, every chunk's CRC-32 checked (on
-    the compressed bytes: cheap); ValueError naming ``path`` for a bad CRC or a truncated file.
-    None for other PNGs (other depths and colour types, interlacing, unknown critical chunks)."""
-    _, _, depth, color, interlace = header
-    if depth != 8 or color not in _BYTES_PER_PIXEL or interlace != 0:
-        return None
-    pos, idat, view, last = 8, [], memoryview(blob), b""
-    while True:
-        if pos + 12 > len(blob):
-            raise ValueError(f"cannot decode panoptic PNG (truncated: no IEND chunk): {path}")
-        (length,) = struct.unpack_from(">I", blob, pos)
-        end = pos + 8 + length  # the chunk's CRC follows its data
-        if end + 4 > len(blob):
-            raise ValueError(f"cannot decode panoptic PNG (truncated chunk at byte {pos}): {path}")
-        kind = blob[pos + 4 : pos + 8]
-        if zlib.crc32(view[pos + 4 : end]) != struct.unpack_from(">I", blob, end)[0]:
-            raise ValueError(f"cannot decode panoptic PNG (CRC error in chunk {kind!r}): {path}")
-        if kind == b"IDAT":
-            if idat and last != b"IDAT":
-                raise ValueError(
-                    f"cannot decode panoptic PNG (IDAT chunks not consecutive): {path}"
-                )
-            idat.append(view[pos + 8 : end])
-        elif kind == b"IEND":
-            break
-        elif kind == b"IHDR" and pos > 8 or kind == b"PLTE" and idat:
-            raise ValueError(f"cannot decode panoptic PNG ({kind!r} chunk out of place): {path}")
-        elif not kind[0] & 0x20 and kind not in (b"IHDR", b"PLTE"):
-            return None  # an unknown critical chunk: libpng decides
-        pos, last = end + 4, kind
-    if not idat:
-        raise ValueError(f"cannot decode panoptic PNG (no image data): {path}")
-    return idat[0] if len(idat) == 1 else b"".join(idat)
 
 
 def _bytewise_add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -272,50 +203,12 @@ class PanopticPngReader:
         except FileNotFoundError:
             raise FileNotFoundError(f"panoptic PNG not found: {path}") from None
         header = png_header(blob, path)
-        idat = _checked_idat(blob, header, path)
+        idat = checked_idat(blob, header, path)
         if idat is None:  # not 8-bit RGB(A): libpng through OpenCV, which checks the checksums
             return runs_from_ids(read_panoptic_png(path))
-        height, width, _, color, _ = header
-        size = height * (1 + width * _BYTES_PER_PIXEL[color])
-        try:  # libdeflate checks the zlib stream's Adler-32
-            buffer = np.frombuffer(deflate.zlib_decompress(idat, size), dtype=np.uint8)
-        except deflate.DeflateError:
-            buffer = None
-        if buffer is None or buffer.size != size:
-            raise ValueError(
-                f"cannot decode panoptic PNG (image data corrupt: bad zlib stream, Adler-32 or "
-                f"size for {width}x{height} pixels): {path}"
-            )
-        runs = _runs_from_filtered(buffer, height, width, _BYTES_PER_PIXEL[color])
-        return runs if runs is not None else _decoded_runs(blob, buffer, path)
-
-
-def _decoded_runs(blob: bytes, raw: np.ndarray, path: str) -> Runs:
-    """Runs of an 8-bit RGB(A) PNG, already checked and inflated to ``raw`` (its filtered rows),
-    decoded by libspng to RGB (alpha, if any, is ignored, as by the COCO API's ``rgb2id``).
-
-    libspng inflates with zlib, 25x slower than libdeflate here (1.3 ms of its 1.6 ms for a
-    640x480 map), so it is handed the rows already inflated: the same PNG with one IDAT chunk
-    holding them as stored (uncompressed) deflate blocks, checksums recomputed.
-    """
-    stored = deflate.zlib_compress(raw, 0)  # level 0: stored blocks, with the Adler-32
-    rewrapped = b"".join(
-        [blob[:33], struct.pack(">I", len(stored)), b"IDAT", stored,
-         struct.pack(">I", deflate.crc32(stored, deflate.crc32(b"IDAT"))), _IEND]
-    )  # fmt: skip
-    try:
-        rgb = pyspng.load(rewrapped, "RGB")  # [H, W, 3] uint8
-    except RuntimeError as err:
-        raise ValueError(f"cannot decode panoptic PNG ({err}): {path}") from None
-    height, width, _ = rgb.shape
-    flat = rgb.reshape(-1)  # [3 H W]
-    ids = np.empty(height * width, dtype=np.uint32)  # [H W]
-    # Each pixel's R, G, B bytes and the next pixel's R read as one little-endian uint32 (so all
-    # but the last pixel), masked to the id.
-    words = np.ndarray((ids.size - 1,), dtype="<u4", buffer=flat, strides=(3,))
-    np.bitwise_and(words, np.uint32(0xFFFFFF), out=ids[:-1])
-    ids[-1] = int(flat[-3]) | int(flat[-2]) << 8 | int(flat[-1]) << 16
-    return runs_from_ids(ids.reshape(height, width))
+        rows = inflate_rows(idat, header, path)
+        runs = _runs_from_filtered(rows, header[0], header[1], BYTES_PER_PIXEL[header[3]])
+        return runs if runs is not None else runs_from_ids(decode_ids(blob, rows, path))
 
 
 def read_panoptic_runs(path: str | os.PathLike) -> Runs:
