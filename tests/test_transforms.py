@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from axial_deeplab.data.catalog import DatasetMetadata
-from axial_deeplab.data.dataset import PanopticDataset
+from axial_deeplab.data.dataset import PanopticDataset, read_image
 from axial_deeplab.data.panoptic_io import write_panoptic_png
 from axial_deeplab.data.transforms import (
     EvalResize,
@@ -167,3 +167,18 @@ def test_crop_window_resize_equals_resize_then_crop(seed):
     got = aug._resize_and_crop(image, label, size, np.random.default_rng(seed + 100))
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_read_image_png_equals_opencv(tmp_path, alpha):
+    # 8-bit RGB(A) PNGs are decoded by libspng after a CRC check: the same RGB as OpenCV's.
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (21, 34, 4 if alpha else 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), pixels)
+    expected = cv2.imread(str(tmp_path / "a.png"), cv2.IMREAD_COLOR)[..., ::-1]
+    np.testing.assert_array_equal(read_image(str(tmp_path / "a.png")), expected)
+    blob = bytearray((tmp_path / "a.png").read_bytes())
+    blob[60] ^= 1  # inside the image data: the IDAT CRC no longer matches
+    (tmp_path / "b.png").write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="b.png"):
+        read_image(str(tmp_path / "b.png"))
