@@ -22,6 +22,8 @@ setup(
         "yacs",
         "tqdm",
         "opencv-python-headless",
+        "pyspng",  # libspng: the fastest full PNG decoder measured (evaluation/runs.py)
+        "deflate",  # libdeflate: inflates panoptic PNGs, checking Adler-32 (evaluation/runs.py)
         "pycocotools",
         "scipy",
     ],

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from .catalog import DatasetMetadata
 from .check import distinct_ids
 from .panoptic_io import read_panoptic_png
+from .panoptic_png import read_png_rgb
 from .validation import DatasetFormatError, validate_segment_presence
 
 # (image [H, W, 3] uint8, label [H, W] int64, rng) -> (image, label)
@@ -21,7 +22,19 @@ TargetGenerator = Callable[[np.ndarray, Sequence[Mapping]], Mapping[str, torch.T
 
 
 def read_image(path: str) -> np.ndarray:
-    """``[H, W, 3]`` uint8 RGB image; clear error when missing or undecodable."""
+    """``[H, W, 3]`` uint8 RGB image; clear error when missing or undecodable. 8-bit RGB(A) PNGs
+    by :func:`.panoptic_png.read_png_rgb` (checked, faster), others by OpenCV."""
+    if path.lower().endswith(".png"):
+        try:
+            with open(path, "rb") as f:
+                blob = f.read()
+        except OSError:
+            raise FileNotFoundError(
+                f"cannot read image (missing or not an image): {path}"
+            ) from None
+        rgb = read_png_rgb(blob, path) if blob.startswith(b"\x89PNG") else None
+        if rgb is not None:
+            return rgb
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
         raise FileNotFoundError(f"cannot read image (missing or not an image): {path}")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from axial_deeplab.data.records import read_json
 from axial_deeplab.data.validation import DatasetFormatError
 from axial_deeplab.evaluation.panoptic import PanopticEvaluator, PQStats, RunsImage
-from axial_deeplab.evaluation.parallel import map_batches
+from axial_deeplab.evaluation.parallel import keep_freed_memory, map_batches
 from axial_deeplab.evaluation.runs import PanopticPngReader
 
 # One image's work: (gt PNG, gt segments_info, pred PNG, pred segments_info, (H, W) or None).
@@ -182,6 +182,7 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", help="write the results here as JSON")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # this process is ours and one of the workers: as in the others
     try:
         results = evaluate_panoptic_files(
             args.gt_json, args.gt_dir, args.pred_json, args.pred_dir, workers=args.workers
