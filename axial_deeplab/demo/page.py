@@ -17,7 +17,7 @@ PAGE = """<!doctype html>
  .pictures { display: flex; flex-wrap: wrap; gap: 10px; }
  figure { margin: 0; background: #fff; padding: 6px; border: 1px solid #ddd; }
  figure img { display: block; max-width: 100%; } figcaption { font-size: 13px; color: #555; }
- #overlay-fig { flex: 1 1 100%; } #overlay-fig img { max-height: 70vh; }
+ #overlay-fig { flex: 1 1 100%; } .pictures figure:not(#overlay-fig) { flex: 1 1 40%; max-width: 49%; } #overlay-fig img { max-height: 70vh; }
  .scroll { max-height: 420px; overflow-y: auto; display: inline-block; }
  table { border-collapse: collapse; background: #fff; margin-top: 12px; }
  th, td { border: 1px solid #ddd; padding: 3px 10px; text-align: left; }

@@ -82,13 +82,16 @@ def _label_box(
     canvas: np.ndarray, text: str, anchor: tuple[int, int], scale: float, taken: list
 ) -> bool:
     """The box of ``text`` centred on ``anchor (x, y)``, moved inside the picture and then down
-    or up by whole box heights until it overlaps no box in ``taken``; False when none is free."""
+    or up by whole box heights until it overlaps no box in ``taken`` (then appended to it);
+    False when none is free or the box is larger than the picture."""
     (tw, th), base = cv2.getTextSize(text, FONT, scale, 1)
     w, h = tw + 6, th + base + 4
     height, width = canvas.shape[:2]
-    x = int(np.clip(anchor[0] - w // 2, 0, max(0, width - w)))
+    if w > width or h > height:
+        return False  # a label larger than the picture would hide it
+    x = int(np.clip(anchor[0] - w // 2, 0, width - w))
     for shift in (0, 1, -1, 2, -2):
-        y = int(np.clip(anchor[1] - h // 2 + shift * h, 0, max(0, height - h)))
+        y = int(np.clip(anchor[1] - h // 2 + shift * h, 0, height - h))
         box = (x, y, x + w, y + h)
         if all(box[2] <= b[0] or b[2] <= box[0] or box[3] <= b[1] or b[3] <= box[1] for b in taken):
             taken.append(box)
@@ -109,6 +112,15 @@ def _interior_point(mask: np.ndarray) -> tuple[int, int]:
     dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return int(x), int(y)
+
+
+def segment_edges(labels: np.ndarray) -> np.ndarray:
+    """``[H, W]`` bool: pixels whose right or lower neighbour has another label (1-pixel lines
+    between segments; the picture's border is not an edge)."""
+    edges = np.zeros(labels.shape, bool)
+    edges[:, :-1] |= labels[:, 1:] != labels[:, :-1]
+    edges[:-1] |= labels[1:] != labels[:-1]
+    return edges
 
 
 def panoptic_overlay(
@@ -144,14 +156,12 @@ def panoptic_overlay(
         out[mask] = (1 - alpha) * out[mask] + alpha * color
         segments.append((inst == 0, -int(mask.sum()), int(segment), cls, color, mask))
     out = out.clip(0, 255).astype(np.uint8)
-    for *_, mask in segments:
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(out, contours, -1, (255, 255, 255), 1)
+    out[segment_edges(panoptic) & (panoptic != void_label)] = 255  # white outlines
     scale, taken = font_scale(image.shape), []
     for _, _, segment, cls, color, mask in sorted(segments, key=lambda s: s[:3]):
         text = class_names[cls]
         if scores is not None and segment in scores and segment % label_divisor:
-            text = f"{text} {scores[segment]:.2f}"
+            text = f"{text} {max(scores[segment], 0.0):.2f}"  # no "-0.00" from round-off
         if _label_box(out, text, _interior_point(mask), scale, taken):
             _draw_label(out, text, taken[-1], color, scale)
     return out
