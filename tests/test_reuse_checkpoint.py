@@ -68,6 +68,18 @@ def test_eval_only_with_the_readme_config_file(trained):
     assert {"PQ", "mIoU"} <= set(train_net.run(args))
 
 
+def test_resume_of_a_finished_run_says_so(trained, capsys):
+    weights, data = trained
+    args = default_argument_parser("train").parse_args(
+        ["--config-file", CONFIG, "--resume", "OUTPUT_DIR", str(weights.parent),
+         "DATASETS.SYNTHETIC_DIR", str(data), "SOLVER.MAX_ITER", "1", "DATALOADER.NUM_WORKERS", "0"]
+    )  # fmt: skip
+    assert train_net.run(args) == {}  # nothing trained, nothing evaluated
+    out = capsys.readouterr().out
+    assert "this run already finished (SOLVER.MAX_ITER 1): nothing to train" in out
+    assert f"MODEL.WEIGHTS {weights}" in out
+
+
 def test_infer_from_the_checkpoint_alone(trained, tmp_path, capsys):
     weights, data = trained
     images = data / "coco" / "images" / "val"

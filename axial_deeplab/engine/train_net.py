@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             if trainer.iteration >= cfg.SOLVER.MAX_ITER:
                 print(f"this run already finished (SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}): nothing "
                       "to train; raise SOLVER.MAX_ITER to continue, or evaluate with --eval-only "
-                      f"MODEL.WEIGHTS {cfg.OUTPUT_DIR}/model_best.pth")  # fmt: skip
+                      f"MODEL.WEIGHTS {cfg.OUTPUT_DIR}/model_{trainer.iteration:07d}.pth")  # fmt: skip
         metrics = trainer.train()
     if is_main_process() and metrics:
         print(json.dumps({k: round(v, 3) for k, v in metrics.items()}, indent=1))
