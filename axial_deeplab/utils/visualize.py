@@ -161,7 +161,7 @@ def panoptic_overlay(
     for _, _, segment, cls, color, mask in sorted(segments, key=lambda s: s[:3]):
         text = class_names[cls]
         if scores is not None and segment in scores and segment % label_divisor:
-            text = f"{text} {max(scores[segment], 0.0):.2f}"  # no "-0.00" from round-off
+            text = f"{text} {max(scores[segment], 0.0) + 0.0:.2f}"  # + 0.0: no "-0.00"
         if _label_box(out, text, _interior_point(mask), scale, taken):
             _draw_label(out, text, taken[-1], color, scale)
     return out
