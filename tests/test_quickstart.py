@@ -26,9 +26,14 @@ def test_short_quickstart_learns_and_draws(tmp_path, capsys):
         ]
     )  # fmt: skip
     log = capsys.readouterr().out
-    for stage in ("[data] wrote 32 training + 8 held-out scenes", "[train] iterations 0..150",
-                  "[pictures] 8 pictures", "meaningless as COCO predictions", "tools/infer.py"):
-        assert stage in log, stage  # fmt: skip
+    for stage in (
+        "[data] wrote 32 training + 8 held-out scenes",
+        "[train] iterations 0..150",
+        "[pictures] 8 pictures",
+        "meaningless as COCO predictions",
+        "tools/infer.py",
+    ):
+        assert stage in log, stage
     assert metrics["PQ"] >= 50.0, metrics
     assert metrics["mIoU"] >= 60.0, metrics
     pictures = sorted(os.listdir(out / "pictures"))
