@@ -37,7 +37,9 @@ setup(
         # without it the built-in reader is used.
         "deeplab2": ["tensorflow-cpu"],
         "cityscapes": ["cityscapesscripts"],
-        "dev": ["pytest", "ruff", "black", "cityscapesscripts", "tensorboard"],
+        # playwright drives the system Chromium in the demo page's browser test (.ci/run installs
+        # Chromium from the OS packages when missing).
+        "dev": ["pytest", "ruff", "black", "cityscapesscripts", "tensorboard", "playwright"],
     },
     entry_points={
         "console_scripts": [
@@ -45,6 +47,7 @@ setup(
             "axial-deeplab-infer=axial_deeplab.engine.infer_net:main",
             "axial-deeplab-eval-pq=axial_deeplab.evaluation.panoptic:main",
             "axial-deeplab-quickstart=axial_deeplab.quickstart:main",
+            "axial-deeplab-demo=axial_deeplab.demo.server:main",
             "axial-deeplab-stats=axial_deeplab.utils.model_stats:main",
             "axial-deeplab-convert=axial_deeplab.checkpoint.authors:main",
             "axial-deeplab-convert-deeplab2=axial_deeplab.checkpoint.convert_deeplab2:main",

@@ -30,6 +30,7 @@ from axial_deeplab.engine.inputs import (
     read_image,
     video_info,
 )
+from axial_deeplab.utils.visualize import TITLE_HEIGHT, enlarge_factor
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 META = InferenceMetadata(("sky", "car", "person"), thing_ids=(1, 2))
@@ -349,7 +350,9 @@ def _check_image_outputs(out: Path, name: str, size: tuple[int, int]) -> dict:
         # make slightly negative
         assert 0 < s["score"] <= 1 if not s["isthing"] else abs(s["score"]) <= 1
     vis = cv2.imread(str(out / f"{name}_vis.png"))
-    assert vis.shape == (2 * (size[0] + 24), 2 * size[1], 3)  # 2 x 2 titled tiles
+    k = enlarge_factor(size)  # small inputs are drawn enlarged, k times
+    # 2 x 2 titled tiles, then the legend strip
+    assert vis.shape[1] == 2 * k * size[1] and vis.shape[0] > 2 * (k * size[0] + TITLE_HEIGHT)
     return record
 
 
@@ -399,7 +402,8 @@ def test_cli_folder_glob_video_outputs(tmp_path, tiny_cli):
     video = json.loads((out / "clip.json").read_text())
     assert [f["frame"] for f in video["frames"]] == [0, 1, 2]
     frames = list(iter_video(str(out / "clip_overlay.avi")))
-    assert len(frames) == 3 and frames[0].shape == (32, 48, 3)
+    k = enlarge_factor((32, 48))  # frames are drawn enlarged too, 12 times: 384 x 576
+    assert len(frames) == 3 and frames[0].shape == (32 * k, 48 * k, 3)
     for i in range(3):
         frame = _check_image_outputs(out / "clip", f"clip_{i:06d}", (32, 48))
         assert frame["segments_info"] == video["frames"][i]["segments_info"]

@@ -37,7 +37,7 @@ from ..checkpoint.io import load_checkpoint_file
 from ..config import CfgNode, ConfigError, get_cfg, load_config
 from ..data.panoptic_io import write_panoptic_png
 from ..utils.atomic import write_json, write_rgb_png
-from ..utils.visualize import heatmap, offset_field, panoptic_overlay, semantic_map, tile
+from ..utils.visualize import compose, prediction_panels
 from .evaluate import VOID_LABEL
 from .inference import InferenceMetadata, Predictor, as_metadata, build_predictor, resolve_device
 from .inputs import BadInputError, InputItem, expand_inputs, iter_video, read_image, video_info
@@ -222,22 +222,26 @@ def shrink(image: np.ndarray, max_size: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def render(image: np.ndarray, prediction: dict, metadata: InferenceMetadata) -> dict:
-    """The four pictures ``[H, W, 3]`` uint8 RGB of one prediction, by title."""
+def render(
+    image: np.ndarray,
+    prediction: dict,
+    metadata: InferenceMetadata,
+    ground_truth: np.ndarray | None = None,
+) -> dict:
+    """The titled panels ``[H', W', 3]`` uint8 RGB of one prediction (enlarged when small; the
+    ground-truth panoptic map beside it when given) and, under ``"legend"``, the legend strip."""
     colors = None if metadata.class_colors is None else np.array(metadata.class_colors, np.uint8)
-    return {
-        "panoptic": panoptic_overlay(
-            image,
-            prediction["panoptic"],
-            label_divisor=metadata.label_divisor,
-            class_names=metadata.class_names,
-            class_colors=colors,
-            void_label=VOID_LABEL,
-        ),
-        "semantic": semantic_map(prediction["semantic"], len(metadata.class_names), colors),
-        "centers": heatmap(prediction["center"], prediction["centers"]),
-        "offsets": offset_field(prediction["offset"]),
-    }
+    panels, strip = prediction_panels(
+        image,
+        prediction,
+        class_names=metadata.class_names,
+        label_divisor=metadata.label_divisor,
+        thing_ids=metadata.thing_ids,
+        class_colors=colors,
+        void_label=VOID_LABEL,
+        ground_truth=ground_truth,
+    )
+    return {**panels, "legend": strip}
 
 
 def write_image_outputs(
@@ -253,7 +257,8 @@ def write_image_outputs(
         "segments_info": prediction["segments_info"],
     }
     write_json(os.path.join(out_dir, f"{name}.json"), record, indent=1)
-    write_rgb_png(os.path.join(out_dir, f"{name}_vis.png"), tile(pictures))
+    panels = {k: v for k, v in pictures.items() if k != "legend"}
+    write_rgb_png(os.path.join(out_dir, f"{name}_vis.png"), compose(panels, pictures["legend"]))
 
 
 def _settings(predictor: Predictor) -> dict:
@@ -288,9 +293,10 @@ def _predict_video(
                 pictures = render(frame, prediction, predictor.metadata)
                 if writer is None:
                     fourcc = cv2.VideoWriter_fourcc(*"MJPG")
-                    size = (frame.shape[1], frame.shape[0])
+                    overlay = pictures["prediction"]  # enlarged to a readable size
+                    size = (overlay.shape[1], overlay.shape[0])
                     writer = cv2.VideoWriter(tmp, fourcc, info.fps or 25.0, size)
-                writer.write(np.ascontiguousarray(pictures["panoptic"][..., ::-1]))
+                writer.write(np.ascontiguousarray(pictures["prediction"][..., ::-1]))
                 records.append({"frame": index, "segments_info": prediction["segments_info"]})
                 if save_frames:
                     frame_info = {"file_name": item.path, "frame": index}

@@ -24,8 +24,27 @@ from .distributed import init_from_env, is_main_process
 from .launch import default_argument_parser, launch
 
 
+def eval_config(args: argparse.Namespace):
+    """``--eval-only`` without ``--config-file``: the config stored in ``MODEL.WEIGHTS`` (our
+    checkpoints and converted ones carry it), then the ``KEY VALUE`` overrides."""
+    from ..checkpoint.io import load_checkpoint_file
+    from .infer_net import config_from_yaml
+
+    weights = load_config(None, args.opts).MODEL.WEIGHTS
+    if not weights:
+        return load_config(None, args.opts)
+    stored = load_checkpoint_file(weights).config_yaml
+    if stored is None:
+        raise SystemExit(f"error: {weights} carries no config: pass --config-file")
+    print(f"config: stored in {weights}")
+    return config_from_yaml(stored, list(args.opts), source=weights)
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
-    cfg = load_config(args.config_file or None, args.opts)
+    if args.eval_only and not args.config_file:
+        cfg = eval_config(args)
+    else:
+        cfg = load_config(args.config_file or None, args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         print(f"MODEL.DEVICE={cfg.MODEL.DEVICE} but no GPU is available: running on the CPU.")
     device = init_from_env(cfg.MODEL.DEVICE)
@@ -46,6 +65,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         trainer = build_trainer(cfg, device)
         if args.resume and trainer.resume() and is_main_process():
             print(f"resumed from iteration {trainer.iteration} of {cfg.OUTPUT_DIR}")
+            if trainer.iteration >= cfg.SOLVER.MAX_ITER:
+                print(f"this run already finished (SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}): nothing "
+                      "to train; raise SOLVER.MAX_ITER to continue, or evaluate with --eval-only "
+                      f"MODEL.WEIGHTS {cfg.OUTPUT_DIR}/model_{trainer.iteration:07d}.pth")  # fmt: skip
         metrics = trainer.train()
     if is_main_process() and metrics:
         print(json.dumps({k: round(v, 3) for k, v in metrics.items()}, indent=1))

@@ -137,6 +137,7 @@ class Trainer:
         path = os.path.join(self.options.output_dir, f"{name}.pth")
         if is_main_process():
             save_atomic(self.state_dict(), path)
+            tqdm.write(f"checkpoint {path} (iteration {self.iteration})")
             if name != "model_best":
                 write_text(os.path.join(self.options.output_dir, LAST_CHECKPOINT), name)
         return path
