@@ -27,9 +27,31 @@ def default_argument_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS and exit")
     parser.add_argument("--num-gpus", type=int, default=1, help="local worker processes to spawn")
     parser.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="let --eval-only run without MODEL.WEIGHTS (scores a randomly initialised model)",
+    )
+    add_slurm_arguments(parser)
+    parser.add_argument(
         "opts", nargs=argparse.REMAINDER, default=[], help="config overrides as KEY VALUE pairs"
     )
     return parser
+
+
+def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--slurm`` and its options (see :mod:`.slurm`; needs ``pip install submitit``)."""
+    group = parser.add_argument_group("Slurm (submitit; jobs are requeued when preempted)")
+    add = group.add_argument
+    add("--slurm", action="store_true", help="submit this run to Slurm instead of running it")
+    add("--slurm-partition", default="", help="Slurm partition")
+    add("--slurm-nodes", type=int, default=1, help="nodes (each runs --num-gpus processes)")
+    add("--slurm-time", type=int, default=24 * 60, help="time limit per job, in minutes")
+    add("--slurm-cpus-per-task", type=int, default=8, help="CPU cores per process")
+    add("--slurm-mem-gb", type=int, default=0, help="memory per node in GB (0: Slurm's default)")
+    add("--slurm-max-requeues", type=int, default=10, help="requeues after timeouts at most")
+    add("--slurm-folder", default="", help="submitit logs (default: OUTPUT_DIR/slurm)")
+    add("--slurm-local", action="store_true", help="run the job here with submitit's local executor")
+    add("--slurm-wait", action="store_true", help="wait for the job and print its result")
 
 
 def _free_port() -> int:
