@@ -1,8 +1,8 @@
 """One line per user error: the top-level handler of the command-line tools.
 
 :func:`run_cli` calls a tool's ``main(argv)``; an exception that reaches it is printed as one line,
-``error: <message>``, on stderr with a non-zero exit (2 for the errors of bad input: data, config,
-weights, files; 1 for anything else, marked as unexpected). The traceback is printed only with
+``error: <message>``, on stderr with exit status 1 (an error outside the kinds raised for bad
+input, data, config, weights or files, is marked as unexpected). The traceback is printed only with
 ``--debug`` (taken out of ``argv`` wherever it is) or ``AXIAL_DEEPLAB_DEBUG=1`` in the environment.
 Ctrl-C outside training exits with 130 and one line.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -26,9 +27,14 @@ MAX_MESSAGE = 600  # characters of a message kept on its line
 
 
 def one_line(exc: BaseException) -> str:
-    """The message of ``exc`` on one line (whitespace runs collapsed, long text cut)."""
-    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    text = " ".join(str(text).split()) or type(exc).__name__
+    """The message of ``exc`` on one line (whitespace runs collapsed, long text cut). An error
+    re-raised by a PyTorch data-loader worker (``Caught X in DataLoader worker process N``
+    followed by the worker's traceback) gives the worker's own message."""
+    text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = re.sub(r"^[\w.]+(Error|Exception|Interrupt): ", "", last.strip())
+    text = " ".join(text.split()) or type(exc).__name__
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 5] + " ..."
 
 
@@ -55,5 +61,4 @@ def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> 
         user = isinstance(exc, USER_ERRORS)
         prefix = "" if user else f"unexpected {type(exc).__name__}: "
         hint = "" if debug else f" (traceback: rerun with {DEBUG_FLAG} or {DEBUG_ENV}=1)"
-        print(f"error: {prefix}{one_line(exc)}{'' if user else hint}", file=sys.stderr)
-        raise SystemExit(2 if user else 1) from None
+        raise SystemExit(f"error: {prefix}{one_line(exc)}{'' if user else hint}") from None
