@@ -36,6 +36,7 @@ setup(
         "deeplab2": ["tensorflow-cpu"],
         "cityscapes": ["cityscapesscripts"],
         "dev": ["pytest", "ruff", "black", "cityscapesscripts", "tensorboard"],
+        "slurm": ["submitit>=1.5"],  # tools/train_net.py --slurm
     },
     entry_points={
         "console_scripts": [

@@ -86,7 +86,7 @@ def _main(argv: list[str]) -> None:
     if args.slurm:
         from .slurm import submit
 
-        submit(args, argv)
+        submit(args)
         return
     try:
         launch(run, args.num_gpus, (args,))

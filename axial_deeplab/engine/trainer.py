@@ -210,7 +210,15 @@ class Trainer:
                     path = self.save(f"model_{self.iteration:07d}")
                 raise TrainingInterrupted(signum, self.iteration, path)
             start = time.perf_counter()
-            batch = next(data)
+            try:
+                batch = next(data)
+            except Exception:
+                if stop.signum is None:
+                    raise
+                # a loader worker died of the stop signal: the state is that of an iteration
+                # boundary, so save it as the signal asks
+                path = self.save(f"model_{self.iteration:07d}")
+                raise TrainingInterrupted(stop.signum, self.iteration, path) from None
             data_time = time.perf_counter() - start
             inspect = self._pictures_writer(writer)
             losses = self.step(batch, inspect=inspect)
