@@ -35,10 +35,14 @@ def read_panoptic_png(path: str | os.PathLike) -> np.ndarray:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"panoptic PNG not found: {path}")
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot decode panoptic PNG (corrupt or not an image): {path}")
-    return rgb2id(bgr[..., ::-1])
+    from .images import ImageDecodeError, decode_image_file
+    from .validation import DatasetFormatError
+
+    try:
+        rgb = decode_image_file(path)
+    except ImageDecodeError as exc:
+        raise DatasetFormatError(f"panoptic PNG: {exc}") from None
+    return rgb2id(rgb)
 
 
 def write_panoptic_png(path: str | os.PathLike, ids: np.ndarray) -> None:
