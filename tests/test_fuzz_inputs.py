@@ -110,8 +110,11 @@ JSON_CASES = [
     ("no_file_name", lambda d: d["annotations"][0].pop("file_name"), "'file_name'"),
     ("no_segments_info", lambda d: d["annotations"][0].pop("segments_info"), "'segments_info'"),
     ("segments_info_dict", lambda d: d["annotations"][0].update(segments_info={}), "image_id 0"),
-    ("duplicate_image_id", lambda d: d["annotations"].__setitem__(1, {**d["annotations"][1],
-                                                                     "image_id": 0}), "image_id 0"),
+    (
+        "duplicate_image_id",
+        lambda d: d["annotations"].__setitem__(1, {**d["annotations"][1], "image_id": 0}),
+        "image_id 0",
+    ),
     ("image_id_list", lambda d: d["annotations"][0].update(image_id=[0]), "image_id [0]"),
     ("empty_file_name", lambda d: d["annotations"][0].update(file_name=""), "file_name"),
     ("images_no_height", lambda d: d["images"][0].pop("height"), "'height'"),

@@ -44,7 +44,9 @@ def test_stop_signal_saves_and_resume_matches_uninterrupted(tmp_path, signum):
     trainer = _trainer(tmp_path / "split", 8)
     trainer.batches = _signalling_batches(signum, at=4)
     # checkpoint period 3: the stop at 5 (batch 4 is the 5th) is between two periodic checkpoints
-    with pytest.raises(TrainingInterrupted, match=f"{signal.Signals(signum).name} after iteration 5"):
+    with pytest.raises(
+        TrainingInterrupted, match=f"{signal.Signals(signum).name} after iteration 5"
+    ):
         trainer.train()
     assert (tmp_path / "split" / "last_checkpoint").read_text() == "model_0000005"
     assert signal.getsignal(signum) is not None  # the previous handler is back
@@ -101,11 +103,21 @@ def _wait_for_iterations(metrics: str, count: int, proc, timeout: float = 240) -
     raise AssertionError(f"no {count} iterations in {timeout} s")
 
 
-def test_train_net_sigterm_exits_with_checkpoint_and_resume_hint(tmp_path):
+@pytest.mark.parametrize(
+    "processes", [1, pytest.param(2, marks=pytest.mark.slow)], ids=["1proc", "2proc"]
+)
+def test_train_net_sigterm_exits_with_checkpoint_and_resume_hint(tmp_path, processes):
+    """SIGTERM to ``tools/train_net.py`` (with 2 processes: to the parent, which passes it on)."""
     argv = [*_tiny_data(tmp_path), "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.MAX_ITER", "500"]
+    argv = ["--num-gpus", str(processes), *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "tools/train_net.py"), *argv],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "tools/train_net.py"), *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_iterations(str(tmp_path / "out" / "metrics.json"), 2, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)

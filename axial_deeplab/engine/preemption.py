@@ -4,9 +4,9 @@
 :data:`STOP_SIGNALS` with one that only records the signal. The training loop polls
 :meth:`StopSignals.requested` between iterations, saves a checkpoint and raises
 :class:`TrainingInterrupted`; the previous handlers come back on exit, so a launcher's own handler
-(submitit's requeue) can be given the signal afterwards. A second identical signal while the
-first is being honoured is treated as "stop now": it raises :class:`KeyboardInterrupt` (the
-checkpoint being written is atomic, so the previous one survives).
+(submitit's requeue) can be given the signal afterwards. Repeats of a signal change nothing (a
+terminal and a scheduler may both deliver one); ``kill -9`` stops at once (checkpoints are
+written atomically, so the previous one survives).
 
 With several processes, :meth:`requested` agrees across ranks (an all-reduce of the flag), so that
 every rank stops after the same iteration even when only one received the signal.
@@ -24,7 +24,9 @@ import torch.distributed as dist
 from .distributed import is_distributed
 
 STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name)
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+    if hasattr(signal, name)
 )
 
 
@@ -47,9 +49,8 @@ class StopSignals:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum == signum:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping now")
-        self.signum = signum
+        if self.signum is None:
+            self.signum = signum
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
