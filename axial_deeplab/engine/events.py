@@ -83,9 +83,10 @@ def truncate_metrics(path: str, last_iteration: int) -> int:
     for line in lines:
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and int(record.get("iteration", 0)) <= last_iteration:
+            iteration = int(record.get("iteration", 0))
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+            continue  # a torn or foreign line
+        if iteration <= last_iteration:
             kept.append(line)
     if len(kept) != len(lines):
         write_text(path, "".join(f"{line}\n" for line in kept))
