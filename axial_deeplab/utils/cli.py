@@ -19,9 +19,10 @@ from typing import Any
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "AXIAL_DEEPLAB_DEBUG"
-# Errors raised for bad user input (their messages name the file, key or id).
+# Errors raised for bad user input (their messages name the file, key or id) or a missing
+# optional package (the message says what to install).
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError, KeyError, OSError, pickle.UnpicklingError,
+    ValueError, KeyError, OSError, pickle.UnpicklingError, ImportError,
 )  # fmt: skip
 MAX_MESSAGE = 600  # characters of a message kept on its line
 
