@@ -40,6 +40,7 @@ setup(
         # playwright drives the system Chromium in the demo page's browser test (.ci/run installs
         # Chromium from the OS packages when missing).
         "dev": ["pytest", "ruff", "black", "cityscapesscripts", "tensorboard", "playwright"],
+        "slurm": ["submitit>=1.5"],  # tools/train_net.py --slurm
     },
     entry_points={
         "console_scripts": [

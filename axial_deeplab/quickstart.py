@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from .data.panoptic_io import read_panoptic_png
 from .data.synthetic_writer import write_synthetic_dataset
 from .engine.build import build_trainer, save_config
 from .engine.distributed import init_from_env, is_main_process
+from .engine.preemption import TrainingInterrupted
 from .utils.atomic import write_json
+from .utils.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "quickstart" / "synthetic_axial.yaml"
@@ -77,6 +80,20 @@ def _duration(seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    """The command line; errors are one line (``--debug``: with the traceback); Ctrl-C or
+    SIGTERM saves a checkpoint, and re-running resumes from it."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> dict[str, float]:
+    try:
+        return _quickstart(argv)
+    except TrainingInterrupted as exc:
+        print(f"{exc}\nre-run the same command to resume", file=sys.stderr)
+        raise SystemExit(128 + exc.signum) from None
+
+
+def _quickstart(argv: list[str]) -> dict[str, float]:
     args = parse_args(argv)
     stages = Stages()
     cfg = load_config(args.config_file, args.opts)

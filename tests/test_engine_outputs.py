@@ -36,8 +36,9 @@ def _custom(data: str, split: str, fmt: str) -> dict:
             "FORMAT": "cityscapes_panoptic"}  # fmt: skip
 
 
-def _run(*opts: str, eval_only: bool = False) -> dict[str, float]:
+def _run(*opts: str, eval_only: bool = False, random_weights: bool = False) -> dict[str, float]:
     flags = ["--config-file", CONFIG] + (["--eval-only"] if eval_only else [])
+    flags += ["--allow-random-weights"] if random_weights else []
     return run(default_argument_parser("test").parse_args([*flags, *opts]))
 
 
@@ -117,7 +118,7 @@ def test_eval_only_cityscapes_formats(trained):
                    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "19", "MODEL.PANOPTIC_DEEPLAB.STUFF_AREA", "0",
                    "MODEL.PANOPTIC_DEEPLAB.CENTER_THRESHOLD", "0.0",
                    "DATASETS.TEST", "('synth_cs_val',)", "TEST.SAVE_PREDICTIONS", "True",
-                   eval_only=True)  # fmt: skip
+                   eval_only=True, random_weights=True)  # fmt: skip
     folder = os.path.join(out, "inference")
     label_ids = {label for _, label, *_ in CITYSCAPES_CLASSES}
     semantic = sorted(glob.glob(f"{folder}/cityscapes_semantic/*.png"))

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .catalog import DatasetMetadata
 from .check import distinct_ids
+from .images import ImageDecodeError, decode_image_file
 from .panoptic_io import read_panoptic_png
-from .panoptic_png import read_png_rgb
 from .validation import DatasetFormatError, validate_segment_presence
 
 # (image [H, W, 3] uint8, label [H, W] int64, rng) -> (image, label)
@@ -22,23 +21,12 @@ TargetGenerator = Callable[[np.ndarray, Sequence[Mapping]], Mapping[str, torch.T
 
 
 def read_image(path: str) -> np.ndarray:
-    """``[H, W, 3]`` uint8 RGB image; clear error when missing or undecodable. 8-bit RGB(A) PNGs
-    by :func:`.panoptic_png.read_png_rgb` (checked, faster), others by OpenCV."""
-    if path.lower().endswith(".png"):
-        try:
-            with open(path, "rb") as f:
-                blob = f.read()
-        except OSError:
-            raise FileNotFoundError(
-                f"cannot read image (missing or not an image): {path}"
-            ) from None
-        rgb = read_png_rgb(blob, path) if blob.startswith(b"\x89PNG") else None
-        if rgb is not None:
-            return rgb
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"cannot read image (missing or not an image): {path}")
-    return np.ascontiguousarray(bgr[..., ::-1])
+    """``[H, W, 3]`` uint8 RGB image; clear error when missing, truncated or undecodable
+    (:func:`.images.decode_image_file`; a bad file is a :class:`DatasetFormatError`)."""
+    try:
+        return decode_image_file(path)
+    except ImageDecodeError as exc:
+        raise DatasetFormatError(str(exc)) from None
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

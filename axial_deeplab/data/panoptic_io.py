@@ -37,19 +37,21 @@ def read_panoptic_png(path: str | os.PathLike) -> np.ndarray:
     8-bit RGB(A) PNGs are checked and decoded by :func:`.panoptic_png.read_png_ids` (10x faster
     than OpenCV on 1024x2048 maps, checksums included), other PNGs by libpng through OpenCV."""
     path = os.fspath(path)
+    from .images import ImageDecodeError, decode_image_bytes
+    from .validation import DatasetFormatError
+
     try:
         with open(path, "rb") as f:
             blob = f.read()
     except (FileNotFoundError, IsADirectoryError):
         raise FileNotFoundError(f"panoptic PNG not found: {path}") from None
-    ids = read_png_ids(blob, path)
-    if ids is not None:
-        return ids.astype(np.int64)
-    import cv2  # imported here: 0.1 s of the PQ command's start-up otherwise
-
-    bgr = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot decode panoptic PNG (corrupt or not an image): {path}")
+    try:
+        ids = read_png_ids(blob, path)
+        if ids is not None:
+            return ids.astype(np.int64)
+        bgr = decode_image_bytes(blob, path)  # other PNGs: libpng through OpenCV
+    except (ImageDecodeError, ValueError) as exc:
+        raise DatasetFormatError(f"panoptic PNG: {exc}") from None
     return rgb2id(bgr[..., ::-1])
 
 
