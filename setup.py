@@ -22,6 +22,8 @@ setup(
         "yacs",
         "tqdm",
         "opencv-python-headless",
+        "pyspng",  # libspng: the fastest full PNG decoder measured (evaluation/runs.py)
+        "deflate",  # libdeflate: inflates panoptic PNGs, checking Adler-32 (evaluation/runs.py)
         "pycocotools",
         "scipy",
     ],
@@ -35,7 +37,10 @@ setup(
         # without it the built-in reader is used.
         "deeplab2": ["tensorflow-cpu"],
         "cityscapes": ["cityscapesscripts"],
-        "dev": ["pytest", "ruff", "black", "cityscapesscripts", "tensorboard"],
+        # playwright drives the system Chromium in the demo page's browser test (.ci/run installs
+        # Chromium from the OS packages when missing).
+        "dev": ["pytest", "ruff", "black", "cityscapesscripts", "tensorboard", "playwright"],
+        "slurm": ["submitit>=1.5"],  # tools/train_net.py --slurm
     },
     entry_points={
         "console_scripts": [
@@ -43,6 +48,7 @@ setup(
             "axial-deeplab-infer=axial_deeplab.engine.infer_net:main",
             "axial-deeplab-eval-pq=axial_deeplab.evaluation.panoptic:main",
             "axial-deeplab-quickstart=axial_deeplab.quickstart:main",
+            "axial-deeplab-demo=axial_deeplab.demo.server:main",
             "axial-deeplab-stats=axial_deeplab.utils.model_stats:main",
             "axial-deeplab-convert=axial_deeplab.checkpoint.authors:main",
             "axial-deeplab-convert-deeplab2=axial_deeplab.checkpoint.convert_deeplab2:main",

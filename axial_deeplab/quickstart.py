@@ -12,15 +12,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .config import load_config
-from .data.catalog import builtin_catalog
-from .data.synthetic_writer import register_synthetic, write_synthetic_dataset
+from .data.build import build_catalog
+from .data.panoptic_io import read_panoptic_png
+from .data.synthetic_writer import write_synthetic_dataset
 from .engine.build import build_trainer, resolve_config_seed, save_config
 from .engine.distributed import init_from_env, is_main_process
+from .engine.preemption import TrainingInterrupted
 from .utils.atomic import write_json
+from .utils.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "quickstart" / "synthetic_axial.yaml"
@@ -37,66 +43,118 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_data(out_dir: str, *, train: int, val: int, seed: int, size: tuple[int, int]) -> None:
-    """Write the synthetic scenes once (a ``done`` marker makes re-runs skip this)."""
+def prepare_data(out_dir: str, *, train: int, val: int, seed: int, size: tuple[int, int]) -> str:
+    """Write the synthetic scenes once (a ``done`` marker makes re-runs skip this); returns what
+    was done, for the log."""
     marker = os.path.join(out_dir, "done.json")
     wanted = {"train": train, "val": val, "seed": seed, "size": list(size)}
     if os.path.isfile(marker):
         with open(marker, encoding="utf-8") as f:
             if json.load(f) == wanted:
-                return
+                return f"reused the {train} + {val} scenes in {out_dir}"
     write_synthetic_dataset(
         out_dir, splits={"train": train, "val": val}, height=size[0], width=size[1], seed=seed,
         formats=("coco",),
     )  # fmt: skip
     write_json(marker, wanted)
+    return f"wrote {train} training + {val} held-out scenes ({size[0]}x{size[1]}) to {out_dir}"
+
+
+class Stages:
+    """Prints one line per stage with its duration, and the total."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+
+    def done(self, name: str, what: str) -> None:
+        now = time.perf_counter()
+        print(f"[{name}] {what} ({_duration(now - self.last)})", flush=True)
+        self.last = now
+
+    def total(self) -> str:
+        return _duration(time.perf_counter() - self.start)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    """The command line; errors are one line (``--debug``: with the traceback); Ctrl-C or
+    SIGTERM saves a checkpoint, and re-running resumes from it."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> dict[str, float]:
+    try:
+        return _quickstart(argv)
+    except TrainingInterrupted as exc:
+        print(f"{exc}\nre-run the same command to resume", file=sys.stderr)
+        raise SystemExit(128 + exc.signum) from None
+
+
+def _quickstart(argv: list[str]) -> dict[str, float]:
     args = parse_args(argv)
+    stages = Stages()
     cfg = load_config(args.config_file, args.opts)
-    start = time.perf_counter()
     data_dir = os.path.join(cfg.OUTPUT_DIR, "data")
+    cfg.defrost()  # later commands find the scenes through the config stored in the checkpoints
+    cfg.DATASETS.SYNTHETIC_DIR = os.path.abspath(data_dir)
+    cfg.freeze()
     size = tuple(cfg.INPUT.CROP.SIZE)
-    prepare_data(data_dir, train=args.train_images, val=args.val_images, seed=args.seed, size=size)
-    catalog = builtin_catalog(cfg.DATASETS.ROOT or None)
-    register_synthetic(catalog, data_dir, splits=("train", "val"))
+    what = prepare_data(
+        data_dir, train=args.train_images, val=args.val_images, seed=args.seed, size=size
+    )
+    stages.done("data", what)
+    catalog = build_catalog(cfg)
     device = init_from_env(cfg.MODEL.DEVICE)
     cfg = resolve_config_seed(cfg)
     save_config(cfg)
     trainer = build_trainer(cfg, device, catalog)
+    max_iter = cfg.SOLVER.MAX_ITER
     if trainer.resume():
         print(f"resumed from iteration {trainer.iteration} in {cfg.OUTPUT_DIR}")
-    metrics = trainer.train()
-    if not metrics and trainer.evaluate is not None:  # resumed a finished run: evaluate it again
-        metrics = trainer.evaluate(trainer.model)
-    minutes = (time.perf_counter() - start) / 60
-    print(f"\nheld-out synthetic scenes ({args.val_images}): " + ", ".join(
+    if trainer.iteration >= max_iter:
+        metrics = trainer.evaluate(trainer.unwrapped.eval()) if trainer.evaluate else {}
+        stages.done("train", f"already finished ({max_iter} iterations); evaluated again")
+    else:
+        first = trainer.iteration
+        metrics = trainer.train()
+        stages.done("train", f"iterations {first}..{max_iter}, checkpoints in {cfg.OUTPUT_DIR}")
+    print(f"held-out synthetic scenes ({args.val_images}): " + ", ".join(
         f"{k} {v:.1f}" for k, v in metrics.items()))  # fmt: skip
     if is_main_process():
-        folder = draw_predictions(trainer.unwrapped, catalog, cfg, device)
-        print(f"pictures of predictions in {folder}")
-    print(f"total time {minutes:.1f} min; outputs in {cfg.OUTPUT_DIR}")
+        folder, count = draw_predictions(trainer.unwrapped, catalog, cfg, device)
+        stages.done("pictures", f"{count} pictures in {folder}")
+        print(f"note: the pictures of real photos ({SAMPLES}) come from a model trained on "
+              "synthetic shapes only: they show what it does on data it never saw and are "
+              "meaningless as COCO predictions")  # fmt: skip
+    weights = os.path.join(cfg.OUTPUT_DIR, "model_best.pth")
+    print(f"total time {stages.total()}; outputs in {cfg.OUTPUT_DIR}\nreuse the model:\n"
+          f"  python tools/infer.py --weights {weights} --input PHOTOS --output OUT\n"
+          f"  python tools/train_net.py --eval-only MODEL.WEIGHTS {weights}")  # fmt: skip
     return metrics
 
 
-def _enlarge(image, prediction: dict, min_side: int) -> tuple:
-    """Nearest-neighbour upscaling of small images and their maps, so pictures stay legible."""
-    k = max(1, -(-min_side // min(image.shape[:2])))
-    if k == 1:
-        return image, prediction
-    up = {
-        key: prediction[key].repeat(k, -2).repeat(k, -1)
-        for key in ("panoptic", "semantic", "center", "offset")
-    }
-    up["offset"] = up["offset"] * k
-    up["centers"] = prediction["centers"] * k + k // 2
-    return image.repeat(k, 0).repeat(k, 1), up
+def ground_truth_panoptic(record: dict, label_divisor: int) -> np.ndarray:
+    """``[H, W]`` int64 ground truth of a record in the prediction's encoding: ``class *
+    label_divisor + instance`` (instances from 1; stuff and crowd regions 0), -1 void."""
+    ids = read_panoptic_png(record["pan_seg_file_name"])
+    out = np.full(ids.shape, -1, np.int64)
+    count: dict[int, int] = {}
+    for seg in record["segments_info"]:
+        cls = int(seg["category_id"])
+        inst = 0
+        if seg.get("isthing") and not seg.get("iscrowd"):
+            inst = count[cls] = count.get(cls, 0) + 1
+        out[ids == seg["id"]] = cls * label_divisor + inst
+    return out
 
 
-def draw_predictions(model, catalog, cfg, device, count: int = 6) -> str:
-    """Picture tiles (overlay, semantic map, centers, offsets) of held-out synthetic scenes and of
-    the real COCO samples (a model trained on synthetic shapes: expect shapes, not COCO classes)."""
+def draw_predictions(model, catalog, cfg, device, count: int = 6) -> tuple[str, int]:
+    """Picture tiles (prediction beside ground truth, semantic map, centres, offsets, legend) of
+    held-out synthetic scenes and of the real COCO samples (a model trained on synthetic shapes:
+    expect shapes, not COCO classes); returns the folder and the number of pictures."""
     from .engine.evaluate import PostProcessing
     from .engine.infer_net import render, write_image_outputs
     from .engine.inference import Predictor
@@ -108,16 +166,16 @@ def draw_predictions(model, catalog, cfg, device, count: int = 6) -> str:
     )
     folder = os.path.join(cfg.OUTPUT_DIR, "pictures")
     os.makedirs(folder, exist_ok=True)
-    paths = [r["file_name"] for r in records[:count]]
-    paths += sorted(str(p) for p in SAMPLES.glob("*.jpg")) if SAMPLES.is_dir() else []
-    for path in paths:
+    items = [(r["file_name"], r) for r in records[:count]]
+    items += [(str(p), None) for p in sorted(SAMPLES.glob("*.jpg"))] if SAMPLES.is_dir() else []
+    for path, record in items:
         image = read_image(path)
         prediction = predictor.predict(image)
+        truth = None if record is None else ground_truth_panoptic(record, metadata.label_divisor)
+        pictures = render(image, prediction, predictor.metadata, ground_truth=truth)
         info = {"file_name": path}
-        big_image, big_prediction = _enlarge(image, prediction, min_side=320)
-        pictures = render(big_image, big_prediction, predictor.metadata)
         write_image_outputs(folder, Path(path).stem, image, prediction, info, pictures)
-    return folder
+    return folder, len(items)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ statistics and affine parameters, and are converted to ours with
 Reported per mode (``train``: forward + backward of ``(pair(x) * g).sum()`` in train mode, input
 requiring grad; ``eval``: forward under ``torch.no_grad()`` in eval mode):
 
-- time: median over ``--repeats`` runs after ``--warmup`` runs, ours and theirs alternating, both
-  with the same ``torch.set_num_threads``; wall-clock ms, and the process CPU time (all threads),
-  which is less sensitive to other jobs on a shared machine;
+- time: median over ``--repeats`` runs after ``--warmup`` runs, ours and theirs alternating (who
+  goes first alternates too), both with the same ``torch.set_num_threads``; wall-clock ms, and the
+  process CPU time (all threads), which is less sensitive to other jobs on a shared machine. The
+  ratio is the median of the per-repeat ratios (the two runs of a repeat are adjacent in time, so
+  load changes mostly cancel), with its quartiles as the spread;
 - max |ours - theirs| of the output (train and eval, from the same initial state);
 - peak memory: each (implementation, mode) runs in a fresh subprocess that builds the layers and the
   input, resets the kernel's resident-set high-water mark (``/proc/self/clear_refs``), reads the
@@ -122,14 +124,20 @@ def time_modes(args: argparse.Namespace) -> dict:
         wall: dict[str, list[float]] = {"ours": [], "theirs": []}
         cpu: dict[str, list[float]] = {"ours": [], "theirs": []}
         for i in range(args.warmup + args.repeats):
-            for name, step in steps.items():
+            for name in PAIR if i % 2 == 0 else PAIR[::-1]:  # who goes first alternates
                 start, start_cpu = time.perf_counter(), time.process_time()
-                step()
+                steps[name]()
                 if i >= args.warmup:
                     wall[name].append(1e3 * (time.perf_counter() - start))
                     cpu[name].append(1e3 * (time.process_time() - start_cpu))
         results[mode] = {name: statistics.median(t) for name, t in wall.items()}
         results[mode].update({f"{name} cpu": statistics.median(t) for name, t in cpu.items()})
+        # Paired ratios: each repeat's two runs are adjacent in time, so a load change on a
+        # shared machine mostly cancels in their ratio; its median and quartiles are reported.
+        for kind, table in (("wall", wall), ("cpu", cpu)):
+            ratios = sorted(a / b for a, b in zip(table["ours"], table["theirs"]))
+            quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+            results[mode][f"{kind} ratio"] = (quartiles[0], statistics.median(ratios), quartiles[2])
         results[mode]["diff"] = diffs[mode]
     return results
 
@@ -179,7 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--span", type=int, default=65, help="global span = their kernel_size")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--memory-steps", type=int, default=2)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--child-impl", choices=("ours", "theirs"), help=argparse.SUPPRESS)
@@ -204,17 +212,18 @@ def main(argv: list[str] | None = None) -> None:
         f"median of {args.repeats}"
     )
     print(
-        "mode   ours ms  theirs ms  ratio | cpu ms ours  theirs  ratio | max|diff|"
-        "  peak MiB ours  theirs"
+        "mode   ours ms  theirs ms  ratio [q1-q3]    | cpu ms ours  theirs  ratio [q1-q3]    "
+        "| max|diff|  peak MiB ours  theirs"
     )
     for mode, row in times.items():
         peak = ("-", "-") if memory is None else tuple(f"{memory[mode][i]:.1f}" for i in PAIR)
+        wall, cpu = row["wall ratio"], row["cpu ratio"]
         print(
-            f"{mode:<5} {row['ours']:8.1f} {row['theirs']:10.1f} {row['ours'] / row['theirs']:6.2f}"
-            f" | {row['ours cpu']:11.1f} {row['theirs cpu']:7.1f}"
-            f" {row['ours cpu'] / row['theirs cpu']:6.2f} | {row['diff']:9.2e}"
-            f"  {peak[0]:>13}  {peak[1]:>6}"
+            f"{mode:<5} {row['ours']:8.1f} {row['theirs']:10.1f} {wall[1]:6.2f} [{wall[0]:.2f}-"
+            f"{wall[2]:.2f}] | {row['ours cpu']:11.1f} {row['theirs cpu']:7.1f} {cpu[1]:6.2f} "
+            f"[{cpu[0]:.2f}-{cpu[2]:.2f}] | {row['diff']:9.2e}  {peak[0]:>13}  {peak[1]:>6}"
         )
+    print("ratio: median of the per-repeat ratios ours/theirs (runs adjacent in time), [quartiles]")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,24 @@
 """Benchmark: file-based PQ on seeded synthetic PNG pairs, against hotcoco and the COCO API.
 
-    python bench/panoptic_eval.py [--num-images 200] [--repeats 7] [--panopticapi DIR]
-                                  [--tools axial_deeplab hotcoco ...]
+    python bench/panoptic_eval.py [--num-images 200] [--height 480 --width 640] [--repeats 7]
+        [--encodings ours pil] [--settings command fresh warm] [--panopticapi DIR]
+        [--tools axial_deeplab hotcoco ...]
 
 Generates ``--num-images`` ground-truth / prediction pairs (640x480 by default) with a seeded
-generator into a temporary folder, runs every evaluator ``--repeats`` times, alternating them
-within each repeat so that load changes on a shared machine hit all alike, checks that every
-evaluator's numbers equal ours to 1e-9 (All / Things / Stuff and per class) and prints, per
-evaluator, the best and median wall-clock time, the median CPU time (all threads and worker
-processes: steadier than wall time on a busy machine) and the ratios of our medians to its.
+generator into a temporary folder, once per PNG encoding: "ours" (our writer, OpenCV: Sub rows)
+and "pil" (PIL's default encoder, as panopticapi's converters and so the official COCO and
+Cityscapes PNGs write them: adaptive Sub/Up/Paeth rows). It runs every evaluator ``--repeats``
+times, alternating them within each repeat so that load changes on a shared machine hit all
+alike, checks that every evaluator's numbers equal ours to 1e-9 (All / Things / Stuff and per
+class) and prints, per evaluator, the best and median wall-clock time, the median CPU time (all
+threads and worker processes: steadier than wall time on a busy machine) and the ratios of our
+medians to its.
 
-Two settings, as timings depend on the process's state: "fresh", each call in a new Python
-process as a command-line run would be (the call is timed, not the interpreter start-up and
-imports), and "warm", every call in this process after the generation. Tools that are not
+Three settings, as timings depend on the process's state: "command", the whole command as a
+user runs it, interpreter start-up and imports included (ours: ``python -m
+axial_deeplab.evaluation.panoptic``; hotcoco: a ``python -c`` calling its ``pq_compute``;
+panopticapi: the same with its ``pq_compute``); "fresh", each call in a new Python process
+with only the call timed; "warm", every call in this process after the generation. Tools that are not
 installed are skipped with a note: ``pip install hotcoco`` (a Rust implementation),
 ``pip install cityscapesscripts``; panopticapi is not on PyPI: pass ``--panopticapi`` a folder
 holding its source (the ``panopticapi`` package).
@@ -35,7 +41,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from axial_deeplab.data.panoptic_io import write_panoptic_png
+from axial_deeplab.data.panoptic_io import id2rgb, write_panoptic_png
 from axial_deeplab.evaluation.panoptic_files import evaluate_panoptic_files
 from axial_deeplab.evaluation.synthetic import (
     synthetic_categories,
@@ -44,8 +50,19 @@ from axial_deeplab.evaluation.synthetic import (
 )
 
 
-def generate(folder: str, num_images: int, height: int, width: int, seed: int) -> None:
-    """Write ``gt/``, ``pred/``, ``gt.json`` and ``pred.json`` (COCO panoptic format)."""
+def write_pil_png(path: str, ids: np.ndarray) -> None:
+    """A panoptic PNG written by PIL with default settings, as panopticapi's converters do."""
+    from PIL import Image
+
+    Image.fromarray(id2rgb(ids)).save(path)
+
+
+def generate(
+    folder: str, num_images: int, height: int, width: int, seed: int, encoding: str = "ours"
+) -> None:
+    """Write ``gt/``, ``pred/``, ``gt.json`` and ``pred.json`` (COCO panoptic format); PNGs
+    by our writer (``encoding="ours"``) or by PIL (``"pil"``)."""
+    write = write_panoptic_png if encoding == "ours" else write_pil_png
     rng = np.random.default_rng(seed)
     categories = synthetic_categories(num_things=12, num_stuff=8)
     for sub in ("gt", "pred"):
@@ -55,8 +72,8 @@ def generate(folder: str, num_images: int, height: int, width: int, seed: int) -
         gt, gt_segments = synthetic_ground_truth(rng, categories, height, width)
         pred, pred_segments = synthetic_prediction(rng, categories, gt, gt_segments)
         name = f"{i:06d}.png"
-        write_panoptic_png(os.path.join(folder, "gt", name), gt)
-        write_panoptic_png(os.path.join(folder, "pred", name), pred)
+        write(os.path.join(folder, "gt", name), gt)
+        write(os.path.join(folder, "pred", name), pred)
         images.append({"id": i, "file_name": f"{i:06d}.jpg", "height": height, "width": width})
         gt_anns.append({"image_id": i, "file_name": name, "segments_info": gt_segments})
         pred_anns.append({"image_id": i, "file_name": name, "segments_info": pred_segments})
@@ -139,6 +156,41 @@ def _run_fresh(name: str, folder: str, args: argparse.Namespace) -> tuple[float,
     return answer["seconds"], answer["cpu"], answer["results"]
 
 
+_CALLS = {  # the command a user types, as Python code, for the tools without our CLI
+    "hotcoco": "from hotcoco.panoptic import pq_compute as f",
+    "panopticapi": "from panopticapi.evaluation import pq_compute as f",
+}
+
+
+def _run_command(name: str, folder: str, args: argparse.Namespace) -> tuple[float, float, dict]:
+    """Time a tool's whole command-line call (start-up included); returns (wall s, CPU s of the
+    command and its children, results read back from its output)."""
+    gt_json, pred_json = os.path.join(folder, "gt.json"), os.path.join(folder, "pred.json")
+    gt_dir, pred_dir = os.path.join(folder, "gt"), os.path.join(folder, "pred")
+    out = os.path.join(folder, f"{name}_results.json")
+    env = dict(os.environ)
+    if name == "axial_deeplab":
+        command = [sys.executable, "-m", "axial_deeplab.evaluation.panoptic", "--gt-json", gt_json,
+                   "--gt-dir", gt_dir, "--pred-json", pred_json, "--pred-dir", pred_dir,
+                   "--output", out]  # fmt: skip
+        if args.workers:
+            command += ["--workers", str(args.workers)]
+    else:
+        if name == "panopticapi":
+            env["PYTHONPATH"] = os.pathsep.join([args.panopticapi, env.get("PYTHONPATH", "")])
+        code = (f"import json; {_CALLS[name]}; r = f({gt_json!r}, {pred_json!r}, {gt_dir!r}, "
+                f"{pred_dir!r}); json.dump(r, open({out!r}, 'w'), default=float)")  # fmt: skip
+        command = [sys.executable, "-c", code]
+    cpu = _cpu_seconds()
+    start = time.perf_counter()
+    subprocess.run(
+        command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    seconds = time.perf_counter() - start
+    with open(out) as f:
+        return seconds, _cpu_seconds() - cpu, json.load(f)
+
+
 def _run_one(args: argparse.Namespace) -> None:
     """The child side of :func:`_run_fresh`: one timed call, a JSON line on stdout."""
     seconds, cpu, results = _timed(_evaluators(args.folder, args)[args.run_one])
@@ -163,6 +215,43 @@ def _report(title: str, times: dict[str, list[tuple[float, float]]], results: di
             raise SystemExit(f"{name} disagrees with ours by {diff}")
 
 
+_TITLES = {
+    "command": "the whole command, start-up included",
+    "fresh": "a new process per call, the call timed",
+    "warm": "calls in the generating process",
+}
+
+
+def _bench_encoding(folder: str, encoding: str, args: argparse.Namespace) -> dict:
+    """Generate the PNGs in one encoding, time every tool in every setting; the last results."""
+    start = time.perf_counter()
+    generate(folder, args.num_images, args.height, args.width, args.seed, encoding)
+    print(f"\n== {encoding}-encoded PNGs: {args.num_images} pairs of {args.width}x{args.height} "
+          f"generated in {time.perf_counter() - start:.1f} s (seed {args.seed}); "
+          f"{len(os.sched_getaffinity(0))} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    tools = _evaluators(folder, args)
+    if args.tools:  # ours always: the others are compared with it
+        wanted = {"axial_deeplab", *args.tools}
+        tools = {name: run for name, run in tools.items() if name in wanted}
+    runners = {"command": _run_command, "fresh": _run_fresh}
+    for setting in args.settings:
+        times: dict[str, list[tuple[float, float]]] = {}
+        results: dict[str, dict] = {}
+        if setting == "command":  # cityscapesscripts has no PNG-folder command of this shape
+            tools = {name: run for name, run in tools.items() if name != "cityscapesscripts"}
+        for repeat in range(args.repeats):  # interleaved: load changes hit every tool alike
+            order = list(tools) if repeat % 2 == 0 else list(tools)[::-1]
+            for name in order:
+                if setting in runners:
+                    seconds, cpu, results[name] = runners[setting](name, folder, args)
+                else:
+                    seconds, cpu, answer = _timed(tools[name])
+                    results[name] = json.loads(json.dumps(answer, default=float))
+                times.setdefault(name, []).append((seconds, cpu))
+        _report(f"-- {encoding} PNGs, {setting}: {_TITLES[setting]}", times, results)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-images", type=int, default=200)
@@ -174,37 +263,17 @@ def main() -> None:
     parser.add_argument("--panopticapi", help="folder holding panopticapi's source")
     parser.add_argument("--tools", nargs="+", help="evaluators to time (default: all installed)")
     parser.add_argument(
-        "--settings", nargs="+", default=["fresh", "warm"], choices=["fresh", "warm"]
+        "--settings", nargs="+", default=["command", "warm"], choices=["command", "fresh", "warm"]
     )
+    parser.add_argument("--encodings", nargs="+", default=["ours", "pil"], choices=["ours", "pil"])
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_one:
         return _run_one(args)
-    with tempfile.TemporaryDirectory() as folder:
-        start = time.perf_counter()
-        generate(folder, args.num_images, args.height, args.width, args.seed)
-        print(f"generated {args.num_images} pairs of {args.width}x{args.height} PNGs "
-              f"in {time.perf_counter() - start:.1f} s (seed {args.seed}); "
-              f"{len(os.sched_getaffinity(0))} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
-        tools = _evaluators(folder, args)
-        if args.tools:  # ours always: the others are compared with it
-            wanted = {"axial_deeplab", *args.tools}
-            tools = {name: run for name, run in tools.items() if name in wanted}
-        for setting in args.settings:
-            times: dict[str, list[tuple[float, float]]] = {}
-            results: dict[str, dict] = {}
-            for repeat in range(args.repeats):  # interleaved: load changes hit every tool alike
-                order = list(tools) if repeat % 2 == 0 else list(tools)[::-1]
-                for name in order:
-                    if setting == "fresh":
-                        seconds, cpu, results[name] = _run_fresh(name, folder, args)
-                    else:
-                        seconds, cpu, answer = _timed(tools[name])
-                        results[name] = json.loads(json.dumps(answer, default=float))
-                    times.setdefault(name, []).append((seconds, cpu))
-            _report(f"-- {setting}: " + ("a new process per call" if setting == "fresh"
-                    else "calls in the generating process"), times, results)  # fmt: skip
+    for encoding in args.encodings:
+        with tempfile.TemporaryDirectory() as folder:
+            results = _bench_encoding(folder, encoding, args)
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (this benchmark included)")
     ours = results["axial_deeplab"]["All"]
     print(f"PQ {100 * ours['pq']:.3f}  SQ {100 * ours['sq']:.3f}  RQ {100 * ours['rq']:.3f}  "

@@ -8,6 +8,9 @@ deeplab2 checkout):
   and its outputs on a real photo.
 - ``manifests/<KEY>.json.gz``: the name, shape and dtype of every variable of the full-size
   deeplab2 checkpoint of each zoo model.
+- ``blocks/<KEY>/``: the stem's and every encoder block's output of one tiny fixture, saved by
+  deeplab2 (``deeplab2_reference.py --size tiny --out tests/fixtures/deeplab2/tiny --dump-blocks
+  tests/fixtures/deeplab2/blocks --models KEY``), for the block-by-block check.
 """
 
 from __future__ import annotations
@@ -188,3 +191,44 @@ def test_converter_covers_every_variable_of_the_imagenet_checkpoint(backbone):
     report = shape_report(shapes, deeplab2_entries(encoder), encoder, ignore=ignore_reason)
     assert report.ok, "\n".join(report.lines())
     assert sum(p.numel() for p in encoder.parameters()) == manifest["parameter_counts"]["trainable"]
+
+
+BLOCKS_KEY = "axial_swidernet_1_1_3_os16_cityscapes"
+
+
+def _check_blocks(monkeypatch=None, perturb: str | None = None) -> dict:
+    """Block-by-block parity on the tiny (1,1,3) fixture, whose every encoder block's output
+    deeplab2 saved (``deeplab2_reference.py --dump-blocks``); ``perturb`` adds 0.05 to one
+    converted weight, standing in for a mapping error."""
+    from axial_deeplab.checkpoint import deeplab2_parity
+
+    if perturb is not None:
+        original = deeplab2_parity.converted_model
+
+        def broken(*args, **kwargs):
+            model, *rest = original(*args, **kwargs)
+            with torch.no_grad():
+                model.get_parameter(perturb).add_(0.05)
+            return (model, *rest)
+
+        monkeypatch.setattr(deeplab2_parity, "converted_model", broken)
+    model = next(m for m in ZOO if m.key == BLOCKS_KEY)
+    return deeplab2_parity.check_blocks(
+        str(FIXTURES / "tiny" / BLOCKS_KEY), str(FIXTURES / "blocks" / BLOCKS_KEY), model.config
+    )
+
+
+def test_every_block_matches_deeplab2_on_its_own_input():
+    r = _check_blocks()
+    names = [b["name"] for b in r["blocks"]]
+    assert names[0] == "encoder/_stem" and len(names) == 10  # stem + 3 + 1 + 3 + 1 + 1 blocks
+    for entry in [*r["blocks"], *r["heads"].values()]:
+        assert entry["max_rel"] < 1e-4, entry  # float32 round-off of one module: ~1e-6
+
+
+def test_block_check_points_at_the_wrong_block(monkeypatch):
+    """A wrong weight in one block shows in that block alone: the later blocks run on deeplab2's
+    own inputs, so the error does not propagate."""
+    r = _check_blocks(monkeypatch, perturb="backbone.stages.2.1.branch.0.0.weight")
+    wrong = {b["name"] for b in r["blocks"] if b["max_rel"] > 1e-3}
+    assert wrong == {"encoder/_stage3/_block2"}, wrong

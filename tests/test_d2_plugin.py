@@ -37,10 +37,7 @@ from axial_deeplab.d2.train import Trainer  # noqa: E402
 from axial_deeplab.data.build import build_catalog, build_test_dataset  # noqa: E402
 from axial_deeplab.data.catalog import DatasetMetadata  # noqa: E402
 from axial_deeplab.data.loader import build_test_loader  # noqa: E402
-from axial_deeplab.data.synthetic_writer import (  # noqa: E402
-    register_synthetic,
-    write_synthetic_dataset,
-)
+from axial_deeplab.data.synthetic_writer import write_synthetic_dataset  # noqa: E402
 from axial_deeplab.engine.evaluate import (  # noqa: E402
     PostProcessing,
     evaluate_panoptic,
@@ -326,8 +323,7 @@ def test_detectron2_resnet_feeds_our_head(cfg):
 
 # ------------------------------------------------------------------------------------- data
 def test_datasets_registered_with_our_records_and_metadata(cfg, synthetic_dir):
-    catalog = build_catalog(_native())
-    register_synthetic(catalog, synthetic_dir)
+    catalog = build_catalog(_native(), synthetic_dir=synthetic_dir)
     records, meta = catalog.get("synthetic_coco_train")
     assert DatasetCatalog.get("synthetic_coco_train") == records
     d2_meta = MetadataCatalog.get("synthetic_coco_train")
@@ -456,8 +452,7 @@ def test_detectron2_evaluation_equals_native_evaluation(cfg, synthetic_dir, monk
     native = native_build_model(native_cfg).eval()
     plugin = build_model(cfg).eval()
     monkeypatch.setattr(type(native), "forward", _oracle_forward(cfg, "val"))
-    catalog = build_catalog(native_cfg)
-    register_synthetic(catalog, synthetic_dir)
+    catalog = build_catalog(native_cfg, synthetic_dir=synthetic_dir)
     dataset = build_test_dataset(native_cfg, catalog, "synthetic_coco_val")
     expected = evaluate_panoptic(
         native,

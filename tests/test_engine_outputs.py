@@ -36,8 +36,9 @@ def _custom(data: str, split: str, fmt: str) -> dict:
             "FORMAT": "cityscapes_panoptic"}  # fmt: skip
 
 
-def _run(*opts: str, eval_only: bool = False) -> dict[str, float]:
+def _run(*opts: str, eval_only: bool = False, random_weights: bool = False) -> dict[str, float]:
     flags = ["--config-file", CONFIG] + (["--eval-only"] if eval_only else [])
+    flags += ["--allow-random-weights"] if random_weights else []
     return run(default_argument_parser("test").parse_args([*flags, *opts]))
 
 

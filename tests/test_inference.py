@@ -31,6 +31,7 @@ from axial_deeplab.engine.inputs import (
     read_image,
     video_info,
 )
+from axial_deeplab.utils.visualize import TITLE_HEIGHT, enlarge_factor
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 META = InferenceMetadata(("sky", "car", "person"), thing_ids=(1, 2))
@@ -70,11 +71,12 @@ def test_expand_folder_glob_video_and_duplicate_names(tmp_path):
     items = expand_inputs(
         [str(tmp_path / "a"), str(tmp_path / "b" / "*.png"), str(tmp_path / "clip.avi")]
     )
-    # folder sorted (x.jpg, z.png), then the glob, then the video; the 2nd stem "x" -> "x-2"
+    # folder sorted (x.jpg, z.png), then the glob, then the video; names keep the path relative
+    # to the common folder, so a/x.jpg and b/x.png stay apart
     assert [(os.path.basename(i.path), i.kind, i.name) for i in items] == [
-        ("x.jpg", "image", "x"),
-        ("z.png", "image", "z"),
-        ("x.png", "image", "x-2"),
+        ("x.jpg", "image", "a/x"),
+        ("z.png", "image", "a/z"),
+        ("x.png", "image", "b/x"),
         ("clip.avi", "video", "clip"),
     ]
     # the same file named twice (folder and glob) is predicted once
@@ -349,7 +351,9 @@ def _check_image_outputs(out: Path, name: str, size: tuple[int, int]) -> dict:
         # make slightly negative
         assert 0 < s["score"] <= 1 if not s["isthing"] else abs(s["score"]) <= 1
     vis = cv2.imread(str(out / f"{name}_vis.png"))
-    assert vis.shape == (2 * (size[0] + 24), 2 * size[1], 3)  # 2 x 2 titled tiles
+    k = enlarge_factor(size)  # small inputs are drawn enlarged, k times
+    # 2 x 2 titled tiles, then the legend strip
+    assert vis.shape[1] == 2 * k * size[1] and vis.shape[0] > 2 * (k * size[0] + TITLE_HEIGHT)
     return record
 
 
@@ -381,13 +385,14 @@ def test_cli_folder_glob_video_outputs(tmp_path, tiny_cli):
     names.write_text(json.dumps(NAMES))
     out = tmp_path / "out"
     summary = infer_net.main(
-        ["--input", str(tmp_path / "imgs"), str(tmp_path / "big.*"), str(tmp_path / "clip.avi"),
+        ["--allow-random-weights",
+         "--input", str(tmp_path / "imgs"), str(tmp_path / "big.*"), str(tmp_path / "clip.avi"),
          "--output", str(out), "--class-names", str(names), "--max-size", "60", "--save-frames",
          "--skip-bad", "--device", "cpu", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"]
     )  # fmt: skip
     assert summary == {"images": 2, "frames": 3, "skipped": [str(tmp_path / "imgs" / "c.png")]}
     assert tiny_cli == [(False, True, [1.0])]  # no --tta-*: the config's TEST.AUG (off)
-    record = _check_image_outputs(out, "a", (33, 47))
+    record = _check_image_outputs(out / "imgs", "a", (33, 47))  # imgs/a.png: relative name kept
     # the CLI wrote what the Predictor returns for the decoded file
     expected = Predictor(FlipEquivariantModel(), metadata=NAMES, postprocessing=POST).predict(
         read_image(str(tmp_path / "imgs" / "a.png"))
@@ -399,7 +404,8 @@ def test_cli_folder_glob_video_outputs(tmp_path, tiny_cli):
     video = json.loads((out / "clip.json").read_text())
     assert [f["frame"] for f in video["frames"]] == [0, 1, 2]
     frames = list(iter_video(str(out / "clip_overlay.avi")))
-    assert len(frames) == 3 and frames[0].shape == (32, 48, 3)
+    k = enlarge_factor((32, 48))  # frames are drawn enlarged too, 12 times: 384 x 576
+    assert len(frames) == 3 and frames[0].shape == (32 * k, 48 * k, 3)
     for i in range(3):
         frame = _check_image_outputs(out / "clip", f"clip_{i:06d}", (32, 48))
         assert frame["segments_info"] == video["frames"][i]["segments_info"]
@@ -435,9 +441,11 @@ def test_cli_builds_config_model_and_loads_weights(tmp_path):
 
 def test_cli_bad_input_fails_by_default_naming_the_file(tmp_path, tiny_cli):
     with pytest.raises(SystemExit, match="missing.jpg"):
-        infer_net.main(["--input", str(tmp_path / "missing.jpg"), "--output", str(tmp_path)])
+        infer_net.main(["--allow-random-weights", "--input", str(tmp_path / "missing.jpg"),
+                        "--output", str(tmp_path)])  # fmt: skip
     (tmp_path / "bad.png").write_bytes(b"corrupt")
-    argv = ["--input", str(tmp_path / "bad.png"), "--output", str(tmp_path / "o")]
+    argv = ["--allow-random-weights", "--input", str(tmp_path / "bad.png"), "--output",
+            str(tmp_path / "o")]  # fmt: skip
     with pytest.raises(SystemExit, match=r"cannot decode image.*bad\.png"):
         infer_net.main(argv + ["--tta-flip"])
     assert tiny_cli == [(True, True, [1.0])]  # --tta-flip alone: flip at scale 1
@@ -449,6 +457,6 @@ def test_cli_bad_input_fails_by_default_naming_the_file(tmp_path, tiny_cli):
         infer_net.main(["--tta-scales", "0.5", "1", *argv, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"])
     assert tiny_cli[-1] == (True, False, [0.5, 1.0])
     with pytest.raises(
-        ValueError, match="names 3 classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES is 19"
+        SystemExit, match="names 3 classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES is 19"
     ):
-        infer_net.main(argv)
+        infer_net.main(argv)  # one line, no traceback: the CLI's handler

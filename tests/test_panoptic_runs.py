@@ -1,7 +1,10 @@
-"""Reading panoptic PNGs as runs: equal to a plain decode for every PNG filter and both inflaters."""
+"""Reading panoptic PNGs as runs: equal to a plain decode for every PNG filter, on both paths, and
+on randomly damaged files (a differential fuzz test against libpng, through OpenCV); the full
+decoder ``read_panoptic_png`` too."""
 
 from __future__ import annotations
 
+import struct
 import zlib
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import pytest
 from PIL import Image
 from sample_data import require
 
-from axial_deeplab.data.panoptic_io import read_panoptic_png, write_panoptic_png
+from axial_deeplab.data.panoptic_io import read_panoptic_png, rgb2id, write_panoptic_png
 from axial_deeplab.evaluation import runs as runs_module
 from axial_deeplab.evaluation.runs import (
     PanopticPngReader,
@@ -65,9 +68,12 @@ def test_opencv_written_pngs(tmp_path, monkeypatch, strategy, alpha):
     np.testing.assert_array_equal(expected, ids)
 
 
-def test_pil_written_pngs_with_paeth_rows_fall_back(tmp_path):
+@pytest.mark.parametrize("alpha", [False, True])
+def test_pil_written_pngs_with_paeth_rows_fall_back(tmp_path, alpha):
     ids = _scene(5)
     rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+    if alpha:  # ignored, as by the COCO API's rgb2id
+        rgb = np.dstack([rgb, (ids * 7 % 256).astype(np.uint8)])
     Image.fromarray(rgb).save(tmp_path / "a.png")  # adaptive filters: Paeth/Average rows too
     _assert_same(read_panoptic_runs(tmp_path / "a.png"), ids)
 
@@ -75,9 +81,6 @@ def test_pil_written_pngs_with_paeth_rows_fall_back(tmp_path):
 def _png_with_filters(path: Path, ids: np.ndarray, kinds: list[int]) -> None:
     """Write an RGB PNG whose row r uses PNG filter ``kinds[r]`` (0 None, 1 Sub, 2 Up, 3 Average,
     4 Paeth), to cover decoder paths that encoders pick only by their own heuristics."""
-    import struct
-    import zlib
-
     rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.int64)
     raw = rgb.reshape(ids.shape[0], -1)  # [H, W * 3]
     rows = []
@@ -104,9 +107,10 @@ def _png_with_filters(path: Path, ids: np.ndarray, kinds: list[int]) -> None:
 
 
 def _forbid_fallback(monkeypatch) -> None:
-    def fail(path):
-        raise AssertionError(f"{path} went through the plain decoder")
+    def fail(*args):
+        raise AssertionError(f"{args[-1]} went through the plain decoder")
 
+    monkeypatch.setattr(runs_module, "decode_ids", fail)
     monkeypatch.setattr(runs_module, "read_panoptic_png", fail)
 
 
@@ -125,13 +129,6 @@ def test_every_filter_type(tmp_path, monkeypatch, pattern, fast):
     np.testing.assert_array_equal(read_panoptic_png(tmp_path / "a.png"), ids)  # a valid PNG
     if fast:
         _forbid_fallback(monkeypatch)
-    _assert_same(read_panoptic_runs(tmp_path / "a.png"), ids)
-
-
-def test_zlib_path_equals_libdeflate_path(tmp_path, monkeypatch):
-    ids = _scene(9, 50, 70)
-    write_panoptic_png(tmp_path / "a.png", ids)
-    monkeypatch.setattr(runs_module, "_libdeflate", lambda: None)
     _assert_same(read_panoptic_runs(tmp_path / "a.png"), ids)
 
 
@@ -183,9 +180,119 @@ def test_nonzero_bytes_equal_flatnonzero(size):
     np.testing.assert_array_equal(runs_module._nonzero_bytes(data), np.flatnonzero(data))
 
 
-def test_inflate_checks_the_zlib_header():
-    raw = np.arange(1000, dtype=np.uint32).tobytes()
-    out = np.empty(len(raw), dtype=np.uint8)
-    assert runs_module._inflate(zlib.compress(raw), out) and out.tobytes() == raw
-    assert not runs_module._inflate(b"\x00" + zlib.compress(raw)[1:], out)  # not deflate
-    assert not runs_module._inflate(zlib.compress(raw), np.empty(len(raw) + 1, np.uint8))
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _chunks(blob: bytes) -> list[tuple[bytes, bytes]]:
+    pos, out = 8, []
+    while pos < len(blob):
+        (length,) = struct.unpack_from(">I", blob, pos)
+        out.append((blob[pos + 4 : pos + 8], blob[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    return out
+
+
+def test_header_claiming_more_pixels_than_the_file_holds(tmp_path):
+    # A valid-CRC IHDR of 2^20 x 2^20 RGB pixels (3 TiB) in a 57-byte file: rejected before any
+    # decoder allocates (deflate cannot expand 57 bytes past ~59 kB).
+    header = struct.pack(">IIBBBBB", 2**20, 2**20, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x01" + b"\x00" * 30)
+    blob = (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", idat)
+        + _chunk(b"IEND", b"")
+    )
+    (tmp_path / "big.png").write_bytes(blob)
+    with pytest.raises(ValueError, match="big.png"):
+        read_panoptic_runs(tmp_path / "big.png")
+
+
+@pytest.mark.parametrize("damage", ["idat_crc", "adler"])
+def test_checksums_are_verified(tmp_path, damage):
+    # A wrong IDAT CRC or a wrong zlib Adler-32 (with the CRC fixed up) is an error naming the
+    # file, never a map with changed ids.
+    ids = _scene(6, 20, 30)
+    write_panoptic_png(tmp_path / "a.png", ids)
+    blob = bytearray((tmp_path / "a.png").read_bytes())
+    chunks = _chunks(bytes(blob))
+    idat = bytearray(b"".join(data for kind, data in chunks if kind == b"IDAT"))
+    idat[-1] ^= 1  # the last byte of the Adler-32
+    body = _chunk(b"IDAT", bytes(idat))
+    if damage == "idat_crc":
+        body = body[:-1] + bytes([body[-1] ^ 1])
+    header = next(data for kind, data in chunks if kind == b"IHDR")
+    blob = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + body + _chunk(b"IEND", b"")
+    (tmp_path / "a.png").write_bytes(blob)
+    with pytest.raises(ValueError, match="a.png"):
+        read_panoptic_runs(tmp_path / "a.png")
+
+
+def _reference_ids(blob: bytes) -> np.ndarray | None:
+    """The id map libpng (through OpenCV) decodes; None if it rejects the file."""
+    try:
+        bgr = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # e.g. a header claiming more pixels than OpenCV's limit
+        return None
+    return None if bgr is None else rgb2id(bgr[..., ::-1])
+
+
+def _mutants(blob: bytes, rng: np.random.Generator, count: int):
+    """Randomly damaged copies of a PNG: raw byte flips and truncations (CRCs then fail), and
+    chunk-aware damage with the CRC recomputed (bytes of IHDR or IDAT changed, chunks dropped or
+    repeated), which reaches the header checks, the inflater and the row filters."""
+    chunks = _chunks(blob)
+    for _ in range(count):
+        kind = rng.integers(4)
+        if kind == 0:  # flip a few bytes anywhere
+            data = bytearray(blob)
+            for pos in rng.integers(0, len(data), rng.integers(1, 4)):
+                data[pos] ^= int(rng.integers(1, 256))
+            yield bytes(data)
+        elif kind == 1:  # truncate
+            yield blob[: int(rng.integers(8, len(blob)))]
+        else:  # change one chunk's data (or drop / repeat it) and fix its CRC
+            parts = [list(c) for c in chunks]
+            i = int(rng.integers(len(parts)))
+            data = bytearray(parts[i][1])
+            if kind == 2 and data:
+                for pos in rng.integers(0, len(data), rng.integers(1, 3)):
+                    data[pos] ^= int(rng.integers(1, 256))
+                parts[i][1] = bytes(data)
+            elif rng.random() < 0.5:
+                del parts[i]
+            else:
+                parts.insert(i, parts[i])
+            yield b"\x89PNG\r\n\x1a\n" + b"".join(_chunk(k, d) for k, d in parts)
+
+
+def test_damaged_pngs_match_the_reference_decoder(tmp_path):
+    # Differential fuzz against libpng (the PNG reference library, through OpenCV): for 400
+    # damaged files (OpenCV- and PIL-written originals), the reader returns exactly libpng's id
+    # map or raises a ValueError naming the file, and it raises whenever libpng rejects the file.
+    # (It may be stricter: a CRC error in an ancillary chunk, which libpng only warns about.)
+    rng = np.random.default_rng(0)
+    ids = _scene(7, 24, 40)
+    write_panoptic_png(tmp_path / "cv.png", ids)
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "pil.png")
+    reader, decoded, rejected = PanopticPngReader(), 0, 0
+    for name in ("cv.png", "pil.png"):
+        for i, blob in enumerate(_mutants((tmp_path / name).read_bytes(), rng, 200)):
+            path = tmp_path / f"m{i}.png"
+            path.write_bytes(blob)
+            expected = _reference_ids(blob)
+            try:
+                runs = reader.read(path)
+            except ValueError as err:
+                assert f"m{i}.png" in str(err)
+                with pytest.raises(ValueError, match=f"m{i}.png"):  # the full decoder too
+                    read_panoptic_png(path)
+                rejected += 1
+                continue
+            assert expected is not None, f"{name} mutant {i}: libpng rejects it, the reader not"
+            _assert_same(runs, expected)
+            np.testing.assert_array_equal(read_panoptic_png(path), expected)
+            decoded += 1
+    assert decoded >= 20 and rejected >= 200  # both outcomes are exercised

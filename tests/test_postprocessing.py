@@ -9,6 +9,7 @@ from axial_deeplab.modeling.postprocessing import (
     get_instances,
     get_panoptic_segmentation,
     get_panoptic_segmentation_batch,
+    group_pixels,
 )
 
 KW = dict(thing_ids={1, 2}, label_divisor=1000, void_label=-1)
@@ -73,7 +74,7 @@ def _dense_reference(sem, heat, off, thing_ids, divisor, stuff_area, void, th, k
             torch.arange(sem.shape[1]), torch.arange(sem.shape[2]), indexing="ij"
         )
         loc = torch.stack([ys + off[0], xs + off[1]])  # [2, H, W]
-        dist = ((centers[:, :, None, None] - loc[None]) ** 2).sum(1)  # [K, H, W]
+        dist = ((centers[:, :, None, None] - loc[None].double()) ** 2).sum(1)  # [K, H, W] exact
         ins = dist.argmin(0)[None]
         counter = {}
         for i in range(len(centers)):
@@ -89,8 +90,10 @@ def _dense_reference(sem, heat, off, thing_ids, divisor, stuff_area, void, th, k
     return pan
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_dense_reference_on_random_maps(seed):
+@pytest.mark.parametrize("seed, threshold", [(0, 0.5), (1, 0.5), (2, 0.5), (3, 0.97), (4, 0.97)])
+def test_matches_dense_reference_on_random_maps(seed, threshold):
+    # threshold 0.5: half the pixels are candidates, the whole map is max-pooled; 0.97: only the
+    # candidates' windows are searched.
     g = torch.Generator().manual_seed(seed)
     sem = (
         torch.randint(0, 4, (1, 6, 9), generator=g).repeat_interleave(4, 1).repeat_interleave(4, 2)
@@ -98,9 +101,9 @@ def test_matches_dense_reference_on_random_maps(seed):
     heat = torch.rand(1, 24, 36, generator=g)
     off = torch.randn(2, 24, 36, generator=g) * 3
     got, _ = get_panoptic_segmentation(
-        sem, heat, off, stuff_area=20, threshold=0.5, nms_kernel=5, top_k=None, **KW
+        sem, heat, off, stuff_area=20, threshold=threshold, nms_kernel=5, top_k=None, **KW
     )
-    ref = _dense_reference(sem, heat, off, {1, 2}, 1000, 20, -1, 0.5, 5)
+    ref = _dense_reference(sem, heat, off, {1, 2}, 1000, 20, -1, threshold, 5)
     assert got.dtype == torch.int64
     assert torch.equal(got, ref)
     assert len(torch.unique(got)) > 4  # several instances and stuff regions, not a trivial map
@@ -142,3 +145,16 @@ def test_gpu_matches_cpu():
     cpu, _ = get_panoptic_segmentation(sem, heat, off, **kw)
     gpu, _ = get_panoptic_segmentation(sem.cuda(), heat.cuda(), off.cuda(), **kw)
     assert torch.equal(cpu, gpu.cpu())
+
+
+def test_nearest_centre_is_exact_on_near_ties():
+    # Centres (0, 0) and (0, 2); a pixel at (3000, 0) votes for (3000, 1 + 2^-23): squared
+    # distances 9e6 + (1 + 2^-23)^2 and 9e6 + (1 - 2^-23)^2 both round to 9000001 in float32
+    # (as detectron2 computes them, a tie that goes to centre 0), but centre 1 is nearer.
+    centers = torch.tensor([[0, 0], [0, 2]])
+    y = torch.tensor([3000.0])
+    x = torch.tensor([1.0 + 2.0**-23])
+    float32_distances = (y[:, None] - centers[:, 0]) ** 2 + (x[:, None] - centers[:, 1]) ** 2
+    assert float32_distances[0, 0] == float32_distances[0, 1]  # the float32 tie
+    assert group_pixels(centers, y, x).tolist() == [1]
+    assert group_pixels(centers, y, torch.tensor([1.0])).tolist() == [0]  # a true tie: lower index

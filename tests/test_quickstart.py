@@ -15,7 +15,7 @@ from axial_deeplab.quickstart import main
 pytestmark = pytest.mark.slow
 
 
-def test_short_quickstart_learns_and_draws(tmp_path):
+def test_short_quickstart_learns_and_draws(tmp_path, capsys):
     out = tmp_path / "qs"
     metrics = main(
         [
@@ -25,6 +25,15 @@ def test_short_quickstart_learns_and_draws(tmp_path):
             "SOLVER.BASE_LR", "0.003", "DATALOADER.NUM_WORKERS", "0",
         ]
     )  # fmt: skip
+    log = capsys.readouterr().out
+    for stage in (
+        "[data] wrote 32 training + 8 held-out scenes",
+        "[train] iterations 0..150",
+        "[pictures] 8 pictures",
+        "meaningless as COCO predictions",
+        "tools/infer.py",
+    ):
+        assert stage in log, stage
     assert metrics["PQ"] >= 50.0, metrics
     assert metrics["mIoU"] >= 60.0, metrics
     pictures = sorted(os.listdir(out / "pictures"))
@@ -37,3 +46,5 @@ def test_short_quickstart_learns_and_draws(tmp_path):
                   "SOLVER.WARMUP_ITERS", "20", "SOLVER.BASE_LR", "0.003",
                   "DATALOADER.NUM_WORKERS", "0"])  # fmt: skip
     assert again == pytest.approx(metrics)
+    log = capsys.readouterr().out
+    assert "[data] reused" in log and "[train] already finished (150 iterations)" in log

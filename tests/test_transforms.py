@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from axial_deeplab.data.catalog import DatasetMetadata
-from axial_deeplab.data.dataset import PanopticDataset
+from axial_deeplab.data.dataset import PanopticDataset, read_image
 from axial_deeplab.data.panoptic_io import write_panoptic_png
 from axial_deeplab.data.transforms import (
     EvalResize,
@@ -15,6 +15,7 @@ from axial_deeplab.data.transforms import (
     nearest_indices,
     pad_pair,
     resize_label,
+    resize_pair,
     resize_shortest_edge_size,
     scale_choices,
 )
@@ -150,3 +151,34 @@ def test_target_generator_sees_the_augmented_label(tmp_path):
     assert np.array_equal(seen[0], sample["panoptic"].numpy())
     assert sample["panoptic"].shape == (32, 16)
     assert sample["area"] == 20 * 16  # 20 labelled rows x 16 cropped columns; the rest padding
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crop_window_resize_equals_resize_then_crop(seed):
+    # The label is resized only inside the crop window when no padding is needed: the same
+    # draws and the same pixels as resizing the whole pair and then cropping.
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    label = rng.integers(0, 9, (37, 53)).astype(np.int64)
+    aug = TrainAugmentation(crop_size=(16, 24), min_scale=0.5, max_scale=2.0, flip_prob=0.0)
+    scale = aug.sample_scale(np.random.default_rng(seed))
+    size = (int(round(37 * scale)), int(round(53 * scale)))
+    expected = aug._crop(*resize_pair(image, label, size), np.random.default_rng(seed + 100))
+    got = aug._resize_and_crop(image, label, size, np.random.default_rng(seed + 100))
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_read_image_png_equals_opencv(tmp_path, alpha):
+    # 8-bit RGB(A) PNGs are decoded by libspng after a CRC check: the same RGB as OpenCV's.
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (21, 34, 4 if alpha else 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), pixels)
+    expected = cv2.imread(str(tmp_path / "a.png"), cv2.IMREAD_COLOR)[..., ::-1]
+    np.testing.assert_array_equal(read_image(str(tmp_path / "a.png")), expected)
+    blob = bytearray((tmp_path / "a.png").read_bytes())
+    blob[60] ^= 1  # inside the image data: the IDAT CRC no longer matches
+    (tmp_path / "b.png").write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="b.png"):
+        read_image(str(tmp_path / "b.png"))

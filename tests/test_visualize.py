@@ -4,10 +4,16 @@ import numpy as np
 import pytest
 
 from axial_deeplab.utils.visualize import (
+    TITLE_HEIGHT,
+    _label_box,
+    class_legend,
+    enlarge,
+    enlarge_factor,
     heatmap,
     offset_field,
     palette,
     panoptic_overlay,
+    prediction_panels,
     semantic_map,
     tile,
 )
@@ -44,7 +50,7 @@ def test_offset_field_brightness_is_length_and_zero_is_black():
     off = np.zeros((2, 1, 3), np.float32)
     off[1, 0, 1] = 2.0  # dx = 2
     off[1, 0, 2] = 4.0  # dx = 4, the longest: full brightness
-    pic = offset_field(off)
+    pic = offset_field(off)  # too small for the colour wheel
     assert not pic[0, 0].any()
     assert pic[0, 2].max() == 255 and 120 <= pic[0, 1].max() <= 135  # half length, ~half value
     with pytest.raises(ValueError, match=r"\[2, H, W\]"):
@@ -66,4 +72,73 @@ def test_heatmap_marks_centres_at_their_pixels_and_tile_shapes():
     # The map itself: score 0 and score 1 get different, non-white colors.
     assert not np.array_equal(plain[10, 0], plain[10, 13]) and (plain != 255).any(axis=-1).all()
     grid = tile({"a": hm, "b": hm, "c": hm}, columns=2)
-    assert grid.shape == (2 * (12 + 24), 28, 3)
+    assert grid.shape == (2 * (12 + TITLE_HEIGHT), 28, 3)
+    footer = np.zeros((5, 28, 3), np.uint8)
+    assert tile({"a": hm, "b": hm}, footer=footer).shape == (12 + TITLE_HEIGHT + 5, 28, 3)
+    with pytest.raises(ValueError, match="footer width 7"):
+        tile({"a": hm}, footer=np.zeros((5, 7, 3), np.uint8))
+
+
+def test_labels_never_overlap():
+    # Ten labels wanted at the same spot: five places (the spot, then 1 and 2 box heights below
+    # and above) are free, the other five labels are left out.
+    canvas, taken = np.zeros((300, 300, 3), np.uint8), []
+    placed = [_label_box(canvas, "person 0.99", (150, 150), 0.5, taken) for _ in range(10)]
+    assert placed == [True] * 5 + [False] * 5
+    for i, a in enumerate(taken):
+        for b in taken[i + 1 :]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+    assert all(0 <= x0 < x1 <= 300 and 0 <= y0 < y1 <= 300 for x0, y0, x1, y1 in taken)
+
+
+def test_heatmap_scale_and_offset_wheel():
+    # An all-zero heatmap has no red, but its colour bar (0..1) does; only in the corner.
+    zero = heatmap(np.zeros((128, 128)))
+    red = (zero[..., 0] > 200) & (zero[..., 2] < 60)
+    assert red[:64, 64:].any() and not red[:, :64].any() and not red[64:].any()
+    assert not (heatmap(np.zeros((128, 128)), scale=False)[..., 0] > 200).any()
+    # Offsets all pointing +x: one colour in the field; the wheel shows that colour at its
+    # right edge and other directions besides (bottom-right corner only).
+    off = np.zeros((2, 128, 128), np.float32)
+    off[1] = 4.0
+    pic = offset_field(off)
+    field = pic[0, 0]
+    assert (pic[:64] == field).all() and (pic[:, :64] == field).all()
+    corner = pic[64:, 64:].reshape(-1, 3)
+    assert (corner == field).all(1).any()  # +x on the wheel
+    assert len({tuple(c) for c in corner}) > 50  # the other directions
+
+
+def test_legend_lists_classes_present_largest_first():
+    sem = np.full((10, 10), 2)
+    sem[:3] = 0  # class 0: 30 %, class 2: 70 %, class 1 absent
+    strip = class_legend(sem, ["sky", "car", "road"], None, width=400)
+    colors = palette(3)
+    swatches = [tuple(c) for c in strip[8, :].tolist()]
+    first_road = swatches.index(tuple(colors[2]))
+    assert tuple(colors[0]) in swatches[first_road:]  # road (70 %) before sky
+    assert tuple(colors[1]) not in swatches  # car not present: not listed
+    with_gt = class_legend(sem, ["sky", "car", "road"], None, width=400, also=[1])
+    assert tuple(colors[1]) in [tuple(c) for c in with_gt[8, :].tolist()]
+
+
+def test_small_inputs_are_enlarged_with_their_maps():
+    image = np.zeros((96, 128, 3), np.uint8)
+    offset = np.ones((2, 96, 128), np.float32)
+    pred = {
+        "panoptic": np.zeros((96, 128), int),
+        "semantic": np.zeros((96, 128), int),
+        "center": np.zeros((96, 128)),
+        "offset": offset,
+        "centers": np.array([[10, 20]]),
+    }
+    k = enlarge_factor(image.shape)
+    assert k == 4  # 96 * 4 = 384, the readable short side
+    big, up = enlarge(image, pred, k)
+    assert big.shape == (384, 512, 3) and up["panoptic"].shape == (384, 512)
+    assert up["offset"].max() == 4.0 and up["centers"].tolist() == [[42, 82]]
+    truth = np.full((96, 128), 1000)  # class 1, instance 0
+    panels, strip = prediction_panels(image, pred, class_names=["a", "b"], label_divisor=1000,
+                                      ground_truth=truth)  # fmt: skip
+    assert list(panels)[:3] == ["input", "prediction", "ground truth"]
+    assert all(p.shape == (384, 512, 3) for p in panels.values()) and strip.shape[1] == 3 * 512

@@ -117,6 +117,89 @@ def reference_outputs(ref: dict[str, np.ndarray], size: tuple[int, int]) -> dict
     return out
 
 
+def converted_model(
+    folder: str, config_file: str, reader: str = "builtin"
+) -> tuple[torch.nn.Module, dict[str, Any], str, Any]:
+    """``(model, info, reader used, conversion report)``: our model of ``config_file`` (with the
+    reference's option overrides) in eval mode, holding the reference folder's converted
+    checkpoint, in the reference's dtype (float64 for ``deeplab2_reference.py --float64``)."""
+    with open(os.path.join(folder, "info.json")) as f:
+        info = json.load(f)
+    cfg = load_config(config_file, config_opts(info.get("overrides", {})))
+    dtype = torch.float64 if info.get("dtype") == "float64" else torch.float32
+    model = build_model(cfg).eval().to(dtype)
+    variables, reader_used = read_variables(os.path.join(folder, "ckpt-0"), reader)
+    state, report = convert(variables, model)
+    if not report.ok:
+        raise ValueError(f"{folder}: conversion failed:\n" + "\n".join(report.lines()))
+    model.load_state_dict(state)
+    return model, info, reader_used, report
+
+
+def check_blocks(
+    folder: str,
+    blocks_dir: str,
+    config_file: str,
+    *,
+    reader: str = "builtin",
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Block-by-block parity on deeplab2's own intermediate tensors.
+
+    ``blocks_dir`` holds the stem's and every encoder block's output saved by
+    ``deeplab2_reference.py --dump-blocks`` from the checkpoint in ``folder``. Each of our blocks
+    runs on deeplab2's input to that block (the previous saved output; the stem on the input
+    image), and our decoders and heads run on deeplab2's encoder outputs, so every difference is
+    that one module's own, not round-off amplified through the layers before it (which, on deep
+    random-weight models, grows until whole-model outputs decorrelate). Returns ``blocks``: per
+    module the differences of ``output_differences`` (``max_rel``, ``rms_rel`` against the
+    output's std), and ``heads``: the three outputs against ``reference.npz``."""
+    if threads:
+        torch.set_num_threads(threads)
+    model, info, _, _ = converted_model(folder, config_file, reader)
+    dtype = next(model.parameters()).dtype
+    with open(os.path.join(blocks_dir, "blocks.json")) as f:
+        names = [entry["name"] for entry in json.load(f)["blocks"]]
+
+    def theirs(name: str) -> np.ndarray:  # [1, h, w, C]
+        return np.load(os.path.join(blocks_dir, name.replace("/", "_") + ".npy"))
+
+    def as_ours(value: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(value).permute(0, 3, 1, 2).to(dtype)
+
+    backbone = model.backbone
+    stages = {
+        f"encoder/_stage{name[-1]}": (name, stage)
+        for name, stage in zip(backbone.group_names, backbone.stages, strict=True)
+    }
+    ref = dict(np.load(os.path.join(folder, "reference.npz")))
+    image = as_ours(ref["input"])
+    blocks: list[dict[str, Any]] = []
+    groups: dict[str, torch.Tensor] = {}
+    previous = None
+    with torch.no_grad():
+        for name in names:
+            if name == "encoder/_stem":
+                module = backbone.stem
+                given = (image - model.pixel_mean) / model.pixel_std
+            else:
+                stage, block = name.rsplit("/", 1)
+                group, modules = stages[stage]
+                module = modules[int(block.removeprefix("_block")) - 1]
+                given = as_ours(theirs(previous))
+                groups[group] = as_ours(theirs(name))  # the stage's output: its last block's
+            ours = module(given).permute(0, 2, 3, 1).double().numpy()
+            blocks.append(
+                {"name": name, **output_differences({name: ours}, {name: theirs(name)})[name]}
+            )
+            previous = name
+        features = {n: torch.relu(groups[n]) for n in backbone._out_features}
+        outputs = model.predict_from_features(features, tuple(image.shape[2:]))
+    raw = {k: v for k, v in ref.items() if k.startswith(("semantic_logits", "center", "offset"))}
+    heads = output_differences(_ours_on_lattice(outputs, set(raw)), raw)
+    return {"key": info["key"], "dtype": str(dtype), "blocks": blocks, "heads": heads}
+
+
 def check_reference(
     folder: str,
     config_file: str,
@@ -135,17 +218,8 @@ def check_reference(
     prediction)."""
     if threads:
         torch.set_num_threads(threads)
-    with open(os.path.join(folder, "info.json")) as f:
-        info = json.load(f)
-    cfg = load_config(config_file, config_opts(info.get("overrides", {})))
-    # A float64 reference (``deeplab2_reference.py --float64``) is compared with our float64 run.
-    dtype = torch.float64 if info.get("dtype") == "float64" else torch.float32
-    model = build_model(cfg).eval().to(dtype)
-    variables, reader_used = read_variables(os.path.join(folder, "ckpt-0"), reader)
-    state, report = convert(variables, model)
-    if not report.ok:
-        raise ValueError(f"{folder}: conversion failed:\n" + "\n".join(report.lines()))
-    model.load_state_dict(state)
+    model, info, reader_used, report = converted_model(folder, config_file, reader)
+    dtype = next(model.parameters()).dtype
     ref = dict(np.load(os.path.join(folder, "reference.npz")))
     image = torch.from_numpy(ref["input"]).permute(0, 3, 1, 2).to(dtype)
     start = time.perf_counter()

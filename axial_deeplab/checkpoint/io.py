@@ -251,22 +251,45 @@ def load_checkpoint_file(path: str | os.PathLike) -> CheckpointFile:
     return CheckpointFile(state_dict=_state_dict_of(obj, path), **_entries_of(obj, path))
 
 
+def describe_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """One line on how ``state`` differs from ``model``'s state dict: counts of shape mismatches,
+    missing and unexpected tensors, with the first few names and shapes."""
+    own = model.state_dict()
+    shapes = [
+        f"{k} {list(v.shape)} in the file, {list(own[k].shape)} in the model"
+        for k, v in state.items()
+        if k in own and torch.is_tensor(v) and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    parts = []
+    for what, names in (("differ in shape", shapes), ("are missing from the file", missing),
+                        ("are not in the model", unexpected)):  # fmt: skip
+        if names:
+            parts.append(f"{len(names)} tensors {what} (e.g. {'; '.join(names[:3])})")
+    return f"{len(state)} tensors in the file, {len(own)} in the model: " + ", ".join(parts)
+
+
 def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> str:
     """Load ``MODEL.WEIGHTS`` into ``model`` strictly: a whole model, or, when every key lies
     under ``backbone.`` (a converted ImageNet checkpoint), its backbone only (the decoders and
-    heads keep their initialisation, for fine-tuning). Returns ``"model"`` or ``"backbone"``."""
+    heads keep their initialisation, for fine-tuning). Returns ``"model"`` or ``"backbone"``.
+    Weights that do not fit raise a one-line ``ValueError`` naming the file and the mismatches."""
     state = load_state_dict_file(path)
     prefix = "backbone."
     if state and all(k.startswith(prefix) for k in state) and hasattr(model, "backbone"):
+        sub = {k[len(prefix) :]: v for k, v in state.items()}
         try:
-            model.backbone.load_state_dict({k[len(prefix) :]: v for k, v in state.items()})
-        except RuntimeError as err:
-            raise ValueError(f"{os.fspath(path)}: backbone weights do not fit: {err}") from None
+            model.backbone.load_state_dict(sub)
+        except RuntimeError:
+            detail = describe_mismatch(model.backbone, sub)
+            raise ValueError(f"{os.fspath(path)}: backbone weights do not fit: {detail}") from None
         return "backbone"
     try:
         model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{os.fspath(path)}: weights do not fit the model: {err}") from None
+    except RuntimeError:
+        detail = describe_mismatch(model, state)
+        raise ValueError(f"{os.fspath(path)}: weights do not fit the model: {detail}") from None
     return "model"
 
 

@@ -8,11 +8,9 @@ from collections.abc import Sequence
 import yaml
 from yacs.config import CfgNode as _YacsNode
 
+from .checks import ConfigError, check_config, flat_keys, suggest_key
+
 BASE_KEY = "_BASE_"
-
-
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or gives a value of the wrong type."""
 
 
 class CfgNode(_YacsNode):
@@ -22,7 +20,7 @@ class CfgNode(_YacsNode):
         """Merge a YAML file (and, first, the chain of ``_BASE_`` files it names) into this node."""
         try:
             self.merge_from_other_cfg(CfgNode(_load_yaml_with_base(cfg_filename)))
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, AssertionError, TypeError) as exc:
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(f"{cfg_filename}: {_message(exc)}") from None
@@ -43,8 +41,9 @@ def _message(exc: Exception) -> str:
     text = exc.args[0] if exc.args else str(exc)
     if str(text).startswith("Non-existent"):
         key = str(text).split(":", 1)[1].strip()
-        return f"unknown config key '{key}' (not in axial_deeplab/config/defaults.py)"
-    return str(text)
+        hint = suggest_key(key, flat_keys(get_cfg()))
+        return f"unknown config key '{key}'{hint} (not in axial_deeplab/config/defaults.py)"
+    return " ".join(str(text).split())
 
 
 def _load_yaml_with_base(filename: str, _seen: tuple[str, ...] = ()) -> dict:
@@ -63,6 +62,11 @@ def _load_yaml_with_base(filename: str, _seen: tuple[str, ...] = ()) -> dict:
     base = data.pop(BASE_KEY, None)
     if base is None:
         return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(
+            f"{filename}: {BASE_KEY} must be one file path (a string), got {base!r}; "
+            f"chain files by giving the base file its own {BASE_KEY}"
+        )
     base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(filename), base)
     merged = _load_yaml_with_base(base_path, _seen + (path,))
     _deep_update(merged, data)
@@ -90,5 +94,10 @@ def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> Cfg
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(opts)
+    where = f"{config_file} with overrides" if config_file and opts else config_file or "overrides"
+    try:
+        check_config(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     cfg.freeze()
     return cfg

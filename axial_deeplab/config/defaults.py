@@ -127,6 +127,7 @@ _C.DATASETS.TRAIN = ()  # names of training data sets
 _C.DATASETS.TEST = ()  # names of evaluation data sets
 _C.DATASETS.ROOT = ""  # data set root; empty: $DETECTRON2_DATASETS, else ./datasets
 _C.DATASETS.CUSTOM = []  # extra data sets: dicts NAME, JSON_FILE, PNG_DIR, IMAGE_DIR [, FORMAT]
+_C.DATASETS.SYNTHETIC_DIR = ""  # quick-start scenes there: synthetic_{coco,cityscapes}_{train,val}
 _C.DATASETS.FULL_VALIDATION = False  # True: read every PNG and image header before training
 
 _C.DATALOADER = _YacsNode()

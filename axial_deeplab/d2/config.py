@@ -12,7 +12,8 @@ file builds the same model in both engines). Three keys differ in kind and are t
 
 ``VERSION`` stays detectron2's (it drives detectron2's config upgrades).
 :func:`load_config` reads our YAML files (``_BASE_`` chains included) and command-line overrides
-with those translations, so ``SOLVER.AMP True`` works in both engines.
+with those translations, so ``SOLVER.AMP True`` works in both engines. YAML is read safely: a
+Python tag (``!!python/object/apply:...``) is refused instead of run.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import yaml
 from detectron2.config import CfgNode
 from detectron2.config import get_cfg as d2_get_cfg
 
+from axial_deeplab.config import ConfigError
 from axial_deeplab.config import get_cfg as native_get_cfg
 
 META_ARCHITECTURE = "AxialDeepLab"  # name of our model in detectron2's META_ARCH_REGISTRY
@@ -102,7 +105,12 @@ def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> Cfg
     cfg = d2_get_cfg()
     add_axial_deeplab_config(cfg)
     if config_file:
-        data = translate_native_yaml(CfgNode.load_yaml_with_base(config_file, allow_unsafe=True))
+        try:  # safe YAML only: a Python tag in a config file could run code
+            loaded = CfgNode.load_yaml_with_base(config_file, allow_unsafe=False)
+        except yaml.YAMLError as exc:
+            message = " ".join(str(exc).split())
+            raise ConfigError(f"{config_file}: not plain YAML (tags are refused): {message}") from None
+        data = translate_native_yaml(loaded)
         cfg.merge_from_other_cfg(CfgNode(data))
     cfg.merge_from_list(translate_native_opts(opts))
     cfg.freeze()

@@ -24,7 +24,6 @@ from axial_deeplab.data.build import build_catalog, build_test_transform, build_
 from axial_deeplab.data.catalog import DatasetCatalog as NativeCatalog
 from axial_deeplab.data.catalog import DatasetMetadata
 from axial_deeplab.data.dataset import PanopticDataset, TargetGenerator, Transform
-from axial_deeplab.data.synthetic_writer import register_synthetic
 from axial_deeplab.engine.build import build_target_generator
 
 
@@ -122,12 +121,10 @@ def register_catalog(catalog: NativeCatalog, names: Iterable[str] | None = None)
 
 def register_datasets(cfg, *, synthetic_dir: str | None = None) -> list[str]:
     """Register with detectron2 our built-in data sets (COCO panoptic, Cityscapes panoptic under
-    ``DATASETS.ROOT``), the ``DATASETS.CUSTOM`` ones and, with ``synthetic_dir``, the synthetic
-    ``synthetic_{coco,cityscapes}_{train,val}`` written there. Returns the names."""
-    catalog = build_catalog(cfg)
-    if synthetic_dir:
-        register_synthetic(catalog, synthetic_dir)
-    return register_catalog(catalog)
+    ``DATASETS.ROOT``), the ``DATASETS.CUSTOM`` ones and the synthetic
+    ``synthetic_{coco,cityscapes}_{train,val}`` written in ``synthetic_dir`` (default
+    ``DATASETS.SYNTHETIC_DIR``). Returns the names."""
+    return register_catalog(build_catalog(cfg, synthetic_dir=synthetic_dir))
 
 
 class AxialDeepLabDatasetMapper:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import weakref
 from collections.abc import Sequence
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
@@ -27,6 +27,7 @@ from axial_deeplab.engine.build import build_config_optimizer
 from axial_deeplab.engine.optim import build_lr_scheduler
 from axial_deeplab.layers.batch_norm import batch_norm_for_devices
 
+from .checkpoint import UNSAFE_FLAG, SafeDetectionCheckpointer
 from .config import load_config
 from .data import AxialDeepLabDatasetMapper, register_datasets
 from .evaluation import build_evaluator
@@ -37,8 +38,12 @@ logger = logging.getLogger(__name__)
 class Trainer(DefaultTrainer):
     """detectron2's ``DefaultTrainer`` with our optimizer, schedule, mapper and evaluators."""
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, *, allow_pickle: bool = False) -> None:
         super().__init__(cfg)
+        # Weights are loaded weights-only (detectron2 unpickles .pkl files, which can run code).
+        self.checkpointer = SafeDetectionCheckpointer(
+            self.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), allow_pickle=allow_pickle
+        )
         # detectron2 v0.6 checkpoints only schedulers derived from _LRScheduler; ours is a
         # LambdaLR, so it is saved explicitly (a resumed run continues the schedule).
         self.checkpointer.add_checkpointable("lr_scheduler", self.scheduler)
@@ -105,6 +110,11 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--synthetic-train", type=int, default=96, help="synthetic train scenes")
     parser.add_argument("--synthetic-val", type=int, default=24, help="synthetic val scenes")
+    parser.add_argument(
+        UNSAFE_FLAG,
+        action="store_true",
+        help="load MODEL.WEIGHTS with plain pickle (runs any code in the file; trusted files only)",
+    )
     return parser
 
 
@@ -127,17 +137,25 @@ def main(args: argparse.Namespace) -> dict:
         logger.warning("TEST.AUG is not applied under detectron2; tools/infer.py applies it")
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        allow = args.unsafe_load_pickle_weights
+        SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR, allow_pickle=allow).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, allow_pickle=args.unsafe_load_pickle_weights)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
 def run(argv: Sequence[str] | None = None) -> None:
-    """Parse, write the synthetic scenes if asked, then ``launch`` :func:`main` on every GPU."""
+    """Parse, write the synthetic scenes if asked, then ``launch`` :func:`main` on every GPU;
+    errors are one line (``--debug``: with the traceback)."""
+    from axial_deeplab.utils.cli import run_cli
+
+    run_cli(_run, None if argv is None else list(argv))
+
+
+def _run(argv: Sequence[str]) -> None:
     args = argument_parser().parse_args(argv)
     if args.synthetic_dir:
         from axial_deeplab.quickstart import prepare_data

@@ -11,10 +11,17 @@ from .loader import train_batches
 from .transforms import EvalResize, TrainAugmentation
 
 
-def build_catalog(cfg) -> DatasetCatalog:
-    """Built-in data sets under ``DATASETS.ROOT`` plus the ``DATASETS.CUSTOM`` entries."""
+def build_catalog(cfg, *, synthetic_dir: str | None = None) -> DatasetCatalog:
+    """Built-in data sets under ``DATASETS.ROOT``, the ``DATASETS.CUSTOM`` entries and the
+    synthetic scenes in ``synthetic_dir`` or ``DATASETS.SYNTHETIC_DIR`` (the quick start's
+    ``synthetic_{coco,cityscapes}_{train,val}``), when one is set."""
+    from .synthetic_writer import register_synthetic
+
     catalog = builtin_catalog(cfg.DATASETS.ROOT or None)
     register_custom(catalog, list(cfg.DATASETS.CUSTOM))
+    folder = synthetic_dir or cfg.DATASETS.SYNTHETIC_DIR
+    if folder:
+        register_synthetic(catalog, folder)
     return catalog
 
 

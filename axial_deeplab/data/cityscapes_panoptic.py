@@ -15,7 +15,7 @@ import os
 
 from .catalog import DatasetMetadata
 from .records import assert_files_exist, image_sizes, panoptic_record, read_json
-from .validation import DatasetFormatError
+from .validation import DatasetFormatError, validate_annotations
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 
@@ -113,13 +113,10 @@ def load_cityscapes_panoptic(
     images = find_images(image_dir)
     categories = {c["id"]: c for c in meta.categories}
     id_to_train = meta.dataset_id_to_train_id
-    sizes = image_sizes(data)
+    sizes = image_sizes(data, gt_json)
     kind = "train ids" if use_train_id else "label ids"
     records = []
-    for i, ann in enumerate(data["annotations"]):
-        if "file_name" not in ann or "image_id" not in ann:
-            raise DatasetFormatError(f"{gt_json}: annotation #{i} needs 'file_name' and 'image_id'")
-        image_id = ann["image_id"]
+    for image_id, ann in validate_annotations(data["annotations"], gt_json).items():
         if image_id not in images:
             raise DatasetFormatError(
                 f"{gt_json}: image_id {image_id!r}: no {image_id}{IMAGE_SUFFIX} under {image_dir}"

@@ -13,7 +13,7 @@ import os
 
 from .catalog import DatasetMetadata
 from .records import assert_files_exist, image_sizes, panoptic_record, read_json
-from .validation import DatasetFormatError, validate_categories
+from .validation import DatasetFormatError, validate_annotations, validate_categories
 
 
 def coco_metadata(categories: list[dict], *, name: str, source: str, **kwargs) -> DatasetMetadata:
@@ -60,17 +60,9 @@ def load_coco_panoptic(
     )
     categories = {c["id"]: c for c in meta.categories}
     id_to_train = meta.dataset_id_to_train_id
-    sizes = image_sizes(data)
-    records, seen = [], set()
-    for i, ann in enumerate(data["annotations"]):
-        if "file_name" not in ann or "image_id" not in ann:
-            raise DatasetFormatError(
-                f"{json_file}: annotation #{i} needs 'file_name' and 'image_id'"
-            )
-        image_id = ann["image_id"]
-        if image_id in seen:
-            raise DatasetFormatError(f"{json_file}: duplicate annotation for image_id {image_id!r}")
-        seen.add(image_id)
+    sizes = image_sizes(data, json_file)
+    records = []
+    for image_id, ann in validate_annotations(data["annotations"], json_file).items():
         height, width, image_name = sizes.get(image_id, (None, None, None))
         if image_name is None:  # COCO convention: the image is the PNG's name with .jpg
             image_name = os.path.splitext(ann["file_name"])[0] + ".jpg"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .catalog import DatasetMetadata
 from .check import distinct_ids
+from .images import ImageDecodeError, decode_image_file
 from .panoptic_io import read_panoptic_png
 from .validation import DatasetFormatError, validate_segment_presence
 
@@ -21,11 +21,12 @@ TargetGenerator = Callable[[np.ndarray, Sequence[Mapping]], Mapping[str, torch.T
 
 
 def read_image(path: str) -> np.ndarray:
-    """``[H, W, 3]`` uint8 RGB image; clear error when missing or undecodable."""
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"cannot read image (missing or not an image): {path}")
-    return np.ascontiguousarray(bgr[..., ::-1])
+    """``[H, W, 3]`` uint8 RGB image; clear error when missing, truncated or undecodable
+    (:func:`.images.decode_image_file`; a bad file is a :class:`DatasetFormatError`)."""
+    try:
+        return decode_image_file(path)
+    except ImageDecodeError as exc:
+        raise DatasetFormatError(str(exc)) from None
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -9,6 +9,7 @@ uninterrupted run sees from ``i`` on.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -121,7 +122,18 @@ def build_train_loader(
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),  # keeps torch's global RNG untouched
         persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals,
     )
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """In a loader worker: ignore Ctrl-C, SIGUSR1 and SIGUSR2, which a terminal or a scheduler
+    sends to every process of the job; the main process then saves a checkpoint and stops the
+    workers (a worker killed by the signal would fail the batch being loaded). SIGTERM keeps its
+    default: the workers must stay stoppable by it (see ``Trainer`` for its handling)."""
+    for name in ("SIGINT", "SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def train_batches(dataset: Dataset, **kwargs) -> Callable[[int], Iterator[dict]]:

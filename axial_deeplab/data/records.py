@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from .validation import DatasetFormatError, validate_segments_info
+from .validation import DatasetFormatError, validate_images, validate_segments_info
 
 
 def read_json(path: str, role: str = "panoptic") -> dict:
@@ -84,10 +84,7 @@ def assert_files_exist(records: list[dict], source: str) -> None:
                 )
 
 
-def image_sizes(data: dict) -> dict:
-    """``{image id: (height, width, file_name)}`` from a JSON's optional ``images`` list."""
-    sizes = {}
-    for img in data.get("images", []) or []:
-        if "id" in img:
-            sizes[img["id"]] = (img.get("height"), img.get("width"), img.get("file_name"))
-    return sizes
+def image_sizes(data: dict, source: str = "panoptic JSON") -> dict:
+    """``{image id: (height, width, file_name)}`` from a JSON's optional ``images`` list
+    (checked: unique ids, int sizes; errors name ``source``)."""
+    return validate_images(data.get("images"), source)

@@ -134,12 +134,38 @@ class TrainAugmentation:
         scale = self.sample_scale(rng)
         height, width = label.shape
         size = (max(1, int(round(height * scale))), max(1, int(round(width * scale))))
-        image, label = resize_pair(image, label, size)
-        if self.crop_size is not None:
-            image, label = self._crop(image, label, rng)
+        if (
+            self.crop_size is not None
+            and size[0] >= self.crop_size[0]
+            and size[1] >= self.crop_size[1]
+        ):
+            image, label = self._resize_and_crop(image, label, size, rng)
+        else:
+            image, label = resize_pair(image, label, size)
+            if self.crop_size is not None:
+                image, label = self._crop(image, label, rng)
         if rng.random() < self.flip_prob:
             image, label = image[:, ::-1], label[:, ::-1]
         return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+    def _resize_and_crop(
+        self,
+        image: np.ndarray,
+        label: np.ndarray,
+        size: tuple[int, int],
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`resize_pair` to ``size`` (at least the crop: no padding) then :meth:`_crop`,
+        with the same draws and result, the label resized only inside the crop window."""
+        if label.shape != image.shape[:2]:
+            raise ValueError(f"image {image.shape[:2]} and label {label.shape} sizes differ")
+        crop_h, crop_w = self.crop_size
+        top = int(rng.integers(0, size[0] - crop_h + 1))
+        left = int(rng.integers(0, size[1] - crop_w + 1))
+        rows = nearest_indices(label.shape[0], size[0])[top : top + crop_h]  # [crop_h]
+        cols = nearest_indices(label.shape[1], size[1])[left : left + crop_w]  # [crop_w]
+        image = resize_image(image, size)[top : top + crop_h, left : left + crop_w]
+        return image, label[rows[:, None], cols[None, :]]
 
     def _crop(
         self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator

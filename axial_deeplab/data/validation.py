@@ -56,6 +56,72 @@ def validate_categories(categories: list[dict], source: str) -> dict[int, dict]:
     return out
 
 
+def _hashable_id(value: object) -> bool:
+    return (_is_int(value) or isinstance(value, str)) and value != ""
+
+
+def validate_annotations(annotations: object, source: str) -> dict[object, dict]:
+    """Check a COCO panoptic ``annotations`` list and return it as ``{image_id: annotation}``.
+
+    Each entry must be an object with an ``image_id`` (int or non-empty string), a ``file_name``
+    string and a ``segments_info`` list; an ``image_id`` may appear once (a repeated one would be
+    counted twice by PQ, or shadow the other). Shared by the data readers and the PQ command.
+    """
+    if not isinstance(annotations, list):
+        raise DatasetFormatError(f"{source}: 'annotations' must be a list")
+    out: dict[object, dict] = {}
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            raise DatasetFormatError(f"{source}: annotation #{i} is not an object: {ann!r:.80}")
+        for key in ("image_id", "file_name", "segments_info"):
+            if key not in ann:
+                raise DatasetFormatError(f"{source}: annotation #{i} has no '{key}'")
+        image_id = ann["image_id"]
+        if not _hashable_id(image_id):
+            raise DatasetFormatError(
+                f"{source}: annotation #{i} has image_id {image_id!r:.80}, expected an int or a "
+                "non-empty string"
+            )
+        if not isinstance(ann["file_name"], str) or not ann["file_name"]:
+            raise DatasetFormatError(
+                f"{source}: image_id {image_id!r}: file_name {ann['file_name']!r:.80} is not a "
+                "file name"
+            )
+        if not isinstance(ann["segments_info"], list):
+            raise DatasetFormatError(f"{source}: image_id {image_id!r}: segments_info is not a list")
+        if image_id in out:
+            raise DatasetFormatError(f"{source}: duplicate annotation for image_id {image_id!r}")
+        out[image_id] = ann
+    return out
+
+
+def validate_images(images: object, source: str) -> dict[object, tuple[int, int, str | None]]:
+    """Check a COCO ``images`` list (absent: ``None``, allowed) and return
+    ``{id: (height, width, file_name or None)}``; ids are unique, sizes positive ints."""
+    if images is None:
+        return {}
+    if not isinstance(images, list):
+        raise DatasetFormatError(f"{source}: 'images' must be a list")
+    out: dict[object, tuple[int, int, str | None]] = {}
+    for i, img in enumerate(images):
+        if not isinstance(img, dict) or "id" not in img or not _hashable_id(img["id"]):
+            raise DatasetFormatError(f"{source}: images entry #{i} has no int or string 'id'")
+        image_id = img["id"]
+        for key in ("height", "width"):
+            value = img.get(key)
+            if not _is_int(value) or value < 1:
+                raise DatasetFormatError(
+                    f"{source}: image id {image_id!r}: '{key}' is {value!r}, expected an int >= 1"
+                )
+        name = img.get("file_name")
+        if name is not None and not isinstance(name, str):
+            raise DatasetFormatError(f"{source}: image id {image_id!r}: file_name is not a string")
+        if image_id in out:
+            raise DatasetFormatError(f"{source}: duplicate images entry for id {image_id!r}")
+        out[image_id] = (int(img["height"]), int(img["width"]), name)
+    return out
+
+
 def validate_segments_info(
     segments_info: list[dict], categories: dict[int, dict], png_path: str
 ) -> set[int]:

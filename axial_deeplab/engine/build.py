@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..checkpoint.io import checkpoint_entries
+from ..config import ConfigError
 from ..data.build import build_catalog, build_test_dataset, build_train_batches, build_train_dataset
 from ..data.catalog import DatasetCatalog
 from ..data.loader import build_test_loader
@@ -59,7 +60,11 @@ def prepare_model(cfg, device: torch.device) -> nn.Module:
     if cfg.MODEL.WEIGHTS:
         from ..checkpoint.io import load_weights
 
-        if load_weights(model, cfg.MODEL.WEIGHTS) == "backbone":
+        try:
+            loaded = load_weights(model, cfg.MODEL.WEIGHTS)
+        except ValueError as exc:
+            raise ValueError(f"{exc}{matching_config_hint(cfg.MODEL.WEIGHTS)}") from None
+        if loaded == "backbone":
             print(f"loaded backbone weights from {cfg.MODEL.WEIGHTS}; decoders and heads are new")
     if is_distributed():
         model = batch_norm_for_devices(model, distributed=True, device_type=device.type)
@@ -69,6 +74,55 @@ def prepare_model(cfg, device: torch.device) -> nn.Module:
     return model
 
 
+def check_num_classes(cfg, metadata, name: str) -> None:
+    """``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` must equal data set ``name``'s class count (more
+    classes would train logits no pixel ever has; fewer would break the loss)."""
+    expected = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    if metadata.num_classes != expected:
+        raise ConfigError(
+            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {expected} but data set {name} has "
+            f"{metadata.num_classes} classes ({metadata.panoptic_json or 'its metadata'}): "
+            f"set MODEL.SEM_SEG_HEAD.NUM_CLASSES {metadata.num_classes}"
+        )
+
+
+def matching_config_hint(weights: str) -> str:
+    """``"; it was saved with the model of configs/X.yaml"`` when the config stored in the
+    checkpoint ``weights`` has the ``MODEL`` section of files in ``configs/`` (else the stored
+    backbone variant, else ``""``)."""
+    import glob
+
+    import yaml
+
+    from ..checkpoint.io import load_checkpoint_file
+    from ..config import load_config
+
+    try:
+        stored = load_checkpoint_file(weights).config_yaml
+        model = (yaml.safe_load(stored or "") or {}).get("MODEL")
+    except (ValueError, OSError, yaml.YAMLError):
+        return ""
+    if not isinstance(model, dict):
+        return ""
+    ignore = ("WEIGHTS", "DEVICE")
+    wanted = {k: v for k, v in model.items() if k not in ignore}
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+    matches = []
+    for path in sorted(glob.glob(os.path.join(root, "**", "*.yaml"), recursive=True)):
+        try:
+            found = yaml.safe_load(load_config(path).dump())["MODEL"]
+        except (ValueError, OSError, yaml.YAMLError):
+            continue
+        if {k: v for k, v in found.items() if k not in ignore} == wanted:
+            matches.append(os.path.relpath(path, os.path.join(root, "..")))
+    if matches:
+        return f"; it was saved with the model of {', '.join(matches[:3])}"
+    backbone = model.get("BACKBONE", {}).get("NAME")
+    detail = model.get("AXIAL_RESNET" if backbone == "axial_resnet" else "RESNETS", {})
+    variant = detail.get("VARIANT", detail.get("DEPTH"))
+    return f"; the config stored in it has MODEL.BACKBONE.NAME {backbone} ({variant})"
+
+
 def build_evaluate_fn(
     cfg, catalog: DatasetCatalog, device: torch.device, *, save_dir: str = "", verbose: bool = False
 ) -> Callable[[nn.Module], dict[str, float]]:
@@ -76,7 +130,10 @@ def build_evaluate_fn(
 
     ``save_dir``: also write the predictions there in the official formats
     (:mod:`.predictions`). ``verbose``: print the per-class PQ table."""
+    if not cfg.DATASETS.TEST:
+        raise ConfigError("DATASETS.TEST is empty: name the data set to evaluate on")
     dataset = build_test_dataset(cfg, catalog, cfg.DATASETS.TEST[0])
+    check_num_classes(cfg, dataset.metadata, cfg.DATASETS.TEST[0])
     loader = build_test_loader(dataset, rank=get_rank(), world_size=get_world_size())
     settings = PostProcessing.from_config(cfg)
     pad_to = tuple(cfg.INPUT.CROP.SIZE) if cfg.TEST.PAD_TO_CROP else None
@@ -114,11 +171,12 @@ def build_trainer(cfg, device: torch.device, catalog: DatasetCatalog | None = No
     ``cfg`` and the first training data set's class metadata (for ``tools/infer.py``)."""
     catalog = catalog or build_catalog(cfg)
     cfg = resolve_config_seed(cfg)
+    if not cfg.DATASETS.TRAIN:
+        raise ConfigError("DATASETS.TRAIN is empty: name at least one training data set")
+    _, metadata = catalog.get(cfg.DATASETS.TRAIN[0])
+    check_num_classes(cfg, metadata, cfg.DATASETS.TRAIN[0])
     torch.manual_seed(cfg.SEED)
     model = prepare_model(cfg, device)
-    if not cfg.DATASETS.TRAIN:
-        raise ValueError("DATASETS.TRAIN is empty: name at least one training data set")
-    _, metadata = catalog.get(cfg.DATASETS.TRAIN[0])
     targets = build_target_generator(cfg, metadata.thing_train_ids)
     dataset = build_train_dataset(cfg, catalog, targets)
     solver = cfg.SOLVER

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from ..utils.atomic import write_text
+
 
 class EventWriter:
     """Appends one JSON object per logged step to ``metrics.json`` and mirrors scalars to TensorBoard.
@@ -67,3 +69,25 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return records
+
+
+def truncate_metrics(path: str, last_iteration: int) -> int:
+    """Rewrite ``metrics.json`` (atomically) without the records after ``last_iteration`` and
+    without a torn last line: what a run resumed from ``last_iteration`` (0: a new run) would
+    otherwise log twice. Returns the number of records dropped; no file, nothing to do."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+            iteration = int(record.get("iteration", 0))
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+            continue  # a torn or foreign line
+        if iteration <= last_iteration:
+            kept.append(line)
+    if len(kept) != len(lines):
+        write_text(path, "".join(f"{line}\n" for line in kept))
+    return len(lines) - len(kept)

@@ -1,6 +1,7 @@
 """Predict images, folders, globs and videos: ``python tools/infer.py --weights W --input ...``.
 
-Per image ``NAME`` (its file stem) in ``--output``: ``NAME_panoptic.png`` (COCO panoptic
+Per image ``NAME`` in ``--output`` (its path without extension, relative to the folder common to
+all inputs, so that ``a/img.jpg`` and ``b/img.jpg`` give ``a/img*`` and ``b/img*``): ``NAME_panoptic.png`` (COCO panoptic
 encoding, segment id = R + 256 G + 256^2 B, 0 = void), ``NAME.json`` (``segments_info``: id,
 category_id (train id), category_name, isthing, area, score, label) and ``NAME_vis.png`` (panoptic
 overlay with class names, semantic map, centre heatmap with detected centres, offset field).
@@ -35,9 +36,11 @@ from tqdm import tqdm
 
 from ..checkpoint.io import load_checkpoint_file
 from ..config import CfgNode, ConfigError, get_cfg, load_config
+from ..config.checks import check_config
 from ..data.panoptic_io import write_panoptic_png
 from ..utils.atomic import write_json, write_rgb_png
-from ..utils.visualize import heatmap, offset_field, panoptic_overlay, semantic_map, tile
+from ..utils.cli import run_cli
+from ..utils.visualize import compose, prediction_panels
 from .evaluate import VOID_LABEL
 from .inference import InferenceMetadata, Predictor, as_metadata, build_predictor, resolve_device
 from .inputs import BadInputError, InputItem, expand_inputs, iter_video, read_image, video_info
@@ -60,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--thing-ids", type=int, nargs="*", default=None, help="thing train ids (text names)")
     add("--save-frames", action="store_true", help="also write per-frame files for videos")
     add("--skip-bad", action="store_true", help="warn and skip missing/corrupt inputs")
+    add("--allow-random-weights", action="store_true",
+        help="run without --weights / MODEL.WEIGHTS (a randomly initialised model)")  # fmt: skip
     add("opts", nargs=argparse.REMAINDER, default=[], help="config overrides as KEY VALUE pairs")
     return parser.parse_args(argv)
 
@@ -88,6 +93,10 @@ def config_from_yaml(text: str, opts: list[str], *, source: str):
             f"{source}: the config stored in it does not load ({exc}); pass --config-file"
         ) from None
     cfg.merge_from_list(opts)
+    try:
+        check_config(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: stored config with overrides: {exc}") from None
     cfg.freeze()
     return cfg
 
@@ -222,28 +231,34 @@ def shrink(image: np.ndarray, max_size: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def render(image: np.ndarray, prediction: dict, metadata: InferenceMetadata) -> dict:
-    """The four pictures ``[H, W, 3]`` uint8 RGB of one prediction, by title."""
+def render(
+    image: np.ndarray,
+    prediction: dict,
+    metadata: InferenceMetadata,
+    ground_truth: np.ndarray | None = None,
+) -> dict:
+    """The titled panels ``[H', W', 3]`` uint8 RGB of one prediction (enlarged when small; the
+    ground-truth panoptic map beside it when given) and, under ``"legend"``, the legend strip."""
     colors = None if metadata.class_colors is None else np.array(metadata.class_colors, np.uint8)
-    return {
-        "panoptic": panoptic_overlay(
-            image,
-            prediction["panoptic"],
-            label_divisor=metadata.label_divisor,
-            class_names=metadata.class_names,
-            class_colors=colors,
-            void_label=VOID_LABEL,
-        ),
-        "semantic": semantic_map(prediction["semantic"], len(metadata.class_names), colors),
-        "centers": heatmap(prediction["center"], prediction["centers"]),
-        "offsets": offset_field(prediction["offset"]),
-    }
+    panels, strip = prediction_panels(
+        image,
+        prediction,
+        class_names=metadata.class_names,
+        label_divisor=metadata.label_divisor,
+        thing_ids=metadata.thing_ids,
+        class_colors=colors,
+        void_label=VOID_LABEL,
+        ground_truth=ground_truth,
+    )
+    return {**panels, "legend": strip}
 
 
 def write_image_outputs(
     out_dir: str, name: str, image: np.ndarray, prediction: dict, info: dict, pictures: dict
 ) -> None:
-    """``NAME_panoptic.png``, ``NAME.json`` (``info`` + ``segments_info``), ``NAME_vis.png``."""
+    """``NAME_panoptic.png``, ``NAME.json`` (``info`` + ``segments_info``), ``NAME_vis.png``;
+    ``NAME`` may hold a relative folder (created)."""
+    os.makedirs(os.path.dirname(os.path.join(out_dir, name)) or out_dir, exist_ok=True)
     write_panoptic_png(os.path.join(out_dir, f"{name}_panoptic.png"), prediction["segment_ids"])
     record = {
         **info,
@@ -253,7 +268,8 @@ def write_image_outputs(
         "segments_info": prediction["segments_info"],
     }
     write_json(os.path.join(out_dir, f"{name}.json"), record, indent=1)
-    write_rgb_png(os.path.join(out_dir, f"{name}_vis.png"), tile(pictures))
+    panels = {k: v for k, v in pictures.items() if k != "legend"}
+    write_rgb_png(os.path.join(out_dir, f"{name}_vis.png"), compose(panels, pictures["legend"]))
 
 
 def _settings(predictor: Predictor) -> dict:
@@ -270,6 +286,7 @@ def _predict_video(
 ) -> int:
     """Overlay video + per-frame segments JSON (+ per-frame files); returns the frame count."""
     info = video_info(item.path)
+    os.makedirs(os.path.dirname(os.path.join(out_dir, item.name)) or out_dir, exist_ok=True)
     video_path = os.path.join(out_dir, f"{item.name}_overlay.avi")
     tmp = f"{video_path}.tmp.avi"
     frames_dir = os.path.join(out_dir, item.name)
@@ -288,9 +305,10 @@ def _predict_video(
                 pictures = render(frame, prediction, predictor.metadata)
                 if writer is None:
                     fourcc = cv2.VideoWriter_fourcc(*"MJPG")
-                    size = (frame.shape[1], frame.shape[0])
+                    overlay = pictures["prediction"]  # enlarged to a readable size
+                    size = (overlay.shape[1], overlay.shape[0])
                     writer = cv2.VideoWriter(tmp, fourcc, info.fps or 25.0, size)
-                writer.write(np.ascontiguousarray(pictures["panoptic"][..., ::-1]))
+                writer.write(np.ascontiguousarray(pictures["prediction"][..., ::-1]))
                 records.append({"frame": index, "segments_info": prediction["segments_info"]})
                 if save_frames:
                     frame_info = {"file_name": item.path, "frame": index}
@@ -305,7 +323,7 @@ def _predict_video(
         raise
     os.replace(tmp, video_path)
     record = {"file_name": item.path, "fps": info.fps, **_settings(predictor)}
-    record["overlay_video"] = os.path.basename(video_path)
+    record["overlay_video"] = f"{os.path.basename(item.name)}_overlay.avi"
     write_json(os.path.join(out_dir, f"{item.name}.json"), {**record, "frames": records}, indent=1)
     return len(records)
 
@@ -325,6 +343,11 @@ def run(args: argparse.Namespace) -> dict:
     """Predict every input; returns ``{"images", "frames", "skipped"}`` counts and names."""
     stored_config, stored_metadata = read_checkpoint_info(args)
     cfg = config_from_args(args, stored_config)
+    if not cfg.MODEL.WEIGHTS and not args.allow_random_weights:
+        raise ConfigError(
+            "no weights: pass --weights path/to/model.pth (or MODEL.WEIGHTS); "
+            "--allow-random-weights predicts with a randomly initialised model"
+        )
     device = resolve_device(cfg.MODEL.DEVICE)
     items = expand_inputs(args.input, skip_bad=args.skip_bad)
     metadata, source = choose_metadata(args, cfg, stored_metadata)
@@ -362,14 +385,17 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _main(argv: list[str]) -> dict:
     args = parse_args(argv)
     try:
         return run(args)
     except BadInputError as exc:
-        raise SystemExit(f"error: {exc} (use --skip-bad to skip bad inputs)") from None
-    except ConfigError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        raise BadInputError(f"{exc} (use --skip-bad to skip bad inputs)") from None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """The command line; errors are one line (``--debug``: with the traceback)."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..data.images import ImageDecodeError, decode_image_file
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 _GLOB_CHARS = ("*", "?", "[")
@@ -27,7 +29,7 @@ class BadInputError(ValueError):
 @dataclass(frozen=True)
 class InputItem:
     """One input file: ``path``, ``kind`` (``"image"`` or ``"video"``) and a unique output
-    ``name`` (the file stem, with ``-2``, ``-3``... appended when stems repeat)."""
+    ``name`` (:func:`output_names`)."""
 
     path: str
     kind: str
@@ -83,24 +85,47 @@ def expand_inputs(specs: Sequence[str], *, skip_bad: bool = False) -> list[Input
             if not skip_bad:
                 raise
             print(f"warning: skipping input: {exc}")
-    items: list[InputItem] = []
-    seen: dict[str, int] = {}
-    for path in dict.fromkeys(paths):  # drop repeats, keep order
-        stem = os.path.splitext(os.path.basename(path))[0]
-        seen[stem] = seen.get(stem, 0) + 1
-        name = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
-        items.append(InputItem(path=path, kind=input_kind(path) or "image", name=name))
-    return items
+    unique = list(dict.fromkeys(paths))  # drop repeats, keep order
+    names = output_names(unique)
+    return [InputItem(path=p, kind=input_kind(p) or "image", name=n) for p, n in zip(unique, names)]
+
+
+def output_names(paths: Sequence[str]) -> list[str]:
+    """A unique, stable output name per path: the path without its extension, relative to the
+    folder common to all ``paths`` (``/`` separated; the stem alone when all share one folder).
+    Two files differing only by extension keep it (``a.jpg`` -> ``a_jpg``); a name still taken
+    gets ``-2``, ``-3``... (never one another path already has)."""
+    if not paths:
+        return []
+    folders = [os.path.dirname(os.path.abspath(p)) for p in paths]
+    root = os.path.commonpath(folders)
+    rel = [os.path.relpath(os.path.abspath(p), root).replace(os.sep, "/") for p in paths]
+    stems = [os.path.splitext(r)[0] for r in rel]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem] = counts.get(stem, 0) + 1
+    wanted = [s if counts[s] == 1 else r.replace(".", "_") for s, r in zip(stems, rel)]
+    taken: set[str] = set()
+    reserved = set(wanted)
+    names = []
+    for name in wanted:
+        final, n = name, 1
+        while final in taken or (final != name and final in reserved):
+            n += 1
+            final = f"{name}-{n}"
+        taken.add(final)
+        names.append(final)
+    return names
 
 
 def read_image(path: str) -> np.ndarray:
     """``[H, W, 3]`` uint8 RGB (gray and alpha images converted); raises naming ``path``."""
-    if not os.path.isfile(path):
-        raise BadInputError(f"image not found: {path}")
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None or bgr.size == 0:
-        raise BadInputError(f"cannot decode image (corrupt or not an image): {path}")
-    return np.ascontiguousarray(bgr[..., ::-1])
+    try:
+        return decode_image_file(path)
+    except FileNotFoundError as exc:
+        raise BadInputError(str(exc)) from None
+    except ImageDecodeError as exc:
+        raise BadInputError(str(exc)) from None
 
 
 @dataclass(frozen=True)

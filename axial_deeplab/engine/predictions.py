@@ -2,7 +2,7 @@
 
 Under ``folder`` (``OUTPUT_DIR/inference`` for ``--eval-only``):
 
-- ``panoptic/<image stem>.png`` and ``panoptic.json``: COCO panoptic results whose
+- ``panoptic/<image name>.png`` and ``panoptic.json``: COCO panoptic results whose
   ``category_id`` are the data set's own category ids (the ids of its annotation file, not train
   ids), so that panopticapi's ``pq_compute``, cityscapesscripts' ``evalPanopticSemanticLabeling``
   and ``python -m axial_deeplab.evaluation.panoptic`` read them against the ground-truth JSON;
@@ -10,6 +10,8 @@ Under ``folder`` (``OUTPUT_DIR/inference`` for ``--eval-only``):
   ``evalPixelLevelSemanticLabeling``) and ``cityscapes_instances/<image stem>.txt`` with its masks
   in ``cityscapes_instances/masks/`` (for ``evalInstanceLevelSemanticLabeling``).
 
+``<image name>`` is the image's path without extension relative to the data set's image folder
+(``a/img.jpg`` -> ``a/img``), so that images of the same name in different folders keep apart.
 Predictions are saved at the size of the image file (nearest-neighbour resizing when evaluation
 ran at another size). Every file is written atomically; with several ranks each writes its images
 and the main process writes the JSON.
@@ -64,7 +66,7 @@ class PredictionSaver:
         ``labels`` ``[H, W]`` (``class * label_divisor + instance``, negative = void) and the raw
         ``outputs`` it came from (``semantic`` ``[K, H, W]``, ``center`` ``[1, H, W]``)."""
         meta = self.metadata
-        stem = os.path.splitext(os.path.basename(str(record["file_name"])))[0]
+        stem = self.output_stem(str(record["file_name"]))
         size = (int(record["height"]), int(record["width"]))
         full = _resize_nearest(labels, size)
         ids, segments = labels_to_segments(
@@ -73,9 +75,20 @@ class PredictionSaver:
         to_dataset = meta.train_id_to_dataset_id
         for segment in segments:
             segment["category_id"] = to_dataset[segment["category_id"]]
+        os.makedirs(os.path.dirname(os.path.join(self.coco.folder, f"{stem}.png")), exist_ok=True)
         self.coco.add(record["image_id"], f"{stem}.png", ids, segments)
-        if self.cityscapes:
-            self._add_cityscapes(stem, size, labels, outputs)
+        if self.cityscapes:  # Cityscapes names are unique (city_sequence_frame) and flat
+            self._add_cityscapes(os.path.basename(stem), size, labels, outputs)
+
+    def output_stem(self, file_name: str) -> str:
+        """``file_name`` without extension, relative to the data set's image folder (``/``
+        separated), so that ``a/img.jpg`` and ``b/img.jpg`` keep apart; the base name when the
+        file lies elsewhere."""
+        root = self.metadata.image_dir
+        rel = os.path.relpath(os.path.abspath(file_name), os.path.abspath(root)) if root else ""
+        if not rel or rel.startswith(os.pardir):
+            rel = os.path.basename(file_name)
+        return os.path.splitext(rel)[0].replace(os.sep, "/")
 
     def _add_cityscapes(
         self, stem: str, size: tuple[int, int], labels: np.ndarray, outputs: dict

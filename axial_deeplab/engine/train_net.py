@@ -2,11 +2,16 @@
 
 detectron2-style options: ``--num-gpus N`` spawns N local processes (DistributedDataParallel;
 NCCL on GPUs, gloo on CPUs), ``--resume`` continues from ``OUTPUT_DIR``'s last checkpoint,
-``--eval-only`` evaluates ``MODEL.WEIGHTS`` on ``DATASETS.TEST[0]``; with
-``TEST.SAVE_PREDICTIONS True`` it also writes the predictions in the official formats (COCO
-panoptic PNG + JSON with the data set's category ids; Cityscapes label-id PNGs and instance
-txt + masks for Cityscapes-format data) and ``metrics.json`` to ``OUTPUT_DIR/inference``.
-Multi-node: launch this with ``torchrun``.
+``--eval-only`` evaluates ``MODEL.WEIGHTS`` on ``DATASETS.TEST[0]`` (without weights it refuses
+unless ``--allow-random-weights``); with ``TEST.SAVE_PREDICTIONS True`` it also writes the
+predictions in the official formats (COCO panoptic PNG + JSON with the data set's category ids;
+Cityscapes label-id PNGs and instance txt + masks for Cityscapes-format data) and ``metrics.json``
+to ``OUTPUT_DIR/inference``. Multi-node: launch this with ``torchrun``, or submit it to Slurm
+with ``--slurm`` (see :mod:`.slurm`).
+
+Ctrl-C, SIGTERM, SIGUSR1 or SIGUSR2 during training saves a checkpoint and exits with
+``128 + signal number`` and a line saying how to resume. Errors are one line (``--debug`` or
+``AXIAL_DEEPLAB_DEBUG=1``: with the traceback).
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import sys
 
-import torch
-
-from ..config import load_config
+from ..config import ConfigError, load_config
 from ..utils.atomic import write_json
+from ..utils.cli import run_cli
 from .build import (
     build_evaluate_fn,
     build_trainer,
@@ -28,11 +34,41 @@ from .build import (
 )
 from .distributed import init_from_env, is_main_process
 from .launch import default_argument_parser, launch
+from .preemption import TrainingInterrupted
+
+
+def check_weights(cfg, args: argparse.Namespace) -> None:
+    """``--eval-only`` needs ``MODEL.WEIGHTS`` (a random model's score means nothing)."""
+    if args.eval_only and not cfg.MODEL.WEIGHTS and not args.allow_random_weights:
+        raise ConfigError(
+            "--eval-only without MODEL.WEIGHTS would evaluate a randomly initialised model: "
+            "pass MODEL.WEIGHTS path/to/model.pth (or --allow-random-weights to do it anyway)"
+        )
+
+
+def eval_config(args: argparse.Namespace):
+    """``--eval-only`` without ``--config-file``: the config stored in ``MODEL.WEIGHTS`` (our
+    checkpoints and converted ones carry it), then the ``KEY VALUE`` overrides."""
+    from ..checkpoint.io import load_checkpoint_file
+    from .infer_net import config_from_yaml
+
+    weights = load_config(None, args.opts).MODEL.WEIGHTS
+    if not weights:
+        return load_config(None, args.opts)
+    stored = load_checkpoint_file(weights).config_yaml
+    if stored is None:
+        raise SystemExit(f"error: {weights} carries no config: pass --config-file")
+    print(f"config: stored in {weights}")
+    return config_from_yaml(stored, list(args.opts), source=weights)
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
-    cfg = load_config(args.config_file or None, args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    if args.eval_only and not args.config_file:
+        cfg = eval_config(args)
+    else:
+        cfg = load_config(args.config_file or None, args.opts)
+    check_weights(cfg, args)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch_cuda_available():
         print(f"MODEL.DEVICE={cfg.MODEL.DEVICE} but no GPU is available: running on the CPU.")
     device = init_from_env(cfg.MODEL.DEVICE)
     if args.eval_only:
@@ -53,15 +89,44 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         trainer = build_trainer(cfg, device)
         if args.resume and trainer.resume() and is_main_process():
             print(f"resumed from iteration {trainer.iteration} of {cfg.OUTPUT_DIR}")
+            if trainer.iteration >= cfg.SOLVER.MAX_ITER:
+                print(f"this run already finished (SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}): nothing "
+                      "to train; raise SOLVER.MAX_ITER to continue, or evaluate with --eval-only "
+                      f"MODEL.WEIGHTS {cfg.OUTPUT_DIR}/model_{trainer.iteration:07d}.pth")  # fmt: skip
         metrics = trainer.train()
     if is_main_process() and metrics:
         print(json.dumps({k: round(v, 3) for k, v in metrics.items()}, indent=1))
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that resumes an interrupted run (``--resume`` added once)."""
+    args = [a for a in argv if a != "--resume"]
+    return shlex.join([sys.executable, "tools/train_net.py", "--resume", *args])
+
+
+def _main(argv: list[str]) -> None:
     args = default_argument_parser(__doc__.splitlines()[0]).parse_args(argv)
-    launch(run, args.num_gpus, (args,))
+    if args.slurm:
+        from .slurm import submit
+
+        submit(args)
+        return
+    try:
+        launch(run, args.num_gpus, (args,))
+    except TrainingInterrupted as exc:
+        print(f"{exc}\nresume with: {resume_command(argv)}", file=sys.stderr)
+        raise SystemExit(128 + exc.signum) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(_main, argv)
 
 
 if __name__ == "__main__":

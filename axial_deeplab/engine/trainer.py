@@ -13,6 +13,13 @@ The loop knows nothing of panoptic segmentation. It takes ready-made objects:
 - ``checkpoint_info`` (optional): constant entries written into every checkpoint besides the
   training state, e.g. the run's config and class metadata (``checkpoint.io.checkpoint_entries``)
   so that inference needs nothing but the checkpoint file.
+
+Stopping: SIGINT (Ctrl-C), SIGTERM, SIGUSR1 or SIGUSR2 during :meth:`Trainer.train` finishes the
+current iteration, saves a checkpoint and raises :class:`.preemption.TrainingInterrupted`; a
+resumed run then continues exactly where it stopped. When a run starts, the main process deletes
+temporary files left in ``output_dir`` by a process killed mid-write and cuts ``metrics.json``
+back to the iterations at or before the one it starts from, so that a resumed run's log has one
+record per logged iteration.
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint.io import save_atomic
-from ..utils.atomic import write_text
+from ..utils.atomic import remove_stale_temp_files, write_text
 from .distributed import all_gather_objects, is_main_process
-from .events import EventWriter
+from .events import EventWriter, truncate_metrics
+from .preemption import StopSignals, TrainingInterrupted
 
 LAST_CHECKPOINT = "last_checkpoint"
 STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "iteration", "best", "rng")
@@ -146,9 +154,10 @@ class Trainer:
         }
 
     def save(self, name: str) -> str:
-        path = os.path.join(self.options.output_dir, f"{name}.pth")
+        path = os.path.join(self.options.output_dir, f"{name}.pth")  # same on every rank
         if is_main_process():
             save_atomic(self.state_dict(), path)
+            tqdm.write(f"checkpoint {path} (iteration {self.iteration})")
             if name != "model_best":
                 write_text(os.path.join(self.options.output_dir, LAST_CHECKPOINT), name)
         return path
@@ -174,42 +183,74 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- the loop
     def train(self) -> dict[str, float]:
-        """Train to ``max_iter``; returns the last evaluation's metrics (empty without one)."""
+        """Train to ``max_iter``; returns the last evaluation's metrics (empty without one).
+
+        Raises :class:`.preemption.TrainingInterrupted` after saving a checkpoint when a stop
+        signal arrives (see the module docstring)."""
         opts = self.options
         main = is_main_process()
+        if main:
+            os.makedirs(opts.output_dir, exist_ok=True)
+            for path in remove_stale_temp_files(opts.output_dir):
+                print(f"removed {path}, left by a process killed while writing it")
+            truncate_metrics(os.path.join(opts.output_dir, "metrics.json"), self.iteration)
         writer = EventWriter(opts.output_dir) if main else None
-        metrics: dict[str, float] = {}
         bar = tqdm(
             total=opts.max_iter, initial=self.iteration, disable=not main, desc="train", unit="it"
         )
         if writer and opts.vis_period > 0 and self.visualize and not writer.has_tensorboard:
             print("notice: no TensorBoard pictures (vis_period is set but tensorboard is not "
                   "installed: pip install tensorboard)")  # fmt: skip
-        data = self.batches(self.iteration)
         self.model.train()
         try:
-            while self.iteration < opts.max_iter:
-                start = time.perf_counter()
-                batch = next(data)
-                data_time = time.perf_counter() - start
-                inspect = self._pictures_writer(writer)
-                losses = self.step(batch, inspect=inspect)
-                self.iteration += 1
-                bar.update(1)
-                scalars = {k: v.item() for k, v in losses.items()}
-                scalars.update(lr=self.optimizer.param_groups[0]["lr"], data_time=data_time)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)
-                if writer and (self.iteration % opts.log_period == 0 or self.iteration == 1):
-                    writer.write(self.iteration, scalars)
-                if self.iteration % opts.checkpoint_period == 0 or self.iteration == opts.max_iter:
-                    self.save(f"model_{self.iteration:07d}")
-                if self._eval_due():
-                    metrics = self._run_eval(writer)
+            with StopSignals() as stop:
+                return self._loop(writer, bar, stop)
         finally:
             bar.close()
             if writer:
                 writer.close()
+
+    def _loop(self, writer: EventWriter | None, bar: tqdm, stop: StopSignals) -> dict[str, float]:
+        opts = self.options
+        metrics: dict[str, float] = {}
+        data = self.batches(self.iteration)
+        saved = -1  # iteration of the last checkpoint written by this loop
+        while self.iteration < opts.max_iter:
+            signum = stop.requested(self.device)
+            if signum is not None:
+                path = self._checkpoint_path(self.iteration)
+                if saved != self.iteration:
+                    path = self.save(f"model_{self.iteration:07d}")
+                raise TrainingInterrupted(signum, self.iteration, path)
+            start = time.perf_counter()
+            try:
+                batch = next(data)
+            except Exception:
+                if stop.signum is None:
+                    raise
+                # a loader worker died of the stop signal: the state is that of an iteration
+                # boundary, so save it as the signal asks
+                path = self.save(f"model_{self.iteration:07d}")
+                raise TrainingInterrupted(stop.signum, self.iteration, path) from None
+            data_time = time.perf_counter() - start
+            inspect = self._pictures_writer(writer)
+            losses = self.step(batch, inspect=inspect)
+            self.iteration += 1
+            bar.update(1)
+            scalars = {k: v.item() for k, v in losses.items()}
+            scalars.update(lr=self.optimizer.param_groups[0]["lr"], data_time=data_time)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)
+            if writer and (self.iteration % opts.log_period == 0 or self.iteration == 1):
+                writer.write(self.iteration, scalars)
+            if self.iteration % opts.checkpoint_period == 0 or self.iteration == opts.max_iter:
+                self.save(f"model_{self.iteration:07d}")
+                saved = self.iteration
+            if self._eval_due():
+                metrics = self._run_eval(writer)
         return metrics
+
+    def _checkpoint_path(self, iteration: int) -> str:
+        return os.path.join(self.options.output_dir, f"model_{iteration:07d}.pth")
 
     def step(
         self, batch: dict, *, inspect: Callable[[dict, dict], None] | None = None

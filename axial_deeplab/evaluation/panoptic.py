@@ -335,8 +335,9 @@ class PanopticEvaluator:
 def main(argv: list[str] | None = None) -> None:
     """CLI: ``python -m axial_deeplab.evaluation.panoptic --gt-json ... --pred-dir ...``."""
     from axial_deeplab.evaluation.panoptic_files import cli
+    from axial_deeplab.utils.cli import run_cli
 
-    cli(argv)
+    run_cli(cli, argv)
 
 
 if __name__ == "__main__":

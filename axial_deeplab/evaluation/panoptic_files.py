@@ -15,9 +15,13 @@ import tempfile
 from collections.abc import Sequence
 
 from axial_deeplab.data.records import read_json
-from axial_deeplab.data.validation import DatasetFormatError
+from axial_deeplab.data.validation import (
+    DatasetFormatError,
+    validate_annotations,
+    validate_images,
+)
 from axial_deeplab.evaluation.panoptic import PanopticEvaluator, PQStats, RunsImage
-from axial_deeplab.evaluation.parallel import map_batches
+from axial_deeplab.evaluation.parallel import keep_freed_memory, map_batches
 from axial_deeplab.evaluation.runs import PanopticPngReader
 
 # One image's work: (gt PNG, gt segments_info, pred PNG, pred segments_info, (H, W) or None).
@@ -26,12 +30,12 @@ _BATCH_SIZE = 8  # images per batch at most: enough to share numpy calls, small 
 
 
 def load_json(path: str, role: str) -> dict:
-    """Read a COCO panoptic JSON; clear errors for a missing file, bad JSON or no annotations."""
+    """Read a COCO panoptic JSON; clear errors for a missing file, bad JSON, and annotations or
+    images that the training reader would refuse (the shared validators: a repeated image_id,
+    a missing key, a size that is not a positive int)."""
     data = read_json(path, role)
-    for i, ann in enumerate(data["annotations"]):
-        for key in ("image_id", "file_name", "segments_info"):
-            if not isinstance(ann, dict) or key not in ann:
-                raise DatasetFormatError(f"{path}: annotation #{i} has no '{key}'")
+    validate_annotations(data["annotations"], path)
+    validate_images(data.get("images"), path)
     return data
 
 
@@ -47,7 +51,7 @@ def build_tasks(gt: dict, gt_json: str, gt_dir: str, pred: dict, pred_json: str,
             f"{pred_json}: no prediction for {len(missing)} ground-truth image(s) of {gt_json}, "
             f"e.g. image_id {missing[:5]}"
         )
-    sizes = {img["id"]: (img["height"], img["width"]) for img in gt.get("images", [])}
+    sizes = {k: v[:2] for k, v in validate_images(gt.get("images"), gt_json).items()}
     tasks: list[Task] = []
     for ann in gt["annotations"]:
         p = predictions[ann["image_id"]]
@@ -67,11 +71,24 @@ class _BatchStats:
         self.reader = PanopticPngReader()  # one per process: its buffer is reused
 
     def __call__(self, tasks: Sequence[Task]) -> PQStats:
-        read = self.reader.read
+        read = self._read
         return self.evaluator.image_stats(
             [RunsImage(read(g), g_segments, read(p), p_segments, g, p, size)
              for g, g_segments, p, p_segments, size in tasks]
         )  # fmt: skip
+
+
+    def _read(self, path: str):
+        """The PNG's runs; a file that cannot be decoded raises naming it."""
+        try:
+            return self.reader.read(path)
+        except (FileNotFoundError, DatasetFormatError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
+            raise DatasetFormatError(
+                f"{path}: cannot decode panoptic PNG (truncated or corrupt?): "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
 
 
 def evaluate_panoptic_files(
@@ -182,6 +199,7 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", help="write the results here as JSON")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # this process is ours and one of the workers: as in the others
     try:
         results = evaluate_panoptic_files(
             args.gt_json, args.gt_dir, args.pred_json, args.pred_dir, workers=args.workers

@@ -81,7 +81,7 @@ def map_batches(
     return [results[i] for i in range(num_batches)]
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """glibc only (elsewhere nothing): keep up to 256 MiB of freed memory, and serve blocks up
     to 64 MiB from it, rather than returning them to the system after every batch."""
     try:
@@ -111,7 +111,7 @@ def _batches(function, items, batch_size, counter):
 
 def _child(function, items, batch_size, counter, sender: Connection) -> None:
     """A worker: sends ``(index, result)`` per batch, then ``None``; or the exception raised."""
-    _keep_freed_memory()
+    keep_freed_memory()
     try:
         for message in _batches(function, items, batch_size, counter):
             sender.send(message)

@@ -86,8 +86,13 @@ class PanopticDeepLab(nn.Module):
             raise ValueError(
                 f"images: expected [N, {self.pixel_mean.shape[1]}, H, W], got {list(images.shape)}"
             )
-        size = tuple(images.shape[2:])
         features = self.backbone((images - self.pixel_mean) / self.pixel_std)
+        return self.predict_from_features(features, tuple(images.shape[2:]))
+
+    def predict_from_features(
+        self, features: dict[str, torch.Tensor], size: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        """The decoders and heads on the backbone's ``features``, upsampled to ``size``."""
         semantic = self.semantic_head(self.semantic_decoder(features))  # [N, K, h, w]
         instance = self.instance_decoder(features)  # [N, C, h, w]
         center = self.center_head(instance)  # [N, 1, h, w]

@@ -25,7 +25,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-_CHUNK_ELEMENTS = 1 << 22  # pixel x centre distances held at once while grouping
+_CHUNK_ELEMENTS = 1 << 18  # pixel x centre distances held at once while grouping
+_ROWS = 64  # image rows grouped at once: bounds the memory of the thing-pixel temporaries
 
 
 def _check(name: str, tensor: torch.Tensor, channels: int) -> None:
@@ -40,14 +41,29 @@ def find_instance_centers(
     _check("center_heatmap", center_heatmap, 1)
     if nms_kernel % 2 != 1:
         raise ValueError(f"nms_kernel must be odd, got {nms_kernel}")
-    heat = center_heatmap.float()
-    heat = torch.where(heat > threshold, heat, torch.full_like(heat, -1.0))  # [1, H, W]
+    heat = center_heatmap[0].float()
+    heat = torch.where(heat > threshold, heat, torch.full_like(heat, -1.0))  # [H, W]
+    # A centre equals the max of its k x k window (-inf beyond the border, as max pooling pads).
+    candidates = torch.nonzero(heat > -1.0)  # [N, 2], row-major
     pad = nms_kernel // 2
-    # k x k max pool as a 1 x k then k x 1 pool (max is separable): [1, H, W] -> [1, H, W]
-    pooled = F.max_pool2d(heat[None], (1, nms_kernel), stride=1, padding=(0, pad))
-    pooled = F.max_pool2d(pooled, (nms_kernel, 1), stride=1, padding=(pad, 0))[0]
-    survivors = torch.nonzero((heat[0] == pooled[0]) & (heat[0] > -1.0))  # [S, 2]
-    scores = heat[0, survivors[:, 0], survivors[:, 1]]  # [S]
+    if len(candidates) * nms_kernel**2 > heat.numel():  # e.g. an untrained model: pool it all
+        # k x k max pool as a 1 x k then k x 1 pool (max is separable): [1, 1, H, W]
+        pooled = F.max_pool2d(heat[None, None], (1, nms_kernel), stride=1, padding=(0, pad))
+        pooled = F.max_pool2d(pooled, (nms_kernel, 1), stride=1, padding=(pad, 0))[0, 0]
+        return _top_k(torch.nonzero((heat == pooled) & (heat > -1.0)), heat, top_k)
+    # Else only the windows of the pixels above the threshold (a few thousand, not H x W).
+    padded = F.pad(heat, (pad, pad, pad, pad), value=float("-inf"))  # [H + 2 pad, W + 2 pad]
+    window = torch.arange(nms_kernel, device=heat.device)  # [k]
+    rows = candidates[:, 0, None, None] + window[None, :, None]  # [N, k, 1]
+    cols = candidates[:, 1, None, None] + window[None, None, :]  # [N, 1, k]
+    peak = padded[rows, cols].amax(dim=(1, 2))  # [N] window maxima
+    values = heat[candidates[:, 0], candidates[:, 1]]  # [N]
+    return _top_k(candidates[values == peak], heat, top_k)
+
+
+def _top_k(survivors: torch.Tensor, heat: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """The ``[S, 2]`` survivors scoring strictly above the ``top_k``-th best (all if fewer)."""
+    scores = heat[survivors[:, 0], survivors[:, 1]]  # [S]
     bound = 0.0
     if top_k is not None and len(scores) >= top_k:
         bound = max(float(torch.topk(scores, top_k).values[-1]), 0.0)
@@ -57,18 +73,29 @@ def find_instance_centers(
 def group_pixels(
     center_points: torch.Tensor, pixel_y: torch.Tensor, pixel_x: torch.Tensor
 ) -> torch.Tensor:
-    """Index of the centre nearest to each voted location.
+    """Index of the centre exactly nearest to each voted location.
 
     ``center_points`` ``[K, 2]`` ``(y, x)``; ``pixel_y``, ``pixel_x`` ``[P]`` float voted
     locations (pixel + offset). Returns ``[P]`` int64 in ``[0, K)``; ties go to the lower index.
+
+    The squared distance ``|p - c_k|^2`` is ``|p|^2 + s_k`` with ``s_k = |c_k|^2 - 2 p.c_k``,
+    and ``s_k`` is computed in float64 (one ``[P, 3] x [3, K]`` product, then argmin). This is
+    exact, so ties and near-ties are decided by the true distances, for centres below 4096 and
+    voted coordinates in ``(-8192, 8192)`` that are 0 or at least 1/4 in magnitude (float32
+    values: every product and sum then needs at most 53 bits, in any summation order); outside
+    that, the rounding is below ``2^-25`` pixel^2. Float32 distances (detectron2's) can round two
+    near-equal distances to a tie, which then goes to the lower index.
     """
-    centers = center_points.to(pixel_y.dtype)
+    centers = center_points.to(torch.float64)  # [K, 2] integers, exact
+    weights = torch.cat([-2 * centers.T, (centers * centers).sum(1)[None]])  # [3, K]
     out = torch.empty(pixel_y.shape, dtype=torch.int64, device=pixel_y.device)
     step = max(1, _CHUNK_ELEMENTS // max(1, len(centers)))
     for start in range(0, len(pixel_y), step):
-        dy = pixel_y[start : start + step, None] - centers[None, :, 0]  # [chunk, K]
-        dx = pixel_x[start : start + step, None] - centers[None, :, 1]  # [chunk, K]
-        out[start : start + step] = torch.argmin(dy * dy + dx * dx, dim=1)
+        y, x = pixel_y[start : start + step], pixel_x[start : start + step]
+        points = torch.stack([y, x, torch.ones_like(y)], dim=1).to(torch.float64)  # [chunk, 3]
+        torch.argmin(
+            points @ weights, dim=1, out=out[start : start + step]
+        )  # [chunk, K] -> [chunk]
     return out
 
 
@@ -115,46 +142,61 @@ def get_panoptic_segmentation(
     sem = semantic[0].long().reshape(-1)  # [H*W]
     if sem.numel() and int(sem.min()) < 0:
         raise ValueError(f"semantic: class ids must be >= 0, got {int(sem.min())}")
-    width = semantic.shape[2]
     num_classes = int(sem.max()) + 1 if sem.numel() else 1
     is_thing_class = _class_lut(thing_ids, num_classes, sem.device)
     centers = find_instance_centers(
         center_heatmap, threshold=threshold, nms_kernel=nms_kernel, top_k=top_k
     )
-    panoptic = torch.full_like(sem, void_label)  # [H*W]
-
-    # Stuff: keep classes whose area reaches stuff_area.
-    thing_pixel = is_thing_class[sem]  # [H*W]
-    stuff_sem = sem[~thing_pixel]
-    area = torch.bincount(stuff_sem, minlength=num_classes)  # [C]
+    # Stuff classes whose area reaches stuff_area keep their label; thing classes: void for now.
+    area = torch.bincount(sem, minlength=num_classes)  # [C]
     classes = torch.arange(num_classes, device=sem.device)
-    stuff_lut = torch.where(area >= stuff_area, classes * label_divisor, void_label)  # [C]
-    panoptic[~thing_pixel] = stuff_lut[stuff_sem]
-
+    keep = (area >= stuff_area) & ~is_thing_class
+    panoptic = torch.where(keep, classes * label_divisor, void_label)[sem]  # [H*W]
     if len(centers):
-        pixels = torch.nonzero(thing_pixel)[:, 0]  # [P] flat indices of thing pixels
-        off = offsets.reshape(2, -1)[:, pixels]  # [2, P]
-        pixel_y = (pixels // width).to(off.dtype) + off[0]  # [P]
-        pixel_x = (pixels % width).to(off.dtype) + off[1]  # [P]
-        instance = group_pixels(centers, pixel_y, pixel_x)  # [P] in [0, K)
-        panoptic[pixels] = _instance_labels(
-            instance, sem[pixels], len(centers), num_classes, label_divisor
-        )[instance]
+        _label_things(panoptic, sem, offsets, centers, is_thing_class, label_divisor)
     return panoptic.reshape(semantic.shape), centers
 
 
-def _instance_labels(
-    instance: torch.Tensor,
-    classes: torch.Tensor,
-    num_instances: int,
-    num_classes: int,
-    divisor: int,
-) -> torch.Tensor:
-    """Panoptic label ``[K]`` of each instance: majority class, ids from 1 per class in order."""
-    pairs = torch.bincount(instance * num_classes + classes, minlength=num_instances * num_classes)
-    votes = pairs.reshape(num_instances, num_classes)  # [K, C]
+def _label_things(
+    panoptic: torch.Tensor,
+    sem: torch.Tensor,
+    offsets: torch.Tensor,
+    centers: torch.Tensor,
+    is_thing_class: torch.Tensor,
+    label_divisor: int,
+) -> None:
+    """Write the instance labels of the thing pixels into ``panoptic`` ``[H*W]`` (in place).
+
+    Blocks of :data:`_ROWS` rows bound the memory of the per-pixel temporaries: a first pass
+    groups each block's thing pixels (instance indices kept in int32) and counts the class votes;
+    a second writes the labels.
+    """
+    height, width = offsets.shape[1:]
+    num_classes = is_thing_class.numel()
+    votes = torch.zeros(len(centers) * num_classes, dtype=torch.int64, device=sem.device)
+    blocks = []
+    for top in range(0, height, _ROWS):
+        lo, hi = top * width, min(top + _ROWS, height) * width
+        pixels = torch.nonzero(is_thing_class[sem[lo:hi]])[:, 0]  # [P] flat indices in block
+        flat = pixels + lo  # [P] flat indices in the image
+        off = offsets.reshape(2, -1)[:, flat]  # [2, P]
+        pixel_y = (flat // width).to(off.dtype) + off[0]  # [P] pixel + offset, float32
+        pixel_x = (flat % width).to(off.dtype) + off[1]  # [P]
+        instance = group_pixels(centers, pixel_y, pixel_x)  # [P] in [0, K)
+        votes += torch.bincount(
+            instance * num_classes + sem[flat], minlength=votes.numel()
+        )  # fmt: skip
+        blocks.append((flat.to(torch.int32), instance.to(torch.int32)))
+    labels = _instance_labels(votes.reshape(len(centers), num_classes), label_divisor)  # [K]
+    for flat, instance in blocks:
+        panoptic[flat.long()] = labels[instance.long()]
+
+
+def _instance_labels(votes: torch.Tensor, divisor: int) -> torch.Tensor:
+    """Panoptic label ``[K]`` of each instance from its ``[K, C]`` class votes: majority class,
+    ids from 1 per class in instance order."""
     label_class = votes.argmax(dim=1)  # [K], first (smallest) class on ties
-    one_hot = F.one_hot(label_class, num_classes) * (votes.sum(dim=1, keepdim=True) > 0)  # [K, C]
+    one_hot = F.one_hot(label_class, votes.shape[1]) * (votes.sum(dim=1, keepdim=True) > 0)
     rank = one_hot.cumsum(dim=0).gather(1, label_class[:, None])[:, 0]  # [K] id within class
     return label_class * divisor + rank
 

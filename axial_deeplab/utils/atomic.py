@@ -1,23 +1,48 @@
 """Atomic file writes: a temporary file in the same folder, then ``os.replace`` over the target.
 
-A crash mid-write leaves the previous file (or none), never a truncated one.
+A crash mid-write leaves the previous file (or none), never a truncated one. Temporary files are
+named ``.tmp-*`` (hidden, unique per write); a process killed mid-write (``kill -9``) can leave
+one behind, which :func:`remove_stale_temp_files` deletes when a run starts in that folder.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import cv2
 import numpy as np
 
+TEMP_PREFIX = ".tmp-"
+
+
+def _atomic(path: str, suffix: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` to a fresh temporary file beside ``path``, then rename it over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
 
 def write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    _atomic(path, ".txt", write)
 
 
 def write_json(path: str, data: Any, indent: int | None = None) -> None:
@@ -26,7 +51,24 @@ def write_json(path: str, data: Any, indent: int | None = None) -> None:
 
 def write_rgb_png(path: str, rgb: np.ndarray) -> None:
     """Write an ``[H, W, 3]`` uint8 RGB picture as PNG."""
-    tmp = f"{path}.tmp.png"
-    if not cv2.imwrite(tmp, np.ascontiguousarray(rgb[..., ::-1])):
-        raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        if not cv2.imwrite(tmp, np.ascontiguousarray(rgb[..., ::-1])):
+            raise OSError(f"could not write {path}")
+
+    _atomic(path, ".png", write)
+
+
+def remove_stale_temp_files(folder: str) -> list[str]:
+    """Delete the ``.tmp-*`` files directly in ``folder`` (left by a process killed mid-write);
+    returns their paths. Call it only where no other process is writing into ``folder``."""
+    stale = sorted(glob.glob(os.path.join(glob.escape(folder), TEMP_PREFIX + "*")))
+    removed = []
+    for path in stale:
+        if os.path.isfile(path):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    return removed

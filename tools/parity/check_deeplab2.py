@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 
-from axial_deeplab.checkpoint.deeplab2_parity import check_reference
+from axial_deeplab.checkpoint.deeplab2_parity import check_blocks, check_reference
 from axial_deeplab.checkpoint.zoo import ZOO
 
 
@@ -30,7 +30,15 @@ def main() -> None:
     parser.add_argument(
         "--float64", action="store_true", help="also run our model in float64 (round-off scale)"
     )
+    parser.add_argument(
+        "--blocks",
+        metavar="DIR",
+        help="block by block instead: DIR/<KEY>/ from deeplab2_reference.py --dump-blocks",
+    )
     args = parser.parse_args()
+    if args.blocks:
+        blocks_main(args)
+        return
     results = []
     print(
         "| model | params ours / deeplab2 | semantic | center | offset | panoptic | post-processing |"
@@ -59,6 +67,31 @@ def main() -> None:
             f"| {model.key} | {r['parameters']:,} / {r['reference_parameters']:,} | "
             f"{' | '.join(cells)} | {agree[0]} ({r['panoptic']['segments']} segments) | "
             f"{agree[1]} |",
+            flush=True,
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def blocks_main(args: argparse.Namespace) -> None:
+    """Per model: every encoder module on deeplab2's own input, and the heads on its encoder
+    outputs; prints the worst module and each output, as max |diff| / std (and RMS / std)."""
+    results = []
+    print("| model | modules | worst module: max (RMS) rel | semantic | center | offset |")
+    print("|---|---|---|---|---|---|")
+    for model in ZOO:
+        folder = os.path.join(args.references, model.key)
+        blocks_dir = os.path.join(args.blocks, model.key)
+        if (args.keys and model.key not in args.keys) or not os.path.isdir(blocks_dir):
+            continue
+        r = check_blocks(folder, blocks_dir, model.config, threads=args.threads or None)
+        results.append(r)
+        worst = max(r["blocks"], key=lambda b: b["max_rel"])
+        cells = [f"{d['max_rel']:.1e} ({d['rms_rel']:.1e})" for d in r["heads"].values()]
+        print(
+            f"| {model.key} | {len(r['blocks'])} | {worst['name']}: {worst['max_rel']:.1e} "
+            f"({worst['rms_rel']:.1e}) | {' | '.join(cells)} |",
             flush=True,
         )
     if args.json:

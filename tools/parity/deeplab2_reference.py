@@ -66,6 +66,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -533,8 +534,8 @@ def float32_post_processing(tf: Any, model: Any) -> None:
     model._post_processor = call
 
 
-def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Builds, randomises, runs and saves one model; returns its info dict."""
+def build_model(key: str, args: argparse.Namespace) -> SimpleNamespace:
+    """Builds the key's deeplab2 model (Keras-initialised weights) for its input size, seeded."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     sys.path.insert(0, os.path.abspath(args.deeplab2))
     import tensorflow as tf
@@ -557,26 +558,47 @@ def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
             overrides.update(TINY_EVALUATOR[kind])
     config = load_config(spec, args.deeplab2, overrides, size)
     dataset_info = dataset.MAP_NAME_TO_DATASET_INFO[spec.dataset]
-    out_dir = os.path.join(args.out, key)
-    os.makedirs(out_dir, exist_ok=True)
     # Per-key seed, so that keys with the same architecture still get different weights.
     seed = key_seed(key, args.seed)
     tf.keras.utils.set_random_seed(seed)  # Python, NumPy and TF seeds (Keras initialisers).
-    rng = np.random.RandomState(seed)
-    timings: dict[str, float] = {}
-
-    start = time.time()
     floatx = tf.keras.backend.floatx()
     model = deeplab.DeepLab(config, dataset_info)
     if args.float64:
         float32_post_processing(tf, model)
     model(tf.keras.Input(shape=(*size, 3), batch_size=1, dtype=floatx), training=False)
-    timings["build_s"] = time.time() - start
+    return SimpleNamespace(
+        tf=tf,
+        deeplab=deeplab,
+        deeplab_utils=deeplab_utils,
+        spec=spec,
+        kind=kind,
+        size=size,
+        overrides=overrides,
+        config=config,
+        dataset_info=dataset_info,
+        seed=seed,
+        floatx=floatx,
+        model=model,
+        image=load_input(kind, size, args.cityscapes_image, args.coco_image),
+    )
+
+
+def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Builds, randomises, runs and saves one model; returns its info dict."""
+    start = time.time()
+    built = build_model(key, args)
+    tf, deeplab, deeplab_utils = built.tf, built.deeplab, built.deeplab_utils
+    spec, kind, size, overrides = built.spec, built.kind, built.size, built.overrides
+    config, dataset_info, seed, floatx = built.config, built.dataset_info, built.seed, built.floatx
+    model, image = built.model, built.image
+    out_dir = os.path.join(args.out, key)
+    os.makedirs(out_dir, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    timings: dict[str, float] = {"build_s": time.time() - start}
     items = model.checkpoint_items
     target = items["encoder"] if spec.imagenet else model
     counts = count_parameters(target)
     checkpoint_items = {"encoder": items["encoder"]} if spec.imagenet else items
-    image = load_input(kind, size, args.cityscapes_image, args.coco_image)
 
     def forward() -> dict[str, np.ndarray]:
         if spec.imagenet:
@@ -744,6 +766,77 @@ def build_one(key: str, args: argparse.Namespace) -> dict[str, Any]:
     return info
 
 
+def dump_blocks(key: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Block-by-block reference (``--dump-blocks DIR``) from the saved ``<out>/<key>/ckpt-0``.
+
+    Restores the checkpoint into a freshly built model, runs it on the same input and saves, in
+    the order they run, the stem's output and every encoder block's output (``[1, h, w, C]``,
+    before the ReLU that the next block applies) as ``DIR/<key>/<name>.npy``, with ``blocks.json``
+    listing them. Each block's input is the output saved just before it (checked here), so a
+    port can run every block on deeplab2's own input and compare one block at a time: on deep
+    random-weight models whole-model differences are the round-off amplified by depth, while a
+    block's own difference is not. ``blocks.json`` also records that the restored model
+    reproduces ``reference.npz``."""
+    built = build_model(key, args)
+    tf, model, floatx = built.tf, built.model, built.floatx
+    prefix = os.path.join(args.out, key, "ckpt-0")
+    tf.train.Checkpoint(**model.checkpoint_items).read(prefix).expect_partial()
+    encoder = model.checkpoint_items["encoder"]
+    out_dir = os.path.join(args.dump_blocks, key)
+    os.makedirs(out_dir, exist_ok=True)
+    saved: list[dict[str, Any]] = []
+    last: dict[str, np.ndarray] = {}
+
+    def wrap(layer: Any, name: str, chained: bool) -> None:
+        original = layer.call
+
+        def call(inputs: Any, *rest: Any, **kwargs: Any) -> Any:
+            entry: dict[str, Any] = {"name": name}
+            if chained:
+                given = inputs[0].numpy()
+                entry["input_is_previous_output"] = bool(np.array_equal(given, last["value"]))
+            result = original(inputs, *rest, **kwargs)
+            value = result.numpy()
+            np.save(os.path.join(out_dir, name.replace("/", "_") + ".npy"), value)
+            entry["shape"] = list(value.shape)
+            entry.update(_stats(value))
+            saved.append(entry)
+            last["value"] = value
+            return result
+
+        layer.call = call
+
+    wrap(encoder._stem, "encoder/_stem", chained=False)
+    for stage_index in range(1, 6):
+        stage = getattr(encoder, f"_stage{stage_index}", None)
+        if stage is None:
+            continue
+        for b in range(stage._num_blocks):
+            name = f"encoder/_stage{stage_index}/_block{b + 1}"
+            wrap(getattr(stage, f"_block{b + 1}"), name, chained=True)
+    start = time.time()
+    outputs = model(tf.constant(built.image, dtype=floatx), training=False)
+    reference = np.load(os.path.join(args.out, key, "reference.npz"))
+    restored = {}
+    for n in ("semantic_logits", "center_heatmap", "offset_map"):
+        ours = outputs[n].numpy().astype(np.float64)
+        if n not in reference:  # a tiny fixture, stored on the stride-4 lattice
+            ours, n = ours[:, ::4, ::4], f"{n}_sub4"
+        restored[n] = float(np.abs(ours - reference[n]).max())
+    result = {
+        "key": key,
+        "dtype": floatx,
+        "blocks": saved,
+        "restored_vs_reference_max_abs": restored,
+        "forward_s": round(time.time() - start, 1),
+    }
+    with open(os.path.join(out_dir, "blocks.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    if not all(e.get("input_is_previous_output", True) for e in saved):
+        raise RuntimeError(f"{key}: a block's input is not the previous block's output")
+    return result
+
+
 # --------------------------------------------------------------------------------------------
 # Command line.
 
@@ -789,6 +882,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deeplab2-commit", default="64bc1c1a", help="recorded in info.json")
     parser.add_argument("--cityscapes-image", default=CITYSCAPES_IMAGE)
     parser.add_argument("--coco-image", default=COCO_IMAGE)
+    parser.add_argument(
+        "--dump-blocks",
+        metavar="DIR",
+        help="instead of building: restore <out>/<key>/ckpt-0 and save every encoder block's "
+        "output to DIR/<key>/ (see dump_blocks)",
+    )
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.models == ["all"]:
@@ -804,6 +903,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.in_process and args.dump_blocks:
+        result = dump_blocks(args.models[0], args)
+        print(
+            f"{result['key']}: {len(result['blocks'])} outputs saved; restored model vs "
+            f"reference.npz max |diff| {result['restored_vs_reference_max_abs']}",
+            flush=True,
+        )
+        return 0
     if args.in_process:
         print(_summary(build_one(args.models[0], args)), flush=True)
         return 0

@@ -80,7 +80,6 @@ def run_ours(model, x: torch.Tensor, info: dict) -> tuple[dict, dict]:
 
 def detectron2_runner(d2_root: str, out_dir: str, info: dict, image: np.ndarray):
     """A function timing detectron2's model (weights from ``out_dir/model.pkl``) on ``image``."""
-    import pickle
 
     import detectron2_reference as reference
     from detectron2.modeling import build_model
@@ -89,8 +88,9 @@ def detectron2_runner(d2_root: str, out_dir: str, info: dict, image: np.ndarray)
     spec = MODELS[info["model"]]
     crop = SIZES[info["size"]][spec["image"]][1]
     model = build_model(reference.d2_config(d2_root, spec, info["size"], crop)).eval()
-    with open(os.path.join(out_dir, "model.pkl"), "rb") as f:
-        state = {k: torch.from_numpy(v) for k, v in pickle.load(f)["model"].items()}
+    from axial_deeplab.checkpoint.detectron2 import load_detectron2_file
+
+    state = load_detectron2_file(os.path.join(out_dir, "model.pkl"))  # no code runs from it
     target = model.backbone if spec.get("backbone_only") else model
     target.load_state_dict(state)
     backbone_only = spec.get("backbone_only", False)

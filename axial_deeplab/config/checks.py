@@ -1,0 +1,79 @@
+"""Value checks of a loaded config: each bad value is a :class:`.config.ConfigError` naming the key.
+
+:func:`load_config` runs :func:`check_config` on every config it returns, so that a value that
+would divide by zero, do nothing or silently run elsewhere (``SOLVER.MAX_ITER 0``,
+``SOLVER.CHECKPOINT_PERIOD 0``, ``INPUT.CROP.SIZE [0, 0]``, ``MODEL.DEVICE tpu``) stops the run
+before anything is built. :func:`suggest_key` finds the known key nearest to a misspelled one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
+MIN_CROP = 16  # pixels; smaller crops cannot pass the stem and the first strided stages
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or gives a value of the wrong type."""
+
+
+def flat_keys(node: Mapping, prefix: str = "") -> list[str]:
+    """``["MODEL.DEVICE", ...]``: every leaf key of a nested config."""
+    keys: list[str] = []
+    for key, value in node.items():
+        if isinstance(value, Mapping):
+            keys += flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def suggest_key(key: str, known: list[str]) -> str:
+    """`` (did you mean 'X'?)`` for the known key closest to ``key``, or ``""``."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    if not close:  # a misspelled last part: compare within the same section
+        section, _, leaf = key.rpartition(".")
+        same = [k for k in known if k.rpartition(".")[0] == section]
+        leaves = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in same], n=1)
+        close = [f"{section}.{leaves[0]}"] if leaves else []
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _positive_int(cfg, key: str, *, minimum: int = 1) -> None:
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+
+
+def _get(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def check_config(cfg) -> None:
+    """Raise :class:`ConfigError` for the first value no run can use (see the module docstring)."""
+    for key in ("SOLVER.MAX_ITER", "SOLVER.CHECKPOINT_PERIOD", "SOLVER.IMS_PER_BATCH",
+                "LOG_PERIOD", "MODEL.SEM_SEG_HEAD.NUM_CLASSES"):  # fmt: skip
+        _positive_int(cfg, key)
+    for key in ("TEST.EVAL_PERIOD", "VIS_PERIOD", "DATALOADER.NUM_WORKERS", "SOLVER.WARMUP_ITERS"):
+        _positive_int(cfg, key, minimum=0)
+    device = str(cfg.MODEL.DEVICE)
+    if not DEVICE_PATTERN.match(device):
+        raise ConfigError(f"MODEL.DEVICE must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    crop = list(cfg.INPUT.CROP.SIZE)
+    if len(crop) != 2 or not all(isinstance(v, int) and v >= MIN_CROP for v in crop):
+        raise ConfigError(
+            f"INPUT.CROP.SIZE must be [height, width], integers >= {MIN_CROP}, got {crop}"
+        )
+    if not cfg.SOLVER.BASE_LR > 0:
+        raise ConfigError(f"SOLVER.BASE_LR must be > 0, got {cfg.SOLVER.BASE_LR!r}")
+    if not 0 < cfg.INPUT.MIN_SCALE <= cfg.INPUT.MAX_SCALE:
+        raise ConfigError(
+            f"INPUT.MIN_SCALE and INPUT.MAX_SCALE must satisfy 0 < MIN <= MAX, got "
+            f"{cfg.INPUT.MIN_SCALE} and {cfg.INPUT.MAX_SCALE}"
+        )

@@ -1,0 +1,149 @@
+"""What the demo page asks of the model, without HTTP: load a checkpoint once, then predict one
+photo with given post-processing settings and return pictures, segments and timing as JSON.
+
+A thin layer over :mod:`axial_deeplab.engine.inference` and :mod:`axial_deeplab.utils.visualize`
+(the same predictor and pictures as ``tools/infer.py``); no model code of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import os
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..engine.evaluate import VOID_LABEL, PostProcessing
+from ..engine.infer_net import choose_metadata, config_from_args, read_checkpoint_info, shrink
+from ..engine.inference import Predictor, build_predictor, resolve_device
+from ..utils.visualize import prediction_panels
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# slider name -> (PostProcessing field, type, lowest, highest)
+SETTINGS = {
+    "threshold": ("threshold", float, 0.0, 1.0),
+    "nms_kernel": ("nms_kernel", int, 1, 51),
+    "top_k": ("top_k", int, 1, 1000),
+    "stuff_area": ("stuff_area", int, 0, 1_000_000),
+}
+
+
+class DemoError(ValueError):
+    """A bad request (the page shows the message)."""
+
+
+def _png_data_url(picture: np.ndarray) -> str:
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(picture[..., ::-1]))
+    if not ok:
+        raise RuntimeError("cannot encode a PNG")
+    return "data:image/png;base64," + base64.b64encode(data.tobytes()).decode("ascii")
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB of encoded image bytes (JPEG, PNG, ...); DemoError if not one."""
+    array = np.frombuffer(data, np.uint8)
+    bgr = cv2.imdecode(array, cv2.IMREAD_COLOR) if array.size else None
+    if bgr is None:
+        raise DemoError("the upload is not an image cv2 can decode (JPEG, PNG, BMP, WebP)")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+class DemoModel:
+    """A checkpoint's predictor (config and class names from the checkpoint, as ``tools/infer.py``
+    reads them) and the sample photos offered by the page."""
+
+    def __init__(self, predictor: Predictor, samples: dict[str, Path], max_size: int) -> None:
+        self.predictor = predictor
+        self.samples = samples
+        self.max_size = max_size
+        self.defaults = predictor.postprocessing
+        self._lock = threading.Lock()  # one prediction at a time: the model is not re-entrant
+
+    @classmethod
+    def load(cls, args: argparse.Namespace) -> DemoModel:
+        """From ``--weights`` (and optionally ``--config-file``, ``--class-names``, ``--device``,
+        ``KEY VALUE`` overrides) as parsed by :func:`.server.parse_args`."""
+        stored_config, stored_metadata = read_checkpoint_info(args)
+        cfg = config_from_args(args, stored_config)
+        metadata, source = choose_metadata(args, cfg, stored_metadata)
+        print(f"class names: {source}")
+        predictor = build_predictor(cfg, metadata, resolve_device(cfg.MODEL.DEVICE))
+        return cls(predictor, find_samples(args.samples), args.max_size)
+
+    def settings(self, values: dict) -> PostProcessing:
+        """The default post-processing with the request's slider values (checked)."""
+        changes = {}
+        for name, value in values.items():
+            if name not in SETTINGS:
+                raise DemoError(f"unknown setting {name!r}; known: {sorted(SETTINGS)}")
+            field, kind, low, high = SETTINGS[name]
+            try:
+                number = kind(value)
+            except (TypeError, ValueError):
+                raise DemoError(
+                    f"setting {name}: expected a {kind.__name__}, got {value!r}"
+                ) from None
+            if not low <= number <= high:
+                raise DemoError(f"setting {name}: {number} outside [{low}, {high}]")
+            changes[field] = number
+        return dataclasses.replace(self.defaults, **changes)
+
+    def predict(self, image: np.ndarray, settings: dict | None = None) -> dict:
+        """Pictures (PNG data URLs), segments and timing of one photo (see the module doc)."""
+        post = self.settings(settings or {})
+        image = shrink(image, self.max_size)
+        with self._lock:
+            self.predictor.postprocessing = post
+            start = time.perf_counter()
+            prediction = self.predictor.predict(image)
+            predicted = time.perf_counter()
+        meta = self.predictor.metadata
+        colors = None if meta.class_colors is None else np.array(meta.class_colors, np.uint8)
+        panels, strip = prediction_panels(
+            image,
+            prediction,
+            class_names=meta.class_names,
+            label_divisor=meta.label_divisor,
+            thing_ids=meta.thing_ids,
+            class_colors=colors,
+            void_label=VOID_LABEL,
+        )
+        pictures = {key: _png_data_url(p) for key, p in zip(PANEL_KEYS, panels.values())}
+        pictures["legend"] = _png_data_url(strip)
+        drawn = time.perf_counter()
+        segments = [
+            {"id": s["id"], "class": s["category_name"], "isthing": bool(s["isthing"]),
+             "area": int(s["area"]), "score": round(float(s["score"]), 3)}
+            for s in sorted(prediction["segments_info"], key=lambda s: -s["area"])
+        ]  # fmt: skip
+        return {
+            "size": list(image.shape[:2]),
+            "pictures": pictures,
+            "segments": segments,
+            "settings": dataclasses.asdict(post),
+            "timing_ms": {
+                "predict": round(1000 * (predicted - start), 1),
+                "draw": round(1000 * (drawn - predicted), 1),
+            },
+        }
+
+
+PANEL_KEYS = ("overlay", "semantic", "centers", "offsets")  # prediction_panels' order, no GT
+
+
+def find_samples(folders: list[str]) -> dict[str, Path]:
+    """``name -> path`` of the images in ``folders`` (not recursive), sorted by name."""
+    samples: dict[str, Path] = {}
+    for folder in folders:
+        if not os.path.isdir(folder):
+            print(f"notice: sample folder {folder} not found; no samples from it")
+            continue
+        for path in sorted(Path(folder).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                samples.setdefault(path.name, path)
+    return samples

@@ -1,0 +1,149 @@
+"""``axial-deeplab-demo --weights model.pth``: a local page to try a model on photos (CPU is fine).
+
+Serves, with the standard library's HTTP server, one page where one picks a sample photo or
+uploads one, moves the post-processing sliders (centre threshold, NMS kernel, top-k, stuff
+area) and sees the panoptic overlay, the semantic map, centres and offsets (toggles), the legend,
+the list of segments (class, area, score) and the timing. The checkpoint supplies the config and
+class names as for ``tools/infer.py`` (``--config-file``, ``--class-names`` and ``KEY VALUE``
+overrides still win). Endpoints: ``GET /`` (the page), ``GET /api/info``, ``GET
+/api/sample/NAME``, ``POST /api/predict?sample=NAME&threshold=...`` (or the image bytes as the
+body) returning JSON (:meth:`.app.DemoModel.predict`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ..config import ConfigError
+from .app import SETTINGS, DemoError, DemoModel, decode_image
+from .page import PAGE
+
+MAX_UPLOAD = 20 * 1024 * 1024
+SHARED_SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DEFAULT_SAMPLES = [
+    str(SHARED_SAMPLES / "coco_panoptic_sample" / "images"),
+    "output/quickstart/data/coco/images/val",
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--weights", required=True, metavar="FILE", help="checkpoint (ours or converted)")
+    add("--config-file", default="", metavar="FILE", help="config (default: the one in --weights)")
+    add("--class-names", default="", metavar="FILE", help="JSON categories or text, one per line")
+    add("--thing-ids", type=int, nargs="*", default=None, help="thing train ids (text names)")
+    add("--device", default="cpu", help="cpu (default) or cuda")
+    add("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    add("--port", type=int, default=7860, help="port (0: any free port)")
+    add("--samples", nargs="*", default=DEFAULT_SAMPLES, metavar="DIR", help="sample photo folders")
+    add("--max-size", type=int, default=1024, help="shrink photos whose long side exceeds this")
+    add("opts", nargs=argparse.REMAINDER, default=[], help="config overrides as KEY VALUE pairs")
+    args = parser.parse_args(argv)
+    args.tta_flip, args.tta_scales = False, None  # what infer_net's config reading expects
+    return args
+
+
+def make_handler(model: DemoModel) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to ``model``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base's signature
+            pass  # quiet: the page shows timing and errors
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, obj: dict, status: int = HTTPStatus.OK) -> None:
+            self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            path = urlsplit(self.path).path
+            if path in ("/", "/index.html"):
+                self._send(HTTPStatus.OK, PAGE.encode("utf-8"), "text/html; charset=utf-8")
+            elif path == "/api/info":
+                self._json(
+                    {
+                        "samples": list(model.samples),
+                        "defaults": dataclasses.asdict(model.defaults),
+                        "limits": {k: [low, high] for k, (_, _, low, high) in SETTINGS.items()},
+                        "classes": list(model.predictor.metadata.class_names),
+                    }
+                )
+            elif path == "/favicon.ico":
+                self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
+            elif path.startswith("/api/sample/") and unquote(path[12:]) in model.samples:
+                data = model.samples[unquote(path[12:])].read_bytes()
+                self._send(HTTPStatus.OK, data, "application/octet-stream")
+            else:
+                self._json({"error": f"not found: {path}"}, HTTPStatus.NOT_FOUND)
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            url = urlsplit(self.path)
+            if url.path != "/api/predict":
+                self._json({"error": f"not found: {url.path}"}, HTTPStatus.NOT_FOUND)
+                return
+            try:
+                self._json(self._predict(dict(parse_qsl(url.query))))
+            except DemoError as exc:
+                self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
+
+        def _predict(self, query: dict) -> dict:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_UPLOAD:
+                raise DemoError(f"upload of {length} bytes exceeds {MAX_UPLOAD}")
+            body = self.rfile.read(length) if length else b""
+            sample = query.pop("sample", "")
+            if sample:
+                if sample not in model.samples:
+                    raise DemoError(f"unknown sample {sample!r}")
+                body = model.samples[sample].read_bytes()
+            if not body:
+                raise DemoError("no photo: pick a sample or upload one")
+            result = model.predict(decode_image(body), query)
+            result["source"] = sample or "upload"
+            return result
+
+    return Handler
+
+
+def serve(model: DemoModel, host: str, port: int) -> ThreadingHTTPServer:
+    """A started-to-be server (call ``serve_forever``); ``server.server_address`` has the port."""
+    server = ThreadingHTTPServer((host, port), make_handler(model))
+    server.daemon_threads = True
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        model = DemoModel.load(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    server = serve(model, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"{len(model.samples)} sample photos; demo page on http://{host}:{port}/ "
+          "(Ctrl+C stops it)", flush=True)  # fmt: skip
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

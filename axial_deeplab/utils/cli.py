@@ -1,0 +1,65 @@
+"""One line per user error: the top-level handler of the command-line tools.
+
+:func:`run_cli` calls a tool's ``main(argv)``; an exception that reaches it is printed as one line,
+``error: <message>``, on stderr with exit status 1 (an error outside the kinds raised for bad
+input, data, config, weights or files, is marked as unexpected). The traceback is printed only with
+``--debug`` (taken out of ``argv`` wherever it is) or ``AXIAL_DEEPLAB_DEBUG=1`` in the environment.
+Ctrl-C outside training exits with 130 and one line.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "AXIAL_DEEPLAB_DEBUG"
+# Errors raised for bad user input (their messages name the file, key or id) or a missing
+# optional package (the message says what to install).
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, KeyError, OSError, pickle.UnpicklingError, ImportError,
+)  # fmt: skip
+MAX_MESSAGE = 600  # characters of a message kept on its line
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (whitespace runs collapsed, long text cut). An error
+    re-raised by a PyTorch data-loader worker (``Caught X in DataLoader worker process N``
+    followed by the worker's traceback) gives the worker's own message."""
+    text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = re.sub(r"^[\w.]+(Error|Exception|Interrupt): ", "", last.strip())
+    text = " ".join(text.split()) or type(exc).__name__
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 5] + " ..."
+
+
+def split_debug(argv: list[str] | None) -> tuple[list[str], bool]:
+    """``argv`` (default ``sys.argv[1:]``) without ``--debug``, and whether debugging is on."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    return [a for a in args if a != DEBUG_FLAG], debug
+
+
+def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> Any:
+    """``main(argv)`` with the handling of the module docstring."""
+    args, debug = split_debug(argv)
+    try:
+        return main(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as exc:  # noqa: BLE001 - the top-level handler
+        if debug:
+            traceback.print_exc()
+        user = isinstance(exc, USER_ERRORS)
+        prefix = "" if user else f"unexpected {type(exc).__name__}: "
+        hint = "" if debug else f" (traceback: rerun with {DEBUG_FLAG} or {DEBUG_ENV}=1)"
+        raise SystemExit(f"error: {prefix}{one_line(exc)}{'' if user else hint}") from None

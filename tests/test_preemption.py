@@ -1,0 +1,171 @@
+"""Stopping and resuming training: a stop signal (Ctrl-C, SIGTERM, SIGUSR1, a scheduler's
+preemption notice) saves a checkpoint at an iteration boundary and the resumed run ends with the
+weights of an uninterrupted one; temp files of a killed write are cleaned; ``metrics.json`` has one
+record per iteration after a resume; ``tools/train_net.py`` exits on SIGTERM with one line and a
+resume hint; a submitit job preempted mid-run is requeued and ends as an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from test_trainer import _batches, _trainer
+
+from axial_deeplab.data.synthetic_writer import write_synthetic_dataset
+from axial_deeplab.engine.events import read_metrics
+from axial_deeplab.engine.preemption import TrainingInterrupted
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _signalling_batches(signum: int, at: int):
+    """The toy batches of ``test_trainer``; while loading batch ``at`` this process receives
+    ``signum`` (as if a scheduler sent it mid-run)."""
+
+    def batches(start_iter: int):
+        for i, batch in enumerate(_batches(start_iter), start=start_iter):
+            if i == at:
+                os.kill(os.getpid(), signum)
+            yield batch
+
+    return batches
+
+
+def _weights(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_stop_signal_saves_and_resume_matches_uninterrupted(tmp_path, signum):
+    _trainer(tmp_path / "full", 8).train()
+    trainer = _trainer(tmp_path / "split", 8)
+    trainer.batches = _signalling_batches(signum, at=4)
+    # checkpoint period 3: the stop at 5 (batch 4 is the 5th) is between two periodic checkpoints
+    with pytest.raises(
+        TrainingInterrupted, match=f"{signal.Signals(signum).name} after iteration 5"
+    ):
+        trainer.train()
+    assert (tmp_path / "split" / "last_checkpoint").read_text() == "model_0000005"
+    assert signal.getsignal(signum) is not None  # the previous handler is back
+    resumed = _trainer(tmp_path / "split", 8)
+    assert resumed.resume() and resumed.iteration == 5
+    resumed.train()
+    full, split = _weights(tmp_path / "full" / "model_0000008.pth"), _weights(
+        tmp_path / "split" / "model_0000008.pth"
+    )
+    assert all(torch.equal(full[k], split[k]) for k in full)
+    # one metrics record per iteration, none replayed
+    iterations = [r["iteration"] for r in read_metrics(tmp_path / "split" / "metrics.json")]
+    assert iterations == list(range(1, 9))
+
+
+def test_resume_cuts_replayed_metrics_and_removes_stale_temp_files(tmp_path):
+    _trainer(tmp_path, 3).train()  # checkpoint at 3
+    with open(tmp_path / "metrics.json", "a", encoding="utf-8") as f:  # a crash after 5 logged
+        f.write('{"iteration": 4, "total_loss": 1.0}\n{"iteration": 5, "total_loss": 1.0}\n{"iter')
+    for name in (".tmp-abc123.pth", ".tmp-x.txt"):  # a kill -9 during atomic writes
+        (tmp_path / name).write_bytes(b"partial")
+    resumed = _trainer(tmp_path, 6)
+    assert resumed.resume() and resumed.iteration == 3
+    resumed.train()
+    assert [r["iteration"] for r in read_metrics(tmp_path / "metrics.json")] == list(range(1, 7))
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def _tiny_data(root) -> list[str]:
+    """4 + 2 synthetic scenes of 48 x 48 and the overrides that train the quick-start model on
+    them in a few seconds."""
+    data = str(root / "data")
+    write_synthetic_dataset(data, splits={"train": 4, "val": 2}, height=48, width=48, seed=1,
+                            formats=("coco",))  # fmt: skip
+    coco = f"{data}/coco"
+    custom = [{"NAME": "tiny_train", "JSON_FILE": f"{coco}/panoptic_train.json",
+               "PNG_DIR": f"{coco}/panoptic/train", "IMAGE_DIR": f"{coco}/images/train"}]  # fmt: skip
+    return [
+        "--config-file", os.path.join(REPO, "configs/quickstart/synthetic_axial.yaml"),
+        "DATASETS.CUSTOM", str(custom), "DATASETS.TRAIN", "('tiny_train',)", "DATASETS.TEST", "()",
+        "DATALOADER.NUM_WORKERS", "0", "INPUT.CROP.SIZE", "[48, 48]", "SOLVER.IMS_PER_BATCH", "2",
+        "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "100", "LOG_PERIOD", "1",
+        "VIS_PERIOD", "0",
+    ]  # fmt: skip
+
+
+def _wait_for_iterations(metrics: str, count: int, proc, timeout: float = 240) -> None:
+    start = time.time()
+    while time.time() - start < timeout:
+        if os.path.exists(metrics) and len(read_metrics(metrics)) >= count:
+            return
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} iterations in {timeout} s")
+
+
+@pytest.mark.parametrize(
+    "processes", [1, pytest.param(2, marks=pytest.mark.slow)], ids=["1proc", "2proc"]
+)
+def test_train_net_sigterm_exits_with_checkpoint_and_resume_hint(tmp_path, processes):
+    """SIGTERM to ``tools/train_net.py`` (with 2 processes: to the parent, which passes it on)."""
+    argv = [*_tiny_data(tmp_path), "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.MAX_ITER", "500"]
+    argv = ["--num-gpus", str(processes), *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "tools/train_net.py"), *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_iterations(str(tmp_path / "out" / "metrics.json"), 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in out + err
+    last = (tmp_path / "out" / "last_checkpoint").read_text()
+    stopped = int(last.removeprefix("model_"))
+    assert 2 <= stopped < 500
+    assert f"stopped by SIGTERM after iteration {stopped}" in err
+    assert "resume with:" in err and "--resume" in err
+    assert _weights(tmp_path / "out" / f"{last}.pth")  # a loadable checkpoint
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="utf-8") as f:
+        return [int(p) for p in f.read().split()]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+def test_submitit_job_preempted_and_requeued_ends_as_uninterrupted(tmp_path):
+    submitit = pytest.importorskip("submitit")
+    from axial_deeplab.engine.launch import default_argument_parser
+    from axial_deeplab.engine.slurm import TrainJob
+    from axial_deeplab.engine.train_net import run
+
+    common = [*_tiny_data(tmp_path), "SOLVER.MAX_ITER", "8"]
+    run(default_argument_parser("t").parse_args([*common, "OUTPUT_DIR", str(tmp_path / "full")]))
+    executor = submitit.LocalExecutor(str(tmp_path / "logs"))
+    executor.update_parameters(timeout_min=10)
+    out = tmp_path / "job"
+    job = executor.submit(TrainJob(), [*common, "OUTPUT_DIR", str(out)])
+    try:
+        _wait_for_iterations(str(out / "metrics.json"), 2, job._process)
+        # the preemption notice Slurm sends (submitit asks for USR2), to the task process
+        for pid in _children(job._process.pid):
+            os.kill(pid, signal.SIGUSR2)
+        job.result()
+    finally:
+        job.cancel(check=False)
+    log = "".join(p.read_text() for p in (tmp_path / "logs").glob("*_log.*"))
+    assert "Requeued job" in log, log[-3000:]
+    assert "resumed from iteration" in log, log[-3000:]
+    stopped = int(log.split("resumed from iteration ")[1].split()[0])
+    assert 2 <= stopped < 8
+    full, job_weights = _weights(tmp_path / "full" / "model_0000008.pth"), _weights(
+        out / "model_0000008.pth"
+    )
+    assert all(torch.equal(full[k], job_weights[k]) for k in full)
+    iterations = [r["iteration"] for r in read_metrics(str(out / "metrics.json"))]
+    assert iterations == list(range(1, 9))
