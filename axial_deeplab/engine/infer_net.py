@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--thing-ids", type=int, nargs="*", default=None, help="thing train ids (text names)")
     add("--save-frames", action="store_true", help="also write per-frame files for videos")
     add("--skip-bad", action="store_true", help="warn and skip missing/corrupt inputs")
+    add("--backend", default="torch", choices=("torch", "torch-export", "onnxruntime"),
+        help="torch (eager, --weights a checkpoint) or an exported --weights file (tools/export.py)")
     add("opts", nargs=argparse.REMAINDER, default=[], help="config overrides as KEY VALUE pairs")
     return parser.parse_args(argv)
 
@@ -321,12 +323,34 @@ def _predict_image(predictor: Predictor, item: InputItem, out_dir: str, max_size
     write_image_outputs(out_dir, item.name, image, prediction, info, pictures)
 
 
+def exported_predictor(args: argparse.Namespace):
+    """``--backend torch-export|onnxruntime``: a predictor of the exported ``--weights`` file (its
+    config, class names and post-processing are inside it; one plain pass, no TTA)."""
+    from ..export.runtime import ExportedPredictor
+
+    ignored = [name for name, value in [("--config-file", args.config_file),
+               ("--class-names", args.class_names), ("--tta-flip", args.tta_flip),
+               ("--tta-scales", args.tta_scales), ("KEY VALUE overrides", args.opts)] if value]  # fmt: skip
+    if ignored or not args.weights:
+        raise ConfigError(
+            f"--backend {args.backend} runs the exported --weights file as it is: pass it, and "
+            f"no {', '.join(ignored) or 'other model options'} (they are fixed at export time)"
+        )
+    try:
+        predictor = ExportedPredictor(args.weights, args.backend)
+    except (ValueError, OSError, ImportError) as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"backend {args.backend}: {args.weights}")
+    return predictor
+
+
 def run(args: argparse.Namespace) -> dict:
     """Predict every input; returns ``{"images", "frames", "skipped"}`` counts and names."""
+    if args.backend != "torch":
+        return run_predictor(args, exported_predictor(args))
     stored_config, stored_metadata = read_checkpoint_info(args)
     cfg = config_from_args(args, stored_config)
     device = resolve_device(cfg.MODEL.DEVICE)
-    items = expand_inputs(args.input, skip_bad=args.skip_bad)
     metadata, source = choose_metadata(args, cfg, stored_metadata)
     print(f"class names: {source}")
     if len(metadata.class_names) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
@@ -334,7 +358,12 @@ def run(args: argparse.Namespace) -> dict:
             f"{source} names {len(metadata.class_names)} classes but "
             f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}"
         )
-    predictor = build_predictor(cfg, metadata, device)
+    return run_predictor(args, build_predictor(cfg, metadata, device))
+
+
+def run_predictor(args: argparse.Namespace, predictor) -> dict:
+    """Predict every input of ``args`` with ``predictor`` (see :func:`run`)."""
+    items = expand_inputs(args.input, skip_bad=args.skip_bad)
     os.makedirs(args.output, exist_ok=True)
     summary: dict = {"images": 0, "frames": 0, "skipped": []}
     for item in tqdm(items, desc="infer", unit="input"):
