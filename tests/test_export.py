@@ -25,7 +25,7 @@ ort = pytest.importorskip("onnxruntime", reason="the export extra: pip install -
 from axial_deeplab.config import load_config  # noqa: E402
 from axial_deeplab.data.panoptic_io import read_panoptic_png  # noqa: E402
 from axial_deeplab.engine import infer_net  # noqa: E402
-from axial_deeplab.engine.evaluate import VOID_LABEL  # noqa: E402
+from axial_deeplab.engine.evaluate import VOID_LABEL, panoptic_prediction  # noqa: E402
 from axial_deeplab.engine.inference import Predictor  # noqa: E402
 from axial_deeplab.engine.inputs import read_image  # noqa: E402
 from axial_deeplab.export import attention as export_attention  # noqa: E402
@@ -80,7 +80,7 @@ def exported(request, synthetic, tmp_path_factory):
     with one trace for both formats and no exporter-side ONNX optimisation, to save time)."""
     from axial_deeplab.engine.build import build_trainer
 
-    catalog, _ = synthetic
+    catalog, val = synthetic
     out = tmp_path_factory.mktemp(f"export_{request.param}")
     opts = ["OUTPUT_DIR", str(out), "DATASETS.TRAIN", "('synthetic_coco_train',)",
             "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
@@ -91,12 +91,20 @@ def exported(request, synthetic, tmp_path_factory):
     torch.manual_seed(0)
     build_trainer(load_config(str(CONFIG), opts), torch.device("cpu"), catalog).train()
     weights = str(out / f"model_{ITERATIONS:07d}.pth")
-    pipeline = build_pipeline(weights)
+    # A few iterations leave the heatmap low: a threshold at a third of its peak on a held-out
+    # scene makes the exports group thing pixels (the same override for every backend).
+    peak = float(
+        build_pipeline(weights).network(torch.from_numpy(read_image(str(val[0]))))[1].max()
+    )
+    opts = ["MODEL.PANOPTIC_DEEPLAB.CENTER_THRESHOLD", f"{peak / 3:.6f}"]
+    pipeline = build_pipeline(weights, opts=opts)
     eager = Predictor(
         pipeline.model, metadata=pipeline.metadata, postprocessing=pipeline.postprocessing
     )
     if request.param == "local":  # the command, with the exporter's ONNX optimisation
-        export_main(["--weights", weights, "--format", "onnx", "--output", str(out / "m.onnx")])
+        export_main(
+            ["--weights", weights, "--format", "onnx", "--output", str(out / "m.onnx"), *opts]
+        )
         save_program(pipeline, out / "m.pt2")
     else:  # one trace for both files
         program = export_program(pipeline)
@@ -107,7 +115,7 @@ def exported(request, synthetic, tmp_path_factory):
         "onnxruntime": ExportedPredictor(str(out / "m.onnx"), "onnxruntime"),
     }
     return {"name": request.param, "weights": weights, "eager": eager, "backends": backends,
-            "dir": out}  # fmt: skip
+            "dir": out, "opts": opts}  # fmt: skip
 
 
 def _test_images(val_paths) -> list[tuple[str, np.ndarray]]:
@@ -147,16 +155,23 @@ def test_exports_equal_eager(exported, synthetic):
     eager, backends = exported["eager"], exported["backends"]
     things_seen = 0
     for name, image in _test_images(synthetic[1]):
-        raw = eager.raw(image)
-        expected = eager.predict(image)
-        things_seen += len(expected["centers"])
+        raw = eager.raw(image)  # what Predictor.predict post-processes
+        panoptic, centers = panoptic_prediction(
+            raw, eager.postprocessing, thing_ids=eager.metadata.thing_ids,
+            label_divisor=eager.metadata.label_divisor,
+        )  # fmt: skip
+        expected = {"panoptic": panoptic.numpy(), "centers": centers.numpy()}
+        things_seen += len(centers)
         for backend, predictor in backends.items():
             got = predictor.outputs(image)
             where = f"{exported['name']} {backend} {name} {image.shape[:2]}"
             for key, ref in (("semantic_prob", raw["semantic"]), ("center", raw["center"]),
                              ("offset", raw["offset"])):  # fmt: skip
                 assert got[key].shape == ref.shape, where
-                assert (got[key] - ref).abs().max() <= 1e-4, (where, key)
+                # Offsets are in pixels (tens of them): 1e-4 of their scale (ResNet-50 in ONNX
+                # Runtime: 3e-4 px at 85 px, float32 round-off of other conv kernels).
+                scale = max(1.0, float(ref.abs().max())) if key == "offset" else 1.0
+                assert (got[key] - ref).abs().max() <= 1e-4 * scale, (where, key)
             np.testing.assert_array_equal(got["panoptic"].numpy(), expected["panoptic"], where)
             np.testing.assert_array_equal(got["centers"].numpy(), expected["centers"], where)
     assert things_seen > 0, "no centre found on any image: the grouping was not exercised"
@@ -171,8 +186,10 @@ def test_infer_backends_write_the_same_files(exported, synthetic, tmp_path):
     files = {"torch": exported["weights"], "torch-export": str(exported["dir"] / "m.pt2"),
              "onnxruntime": str(exported["dir"] / "m.onnx")}  # fmt: skip
     for backend, weights in files.items():
-        argv = ["--weights", weights, "--input", str(folder), "--backend", backend, "--output"]
-        assert infer_net.main([*argv, str(tmp_path / backend)])["images"] == 2
+        argv = ["--weights", weights, "--input", str(folder), "--backend", backend, "--output",
+                str(tmp_path / backend)]  # fmt: skip
+        opts = exported["opts"] if backend == "torch" else []  # the others hold it already
+        assert infer_net.main([*argv, *opts])["images"] == 2
     for path in sorted(folder.iterdir()):
         ref = tmp_path / "torch" / path.stem
         ref_info = json.loads(Path(f"{ref}.json").read_text())
@@ -183,8 +200,8 @@ def test_infer_backends_write_the_same_files(exported, synthetic, tmp_path):
             )
             info = json.loads(Path(f"{out}.json").read_text())
             for a, b in zip(info["segments_info"], ref_info["segments_info"], strict=True):
-                assert a.pop("score") == pytest.approx(b.pop("score"), abs=1e-5)
-                assert a == b
+                assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+                assert {**a, "score": 0} == {**b, "score": 0}
             vis, ref_vis = cv2.imread(f"{out}_vis.png"), cv2.imread(f"{ref}_vis.png")
             assert vis.shape == ref_vis.shape
             # Pictures of float maps: equal up to a rare 1-level rounding step.

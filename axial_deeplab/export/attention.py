@@ -48,7 +48,9 @@ def _window_valid(length: torch.Tensor, radius: int, span: int, span_mode: str, 
     if span_mode == "local":
         return valid & (dist.abs() <= span // 2)
     if span_mode == "hybrid":
-        return valid & ((dist.abs() <= span // 2) | (length <= 2 * span - 1))
+        # L <= 2 span - 1 as a tensor (a Python comparison of the symbolic L would pin it).
+        short = pos[-1:] <= 2 * span - 2  # [1, 1]
+        return valid & ((dist.abs() <= span // 2) | short)
     query_block, flange = block_geometry(span)
     start = torch.div(pos, query_block, rounding_mode="floor") * query_block  # [L, 1]
     return valid & (key >= start - flange) & (key < start + query_block + flange)
