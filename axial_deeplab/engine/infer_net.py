@@ -42,6 +42,8 @@ from .evaluate import VOID_LABEL
 from .inference import InferenceMetadata, Predictor, as_metadata, build_predictor, resolve_device
 from .inputs import BadInputError, InputItem, expand_inputs, iter_video, read_image, video_info
 
+BACKENDS = ("torch", "torch-export", "onnxruntime")  # eager, or a file of tools/export.py
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -60,8 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--thing-ids", type=int, nargs="*", default=None, help="thing train ids (text names)")
     add("--save-frames", action="store_true", help="also write per-frame files for videos")
     add("--skip-bad", action="store_true", help="warn and skip missing/corrupt inputs")
-    add("--backend", default="torch", choices=("torch", "torch-export", "onnxruntime"),
-        help="torch (eager, --weights a checkpoint) or an exported --weights file (tools/export.py)")
+    add("--backend", default="torch", choices=BACKENDS, help="exported: --weights from export.py")
     add("opts", nargs=argparse.REMAINDER, default=[], help="config overrides as KEY VALUE pairs")
     return parser.parse_args(argv)
 
@@ -347,10 +348,12 @@ def exported_predictor(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> dict:
     """Predict every input; returns ``{"images", "frames", "skipped"}`` counts and names."""
     if args.backend != "torch":
-        return run_predictor(args, exported_predictor(args))
+        predictor = exported_predictor(args)
+        return run_predictor(args, predictor, expand_inputs(args.input, skip_bad=args.skip_bad))
     stored_config, stored_metadata = read_checkpoint_info(args)
     cfg = config_from_args(args, stored_config)
     device = resolve_device(cfg.MODEL.DEVICE)
+    items = expand_inputs(args.input, skip_bad=args.skip_bad)
     metadata, source = choose_metadata(args, cfg, stored_metadata)
     print(f"class names: {source}")
     if len(metadata.class_names) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
@@ -358,12 +361,11 @@ def run(args: argparse.Namespace) -> dict:
             f"{source} names {len(metadata.class_names)} classes but "
             f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}"
         )
-    return run_predictor(args, build_predictor(cfg, metadata, device))
+    return run_predictor(args, build_predictor(cfg, metadata, device), items)
 
 
-def run_predictor(args: argparse.Namespace, predictor) -> dict:
-    """Predict every input of ``args`` with ``predictor`` (see :func:`run`)."""
-    items = expand_inputs(args.input, skip_bad=args.skip_bad)
+def run_predictor(args: argparse.Namespace, predictor, items: list[InputItem]) -> dict:
+    """Predict ``items`` with ``predictor`` into ``args.output`` (see :func:`run`)."""
     os.makedirs(args.output, exist_ok=True)
     summary: dict = {"images": 0, "frames": 0, "skipped": []}
     for item in tqdm(items, desc="infer", unit="input"):
