@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from dataclasses import asdict
 
 import torch
@@ -187,9 +186,3 @@ def save_onnx(
     tmp = f"{os.fspath(path)}.tmp"
     onnx.save(model, tmp)
     os.replace(tmp, path)
-
-
-def describe(description: Mapping) -> str:
-    """One line naming what an exported file predicts."""
-    meta = description["metadata"]
-    return f"{len(meta['class_names'])} classes, things {meta['thing_ids']}"
