@@ -12,7 +12,7 @@ $(VENV)/.installed: setup.py requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c requirements/constraints.txt torch torchvision
-	$(PIP) install -q -c requirements/constraints.txt -e ".[dev,slurm]"
+	$(PIP) install -q -c requirements/constraints.txt -e ".[dev,slurm,export]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -32,7 +32,9 @@ setup(
         # repository after this extra (README, "detectron2 plugin"); these are its pinned
         # pure-Python dependencies, resolved here from the registry.
         "d2": ["fvcore>=0.1.5,<0.1.6", "iopath>=0.1.7,<0.1.10"],
-        "export": ["onnx", "onnxruntime"],
+        # tools/export.py (torch.export needs nothing more), its ONNX format and
+        # tools/infer.py --backend onnxruntime.
+        "export": ["onnx", "onnxscript", "onnxruntime"],
         # Reading deeplab2 checkpoints with TensorFlow's own reader (tools/convert_deeplab2.py);
         # without it the built-in reader is used.
         "deeplab2": ["tensorflow-cpu"],

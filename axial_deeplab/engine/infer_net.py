@@ -45,6 +45,8 @@ from .evaluate import VOID_LABEL
 from .inference import InferenceMetadata, Predictor, as_metadata, build_predictor, resolve_device
 from .inputs import BadInputError, InputItem, expand_inputs, iter_video, read_image, video_info
 
+BACKENDS = ("torch", "torch-export", "onnxruntime")  # eager, or a file of tools/export.py
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -65,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--skip-bad", action="store_true", help="warn and skip missing/corrupt inputs")
     add("--allow-random-weights", action="store_true",
         help="run without --weights / MODEL.WEIGHTS (a randomly initialised model)")  # fmt: skip
+    add("--backend", default="torch", choices=BACKENDS, help="exported: --weights from export.py")
     add("opts", nargs=argparse.REMAINDER, default=[], help="config overrides as KEY VALUE pairs")
     return parser.parse_args(argv)
 
@@ -339,8 +342,32 @@ def _predict_image(predictor: Predictor, item: InputItem, out_dir: str, max_size
     write_image_outputs(out_dir, item.name, image, prediction, info, pictures)
 
 
+def exported_predictor(args: argparse.Namespace):
+    """``--backend torch-export|onnxruntime``: a predictor of the exported ``--weights`` file (its
+    config, class names and post-processing are inside it; one plain pass, no TTA)."""
+    from ..export.runtime import ExportedPredictor
+
+    ignored = [name for name, value in [("--config-file", args.config_file),
+               ("--class-names", args.class_names), ("--tta-flip", args.tta_flip),
+               ("--tta-scales", args.tta_scales), ("KEY VALUE overrides", args.opts)] if value]  # fmt: skip
+    if ignored or not args.weights:
+        raise ConfigError(
+            f"--backend {args.backend} runs the exported --weights file as it is: pass it, and "
+            f"no {', '.join(ignored) or 'other model options'} (they are fixed at export time)"
+        )
+    try:
+        predictor = ExportedPredictor(args.weights, args.backend)
+    except (ValueError, OSError, ImportError) as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"backend {args.backend}: {args.weights}")
+    return predictor
+
+
 def run(args: argparse.Namespace) -> dict:
     """Predict every input; returns ``{"images", "frames", "skipped"}`` counts and names."""
+    if args.backend != "torch":
+        predictor = exported_predictor(args)
+        return run_predictor(args, predictor, expand_inputs(args.input, skip_bad=args.skip_bad))
     stored_config, stored_metadata = read_checkpoint_info(args)
     cfg = config_from_args(args, stored_config)
     if not cfg.MODEL.WEIGHTS and not args.allow_random_weights:
@@ -357,7 +384,11 @@ def run(args: argparse.Namespace) -> dict:
             f"{source} names {len(metadata.class_names)} classes but "
             f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}"
         )
-    predictor = build_predictor(cfg, metadata, device)
+    return run_predictor(args, build_predictor(cfg, metadata, device), items)
+
+
+def run_predictor(args: argparse.Namespace, predictor, items: list[InputItem]) -> dict:
+    """Predict ``items`` with ``predictor`` into ``args.output`` (see :func:`run`)."""
     os.makedirs(args.output, exist_ok=True)
     summary: dict = {"images": 0, "frames": 0, "skipped": []}
     for item in tqdm(items, desc="infer", unit="input"):

@@ -1,0 +1,76 @@
+"""``python tools/export.py --weights W [--config-file CFG] --format {torch-export,onnx} --output F``.
+
+Builds the model of the config (``--config-file``, else the one stored in the checkpoint), loads
+the weights, wraps it with its post-processing (:class:`PanopticPipeline`) and writes one file with
+dynamic height and width: a torch.export archive (``.pt2``) or an ONNX model, each carrying the
+class names, thing ids, label divisor and post-processing settings (from the checkpoint's metadata,
+else the config's data set). Run it with ``tools/infer.py --backend torch-export|onnxruntime``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ..checkpoint.io import load_checkpoint_file
+from ..config import ConfigError, load_config
+from ..engine.evaluate import PostProcessing
+from ..engine.inference import as_metadata
+from .pipeline import PanopticPipeline, save_onnx, save_program
+
+FORMATS = {"torch-export": save_program, "onnx": save_onnx}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--config-file", default="", metavar="FILE", help="config (default: the one in --weights)")
+    add("--weights", required=True, metavar="FILE", help="checkpoint")
+    add("--format", required=True, choices=sorted(FORMATS), help="torch-export (.pt2) or onnx")
+    add("--output", required=True, metavar="FILE", help="exported file to write")
+    add("opts", nargs=argparse.REMAINDER, default=[], help="config overrides as KEY VALUE pairs")
+    return parser.parse_args(argv)
+
+
+def build_pipeline(weights: str, config_file: str = "", opts=()) -> PanopticPipeline:
+    """The pipeline of a checkpoint: its model with its weights, metadata and post-processing."""
+    from ..engine.infer_net import config_from_yaml, metadata_from_config
+    from ..modeling.build import build_model
+
+    stored = load_checkpoint_file(weights)
+    opts = list(opts)
+    if config_file:
+        cfg = load_config(config_file, opts)
+    elif stored.config_yaml is not None:
+        cfg = config_from_yaml(stored.config_yaml, opts, source=weights)
+    else:
+        raise ConfigError(f"{weights} carries no config: pass --config-file with the model's YAML")
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(stored.state_dict)
+    except RuntimeError as err:
+        raise ValueError(f"{weights}: weights do not fit the config's model: {err}") from None
+    if stored.metadata is not None:
+        metadata = as_metadata(stored.metadata)
+    else:
+        metadata = metadata_from_config(cfg)[0]
+    return PanopticPipeline(
+        model,
+        metadata=metadata,
+        postprocessing=PostProcessing.from_config(cfg),
+        num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+    )
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse_args(argv)
+    try:
+        pipeline = build_pipeline(args.weights, args.config_file, args.opts)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    start = time.perf_counter()
+    FORMATS[args.format](pipeline, args.output)
+    print(f"{args.format}: {args.output} ({time.perf_counter() - start:.0f} s)")
+    return args.output

@@ -1,0 +1,188 @@
+"""The whole prediction of one image as one module, and its export to torch.export and ONNX.
+
+:class:`PanopticPipeline` maps an ``[H, W, 3]`` uint8 RGB image (any ``H``, ``W``) to the
+panoptic map, in one graph: conversion to float ``[1, 3, H, W]``, the model (normalisation with
+its pixel mean and std, backbone, decoders, heads, bilinear upsampling to ``H x W``), softmax,
+argmax, centre NMS and top-k, grouping, majority vote and stuff area. Outputs, in this order
+(:data:`OUTPUT_NAMES`):
+
+- ``panoptic`` ``[H, W]`` int64: ``class * label_divisor + instance`` (instances from 1 per class,
+  0 for stuff), ``-1`` for void;
+- ``centers`` ``[top_k, 2]`` int64 ``(y, x)``: the kept centres in row-major order, then ``-1``
+  rows;
+- ``semantic_prob`` ``[K, H, W]``, ``center`` ``[1, H, W]`` and ``offset`` ``[2, H, W]`` ``(dy, dx)``
+  float32: the raw predictions the panoptic map was made from.
+
+There is no padding step: the networks take any input size (strided convolutions round up and the
+outputs are resized back to ``H x W``), and eager prediction (``engine.inference.Predictor``) does
+not pad either, so padding would change the numbers. Test-time augmentation is not in the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from ..engine.evaluate import VOID_LABEL, PostProcessing
+from ..engine.inference import InferenceMetadata
+from .postprocessing import panoptic_from_outputs, thing_table
+from .tracing import traceable_model
+
+OUTPUT_NAMES = ("panoptic", "centers", "semantic_prob", "center", "offset")
+INPUT_NAME = "image"
+MIN_SIZE = 33  # smallest height and width the exported programs accept (the model: 17)
+MAX_SIZE = 4096  # largest height and width the exported programs accept
+
+
+class PanopticPipeline(nn.Module):
+    """Image ``[H, W, 3]`` uint8 RGB -> :data:`OUTPUT_NAMES` (see the module docstring).
+
+    Args:
+        model: maps ``[N, 3, H, W]`` 0-255 RGB to ``{"semantic", "center", "offset"}`` at input
+            size (``PanopticDeepLab``); it is set to eval mode.
+        metadata: thing ids and label divisor.
+        postprocessing: threshold, NMS kernel, top-k and stuff area.
+        num_classes: the model's number of semantic classes.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        metadata: InferenceMetadata,
+        postprocessing: PostProcessing,
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.metadata = metadata
+        self.postprocessing = postprocessing
+        self.register_buffer("is_thing", thing_table(metadata.thing_ids, num_classes), False)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        prob, center, offset = self.network(image)
+        return (*self.panoptic(prob, center, offset), prob, center, offset)
+
+    def network(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[H, W, 3]`` uint8 -> ``semantic_prob [K, H, W]``, ``center [1, H, W]``,
+        ``offset [2, H, W]`` (the model, then a softmax)."""
+        if image.dim() != 3 or image.shape[2] != 3 or image.dtype != torch.uint8:
+            raise ValueError(
+                f"image: expected [H, W, 3] uint8 RGB, got {list(image.shape)} {image.dtype}"
+            )
+        x = image.permute(2, 0, 1)[None].float()  # [H, W, 3] -> [1, 3, H, W]
+        out = self.model(x)
+        prob = torch.softmax(out["semantic"].float(), dim=1)[0]  # [K, H, W]
+        return prob, out["center"].float()[0], out["offset"].float()[0]
+
+    def panoptic(
+        self, prob: torch.Tensor, center: torch.Tensor, offset: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Post-processing: ``panoptic [H, W]`` and ``centers [top_k, 2]`` of the raw outputs."""
+        post = self.postprocessing
+        return panoptic_from_outputs(
+            prob.argmax(0),
+            center,
+            offset,
+            is_thing=self.is_thing,
+            label_divisor=self.metadata.label_divisor,
+            stuff_area=post.stuff_area,
+            void_label=VOID_LABEL,
+            threshold=post.threshold,
+            nms_kernel=post.nms_kernel,
+            top_k=post.top_k,
+        )
+
+    def description(self) -> dict:
+        """What a reader of the exported file needs besides the graph (stored beside it)."""
+        meta = self.metadata
+        return {
+            "format_version": 1,
+            "input": {"name": INPUT_NAME, "layout": "[H, W, 3] uint8 RGB"},
+            "outputs": list(OUTPUT_NAMES),
+            "metadata": {
+                "class_names": list(meta.class_names),
+                "thing_ids": list(meta.thing_ids),
+                "label_divisor": meta.label_divisor,
+                "class_colors": None if meta.class_colors is None else
+                [list(c) for c in meta.class_colors],
+            },  # fmt: skip
+            "postprocessing": asdict(self.postprocessing),
+            "void_label": VOID_LABEL,
+        }
+
+
+def example_image(height: int = 64, width: int = 80) -> torch.Tensor:
+    """A deterministic ``[H, W, 3]`` uint8 image to trace with."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=gen)
+
+
+def _dynamic_shapes() -> tuple[dict, ...]:
+    dim = torch.export.Dim.DYNAMIC(min=MIN_SIZE, max=MAX_SIZE)
+    return ({0: dim, 1: dim},)
+
+
+def export_program(pipeline: PanopticPipeline) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``pipeline`` with dynamic height and width."""
+    with torch.no_grad(), traceable_model():
+        return torch.export.export(
+            pipeline.eval(), (example_image(),), dynamic_shapes=_dynamic_shapes(), strict=False
+        )
+
+
+DESCRIPTION_FILE = "axial_deeplab.json"  # name of the description inside a .pt2 archive
+
+
+def save_program(
+    pipeline: PanopticPipeline,
+    path: str | os.PathLike,
+    *,
+    program: torch.export.ExportedProgram | None = None,
+) -> None:
+    """Write a ``.pt2`` archive (with the description as an extra file) atomically; ``program``:
+    ``export_program(pipeline)`` when already at hand."""
+    program = program or export_program(pipeline)
+    extra = {DESCRIPTION_FILE: json.dumps(pipeline.description())}
+    tmp = f"{os.fspath(path)}.tmp"
+    torch.export.save(program, tmp, extra_files=extra)
+    os.replace(tmp, path)
+
+
+def save_onnx(
+    pipeline: PanopticPipeline,
+    path: str | os.PathLike,
+    *,
+    program: torch.export.ExportedProgram | None = None,
+    optimize: bool = True,
+) -> None:
+    """Convert with the dynamo-based ONNX exporter and write ``path`` atomically; the description
+    goes into the model's ``metadata_props`` (key ``axial_deeplab``). ``program``: as
+    :func:`save_program`; ``optimize``: the exporter's graph optimisation (ONNX Runtime optimises
+    the graph again when it loads it)."""
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError(
+            "ONNX export needs onnx and onnxscript: pip install -e '.[export]'"
+        ) from None
+
+    onnx_program = torch.onnx.export(
+        program or export_program(pipeline),
+        (example_image(),),
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+        dynamo=True,
+        optimize=optimize,
+        verbose=False,
+    )
+    model = onnx_program.model_proto
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "axial_deeplab", json.dumps(pipeline.description())
+    tmp = f"{os.fspath(path)}.tmp"
+    onnx.save(model, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,53 @@
+"""Shape-generic stand-ins for the two places of the eager model that plan in Python.
+
+Traced with a symbolic height and width, the eager code would pin them to the example's values:
+the axial attention core plans its blocks and chunks from the axis length
+(:mod:`axial_deeplab.export.attention` replaces it), and ``upsample_offsets`` computes its
+rescaling factors as Python floats of the sizes (:func:`offset_scales` computes the same factors
+as tensors: the float64 quotient of the sizes, rounded to float32 as ``new_tensor`` rounds the
+Python float). :func:`traceable_model` swaps both in for the duration of a trace; the module
+functions are restored on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from ..layers import axial_attention
+from ..modeling import panoptic_deeplab
+from .attention import attend_windowed
+
+
+def offset_scales(offsets: torch.Tensor, size, *, align_corners: bool) -> torch.Tensor:
+    """``[1, 2, 1, 1]`` float32 ``(scale_y, scale_x)``: ``panoptic_deeplab.offset_scale`` of both
+    axes of ``offsets`` ``[N, 2, h, w]`` resized to ``size``, without leaving tensors."""
+    src = offsets.new_ones((2,), dtype=torch.float64)
+    dst = offsets.new_ones((2,), dtype=torch.float64)
+    src = src * torch.stack([src[0] * offsets.shape[2], src[1] * offsets.shape[3]])  # [2]
+    dst = dst * torch.stack([dst[0] * size[0], dst[1] * size[1]])  # [2]
+    if align_corners:
+        scale = torch.where(src > 1, (dst - 1) / (src - 1).clamp(min=1), dst)
+    else:
+        scale = dst / src
+    return scale.float().view(1, 2, 1, 1)
+
+
+def upsample_offsets(offsets: torch.Tensor, size, *, align_corners: bool) -> torch.Tensor:
+    """Drop-in for ``panoptic_deeplab.upsample_offsets`` with tensor scale factors."""
+    resized = panoptic_deeplab.upsample(offsets, size, align_corners=align_corners)
+    return resized * offset_scales(offsets, size, align_corners=align_corners)
+
+
+@contextlib.contextmanager
+def traceable_model() -> Iterator[None]:
+    """Within the block, the model runs the shape-generic stand-ins (for ``torch.export``)."""
+    saved = axial_attention.attend, panoptic_deeplab.upsample_offsets
+    axial_attention.attend = attend_windowed
+    panoptic_deeplab.upsample_offsets = upsample_offsets
+    try:
+        yield
+    finally:
+        axial_attention.attend, panoptic_deeplab.upsample_offsets = saved
