@@ -151,9 +151,10 @@ def test_attention_is_live(exported, synthetic):
 
 
 def test_exports_equal_eager(exported, synthetic):
-    """Network outputs within 1e-4, identical panoptic maps and centres, every test image."""
+    """Network outputs within 1e-4, identical panoptic maps and centres, every test image (at most
+    two exceptions, on heatmap plateaus; see below)."""
     eager, backends = exported["eager"], exported["backends"]
-    things_seen = 0
+    things_seen, plateaus = 0, []
     for name, image in _test_images(synthetic[1]):
         raw = eager.raw(image)  # what Predictor.predict post-processes
         panoptic, centers = panoptic_prediction(
@@ -172,16 +173,55 @@ def test_exports_equal_eager(exported, synthetic):
                 # Runtime: 3e-4 px at 85 px, float32 round-off of other conv kernels).
                 scale = max(1.0, float(ref.abs().max())) if key == "offset" else 1.0
                 assert (got[key] - ref).abs().max() <= 1e-4 * scale, (where, key)
+            if not np.array_equal(got["centers"].numpy(), expected["centers"]):
+                # An under-trained heatmap has plateaus: neighbours equal to the last bit, where
+                # the 1e-7 round-off of another backend decides which one is a local maximum.
+                # Then every differing centre must sit on such a plateau, and the graph's
+                # post-processing must equal ours on the backend's own network outputs.
+                heat = raw["center"][0]
+                differing = {tuple(c) for c in got["centers"].tolist()} ^ {
+                    tuple(c) for c in expected["centers"].tolist()
+                }
+                r = eager.postprocessing.nms_kernel // 2
+                for y, x in differing:
+                    window = heat[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1]
+                    assert float(window.max() - heat[y, x]) <= 1e-6, (where, (y, x))
+                plateaus.append(where)
+                theirs = {"semantic": got["semantic_prob"], "center": got["center"],
+                          "offset": got["offset"]}  # fmt: skip
+                expected = dict(zip(("panoptic", "centers"), (t.numpy() for t in panoptic_prediction(
+                    theirs, eager.postprocessing, thing_ids=eager.metadata.thing_ids,
+                    label_divisor=eager.metadata.label_divisor)), strict=True))  # fmt: skip
             np.testing.assert_array_equal(got["panoptic"].numpy(), expected["panoptic"], where)
             np.testing.assert_array_equal(got["centers"].numpy(), expected["centers"], where)
+            expected = {"panoptic": panoptic.numpy(), "centers": centers.numpy()}
     assert things_seen > 0, "no centre found on any image: the grouping was not exercised"
+    assert len(plateaus) <= 2, plateaus  # rare: identical maps everywhere else
+
+
+def _off_plateau(exported, paths, count: int) -> list[Path]:
+    """The first ``count`` scenes whose centres every backend finds as eager does (heatmap
+    plateaus, where round-off picks the local maximum, are covered by the test above)."""
+    eager, chosen = exported["eager"], []
+    for path in paths:
+        image = read_image(str(path))
+        _, centers = panoptic_prediction(
+            eager.raw(image), eager.postprocessing, thing_ids=eager.metadata.thing_ids,
+            label_divisor=eager.metadata.label_divisor,
+        )  # fmt: skip
+        backends = exported["backends"].values()
+        if all(np.array_equal(b.outputs(image)["centers"].numpy(), centers) for b in backends):
+            chosen.append(path)
+        if len(chosen) == count:
+            return chosen
+    raise AssertionError(f"fewer than {count} scenes off heatmap plateaus")
 
 
 def test_infer_backends_write_the_same_files(exported, synthetic, tmp_path):
     """``tools/infer.py --backend ...`` writes the eager PNGs, segments and pictures."""
     folder = tmp_path / "in"
     folder.mkdir()
-    for path in synthetic[1][:2]:
+    for path in _off_plateau(exported, synthetic[1], count=2):
         cv2.imwrite(str(folder / f"{path.stem}.png"), cv2.imread(str(path)))
     files = {"torch": exported["weights"], "torch-export": str(exported["dir"] / "m.pt2"),
              "onnxruntime": str(exported["dir"] / "m.onnx")}  # fmt: skip

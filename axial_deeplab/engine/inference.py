@@ -238,32 +238,43 @@ class Predictor:
         panoptic, centers = panoptic_prediction(
             raw, post, thing_ids=meta.thing_ids, label_divisor=meta.label_divisor
         )
-        panoptic = panoptic[None]  # [1, H, W]
-        scores = segment_scores(
-            panoptic[0],
-            raw["semantic"],
-            raw["center"],
-            thing_ids=meta.thing_ids,
-            label_divisor=meta.label_divisor,
-        )
-        labels = panoptic[0].cpu().numpy()
-        ids, segments = labels_to_segments(
-            labels, label_divisor=meta.label_divisor, thing_ids=meta.thing_ids
-        )
-        kept = [int(v) for v in np.unique(labels) if v >= 0]  # the order of labels_to_segments
-        for segment, label in zip(segments, kept, strict=True):
-            segment["category_name"] = meta.class_names[segment["category_id"]]
-            segment["score"] = round(scores[label], 6)
-            segment["label"] = label
-        return {
-            "panoptic": labels,
-            "semantic": raw["semantic"].argmax(0).cpu().numpy(),
-            "center": raw["center"][0].cpu().numpy(),
-            "offset": raw["offset"].cpu().numpy(),
-            "centers": centers.cpu().numpy(),
-            "segment_ids": ids,
-            "segments_info": segments,
-        }
+        return prediction_dict(panoptic, centers, raw, meta)
+
+
+def prediction_dict(
+    panoptic: torch.Tensor,
+    centers: torch.Tensor,
+    raw: dict[str, torch.Tensor],
+    meta: InferenceMetadata,
+) -> dict:
+    """``Predictor.predict``'s result from the panoptic map ``[H, W]``, the kept centres
+    ``[M, 2]`` and the raw outputs (``semantic`` probabilities or logits ``[K, H, W]``,
+    ``center`` ``[1, H, W]``, ``offset`` ``[2, H, W]``); the exported backends share it."""
+    scores = segment_scores(
+        panoptic,
+        raw["semantic"],
+        raw["center"],
+        thing_ids=meta.thing_ids,
+        label_divisor=meta.label_divisor,
+    )
+    labels = panoptic.cpu().numpy()
+    ids, segments = labels_to_segments(
+        labels, label_divisor=meta.label_divisor, thing_ids=meta.thing_ids
+    )
+    kept = [int(v) for v in np.unique(labels) if v >= 0]  # the order of labels_to_segments
+    for segment, label in zip(segments, kept, strict=True):
+        segment["category_name"] = meta.class_names[segment["category_id"]]
+        segment["score"] = round(scores[label], 6)
+        segment["label"] = label
+    return {
+        "panoptic": labels,
+        "semantic": raw["semantic"].argmax(0).cpu().numpy(),
+        "center": raw["center"][0].cpu().numpy(),
+        "offset": raw["offset"].cpu().numpy(),
+        "centers": centers.cpu().numpy(),
+        "segment_ids": ids,
+        "segments_info": segments,
+    }
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -10,8 +10,9 @@ classes only:
   above the eager bound (the ``top_k``-th best survivor's score when there are at least ``top_k``
   survivors, else 0), which keeps exactly the eager set, since every kept centre is among the
   ``top_k`` best. Kept centres are sorted row-major first, then ``[top_k, 2]`` padding of ``-1``;
-- grouping: every pixel's squared distance to every kept centre, in float32 with the eager
-  code's operations (so equal values and equal ties), minimised over fixed chunks of centres;
+- grouping: every pixel's squared distance to every kept centre less ``|p|^2``, in float64 and
+  exact as in the eager code (so equal values and equal ties), minimised over fixed chunks of
+  centres;
 - votes and stuff areas: ``scatter_add`` into ``[top_k * C]`` and ``[C]`` counters.
 
 The results are equal to the eager ones element for element (``tests/test_export.py``).
@@ -80,14 +81,18 @@ def nearest_center(points: torch.Tensor, kept: torch.Tensor, offsets: torch.Tens
     off = offsets.reshape(2, -1)  # [2, H*W]
     rows, cols = pixel_grid(height, width, off.device)
     vote_y, vote_x = rows.to(off.dtype) + off[0], cols.to(off.dtype) + off[1]  # [H*W]
-    centers = points.to(off.dtype)  # [K, 2]
+    # The eager rule (modeling/postprocessing.group_pixels): |p - c|^2 - |p|^2 = |c|^2 - 2 p.c in
+    # float64, exact for the coordinates it states, so any order of exact operations gives the
+    # same values, ties included.
+    vote_y, vote_x = vote_y.to(torch.float64), vote_x.to(torch.float64)
+    centers = points.to(torch.float64)  # [K, 2] integers
     best_dist = torch.full_like(vote_y, float("inf"))
     best = torch.zeros(vote_y.shape, dtype=torch.int64, device=off.device)
     for start in range(0, points.shape[0], CENTER_CHUNK):  # a fixed number of chunks
         stop = min(start + CENTER_CHUNK, points.shape[0])
-        dy = vote_y[:, None] - centers[None, start:stop, 0]  # [H*W, chunk]
-        dx = vote_x[:, None] - centers[None, start:stop, 1]  # [H*W, chunk]
-        dist = torch.where(kept[None, start:stop], dy * dy + dx * dx, float("inf"))
+        cy, cx = centers[None, start:stop, 0], centers[None, start:stop, 1]  # [1, chunk]
+        cross = vote_y[:, None] * cy + vote_x[:, None] * cx  # [H*W, chunk]
+        dist = torch.where(kept[None, start:stop], (cy * cy + cx * cx) - 2 * cross, float("inf"))
         chunk_dist, chunk_index = dist.min(dim=1)  # [H*W]; first index on ties
         closer = chunk_dist < best_dist  # strict: an earlier centre wins ties
         best_dist = torch.where(closer, chunk_dist, best_dist)

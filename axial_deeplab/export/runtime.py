@@ -15,8 +15,12 @@ import os
 import numpy as np
 import torch
 
-from ..engine.evaluate import labels_to_segments
-from ..engine.inference import InferenceMetadata, TestTimeAugmentation, as_metadata, segment_scores
+from ..engine.inference import (
+    InferenceMetadata,
+    TestTimeAugmentation,
+    as_metadata,
+    prediction_dict,
+)
 from .pipeline import DESCRIPTION_FILE, INPUT_NAME, OUTPUT_NAMES
 
 BACKENDS = ("torch-export", "onnxruntime")
@@ -102,29 +106,5 @@ class ExportedPredictor:
     def predict(self, image: np.ndarray) -> dict:
         """The same dict as ``Predictor.predict``, from the exported graph."""
         out = self.outputs(image)
-        meta = self.metadata
-        scores = segment_scores(
-            out["panoptic"],
-            out["semantic_prob"],
-            out["center"],
-            thing_ids=meta.thing_ids,
-            label_divisor=meta.label_divisor,
-        )
-        labels = out["panoptic"].numpy()
-        ids, segments = labels_to_segments(
-            labels, label_divisor=meta.label_divisor, thing_ids=meta.thing_ids
-        )
-        kept = [int(v) for v in np.unique(labels) if v >= 0]  # the order of labels_to_segments
-        for segment, label in zip(segments, kept, strict=True):
-            segment["category_name"] = meta.class_names[segment["category_id"]]
-            segment["score"] = round(scores[label], 6)
-            segment["label"] = label
-        return {
-            "panoptic": labels,
-            "semantic": out["semantic_prob"].argmax(0).numpy(),
-            "center": out["center"][0].numpy(),
-            "offset": out["offset"].numpy(),
-            "centers": out["centers"].numpy(),
-            "segment_ids": ids,
-            "segments_info": segments,
-        }
+        raw = {"semantic": out["semantic_prob"], "center": out["center"], "offset": out["offset"]}
+        return prediction_dict(out["panoptic"], out["centers"], raw, self.metadata)
