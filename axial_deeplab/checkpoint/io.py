@@ -19,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import yaml
+
+from ..utils.atomic import atomic_write
 
 FORMAT_VERSION = 1
 METADATA_FIELDS = ("class_names", "thing_ids", "label_divisor", "class_colors")
@@ -38,22 +39,15 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     A crash mid-write leaves the previous file intact, never a truncated one.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(path, ".pth", write)
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..engine.evaluate import VOID_LABEL, PostProcessing
-from ..engine.infer_net import choose_metadata, config_from_args, read_checkpoint_info, shrink
+from ..data.images import ImageDecodeError, decode_image_bytes
+from ..engine.evaluate import PostProcessing
+from ..engine.infer_net import (
+    choose_metadata,
+    config_from_args,
+    read_checkpoint_info,
+    render,
+    shrink,
+)
 from ..engine.inference import Predictor, build_predictor, resolve_device
-from ..utils.visualize import prediction_panels
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # slider name -> (PostProcessing field, type, lowest, highest)
@@ -45,12 +51,12 @@ def _png_data_url(picture: np.ndarray) -> str:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """``[H, W, 3]`` uint8 RGB of encoded image bytes (JPEG, PNG, ...); DemoError if not one."""
-    array = np.frombuffer(data, np.uint8)
-    bgr = cv2.imdecode(array, cv2.IMREAD_COLOR) if array.size else None
-    if bgr is None:
-        raise DemoError("the upload is not an image cv2 can decode (JPEG, PNG, BMP, WebP)")
-    return np.ascontiguousarray(bgr[..., ::-1])
+    """``[H, W, 3]`` uint8 RGB of encoded image bytes (JPEG, PNG, ...), with the checks of
+    :func:`.data.images.decode_image_bytes` (truncation, oversized headers); DemoError if bad."""
+    try:
+        return np.ascontiguousarray(decode_image_bytes(data, "the upload")[..., ::-1])
+    except ImageDecodeError as exc:
+        raise DemoError(str(exc)) from None
 
 
 class DemoModel:
@@ -103,16 +109,8 @@ class DemoModel:
             prediction = self.predictor.predict(image)
             predicted = time.perf_counter()
         meta = self.predictor.metadata
-        colors = None if meta.class_colors is None else np.array(meta.class_colors, np.uint8)
-        panels, strip = prediction_panels(
-            image,
-            prediction,
-            class_names=meta.class_names,
-            label_divisor=meta.label_divisor,
-            thing_ids=meta.thing_ids,
-            class_colors=colors,
-            void_label=VOID_LABEL,
-        )
+        panels = render(image, prediction, meta)  # the pictures infer.py writes
+        strip = panels.pop("legend")
         pictures = {key: _png_data_url(p) for key, p in zip(PANEL_KEYS, panels.values())}
         pictures["legend"] = _png_data_url(strip)
         drawn = time.perf_counter()

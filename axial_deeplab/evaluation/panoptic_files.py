@@ -7,11 +7,9 @@ parent sums the statistics in image order, so the numbers do not depend on the n
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 
 from axial_deeplab.data.records import read_json
@@ -23,6 +21,7 @@ from axial_deeplab.data.validation import (
 from axial_deeplab.evaluation.panoptic import PanopticEvaluator, PQStats, RunsImage
 from axial_deeplab.evaluation.parallel import keep_freed_memory, map_batches
 from axial_deeplab.evaluation.runs import PanopticPngReader
+from axial_deeplab.utils.atomic import write_json
 
 # One image's work: (gt PNG, gt segments_info, pred PNG, pred segments_info, (H, W) or None).
 Task = tuple[str, list, str, list, "tuple[int, int] | None"]
@@ -76,7 +75,6 @@ class _BatchStats:
             [RunsImage(read(g), g_segments, read(p), p_segments, g, p, size)
              for g, g_segments, p, p_segments, size in tasks]
         )  # fmt: skip
-
 
     def _read(self, path: str):
         """The PNG's runs; a file that cannot be decoded raises naming it."""
@@ -175,16 +173,8 @@ def format_results(results: dict, semantic: dict | None = None) -> str:
 
 
 def write_json_atomic(path: str, data: dict) -> None:
-    """Write ``data`` as JSON through a temporary file in the same folder, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write ``data`` as JSON (indent 2) through a temporary file in the same folder, then rename."""
+    write_json(path, data, indent=2)
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -14,13 +14,12 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-import cv2
 import numpy as np
 
 TEMP_PREFIX = ".tmp-"
 
 
-def _atomic(path: str, suffix: str, write: Callable[[str], None]) -> None:
+def atomic_write(path: str, suffix: str, write: Callable[[str], None]) -> None:
     """``write(tmp)`` to a fresh temporary file beside ``path``, then rename it over ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=folder)
@@ -42,7 +41,7 @@ def write_text(path: str, text: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    _atomic(path, ".txt", write)
+    atomic_write(path, ".txt", write)
 
 
 def write_json(path: str, data: Any, indent: int | None = None) -> None:
@@ -52,11 +51,13 @@ def write_json(path: str, data: Any, indent: int | None = None) -> None:
 def write_rgb_png(path: str, rgb: np.ndarray) -> None:
     """Write an ``[H, W, 3]`` uint8 RGB picture as PNG."""
 
+    import cv2  # here, not at start-up: the PQ command writes JSON only
+
     def write(tmp: str) -> None:
         if not cv2.imwrite(tmp, np.ascontiguousarray(rgb[..., ::-1])):
             raise OSError(f"could not write {path}")
 
-    _atomic(path, ".png", write)
+    atomic_write(path, ".png", write)
 
 
 def remove_stale_temp_files(folder: str) -> list[str]:

@@ -36,9 +36,14 @@ def main() -> None:
         help="block by block instead: DIR/<KEY>/ from deeplab2_reference.py --dump-blocks",
     )
     args = parser.parse_args()
-    if args.blocks:
-        blocks_main(args)
-        return
+    results = blocks_main(args) if args.blocks else zoo_main(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def zoo_main(args: argparse.Namespace) -> list[dict]:
+    """Per model: whole-model outputs and panoptic maps against the reference's."""
     results = []
     print(
         "| model | params ours / deeplab2 | semantic | center | offset | panoptic | post-processing |"
@@ -69,12 +74,10 @@ def main() -> None:
             f"{agree[1]} |",
             flush=True,
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    return results
 
 
-def blocks_main(args: argparse.Namespace) -> None:
+def blocks_main(args: argparse.Namespace) -> list[dict]:
     """Per model: every encoder module on deeplab2's own input, and the heads on its encoder
     outputs; prints the worst module and each output, as max |diff| / std (and RMS / std)."""
     results = []
@@ -94,9 +97,7 @@ def blocks_main(args: argparse.Namespace) -> None:
             f"({worst['rms_rel']:.1e}) | {' | '.join(cells)} |",
             flush=True,
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    return results
 
 
 if __name__ == "__main__":
