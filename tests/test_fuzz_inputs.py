@@ -254,13 +254,18 @@ PNG_CASES = [
 ]
 
 
-def _break_png(folder, edit) -> str:
-    path = folder / "synth_000000.png"
+def _break_file(folder, name: str, edit) -> str:
+    """Apply ``edit`` (bytes -> bytes; None deletes) to ``folder/name``; returns ``name``."""
+    path = folder / name
     if edit is None:
         os.remove(path)
     else:
         path.write_bytes(edit(path.read_bytes()))
-    return "synth_000000.png"
+    return name
+
+
+def _break_png(folder, edit) -> str:
+    return _break_file(folder, "synth_000000.png", edit)
 
 
 @pytest.mark.parametrize("name,edit", PNG_CASES, ids=[c[0] for c in PNG_CASES])
@@ -311,12 +316,7 @@ IMAGE_CASES = [
 
 
 def _break_image(folder, edit) -> str:
-    path = folder / "synth_000000.jpg"
-    if edit is None:
-        os.remove(path)
-    else:
-        path.write_bytes(edit(path.read_bytes()))
-    return "synth_000000.jpg"
+    return _break_file(folder, "synth_000000.jpg", edit)
 
 
 @pytest.mark.parametrize("name,edit", IMAGE_CASES, ids=[c[0] for c in IMAGE_CASES])
