@@ -176,9 +176,10 @@ def check_blocks(
     image = as_ours(ref["input"])
     blocks: list[dict[str, Any]] = []
     groups: dict[str, torch.Tensor] = {}
-    previous = None
+    previous: np.ndarray | None = None  # the last module's output, loaded once
     with torch.no_grad():
         for name in names:
+            reference = theirs(name)
             if name == "encoder/_stem":
                 module = backbone.stem
                 given = (image - model.pixel_mean) / model.pixel_std
@@ -186,13 +187,13 @@ def check_blocks(
                 stage, block = name.rsplit("/", 1)
                 group, modules = stages[stage]
                 module = modules[int(block.removeprefix("_block")) - 1]
-                given = as_ours(theirs(previous))
-                groups[group] = as_ours(theirs(name))  # the stage's output: its last block's
+                given = as_ours(previous)
+                groups[group] = as_ours(reference)  # the stage's output: its last block's
             ours = module(given).permute(0, 2, 3, 1).double().numpy()
             blocks.append(
-                {"name": name, **output_differences({name: ours}, {name: theirs(name)})[name]}
+                {"name": name, **output_differences({name: ours}, {name: reference})[name]}
             )
-            previous = name
+            previous = reference
         features = {n: torch.relu(groups[n]) for n in backbone._out_features}
         outputs = model.predict_from_features(features, tuple(image.shape[2:]))
     raw = {k: v for k, v in ref.items() if k.startswith(("semantic_logits", "center", "offset"))}
