@@ -137,18 +137,12 @@ def _quickstart(argv: list[str]) -> dict[str, float]:
 
 
 def ground_truth_panoptic(record: dict, label_divisor: int) -> np.ndarray:
-    """``[H, W]`` int64 ground truth of a record in the prediction's encoding: ``class *
-    label_divisor + instance`` (instances from 1; stuff and crowd regions 0), -1 void."""
+    """``[H, W]`` int64 ground truth of a record in the prediction's encoding (see
+    :func:`~.engine.evaluate.ground_truth_labels`)."""
+    from .engine.evaluate import ground_truth_labels
+
     ids = read_panoptic_png(record["pan_seg_file_name"])
-    out = np.full(ids.shape, -1, np.int64)
-    count: dict[int, int] = {}
-    for seg in record["segments_info"]:
-        cls = int(seg["category_id"])
-        inst = 0
-        if seg.get("isthing") and not seg.get("iscrowd"):
-            inst = count[cls] = count.get(cls, 0) + 1
-        out[ids == seg["id"]] = cls * label_divisor + inst
-    return out
+    return ground_truth_labels(ids, record["segments_info"], label_divisor)
 
 
 def draw_predictions(model, catalog, cfg, device, count: int = 6) -> tuple[str, int]:

@@ -23,7 +23,10 @@ def test_defaults_are_fresh_copies():
 
 
 def test_base_chain_and_overrides(tmp_path):
-    _write(tmp_path / "base.yaml", "MODEL:\n  AXIAL_RESNET:\n    SPAN: 33\n    VARIANT: axial_resnet_m\n")
+    _write(
+        tmp_path / "base.yaml",
+        "MODEL:\n  AXIAL_RESNET:\n    SPAN: 33\n    VARIANT: axial_resnet_m\n",
+    )
     _write(tmp_path / "mid.yaml", "_BASE_: base.yaml\nMODEL:\n  AXIAL_RESNET:\n    SPAN: 17\n")
     child = _write(tmp_path / "child.yaml", "_BASE_: mid.yaml\nSOLVER:\n  BASE_LR: 0.5\n")
     cfg = load_config(str(child), ["SOLVER.MAX_ITER", "7"])
@@ -80,3 +83,17 @@ def test_freeze_at_is_not_a_key():
     assert "FREEZE_AT" not in get_cfg().MODEL.BACKBONE
     with pytest.raises(ConfigError, match="FREEZE_AT"):
         load_config(None, ["MODEL.BACKBONE.FREEZE_AT", "2"])
+
+
+def test_stored_config_with_a_retired_key_still_loads(capsys):
+    # A checkpoint written before FREEZE_AT was removed stores it; its config loads without it.
+    from axial_deeplab.engine.infer_net import config_from_yaml
+
+    stored = "MODEL:\n  BACKBONE:\n    FREEZE_AT: 0\n    NAME: resnet\n"
+    cfg = config_from_yaml(stored, [], source="old.pth")
+    assert cfg.MODEL.BACKBONE.NAME == "resnet" and "FREEZE_AT" not in cfg.MODEL.BACKBONE
+    assert "old.pth: ignoring retired config keys it stores: MODEL.BACKBONE.FREEZE_AT" in (
+        capsys.readouterr().out
+    )
+    with pytest.raises(ConfigError, match="BACKBON"):  # other unknown keys still refused
+        config_from_yaml("MODEL:\n  BACKBON: {}\n", [], source="old.pth")

@@ -8,6 +8,7 @@ class names and the data set without being told).
 import json
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from axial_deeplab.data.synthetic_writer import write_synthetic_dataset
 from axial_deeplab.engine import infer_net, train_net
 from axial_deeplab.engine.build import build_trainer
 from axial_deeplab.engine.launch import default_argument_parser
+from axial_deeplab.utils.visualize import enlarge_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "quickstart" / "synthetic_axial.yaml")
@@ -55,8 +57,20 @@ def test_eval_only_from_the_checkpoint_alone(trained, capsys):
         ["--eval-only", "MODEL.WEIGHTS", str(weights)]
     )
     metrics = train_net.run(args)
-    assert f"config: stored in {weights}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"config: stored in {weights}" in out
     assert {"PQ", "SQ", "RQ", "mIoU"} <= set(metrics)  # evaluated on synthetic_coco_val
+    # Pictures of the evaluated scenes: input | prediction | ground truth in the first row.
+    folder = weights.parent / "eval_pictures"
+    assert "pictures of 2 images (input, prediction beside ground truth" in out
+    pictures = sorted(folder.glob("*_vis.png"))
+    records = json.loads((trained[1] / "coco" / "panoptic_val.json").read_text())["images"]
+    assert [p.name for p in pictures] == sorted(
+        f"{Path(r['file_name']).stem}_vis.png" for r in records
+    )
+    height, width = records[0]["height"], records[0]["width"]
+    picture = cv2.imread(str(folder / f"{Path(records[0]['file_name']).stem}_vis.png"))
+    assert picture.shape[1] == 3 * width * enlarge_factor((height, width))  # 2 without the truth
 
 
 def test_eval_only_with_the_readme_config_file(trained):

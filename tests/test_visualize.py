@@ -142,3 +142,18 @@ def test_small_inputs_are_enlarged_with_their_maps():
                                       ground_truth=truth)  # fmt: skip
     assert list(panels)[:3] == ["input", "prediction", "ground truth"]
     assert all(p.shape == (384, 512, 3) for p in panels.values()) and strip.shape[1] == 3 * 512
+
+
+def test_ground_truth_labels_number_things_and_leave_crowd_and_void():
+    from axial_deeplab.engine.evaluate import VOID_LABEL, ground_truth_labels
+
+    ids = np.array([[0, 5, 5], [7, 9, 11]])
+    segments = [
+        {"id": 5, "category_id": 2, "isthing": 1, "iscrowd": 0},
+        {"id": 7, "category_id": 0, "isthing": 0, "iscrowd": 0},
+        {"id": 9, "category_id": 2, "isthing": 1, "iscrowd": 0},
+        {"id": 11, "category_id": 2, "isthing": 1, "iscrowd": 1},  # crowd: the class, no instance
+    ]
+    labels = ground_truth_labels(ids, segments, label_divisor=1000)
+    expected = [[VOID_LABEL, 2001, 2001], [0, 2002, 2000]]
+    assert labels.dtype == np.int64 and labels.tolist() == expected

@@ -12,6 +12,25 @@ from .checks import ConfigError, check_config, flat_keys, suggest_key
 
 BASE_KEY = "_BASE_"
 
+# Keys that earlier versions wrote into checkpoints and that no longer exist. A config stored in
+# such a checkpoint loads without them (they were read nowhere); files and overrides that set them
+# still get the unknown-key error.
+RETIRED_KEYS = ("MODEL.BACKBONE.FREEZE_AT",)
+
+
+def drop_retired_keys(tree: dict) -> list[str]:
+    """Remove :data:`RETIRED_KEYS` from a nested config dict; returns those it removed."""
+    dropped = []
+    for key in RETIRED_KEYS:
+        *parents, leaf = key.split(".")
+        node = tree
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            del node[leaf]
+            dropped.append(key)
+    return dropped
+
 
 class CfgNode(_YacsNode):
     """A yacs ``CfgNode`` whose YAML files may inherit from a ``_BASE_`` file."""

@@ -21,6 +21,7 @@ from ..modeling.losses import PanopticDeepLabLoss
 from ..modeling.targets import PanopticTargetGenerator
 from ..utils.atomic import write_text
 from .distributed import get_rank, get_world_size, is_distributed
+from .eval_pictures import EvalPictureWriter
 from .evaluate import PostProcessing, evaluate_panoptic
 from .optim import build_lr_scheduler, build_optimizer, param_groups
 from .predictions import PredictionSaver
@@ -124,12 +125,20 @@ def matching_config_hint(weights: str) -> str:
 
 
 def build_evaluate_fn(
-    cfg, catalog: DatasetCatalog, device: torch.device, *, save_dir: str = "", verbose: bool = False
+    cfg,
+    catalog: DatasetCatalog,
+    device: torch.device,
+    *,
+    save_dir: str = "",
+    pictures_dir: str = "",
+    verbose: bool = False,
 ) -> Callable[[nn.Module], dict[str, float]]:
     """``model -> metrics`` on ``DATASETS.TEST[0]`` (this rank's shard, gathered).
 
     ``save_dir``: also write the predictions there in the official formats
-    (:mod:`.predictions`). ``verbose``: print the per-class PQ table."""
+    (:mod:`.predictions`). ``pictures_dir``: also draw the first ``TEST.NUM_PICTURES`` images
+    there, prediction beside ground truth (:mod:`.eval_pictures`). ``verbose``: print the
+    per-class PQ table."""
     if not cfg.DATASETS.TEST:
         raise ConfigError("DATASETS.TEST is empty: name the data set to evaluate on")
     dataset = build_test_dataset(cfg, catalog, cfg.DATASETS.TEST[0])
@@ -139,7 +148,9 @@ def build_evaluate_fn(
     pad_to = tuple(cfg.INPUT.CROP.SIZE) if cfg.TEST.PAD_TO_CROP else None
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        saver = PredictionSaver(save_dir, dataset.metadata) if save_dir else None
+        sinks = [PredictionSaver(save_dir, dataset.metadata)] if save_dir else []
+        if pictures_dir and cfg.TEST.NUM_PICTURES > 0:
+            sinks.append(EvalPictureWriter(pictures_dir, dataset.metadata, cfg.TEST.NUM_PICTURES))
         return evaluate_panoptic(
             model,
             loader,
@@ -148,7 +159,7 @@ def build_evaluate_fn(
             device=device,
             pad_to=pad_to,
             pad_value=tuple(cfg.MODEL.PIXEL_MEAN),
-            saver=saver,
+            sinks=sinks,
             print_table=verbose,
         )
 

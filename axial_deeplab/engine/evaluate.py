@@ -93,6 +93,24 @@ def labels_to_segments(
     return new_ids[inverse.reshape(labels.shape)], segments
 
 
+def ground_truth_labels(
+    ids: np.ndarray, segments_info: Sequence[dict], label_divisor: int
+) -> np.ndarray:
+    """The ground truth ``ids`` ``[H, W]`` (segment ids, 0 void) with their ``segments_info``
+    (train-id ``category_id``) in the prediction's encoding: ``[H, W]`` int64 ``class *
+    label_divisor + instance`` (instances numbered from 1 per class; stuff and crowd regions 0),
+    ``VOID_LABEL`` where no segment is listed."""
+    out = np.full(ids.shape, VOID_LABEL, np.int64)
+    count: dict[int, int] = {}
+    for seg in segments_info:
+        cls = int(seg["category_id"])
+        inst = 0
+        if seg.get("isthing") and not seg.get("iscrowd"):
+            inst = count[cls] = count.get(cls, 0) + 1
+        out[ids == int(seg["id"])] = cls * label_divisor + inst
+    return out
+
+
 def semantic_labels(
     panoptic_ids: np.ndarray, segments_info: list[dict], ignore_label: int
 ) -> np.ndarray:
@@ -203,15 +221,16 @@ def evaluate_panoptic(
     device: torch.device,
     pad_to: tuple[int, int] | None = None,
     pad_value: Sequence[float] = (123.675, 116.28, 103.53),
-    saver: PredictionSink | None = None,
+    sinks: Sequence[PredictionSink] = (),
     print_table: bool = False,
 ) -> dict[str, float]:
     """PQ/SQ/RQ (All, Things, Stuff), mIoU and mask AP of ``model`` on ``loader`` (this rank's
     shard), gathered over ranks. Values in percent, as the official tools print them.
 
     ``pad_to``: pad the inputs to this ``(h, w)`` with ``pad_value`` (as training crops) and crop
-    the outputs back. ``saver``: receives every image's prediction
-    (:class:`axial_deeplab.engine.predictions.PredictionSaver`); closed at the end.
+    the outputs back. ``sinks``: each receives every image's prediction (its raw outputs plus
+    ``centers``, the kept centres ``[M, 2]``), e.g.
+    :class:`axial_deeplab.engine.predictions.PredictionSaver`; closed at the end.
     ``print_table``: print the per-class PQ and IoU table (main process)."""
     metrics = PanopticMetrics(metadata)
     was_training = model.training
@@ -224,17 +243,17 @@ def evaluate_panoptic(
             outputs = {k: v[..., :height, :width] for k, v in outputs.items()}
             for i in range(images.shape[0]):
                 one = {k: v[i] for k, v in outputs.items()}  # [C, H, W] each
-                labels, _ = panoptic_prediction(
+                labels, centers = panoptic_prediction(
                     one, settings, thing_ids=metadata.thing_train_ids,
                     label_divisor=metadata.label_divisor,
                 )  # fmt: skip
                 record = {k: v[i] for k, v in batch.items()}
-                if saver is not None:
-                    saver.add(record, labels.cpu().numpy(), one)
+                for sink in sinks:
+                    sink.add(record, labels.cpu().numpy(), {**one, "centers": centers})
                 metrics.process(record, labels, one)
     model.train(was_training)
-    if saver is not None:
-        saver.close()
+    for sink in sinks:
+        sink.close()
     out, pq_result, sem_result = metrics.results()
     if print_table and is_main_process():
         from ..evaluation.panoptic_files import format_results

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from ..checkpoint.io import load_checkpoint_file
 from ..config import CfgNode, ConfigError, get_cfg, load_config
 from ..config.checks import check_config
+from ..config.config import drop_retired_keys
 from ..data.panoptic_io import write_panoptic_png
 from ..utils.atomic import write_json, write_rgb_png
 from ..utils.cli import run_cli
@@ -90,7 +91,11 @@ def config_from_yaml(text: str, opts: list[str], *, source: str):
     """Defaults, then the full config ``text`` (stored in checkpoint ``source``), then ``opts``."""
     cfg = get_cfg()
     try:
-        cfg.merge_from_other_cfg(CfgNode(yaml.safe_load(text)))
+        tree = yaml.safe_load(text)
+        dropped = drop_retired_keys(tree) if isinstance(tree, dict) else []
+        if dropped:
+            print(f"{source}: ignoring retired config keys it stores: {', '.join(dropped)}")
+        cfg.merge_from_other_cfg(CfgNode(tree))
     except (yaml.YAMLError, KeyError, ValueError, AssertionError, TypeError) as exc:
         raise ConfigError(
             f"{source}: the config stored in it does not load ({exc}); pass --config-file"

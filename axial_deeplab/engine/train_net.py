@@ -6,7 +6,8 @@ NCCL on GPUs, gloo on CPUs), ``--resume`` continues from ``OUTPUT_DIR``'s last c
 unless ``--allow-random-weights``); with ``TEST.SAVE_PREDICTIONS True`` it also writes the
 predictions in the official formats (COCO panoptic PNG + JSON with the data set's category ids;
 Cityscapes label-id PNGs and instance txt + masks for Cityscapes-format data) and ``metrics.json``
-to ``OUTPUT_DIR/inference``. Multi-node: launch this with ``torchrun``, or submit it to Slurm
+to ``OUTPUT_DIR/inference``; it draws the first ``TEST.NUM_PICTURES`` images (prediction beside
+ground truth) to ``OUTPUT_DIR/eval_pictures``. Multi-node: launch this with ``torchrun``, or submit it to Slurm
 with ``--slurm`` (see :mod:`.slurm`).
 
 Ctrl-C, SIGTERM, SIGUSR1 or SIGUSR2 during training saves a checkpoint and exits with
@@ -76,8 +77,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
         model = prepare_model(cfg, device)
         save_dir = os.path.join(cfg.OUTPUT_DIR, "inference") if cfg.TEST.SAVE_PREDICTIONS else ""
+        pictures = os.path.join(cfg.OUTPUT_DIR, "eval_pictures")
         metrics = build_evaluate_fn(
-            cfg, build_catalog(cfg), device, save_dir=save_dir, verbose=True
+            cfg, build_catalog(cfg), device, save_dir=save_dir, pictures_dir=pictures, verbose=True
         )(model)
         if save_dir and is_main_process():
             write_json(os.path.join(save_dir, "metrics.json"), metrics, indent=1)
