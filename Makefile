@@ -8,11 +8,19 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup quickstart test lint
 
+# The venv takes about 6.5 GB (torch's CUDA build from PyPI; README, "Installation"): check the
+# disk first, so that a full disk is one clear line and not pip's OSError halfway through.
+NEED_GB ?= 7
+
 $(VENV)/.installed: setup.py requirements/constraints.txt
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	if [ "$$free" -lt $(NEED_GB) ]; then \
+	  echo "error: $$free GB free on the disk of $$(pwd); the .venv needs about $(NEED_GB) GB" \
+	    "(free some space, or NEED_GB=N make ... to try with less)" >&2; exit 1; fi
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c requirements/constraints.txt torch torchvision
-	$(PIP) install -q -c requirements/constraints.txt -e ".[dev,slurm,export]"
+	$(PIP) install -q --no-cache-dir --upgrade pip
+	$(PIP) install -q --no-cache-dir -c requirements/constraints.txt torch torchvision
+	$(PIP) install -q --no-cache-dir -c requirements/constraints.txt -e ".[dev,slurm,export]"
 	touch $@
 
 setup: $(VENV)/.installed
