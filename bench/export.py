@@ -3,7 +3,7 @@
 Usage::
 
     python bench/export.py [--cases 641x641=CFG 1025x2049=CFG] [--weights CKPT] [--repeats 1]
-                           [--compile-timeout 1800]
+                           [--compile-timeout 1800] [--onnx-optimize]
 
 Each case is an image size with the config of the model run at that size; the default cases are
 the issue's: 641x641 with Axial-DeepLab-S on COCO (``configs/coco/axial_deeplab_s_641.yaml``) and
@@ -18,8 +18,9 @@ post-processing: those -> panoptic map, centres), then runs each backend in its 
 - ``compile``: ``torch.compile`` of the network and of the fixed-shape post-processing
   (``export/postprocessing.py``), compiled for the size during the warm-up run; a child still
   compiling after ``--compile-timeout`` seconds is stopped and reported with the time spent;
-- ``onnxruntime``: the two ONNX graphs in ONNX Runtime sessions (CPU provider, default threads
-  and memory arena).
+- ``onnxruntime``: the two ONNX graphs in ONNX Runtime sessions (CPU provider, default threads,
+  memory arena and graph optimisation level); the graphs are written without the exporter's own
+  optimisation pass unless ``--onnx-optimize`` (it took over 15 minutes on the full models here).
 
 Each child runs one warm-up image (compilation included), then times ``--repeats`` images (median
 wall-clock ms of the network, of the post-processing and of both). ``peak MiB``: the highest
@@ -97,7 +98,7 @@ def build(work: str) -> PanopticPipeline:
     )
 
 
-def prepare(weights: str, config: str, work: str) -> None:
+def prepare(weights: str, config: str, work: str, optimize: bool) -> None:
     """Weights, setup and the two ONNX graphs of one case into ``work``."""
     from axial_deeplab.export.cli import build_pipeline
     from axial_deeplab.export.pipeline import example_image
@@ -140,8 +141,9 @@ def prepare(weights: str, config: str, work: str) -> None:
             raw,
             dynamic_shapes=({1: dim, 2: dim}, {1: dim, 2: dim}, {1: dim, 2: dim}),
         )
-    torch.onnx.export(net, (image,), os.path.join(work, "net.onnx"), dynamo=True)
-    torch.onnx.export(post, raw, os.path.join(work, "post.onnx"), dynamo=True)
+    for program, example, name in ((net, (image,), "net"), (post, raw, "post")):
+        path = os.path.join(work, f"{name}.onnx")
+        torch.onnx.export(program, example, path, dynamo=True, optimize=optimize)
 
 
 def _memory_kib(field: str) -> int:
@@ -264,6 +266,12 @@ def main() -> None:
         "--compile-timeout", type=float, default=1800.0, help="seconds for a compile child"
     )
     parser.add_argument(
+        "--onnx-optimize",
+        action="store_true",
+        help="the ONNX exporter's own graph optimisation (slow on the full models; ONNX Runtime "
+        "optimises the graph when it loads it either way)",
+    )
+    parser.add_argument(
         "--child", nargs=3, metavar=("BACKEND", "WORK", "SIZE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -292,7 +300,7 @@ def main() -> None:
     for size, config in cases:
         with tempfile.TemporaryDirectory(prefix="bench_export_") as work:
             start = time.perf_counter()
-            prepare(args.weights, config, work)
+            prepare(args.weights, config, work, args.onnx_optimize)
             name = os.path.relpath(config, REPO) if config else args.weights
             print(f"{size} {name}: exported the network and the post-processing in "
                   f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
