@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from ..layers.relative_position import block_geometry
 
 HEAD_GROUP = 2  # heads whose logits are computed at once
+HYBRID_COND = True  # hybrid: torch.cond between global and local (else one blocked geometry)
 
 
 def block_plan(span: int, span_mode: str) -> tuple[int, int]:
@@ -76,6 +77,23 @@ def attend_windowed(q1, k, q2, k3, v, tables, *, span: int, span_mode: str) -> t
     """Drop-in for ``layers.attention_core.attend`` (same arguments, same ``[B, 2C, L]``)."""
     if span_mode == "global":
         return _attend_global(q1, k, q2, k3, v, tables)
+    if span_mode == "hybrid" and HYBRID_COND:
+        # Global on short axes, local blocks on long ones, as the eager core: one branch runs.
+        def short(*args):
+            return _attend_global(*args[:5], args[5:])
+
+        def long(*args):
+            return _attend_blocks(*args[:5], args[5:], span=span, span_mode="local")
+
+        length = q1.shape[-1]
+        # (Clones: the operands are often views of one projection, and cond takes no aliases.)
+        operands = tuple(t.clone() for t in (q1, k, q2, k3, v, *tables))
+        return torch.cond(length <= 2 * span - 1, short, long, operands)
+    return _attend_blocks(q1, k, q2, k3, v, tables, span=span, span_mode=span_mode)
+
+
+def _attend_blocks(q1, k, q2, k3, v, tables, *, span: int, span_mode: str) -> torch.Tensor:
+    """``local``, ``hybrid`` (both regimes in the blocked geometry) and ``block``."""
     table_q, table_k, table_v = tables
     b, g, _, length = q1.shape
     size, radius = block_plan(span, span_mode)
