@@ -6,21 +6,21 @@ the axis is short enough for global attention. Traced with a symbolic length, ev
 becomes a guard that pins the length. :func:`attend_windowed` computes the same function with no
 decision on the length:
 
-- ``local``, ``hybrid`` and ``block``: the axis, zero-padded to whole blocks, runs in query
-  blocks of a fixed size ``M``, each against its block widened by ``R`` keys on each side
-  (``M + 2 R`` keys, ``2 R <= M``, so a block's keys are its own block and the next one's first
-  ``2 R`` positions of the padded line: two reshapes and a concatenation, nothing gathered).
-  ``local``: ``M = span``, ``R = span // 2`` (the eager core's blocks); ``block``: the mode's own
-  geometry (``M = 2 span - 1``, ``R = span // 2``); ``hybrid``: the same geometry as ``block``,
-  which holds both of its regimes: the ``span`` keys centred on each query, and the whole axis
-  when ``L <= 2 span - 1`` (one block). A key counts where it lies inside the line and inside the
-  eager mode's set for its query: ``local`` ``|p - o| <= span // 2``; ``hybrid`` that, or every
-  key when ``L <= 2 span - 1`` (a tensor predicate on ``L``); ``block`` the whole widened block.
+- ``local`` and ``block``: the axis runs in query blocks of a fixed size ``M``, each against its
+  block widened by ``R`` keys on each side (``M + 2 R`` keys). Queries and keys are gathered per
+  block from the line zero-padded by constants (index tensors from ``arange``: no size is split or
+  padded by a symbolic amount), at least 2 blocks (so no block count is 1 while tracing).
+  ``local``: ``M = span``, ``R = span // 2`` (the eager core's blocks), a key counting where
+  ``|p - o| <= span // 2`` inside the line; ``block``: the mode's own geometry
+  (``M = 2 span - 1``, ``R = span // 2``), every key of the widened block inside the line.
   The relative distance of key slot ``c`` to query ``a`` of a block is ``c - R - a`` in every
   block, so the relative embeddings are one ``[d, M, M + 2 R]`` gather of each table.
   The heads run in groups of :data:`HEAD_GROUP` (a fixed Python loop), so that the
   ``[lines, heads, blocks, M, M + 2 R]`` logits of one group only are alive at a time: at
   1025 x 2049 the first stage of Axial-DeepLab-L has 257 lines of 513 positions and 8 heads.
+- ``hybrid``: ``torch.cond`` on ``L <= 2 span - 1`` (an ONNX ``If``): ``global`` on short axes,
+  ``local`` blocks on long ones, as the eager core. (``HYBRID_COND = False``: both regimes in the
+  ``block`` geometry with a mask, which computes far more logits on short axes.)
 - ``global``: all ``L x L`` pairs, table indices ``clip(p - o)`` from ``arange(L)``.
 
 Masked keys get ``-inf`` logits, as in the eager core, so the softmax weights agree up to float
