@@ -2,31 +2,41 @@
 
 Usage::
 
-    python bench/export.py [--weights CKPT] [--config-file CFG] [--sizes 641x641 1025x2049]
-                           [--repeats 3]
+    python bench/export.py [--cases 641x641=CFG 1025x2049=CFG] [--weights CKPT] [--repeats 1]
+                           [--compile-timeout 1800] [--onnx-optimize]
 
-The model is ``--weights`` (a checkpoint carrying its config) or, without it, the quick-start config
-(``configs/quickstart/synthetic_axial.yaml``) with seeded random weights. The parent process writes
-the weights and two ONNX graphs with dynamic height and width (the network: uint8 image -> softmax
-probabilities, centre heatmap, offsets; the post-processing: those -> panoptic map, centres), then
-runs each backend at each size in its own subprocess:
+Each case is an image size with the config of the model run at that size; the default cases are
+the issue's: 641x641 with Axial-DeepLab-S on COCO (``configs/coco/axial_deeplab_s_641.yaml``) and
+1025x2049 with Axial-DeepLab-L on Cityscapes (``configs/cityscapes/axial_deeplab_l_1025x2049.yaml``),
+with seeded random weights (or ``--weights``, a checkpoint carrying its config, for every case).
+Per case the parent process writes the weights and two ONNX graphs with dynamic height and width
+(the network: uint8 image -> softmax probabilities, centre heatmap, offsets; the
+post-processing: those -> panoptic map, centres), then runs each backend in its own subprocess:
 
 - ``eager``: the model under ``torch.no_grad()`` and the eager post-processing
   (``modeling/postprocessing.py``), as ``tools/infer.py`` runs them;
 - ``compile``: ``torch.compile`` of the network and of the fixed-shape post-processing
-  (``export/postprocessing.py``), compiled for the size before timing;
-- ``onnxruntime``: the two ONNX graphs in ONNX Runtime sessions (CPU provider, default threads).
+  (``export/postprocessing.py``), compiled for the size during the warm-up run; a child still
+  compiling after ``--compile-timeout`` seconds is stopped and reported with the time spent;
+- ``onnxruntime``: the two ONNX graphs in ONNX Runtime sessions (CPU provider, default threads,
+  memory arena and graph optimisation level); the graphs are written without the exporter's own
+  optimisation pass unless ``--onnx-optimize`` (it took over 15 minutes on the full models here).
 
-Each child times ``--repeats`` images after one warm-up run (median wall-clock ms of the network, of
-the post-processing and of both) and reports its peak resident memory growth over the loaded
-state (``VmHWM`` reset through ``/proc/self/clear_refs`` after the warm-up, minus ``VmRSS`` then).
-The panoptic maps of every backend are compared with eager's.
+Each child runs one warm-up image (compilation included), then times ``--repeats`` images (median
+wall-clock ms of the network, of the post-processing and of both). ``peak MiB``: the highest
+resident memory during the timed runs over the resident memory once the model (or session) was
+loaded, before the warm-up (``VmHWM`` reset through ``/proc/self/clear_refs`` after the warm-up),
+so that memory a backend keeps from the warm-up (ONNX Runtime's arena) counts. ``warm-up s``: the
+first run (with compilation). Every backend's network outputs and panoptic map are compared with
+eager's: the largest absolute difference of the probabilities, the heatmap and the offsets, and
+the fraction of panoptic pixels equal to eager's. A child that dies is reported with its exit
+status (``-9``: killed, e.g. by the kernel for memory). The load average is printed before and
+after (the machine may be shared: compare backends within one run).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -47,7 +57,11 @@ from axial_deeplab.export.tracing import traceable_model  # noqa: E402
 from axial_deeplab.modeling.postprocessing import get_panoptic_segmentation  # noqa: E402
 
 BACKENDS = ("eager", "compile", "onnxruntime")
-DEFAULT_CONFIG = os.path.join(REPO, "configs", "quickstart", "synthetic_axial.yaml")
+DEFAULT_CASES = (
+    "641x641=configs/coco/axial_deeplab_s_641.yaml",
+    "1025x2049=configs/cityscapes/axial_deeplab_l_1025x2049.yaml",
+)
+CPU = ["MODEL.DEVICE", "cpu"]
 
 
 class Network(torch.nn.Module):
@@ -84,25 +98,25 @@ def build(work: str) -> PanopticPipeline:
     )
 
 
-def prepare(args, work: str) -> None:
-    """Weights, setup and the two ONNX graphs into ``work``."""
+def prepare(weights: str, config: str, work: str, optimize: bool) -> None:
+    """Weights, setup and the two ONNX graphs of one case into ``work``."""
     from axial_deeplab.export.cli import build_pipeline
     from axial_deeplab.export.pipeline import example_image
 
-    if args.weights:
-        pipeline = build_pipeline(args.weights, args.config_file)
-        config, opts = args.config_file, []
+    if weights:
+        pipeline = build_pipeline(weights, config, CPU)
+        opts = CPU
         if not config:  # the checkpoint's own config
             from axial_deeplab.checkpoint.io import load_checkpoint_file
 
             config = os.path.join(work, "config.yaml")
             with open(config, "w", encoding="utf-8") as f:
-                f.write(load_checkpoint_file(args.weights).config_yaml)
+                f.write(load_checkpoint_file(weights).config_yaml)
     else:
         from axial_deeplab.config import load_config
         from axial_deeplab.modeling.build import build_model
 
-        config, opts = args.config_file or DEFAULT_CONFIG, []
+        opts = CPU
         cfg = load_config(config, opts)
         torch.manual_seed(0)
         pipeline = PanopticPipeline(
@@ -127,8 +141,9 @@ def prepare(args, work: str) -> None:
             raw,
             dynamic_shapes=({1: dim, 2: dim}, {1: dim, 2: dim}, {1: dim, 2: dim}),
         )
-    torch.onnx.export(net, (image,), os.path.join(work, "net.onnx"), dynamo=True)
-    torch.onnx.export(post, raw, os.path.join(work, "post.onnx"), dynamo=True)
+    for program, example, name in ((net, (image,), "net"), (post, raw, "post")):
+        path = os.path.join(work, f"{name}.onnx")
+        torch.onnx.export(program, example, path, dynamo=True, optimize=optimize)
 
 
 def _memory_kib(field: str) -> int:
@@ -178,11 +193,14 @@ def child(backend: str, work: str, size: str, repeats: int) -> None:
     gen = torch.Generator().manual_seed(1)
     image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=gen)
     times: dict[str, list[float]] = {"network": [], "post": []}
+    base = _memory_kib("VmRSS:")  # loaded, before the first run
     with torch.no_grad():
-        panoptic = post(network(image))  # warm-up (and compilation)
+        start = time.perf_counter()
+        raw = network(image)
+        panoptic = post(raw)  # warm-up (and compilation)
+        warmup = time.perf_counter() - start
         with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
             f.write("5")  # reset VmHWM to the current VmRSS
-        base = _memory_kib("VmRSS:")
         for _ in range(repeats):
             start = time.perf_counter()
             raw = network(image)
@@ -193,19 +211,66 @@ def child(backend: str, work: str, size: str, repeats: int) -> None:
     peak = (_memory_kib("VmHWM:") - base) / 1024
     net_ms, post_ms = (1000 * float(np.median(v)) for v in times.values())
     total = 1000 * float(np.median(np.add(times["network"], times["post"])))
-    digest = hashlib.sha256(np.ascontiguousarray(panoptic, dtype=np.int64).tobytes()).hexdigest()
+    outputs = {
+        name: np.asarray(t) for name, t in zip(("prob", "center", "offset"), raw, strict=True)
+    }
+    np.savez(os.path.join(work, f"{backend}.npz"), panoptic=np.asarray(panoptic), **outputs)
     print(json.dumps({"network_ms": net_ms, "post_ms": post_ms, "total_ms": total,
-                      "peak_mib": peak, "panoptic_sha256": digest,
+                      "peak_mib": peak, "warmup_s": warmup,
                       "segments": int(len(np.unique(panoptic)))}))  # fmt: skip
+
+
+def compare(work: str, backend: str) -> str:
+    """``backend``'s outputs against eager's: max |diff| of the network outputs, panoptic pixels."""
+    with (
+        np.load(os.path.join(work, "eager.npz")) as ref,
+        np.load(os.path.join(work, f"{backend}.npz")) as got,
+    ):
+        diffs = [float(np.abs(got[k] - ref[k]).max()) for k in ("prob", "center", "offset")]
+        same = float((got["panoptic"] == ref["panoptic"]).mean())
+    if backend == "eager":
+        return "(reference)"
+    return f"{100 * same:.4f}% | {diffs[0]:.1e} {diffs[1]:.1e} {diffs[2]:.1e}"
+
+
+def run_child(backend: str, work: str, size: str, repeats: int, timeout: float | None):
+    """``(result dict, None)`` or ``(None, why it failed)``."""
+    cmd = [sys.executable, __file__, "--child", backend, work, size, "--repeats", str(repeats)]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"stopped after {time.perf_counter() - start:.0f} s (--compile-timeout)"
+    if done.returncode:
+        tail = done.stderr.strip().splitlines()[-1:] or ["empty stderr"]
+        return None, (
+            f"exit status {done.returncode} after {time.perf_counter() - start:.0f} s: "
+            f"{tail[0][-200:]}"
+        )
+    return json.loads(done.stdout.strip().splitlines()[-1]), None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="", help="checkpoint (default: random weights)")
-    parser.add_argument("--config-file", default="", help="config (default: the checkpoint's)")
-    parser.add_argument("--sizes", nargs="+", default=["641x641", "1025x2049"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=list(DEFAULT_CASES),
+        metavar="HxW=CONFIG",
+        help="sizes and the config of each (with --weights: HxW alone, the checkpoint's config)",
+    )
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument(
+        "--compile-timeout", type=float, default=1800.0, help="seconds for a compile child"
+    )
+    parser.add_argument(
+        "--onnx-optimize",
+        action="store_true",
+        help="the ONNX exporter's own graph optimisation (slow on the full models; ONNX Runtime "
+        "optimises the graph when it loads it either way)",
+    )
     parser.add_argument(
         "--child", nargs=3, metavar=("BACKEND", "WORK", "SIZE"), help=argparse.SUPPRESS
     )
@@ -213,29 +278,49 @@ def main() -> None:
     if args.child:
         child(*args.child, args.repeats)
         return
-    with tempfile.TemporaryDirectory() as work:
-        start = time.perf_counter()
-        prepare(args, work)
-        print(
-            f"exported the network and the post-processing in {time.perf_counter() - start:.0f} s"
-        )
-        print(f"{'size':>10} {'backend':>12} {'network ms':>11} {'post ms':>8} {'total ms':>9} "
-              f"{'vs eager':>8} {'peak MiB':>9}  panoptic")  # fmt: skip
-        for size in args.sizes:
-            results = {}
-            for backend in args.backends:
-                cmd = [sys.executable, __file__, "--child", backend, work, size,
-                       "--repeats", str(args.repeats)]  # fmt: skip
-                done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-                if done.returncode:
-                    print(f"{size:>10} {backend:>12} failed: {done.stderr.strip()[-400:]}")
+    if "eager" not in args.backends:
+        parser.error("--backends: eager is the reference and must be run")
+    backends = ["eager", *(b for b in args.backends if b != "eager")]
+    cases = []
+    for case in args.cases:
+        size, _, config = case.partition("=")
+        try:
+            height, width = (int(v) for v in size.split("x"))
+        except ValueError:
+            parser.error(f"--cases: expected HxW=CONFIG, got {case!r}")
+        if not MIN_SIZE <= min(height, width) <= max(height, width) <= MAX_SIZE:
+            parser.error(f"--cases: {size} outside {MIN_SIZE}..{MAX_SIZE}")
+        if not config and not args.weights:
+            parser.error(f"--cases: {case!r} names no config (HxW=CONFIG)")
+        cases.append((size, config and os.path.join(REPO, config)))
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print("columns: network / post-processing / total ms (median of --repeats), total vs eager, "
+          "peak MiB, warm-up s, then vs eager: identical panoptic pixels | max |diff| of "
+          "probabilities, centre heatmap, offsets")  # fmt: skip
+    for size, config in cases:
+        with tempfile.TemporaryDirectory(prefix="bench_export_") as work:
+            start = time.perf_counter()
+            prepare(args.weights, config, work, args.onnx_optimize)
+            name = os.path.relpath(config, REPO) if config else args.weights
+            print(f"{size} {name}: exported the network and the post-processing in "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+            eager = None
+            for backend in backends:
+                timeout = args.compile_timeout if backend == "compile" else None
+                r, why = run_child(backend, work, size, args.repeats, timeout)
+                if r is None:
+                    print(f"{size:>10} {backend:>12} failed: {why}", flush=True)
+                    if backend == "eager":
+                        break
                     continue
-                results[backend] = r = json.loads(done.stdout.strip().splitlines()[-1])
-                ref = results.get("eager", r)
-                same = "= eager" if r["panoptic_sha256"] == ref["panoptic_sha256"] else "DIFFERS"
+                eager = eager or r
                 print(f"{size:>10} {backend:>12} {r['network_ms']:11.1f} {r['post_ms']:8.1f} "
-                      f"{r['total_ms']:9.1f} {r['total_ms'] / ref['total_ms']:8.2f} "
-                      f"{r['peak_mib']:9.1f}  {same} ({r['segments']} labels)", flush=True)  # fmt: skip
+                      f"{r['total_ms']:9.1f} {r['total_ms'] / eager['total_ms']:6.2f} "
+                      f"{r['peak_mib']:8.1f} {r['warmup_s']:7.1f}  {compare(work, backend)}",
+                      flush=True)  # fmt: skip
+                if backend != "eager":
+                    os.remove(os.path.join(work, f"{backend}.npz"))
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

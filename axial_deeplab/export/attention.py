@@ -6,85 +6,129 @@ the axis is short enough for global attention. Traced with a symbolic length, ev
 becomes a guard that pins the length. :func:`attend_windowed` computes the same function with no
 decision on the length:
 
-- ``local``, ``hybrid`` and ``block``: every query ``o`` looks at the fixed window of keys
-  ``o - R .. o + R`` (``R`` from the span only), gathered from the zero-padded line; a key counts
-  where it lies inside the line and inside the eager mode's set for ``o``:
-  ``local`` ``|p - o| <= span // 2``; ``hybrid`` that, or every key when ``L <= 2 span - 1``
-  (a tensor predicate on ``L``); ``block`` the query's block of ``2 span - 1`` widened by
-  ``span // 2`` keys each side. The distance of window slot ``j`` is ``j - R`` for every query, so
-  the relative embeddings are one ``[d, 2R + 1]`` slice of each table.
+- ``local`` and ``block``: the axis runs in query blocks of a fixed size ``M``, each against its
+  block widened by ``R`` keys on each side (``M + 2 R`` keys). Queries and keys are gathered per
+  block from the line zero-padded by constants (index tensors from ``arange``: no size is split or
+  padded by a symbolic amount), at least 2 blocks (so no block count is 1 while tracing).
+  ``local``: ``M = span``, ``R = span // 2`` (the eager core's blocks), a key counting where
+  ``|p - o| <= span // 2`` inside the line; ``block``: the mode's own geometry
+  (``M = 2 span - 1``, ``R = span // 2``), every key of the widened block inside the line.
+  The relative distance of key slot ``c`` to query ``a`` of a block is ``c - R - a`` in every
+  block, so the relative embeddings are one ``[d, M, M + 2 R]`` gather of each table.
+  The heads run in groups of :data:`HEAD_GROUP` (a fixed Python loop), so that the
+  ``[lines, heads, blocks, M, M + 2 R]`` logits of one group only are alive at a time: at
+  1025 x 2049 the first stage of Axial-DeepLab-L has 257 lines of 513 positions and 8 heads.
+- ``hybrid``: ``torch.cond`` on ``L <= 2 span - 1`` (an ONNX ``If``): ``global`` on short axes,
+  ``local`` blocks on long ones, as the eager core. (``HYBRID_COND = False``: both regimes in the
+  ``block`` geometry with a mask, which computes far more logits on short axes.)
 - ``global``: all ``L x L`` pairs, table indices ``clip(p - o)`` from ``arange(L)``.
 
 Masked keys get ``-inf`` logits, as in the eager core, so the softmax weights agree up to float
-round-off (the sums run in another order). ``export.tracing.traceable_model`` swaps this function
-into ``layers.axial_attention`` while a model is traced.
+round-off (the sums run in another order). Padded queries (past the end of the line) see every
+slot, so that their (discarded) softmax has no empty row. ``export.tracing.traceable_model``
+swaps this function into ``layers.axial_attention`` while a model is traced.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..layers.relative_position import block_geometry
 
+HEAD_GROUP = 2  # heads whose logits are computed at once
+HYBRID_COND = True  # hybrid: torch.cond between global and local (else one blocked geometry)
 
-def window_radius(span: int, span_mode: str) -> int:
-    """``R``: the largest ``|p - o|`` a key can have in ``span_mode`` (``global``: unbounded)."""
+
+def block_plan(span: int, span_mode: str) -> tuple[int, int]:
+    """``(M, R)``: queries per block and keys added on each side of it, for ``span_mode``."""
     if span_mode == "local":
-        return span // 2
-    if span_mode == "hybrid":
-        return 2 * span - 2  # global on axes of at most 2 span - 1 positions
-    if span_mode == "block":
-        query_block, flange = block_geometry(span)
-        return query_block - 1 + flange
+        return span, span // 2
+    if span_mode in ("hybrid", "block"):
+        return block_geometry(span)  # 2 span - 1, span // 2
     raise ValueError(f"span_mode {span_mode!r} has no fixed window")
 
 
-def _window_valid(length: torch.Tensor, radius: int, span: int, span_mode: str, device):
-    """``[L, 2R + 1]`` bool: key slot ``j`` of query ``o`` (key ``p = o + j - R``) counts."""
-    pos = torch.arange(length, device=device)[:, None]  # [L, 1]
-    dist = torch.arange(2 * radius + 1, device=device)[None, :] - radius  # [1, 2R + 1]
-    key = pos + dist  # [L, 2R + 1]
-    valid = (key >= 0) & (key < length)
+def _blocks_valid(length, blocks, size: int, radius: int, span: int, span_mode: str, device):
+    """``[N, M, M + 2 R]`` bool: key slot ``c`` of query ``a`` of block ``n`` counts."""
+    a = torch.arange(size, device=device)[None, :, None]  # [1, M, 1]
+    c = torch.arange(size + 2 * radius, device=device)[None, None, :]  # [1, 1, K]
+    start = torch.arange(blocks, device=device)[:, None, None] * size  # [N, 1, 1]
+    query, key = start + a, start + c - radius  # [N, M, 1], [N, 1, K]
+    valid = (key >= 0) & (key < length)  # [N, 1, K]
+    dist = c - radius - a  # [1, M, K]
     if span_mode == "local":
-        return valid & (dist.abs() <= span // 2)
-    if span_mode == "hybrid":
+        valid = valid & (dist.abs() <= span // 2)
+    elif span_mode == "hybrid":
         # L <= 2 span - 1 as a tensor (a Python comparison of the symbolic L would pin it).
-        short = pos[-1:] <= 2 * span - 2  # [1, 1]
-        return valid & ((dist.abs() <= span // 2) | short)
-    query_block, flange = block_geometry(span)
-    start = torch.div(pos, query_block, rounding_mode="floor") * query_block  # [L, 1]
-    return valid & (key >= start - flange) & (key < start + query_block + flange)
+        short = torch.arange(length, device=device)[-1:] <= 2 * span - 2  # [1]
+        valid = valid & ((dist.abs() <= span // 2) | short)
+    return valid | (query >= length)  # [N, M, K]
 
 
-def _windows(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """``[B, G, d, L]`` -> ``[B, G, d, L, 2R + 1]``: slot ``j`` of ``o`` is ``x[..., o + j - R]``
-    (zero outside the line)."""
-    length = x.shape[-1]
-    padded = torch.nn.functional.pad(x, (radius, radius))  # [B, G, d, L + 2R]
-    index = torch.arange(length, device=x.device)[:, None] + torch.arange(
-        2 * radius + 1, device=x.device
-    )  # [L, 2R + 1]
-    return padded[..., index]  # [B, G, d, L, 2R + 1]
+def _blocks(x: torch.Tensor, index: torch.Tensor, radius: int, size: int) -> torch.Tensor:
+    """``[B, G, d, L]`` -> ``[B, G, d, N, S]``: ``x[..., index - radius]`` for ``index [N, S]``
+    (zero outside the line; indices into the line padded by constants, enough for the at least
+    2 blocks of ``attend_windowed``, so that no size is split or padded by a symbolic amount)."""
+    return F.pad(x, (radius, 2 * size + radius))[..., index]
 
 
 def attend_windowed(q1, k, q2, k3, v, tables, *, span: int, span_mode: str) -> torch.Tensor:
     """Drop-in for ``layers.attention_core.attend`` (same arguments, same ``[B, 2C, L]``)."""
     if span_mode == "global":
         return _attend_global(q1, k, q2, k3, v, tables)
+    if span_mode == "hybrid" and HYBRID_COND:
+        # Global on short axes, local blocks on long ones, as the eager core: one branch runs.
+        def short(*args):
+            return _attend_global(*args[:5], args[5:])
+
+        def long(*args):
+            return _attend_blocks(*args[:5], args[5:], span=span, span_mode="local")
+
+        length = q1.shape[-1]
+        # (Clones: the operands are often views of one projection, and cond takes no aliases.)
+        operands = tuple(t.clone() for t in (q1, k, q2, k3, v, *tables))
+        return torch.cond(length <= 2 * span - 1, short, long, operands)
+    return _attend_blocks(q1, k, q2, k3, v, tables, span=span, span_mode=span_mode)
+
+
+def _attend_blocks(q1, k, q2, k3, v, tables, *, span: int, span_mode: str) -> torch.Tensor:
+    """``local``, ``hybrid`` (both regimes in the blocked geometry) and ``block``."""
     table_q, table_k, table_v = tables
     b, g, _, length = q1.shape
-    radius = window_radius(span, span_mode)
+    size, radius = block_plan(span, span_mode)
+    # At least 2 blocks (the last ones may hold padding only): the block count is then never 1
+    # for any length, and nothing is specialised on it while tracing.
+    blocks = torch.sym_max((length + size - 1) // size, 2)
+    device = q1.device
     reach = (table_q.shape[1] - 1) // 2
-    slots = torch.arange(-radius, radius + 1, device=q1.device).clamp(-reach, reach) + reach
-    rel_q, rel_k, rel_v = table_q[:, slots], table_k[:, slots], table_v[:, slots]  # [d, 2R + 1]
-    k_win, k3_win = _windows(k, radius), _windows(k3, radius)  # [B, G, dk, L, 2R + 1]
-    logits = torch.einsum("bgdo,bgdoj->bgoj", q1, k_win)  # [B, G, L, 2R + 1]
-    logits = logits + torch.einsum("bgdo,dj->bgoj", q2, rel_q)
-    logits = logits + torch.einsum("bgdoj,dj->bgoj", k3_win, rel_k)
-    valid = _window_valid(length, radius, span, span_mode, q1.device)  # [L, 2R + 1]
-    weights = torch.softmax(logits.masked_fill(~valid, float("-inf")), dim=-1)
-    sv = torch.einsum("bgoj,bgdoj->bgdo", weights, _windows(v, radius))  # [B, G, dv, L]
-    sve = torch.einsum("bgoj,dj->bgdo", weights, rel_v)  # [B, G, dv, L]
+    a = torch.arange(size, device=device)[:, None]
+    c = torch.arange(size + 2 * radius, device=device)[None, :]
+    slots = (c - radius - a).clamp(-reach, reach) + reach  # [M, K]
+    rel_q, rel_k, rel_v = table_q[:, slots], table_k[:, slots], table_v[:, slots]  # [d, M, K]
+    valid = _blocks_valid(length, blocks, size, radius, span, span_mode, device)  # [N, M, K]
+    start = torch.arange(blocks, device=device)[:, None] * size  # [N, 1]
+    queries = start + a[:, 0] + radius  # [N, M] in the padded line
+    keys = start + c[0]  # [N, K] in the padded line (key n M - R + c)
+    position = torch.arange(length, device=device)
+    back = (torch.div(position, size, rounding_mode="floor"), position % size)  # [L] each
+    outputs = []
+    for h0 in range(0, g, HEAD_GROUP):  # a fixed number of head groups
+        h = slice(h0, min(h0 + HEAD_GROUP, g))
+        q1b = _blocks(q1[:, h], queries, radius, size)  # [B, G', dk, N, M]
+        q2b = _blocks(q2[:, h], queries, radius, size)
+        kb = _blocks(k[:, h], keys, radius, size)  # [B, G', dk, N, K]
+        k3b = _blocks(k3[:, h], keys, radius, size)
+        logits = torch.einsum("bgdnq,bgdnk->bgnqk", q1b, kb)  # [B, G', N, M, K]
+        logits = logits + torch.einsum("bgdnq,dqk->bgnqk", q2b, rel_q)
+        logits = logits + torch.einsum("bgdnk,dqk->bgnqk", k3b, rel_k)
+        weights = torch.softmax(logits.masked_fill(~valid, float("-inf")), dim=-1)
+        vb = _blocks(v[:, h], keys, radius, size)  # [B, G', dv, N, K]
+        sv = torch.einsum("bgnqk,bgdnk->bgdnq", weights, vb)  # [B, G', dv, N, M]
+        sve = torch.einsum("bgnqk,dqk->bgdnq", weights, rel_v)  # [B, G', dv, N, M]
+        outputs.append((sv[..., back[0], back[1]], sve[..., back[0], back[1]]))  # [B, G', dv, L]
+    sv = torch.cat([o[0] for o in outputs], dim=1)  # [B, G, dv, L]
+    sve = torch.cat([o[1] for o in outputs], dim=1)
     return torch.cat([sv, sve], dim=1).reshape(b, -1, length)  # [B, 2 G dv, L]
 
 

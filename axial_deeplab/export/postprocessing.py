@@ -25,7 +25,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-CENTER_CHUNK = 16  # centres whose distance planes [H*W, chunk] are held at once while grouping
+CENTER_CHUNK = 8  # centres whose [H*W, chunk] float64 distances are held at once
 
 
 def thing_table(thing_ids: Iterable[int], num_classes: int) -> torch.Tensor:
@@ -83,16 +83,17 @@ def nearest_center(points: torch.Tensor, kept: torch.Tensor, offsets: torch.Tens
     vote_y, vote_x = rows.to(off.dtype) + off[0], cols.to(off.dtype) + off[1]  # [H*W]
     # The eager rule (modeling/postprocessing.group_pixels): |p - c|^2 - |p|^2 = |c|^2 - 2 p.c in
     # float64, exact for the coordinates it states, so any order of exact operations gives the
-    # same values, ties included.
-    vote_y, vote_x = vote_y.to(torch.float64), vote_x.to(torch.float64)
-    centers = points.to(torch.float64)  # [K, 2] integers
-    best_dist = torch.full_like(vote_y, float("inf"))
-    best = torch.zeros(vote_y.shape, dtype=torch.int64, device=off.device)
+    # same values, ties included: here one [H*W, 3] x [3, chunk] product per chunk of centres.
+    ones = torch.ones_like(vote_y, dtype=torch.float64)
+    votes = torch.stack([vote_y.to(torch.float64), vote_x.to(torch.float64), ones], dim=1)
+    cy, cx = points[:, 0].to(torch.float64), points[:, 1].to(torch.float64)  # [K] integers
+    coefficients = torch.stack([-2 * cy, -2 * cx, cy * cy + cx * cx])  # [3, K]
+    best_dist = torch.full_like(ones, float("inf"))  # [H*W]
+    best = torch.zeros(ones.shape, dtype=torch.int64, device=off.device)
     for start in range(0, points.shape[0], CENTER_CHUNK):  # a fixed number of chunks
         stop = min(start + CENTER_CHUNK, points.shape[0])
-        cy, cx = centers[None, start:stop, 0], centers[None, start:stop, 1]  # [1, chunk]
-        cross = vote_y[:, None] * cy + vote_x[:, None] * cx  # [H*W, chunk]
-        dist = torch.where(kept[None, start:stop], (cy * cy + cx * cx) - 2 * cross, float("inf"))
+        dist = votes @ coefficients[:, start:stop]  # [H*W, chunk]
+        dist = torch.where(kept[None, start:stop], dist, float("inf"))
         chunk_dist, chunk_index = dist.min(dim=1)  # [H*W]; first index on ties
         closer = chunk_dist < best_dist  # strict: an earlier centre wins ties
         best_dist = torch.where(closer, chunk_dist, best_dist)

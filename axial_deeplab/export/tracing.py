@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.fx.experimental._config as fx_config
 
 from ..layers import axial_attention
 from ..modeling import panoptic_deeplab
@@ -48,6 +49,10 @@ def traceable_model() -> Iterator[None]:
     axial_attention.attend = attend_windowed
     panoptic_deeplab.upsample_offsets = upsample_offsets
     try:
-        yield
+        # Sizes read as at least 2 in the shape checks of views and matmuls: the block count of
+        # ``attend_windowed`` (a quotient of the axis length, at least 2) is otherwise pinned by
+        # them (divisibility and size-1 tests that the shape solver cannot decide).
+        with fx_config.patch(backed_size_oblivious=True):
+            yield
     finally:
         axial_attention.attend, panoptic_deeplab.upsample_offsets = saved
