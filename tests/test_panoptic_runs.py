@@ -22,6 +22,7 @@ from axial_deeplab.evaluation.runs import (
     overlap_runs,
     read_panoptic_runs,
     runs_from_ids,
+    runs_from_rgb,
 )
 from axial_deeplab.evaluation.synthetic import synthetic_categories, synthetic_ground_truth
 
@@ -110,7 +111,7 @@ def _forbid_fallback(monkeypatch) -> None:
     def fail(*args):
         raise AssertionError(f"{args[-1]} went through the plain decoder")
 
-    monkeypatch.setattr(runs_module, "decode_ids", fail)
+    monkeypatch.setattr(runs_module, "decode_rgb", fail)
     monkeypatch.setattr(runs_module, "read_panoptic_png", fail)
 
 
@@ -296,3 +297,16 @@ def test_damaged_pngs_match_the_reference_decoder(tmp_path):
             np.testing.assert_array_equal(read_panoptic_png(path), expected)
             decoded += 1
     assert decoded >= 20 and rejected >= 200  # both outcomes are exercised
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (7, 1), (13, 29), (40, 64)])
+def test_runs_from_rgb_equal_runs_from_ids(shape):
+    rng = np.random.default_rng(shape[0] * 100 + shape[1])
+    # Few distinct ids differing in one, two or three bytes, in horizontal stretches.
+    palette = np.array([0, 1, 256, 65536, 65537, 0xFFFFFF, 0x10203], dtype=np.int64)
+    ids = palette[rng.integers(0, palette.size, size=shape)]
+    ids[:, 1::2] = ids[:, ::2][:, : ids[:, 1::2].shape[1]]  # pairs of equal pixels
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+    runs, reference = runs_from_rgb(rgb), runs_from_ids(ids)
+    np.testing.assert_array_equal(runs.starts, reference.starts)
+    np.testing.assert_array_equal(runs.values, reference.values)

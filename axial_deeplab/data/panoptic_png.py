@@ -107,20 +107,25 @@ def inflate_rows(idat: bytes | memoryview, header: tuple, path: str) -> np.ndarr
     return rows
 
 
-def decode_ids(blob: bytes, rows: np.ndarray, path: str) -> np.ndarray:
-    """``[H, W]`` uint32 ids ``R + 256 G + 256^2 B`` of an 8-bit RGB(A) PNG whose chunks were
-    checked and whose image data was inflated to ``rows``, decoded by libspng (alpha, if any, is
-    ignored, as by the COCO API's ``rgb2id``): it gets the same PNG with one IDAT chunk holding
-    the rows as stored (uncompressed) deflate blocks, checksums recomputed."""
+def decode_rgb(blob: bytes, rows: np.ndarray, path: str) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB of an 8-bit RGB(A) PNG whose chunks were checked and whose image
+    data was inflated to ``rows``, decoded by libspng (alpha, if any, is dropped, as by the COCO
+    API's ``rgb2id``): it gets the same PNG with one IDAT chunk holding the rows as stored
+    (uncompressed) deflate blocks, checksums recomputed."""
     stored = deflate.zlib_compress(rows, 0)  # level 0: stored blocks, with the Adler-32
     rewrapped = b"".join(
         [blob[:33], struct.pack(">I", len(stored)), b"IDAT", stored,
          struct.pack(">I", deflate.crc32(stored, deflate.crc32(b"IDAT"))), _IEND]
     )  # fmt: skip
     try:
-        rgb = pyspng.load(rewrapped, "RGB")  # [H, W, 3] uint8
+        return pyspng.load(rewrapped, "RGB")  # [H, W, 3] uint8
     except RuntimeError as err:
         raise ValueError(f"cannot decode panoptic PNG ({err}): {path}") from None
+
+
+def decode_ids(blob: bytes, rows: np.ndarray, path: str) -> np.ndarray:
+    """``[H, W]`` uint32 ids ``R + 256 G + 256^2 B`` of the PNG of :func:`decode_rgb`."""
+    rgb = decode_rgb(blob, rows, path)
     height, width, _ = rgb.shape
     flat = rgb.reshape(-1)  # [3 H W]
     ids = np.empty(height * width, dtype=np.uint32)  # [H W]

@@ -30,7 +30,7 @@ from axial_deeplab.data.panoptic_io import read_panoptic_png
 from axial_deeplab.data.panoptic_png import (
     BYTES_PER_PIXEL,
     checked_idat,
-    decode_ids,
+    decode_rgb,
     inflate_rows,
     png_header,
 )
@@ -61,6 +61,22 @@ def runs_from_ids(ids: np.ndarray) -> Runs:
     change[::width] = True
     starts = np.flatnonzero(change)
     return Runs((height, width), starts, flat[starts].astype(np.int64))
+
+
+def runs_from_rgb(rgb: np.ndarray) -> Runs:
+    """Runs of an ``[H, W, 3]`` uint8 RGB panoptic map (id ``R + 256 G + 256^2 B``): a run starts
+    where any byte differs from the byte 3 earlier (found 8 bytes at a time: few differ) and at
+    each row start; only the run starts are turned into ids."""
+    height, width, _ = rgb.shape
+    flat = rgb.reshape(-1)  # [3 H W]
+    differs = np.not_equal(flat[3:], flat[:-3])  # [3 (H W - 1)] byte k+3 vs byte k
+    pixels = _nonzero_bytes(differs.view(np.uint8)) // 3 + 1  # [P] pixels unlike their left one
+    starts = _merge_sorted(pixels, np.arange(height) * width)  # [K] every row begins a run
+    first = starts * 3  # [K] each run's R byte
+    values = flat[first].astype(np.int64)
+    values |= flat[first + 1].astype(np.int64) << 8
+    values |= flat[first + 2].astype(np.int64) << 16
+    return Runs((height, width), starts, values)
 
 
 def overlap_runs(gt: Runs, pred: Runs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -208,7 +224,7 @@ class PanopticPngReader:
             return runs_from_ids(read_panoptic_png(path))
         rows = inflate_rows(idat, header, path)
         runs = _runs_from_filtered(rows, header[0], header[1], BYTES_PER_PIXEL[header[3]])
-        return runs if runs is not None else runs_from_ids(decode_ids(blob, rows, path))
+        return runs if runs is not None else runs_from_rgb(decode_rgb(blob, rows, path))
 
 
 def read_panoptic_runs(path: str | os.PathLike) -> Runs:
