@@ -111,7 +111,7 @@ def _forbid_fallback(monkeypatch) -> None:
     def fail(*args):
         raise AssertionError(f"{args[-1]} went through the plain decoder")
 
-    monkeypatch.setattr(runs_module, "decode_rgb", fail)
+    monkeypatch.setattr(runs_module, "decode_pixels", fail)
     monkeypatch.setattr(runs_module, "read_panoptic_png", fail)
 
 
@@ -310,3 +310,36 @@ def test_runs_from_rgb_equal_runs_from_ids(shape):
     runs, reference = runs_from_rgb(rgb), runs_from_ids(ids)
     np.testing.assert_array_equal(runs.starts, reference.starts)
     np.testing.assert_array_equal(runs.values, reference.values)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+@pytest.mark.parametrize("kornia_refuses", [False, True])
+def test_pil_pngs_with_ancillary_chunks_and_the_libspng_fallback(
+    tmp_path, monkeypatch, alpha, kornia_refuses
+):
+    # Ancillary chunks (transparency, gamma, significant bits) must not change the ids; a file
+    # the Rust decoder refuses goes to libspng, with the same result.
+    ids = _scene(6)
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+    if alpha:
+        rgb = np.dstack([rgb, (ids * 5 % 256).astype(np.uint8)])
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    blob = (tmp_path / "a.png").read_bytes()
+    extra = _chunk(b"gAMA", struct.pack(">I", 100000)) + _chunk(b"sBIT", bytes([5] * (3 + alpha)))
+    if not alpha:
+        extra += _chunk(b"tRNS", b"\x00\x01\x00\x02\x00\x03")
+    (tmp_path / "a.png").write_bytes(blob[:33] + extra + blob[33:])
+    if kornia_refuses:
+        import kornia_rs.io
+
+        def refuse(*args):
+            raise RuntimeError("refused")
+
+        monkeypatch.setattr(kornia_rs.io, "decode_image_png_u8", refuse)
+    _assert_same(read_panoptic_runs(tmp_path / "a.png"), ids)
+    np.testing.assert_array_equal(read_panoptic_png(tmp_path / "a.png"), ids)
+    np.testing.assert_array_equal(rgb2id(cv2.imread(str(tmp_path / "a.png"))[..., ::-1]), ids)

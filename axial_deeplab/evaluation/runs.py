@@ -30,8 +30,9 @@ from axial_deeplab.data.panoptic_io import read_panoptic_png
 from axial_deeplab.data.panoptic_png import (
     BYTES_PER_PIXEL,
     checked_idat,
-    decode_rgb,
+    decode_pixels,
     inflate_rows,
+    pixel_ids,
     png_header,
 )
 
@@ -224,7 +225,10 @@ class PanopticPngReader:
             return runs_from_ids(read_panoptic_png(path))
         rows = inflate_rows(idat, header, path)
         runs = _runs_from_filtered(rows, header[0], header[1], BYTES_PER_PIXEL[header[3]])
-        return runs if runs is not None else runs_from_rgb(decode_rgb(blob, rows, path))
+        if runs is not None:
+            return runs
+        pixels = decode_pixels(blob, rows, header, path)  # [H, W, 3 or 4]
+        return runs_from_rgb(pixels) if pixels.shape[2] == 3 else runs_from_ids(pixel_ids(pixels))
 
 
 def read_panoptic_runs(path: str | os.PathLike) -> Runs:
