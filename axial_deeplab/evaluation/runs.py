@@ -6,13 +6,13 @@ work: a row stored with the PNG "Sub" filter holds zero wherever the id does not
 starts are its non-zero pixels and the ids follow from a byte-wise running sum over the runs only.
 
 The file is checked, inflated and (when needed) decoded by :mod:`axial_deeplab.data.panoptic_png`
-(chunk CRCs, libdeflate with its Adler-32 check, libspng). Two paths, chosen by measurement
-(bench/panoptic_eval.py):
+(chunk CRCs, libdeflate with its Adler-32 check, the Rust png crate or libspng). Two paths,
+chosen by measurement (bench/panoptic_eval.py):
 - the fast path: rows using the None, Sub or (a few) Up filters, as OpenCV (our writer) stores
   them, become runs without a per-pixel decode: about 0.2 ms for a 640x480 map, 8x less than any
   full decoder measured;
 - other rows (PIL's adaptive Up/Paeth rows, as the official COCO and Cityscapes PNGs are written)
-  are decoded to ids by libspng (0.6 ms), then cut into runs.
+  are decoded by the Rust png crate (0.47 ms), then cut into runs from their bytes.
 Other PNGs (palettes, grey, 16 bits, interlacing) are decoded by libpng through OpenCV.
 The runs never depend on the path taken: tests compare them with libpng's decode, also on
 thousands of randomly damaged files.
@@ -208,7 +208,8 @@ def _runs_from_filtered(buffer: np.ndarray, height: int, width: int, bpp: int) -
 
 
 class PanopticPngReader:
-    """Reads panoptic PNGs as :class:`Runs`: the fast path for Sub-filtered rows, else libspng."""
+    """Reads panoptic PNGs as :class:`Runs`: the fast path for Sub-filtered rows, else a full
+    decode."""
 
     def read(self, path: str | os.PathLike) -> Runs:
         """Read a panoptic PNG (id = ``R + 256 G + 256^2 B``) as runs; clear error if missing or
