@@ -70,9 +70,13 @@ def runs_from_rgb(rgb: np.ndarray) -> Runs:
     each row start; only the run starts are turned into ids."""
     height, width, _ = rgb.shape
     flat = rgb.reshape(-1)  # [3 H W]
-    differs = np.not_equal(flat[3:], flat[:-3])  # [3 (H W - 1)] byte k+3 vs byte k
-    pixels = _nonzero_bytes(differs.view(np.uint8)) // 3 + 1  # [P] pixels unlike their left one
-    starts = _merge_sorted(pixels, np.arange(height) * width)  # [K] every row begins a run
+    differs = np.not_equal(flat[3:], flat[:-3])  # [3 (H W - 1)]: byte k + 3 vs byte k
+    differs[3 * width - 3 :: 3 * width] = True  # pixel k + 1 begins a row: it begins a run
+    pixels = _nonzero_bytes(differs.view(np.uint8)) // 3 + 1  # [P] sorted, up to 3 times each
+    new = np.empty(pixels.size + 1, dtype=bool)  # [P + 1] first of equal neighbours; pixel 0
+    new[:2] = True
+    np.not_equal(pixels[1:], pixels[:-1], out=new[2:])
+    starts = np.concatenate([[0], pixels])[new]  # [K]
     first = starts * 3  # [K] each run's R byte
     values = flat[first].astype(np.int64)
     values |= flat[first + 1].astype(np.int64) << 8
