@@ -22,7 +22,8 @@ setup(
         "yacs",
         "tqdm",
         "opencv-python-headless",
-        "pyspng",  # libspng: the fastest full PNG decoder measured (evaluation/runs.py)
+        "pyspng",  # libspng: decodes PNG photos, and panoptic PNGs that kornia_rs refuses
+        "kornia-rs",  # Rust png crate: the fastest panoptic PNG decoder measured (data/panoptic_png.py)
         "deflate",  # libdeflate: inflates panoptic PNGs, checking Adler-32 (evaluation/runs.py)
         "pycocotools",
         "scipy",

@@ -22,6 +22,7 @@ from axial_deeplab.evaluation.runs import (
     overlap_runs,
     read_panoptic_runs,
     runs_from_ids,
+    runs_from_rgb,
 )
 from axial_deeplab.evaluation.synthetic import synthetic_categories, synthetic_ground_truth
 
@@ -110,7 +111,7 @@ def _forbid_fallback(monkeypatch) -> None:
     def fail(*args):
         raise AssertionError(f"{args[-1]} went through the plain decoder")
 
-    monkeypatch.setattr(runs_module, "decode_ids", fail)
+    monkeypatch.setattr(runs_module, "decode_pixels", fail)
     monkeypatch.setattr(runs_module, "read_panoptic_png", fail)
 
 
@@ -296,3 +297,49 @@ def test_damaged_pngs_match_the_reference_decoder(tmp_path):
             np.testing.assert_array_equal(read_panoptic_png(path), expected)
             decoded += 1
     assert decoded >= 20 and rejected >= 200  # both outcomes are exercised
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (7, 1), (13, 29), (40, 64)])
+def test_runs_from_rgb_equal_runs_from_ids(shape):
+    rng = np.random.default_rng(shape[0] * 100 + shape[1])
+    # Few distinct ids differing in one, two or three bytes, in horizontal stretches.
+    palette = np.array([0, 1, 256, 65536, 65537, 0xFFFFFF, 0x10203], dtype=np.int64)
+    ids = palette[rng.integers(0, palette.size, size=shape)]
+    ids[:, 1::2] = ids[:, ::2][:, : ids[:, 1::2].shape[1]]  # pairs of equal pixels
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+    runs, reference = runs_from_rgb(rgb), runs_from_ids(ids)
+    np.testing.assert_array_equal(runs.starts, reference.starts)
+    np.testing.assert_array_equal(runs.values, reference.values)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+@pytest.mark.parametrize("kornia_refuses", [False, True])
+def test_pil_pngs_with_ancillary_chunks_and_the_libspng_fallback(
+    tmp_path, monkeypatch, alpha, kornia_refuses
+):
+    # Ancillary chunks (transparency, gamma, significant bits) must not change the ids; a file
+    # the Rust decoder refuses goes to libspng, with the same result.
+    ids = _scene(6)
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+    if alpha:
+        rgb = np.dstack([rgb, (ids * 5 % 256).astype(np.uint8)])
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    blob = (tmp_path / "a.png").read_bytes()
+    extra = _chunk(b"gAMA", struct.pack(">I", 100000)) + _chunk(b"sBIT", bytes([5] * (3 + alpha)))
+    if not alpha:
+        extra += _chunk(b"tRNS", b"\x00\x01\x00\x02\x00\x03")
+    (tmp_path / "a.png").write_bytes(blob[:33] + extra + blob[33:])
+    if kornia_refuses:
+        import kornia_rs.io
+
+        def refuse(*args):
+            raise RuntimeError("refused")
+
+        monkeypatch.setattr(kornia_rs.io, "decode_image_png_u8", refuse)
+    _assert_same(read_panoptic_runs(tmp_path / "a.png"), ids)
+    np.testing.assert_array_equal(read_panoptic_png(tmp_path / "a.png"), ids)
+    np.testing.assert_array_equal(rgb2id(cv2.imread(str(tmp_path / "a.png"))[..., ::-1]), ids)

@@ -10,6 +10,7 @@ import argparse
 import math
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from axial_deeplab.data.records import read_json
@@ -26,6 +27,7 @@ from axial_deeplab.utils.atomic import write_json
 # One image's work: (gt PNG, gt segments_info, pred PNG, pred segments_info, (H, W) or None).
 Task = tuple[str, list, str, list, "tuple[int, int] | None"]
 _BATCH_SIZE = 8  # images per batch at most: enough to share numpy calls, small to share work
+_PROGRESS_AFTER_S = 1.0  # the progress bar appears once an evaluation has run this long
 
 
 def load_json(path: str, role: str) -> dict:
@@ -101,7 +103,8 @@ def evaluate_panoptic_files(
     """PQ/SQ/RQ of predictions against ground truth, both in COCO panoptic format.
 
     Categories come from the gt JSON. ``workers``: processes, this one included (default: the
-    CPUs available); ``progress``: a tqdm bar over images on stderr. Returns
+    CPUs available); ``progress``: a tqdm bar over images on stderr, once the evaluation has run
+    for a second. Returns
     :meth:`PanopticEvaluator.evaluate`, the numbers of :meth:`PanopticEvaluator.process` called
     image by image in the gt JSON's order, whatever ``workers``.
     """
@@ -112,22 +115,40 @@ def evaluate_panoptic_files(
     tasks = build_tasks(gt, gt_json, gt_dir, pred, pred_json, pred_dir)
     workers = workers or _available_cpus()
     batch_size = max(1, min(_BATCH_SIZE, len(tasks) // (4 * workers)))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(tasks), unit="img", file=sys.stderr)
+    bar = _Progress(len(tasks)) if progress else None
     try:
         per_batch = map_batches(
-            _BatchStats(evaluator), tasks, batch_size=batch_size, workers=workers,
-            on_result=None if bar is None else lambda _, stats: bar.update(len(stats.tp)),
-        )  # fmt: skip
+            _BatchStats(evaluator), tasks, batch_size=batch_size, workers=workers, on_result=bar
+        )
     finally:
         if bar is not None:
             bar.close()
     for stats in per_batch:
         evaluator.add_images(stats)
     return evaluator.evaluate()
+
+
+class _Progress:
+    """A tqdm bar over images on stderr, shown once the evaluation has run for
+    ``_PROGRESS_AFTER_S``: a short run goes without it (and without importing tqdm)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.bar = total, 0, None
+        self.start = time.perf_counter()
+
+    def __call__(self, _index: int, stats: PQStats) -> None:
+        """``map_batches``' ``on_result``: one batch of images done."""
+        self.done += len(stats.tp)
+        if self.bar is not None:
+            self.bar.update(len(stats.tp))
+        elif time.perf_counter() - self.start >= _PROGRESS_AFTER_S:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, initial=self.done, unit="img", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _available_cpus() -> int:

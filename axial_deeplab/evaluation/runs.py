@@ -6,13 +6,13 @@ work: a row stored with the PNG "Sub" filter holds zero wherever the id does not
 starts are its non-zero pixels and the ids follow from a byte-wise running sum over the runs only.
 
 The file is checked, inflated and (when needed) decoded by :mod:`axial_deeplab.data.panoptic_png`
-(chunk CRCs, libdeflate with its Adler-32 check, libspng). Two paths, chosen by measurement
-(bench/panoptic_eval.py):
+(chunk CRCs, libdeflate with its Adler-32 check, the Rust png crate or libspng). Two paths,
+chosen by measurement (bench/panoptic_eval.py):
 - the fast path: rows using the None, Sub or (a few) Up filters, as OpenCV (our writer) stores
   them, become runs without a per-pixel decode: about 0.2 ms for a 640x480 map, 8x less than any
   full decoder measured;
 - other rows (PIL's adaptive Up/Paeth rows, as the official COCO and Cityscapes PNGs are written)
-  are decoded to ids by libspng (0.6 ms), then cut into runs.
+  are decoded by the Rust png crate (0.47 ms), then cut into runs from their bytes.
 Other PNGs (palettes, grey, 16 bits, interlacing) are decoded by libpng through OpenCV.
 The runs never depend on the path taken: tests compare them with libpng's decode, also on
 thousands of randomly damaged files.
@@ -30,8 +30,9 @@ from axial_deeplab.data.panoptic_io import read_panoptic_png
 from axial_deeplab.data.panoptic_png import (
     BYTES_PER_PIXEL,
     checked_idat,
-    decode_ids,
+    decode_pixels,
     inflate_rows,
+    pixel_ids,
     png_header,
 )
 
@@ -61,6 +62,26 @@ def runs_from_ids(ids: np.ndarray) -> Runs:
     change[::width] = True
     starts = np.flatnonzero(change)
     return Runs((height, width), starts, flat[starts].astype(np.int64))
+
+
+def runs_from_rgb(rgb: np.ndarray) -> Runs:
+    """Runs of an ``[H, W, 3]`` uint8 RGB panoptic map (id ``R + 256 G + 256^2 B``): a run starts
+    where any byte differs from the byte 3 earlier (found 8 bytes at a time: few differ) and at
+    each row start; only the run starts are turned into ids."""
+    height, width, _ = rgb.shape
+    flat = rgb.reshape(-1)  # [3 H W]
+    differs = np.not_equal(flat[3:], flat[:-3])  # [3 (H W - 1)]: byte k + 3 vs byte k
+    differs[3 * width - 3 :: 3 * width] = True  # pixel k + 1 begins a row: it begins a run
+    pixels = _nonzero_bytes(differs.view(np.uint8)) // 3 + 1  # [P] sorted, up to 3 times each
+    new = np.empty(pixels.size + 1, dtype=bool)  # [P + 1] first of equal neighbours; pixel 0
+    new[:2] = True
+    np.not_equal(pixels[1:], pixels[:-1], out=new[2:])
+    starts = np.concatenate([[0], pixels])[new]  # [K]
+    first = starts * 3  # [K] each run's R byte
+    values = flat[first].astype(np.int64)
+    values |= flat[first + 1].astype(np.int64) << 8
+    values |= flat[first + 2].astype(np.int64) << 16
+    return Runs((height, width), starts, values)
 
 
 def overlap_runs(gt: Runs, pred: Runs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,7 +212,8 @@ def _runs_from_filtered(buffer: np.ndarray, height: int, width: int, bpp: int) -
 
 
 class PanopticPngReader:
-    """Reads panoptic PNGs as :class:`Runs`: the fast path for Sub-filtered rows, else libspng."""
+    """Reads panoptic PNGs as :class:`Runs`: the fast path for Sub-filtered rows, else a full
+    decode."""
 
     def read(self, path: str | os.PathLike) -> Runs:
         """Read a panoptic PNG (id = ``R + 256 G + 256^2 B``) as runs; clear error if missing or
@@ -208,7 +230,10 @@ class PanopticPngReader:
             return runs_from_ids(read_panoptic_png(path))
         rows = inflate_rows(idat, header, path)
         runs = _runs_from_filtered(rows, header[0], header[1], BYTES_PER_PIXEL[header[3]])
-        return runs if runs is not None else runs_from_ids(decode_ids(blob, rows, path))
+        if runs is not None:
+            return runs
+        pixels = decode_pixels(blob, rows, header, path)  # [H, W, 3 or 4]
+        return runs_from_rgb(pixels) if pixels.shape[2] == 3 else runs_from_ids(pixel_ids(pixels))
 
 
 def read_panoptic_runs(path: str | os.PathLike) -> Runs:
