@@ -16,6 +16,14 @@ requiring grad; ``eval``: forward under ``torch.no_grad()`` in eval mode):
   process CPU time (all threads), which is less sensitive to other jobs on a shared machine. The
   ratio is the median of the per-repeat ratios (the two runs of a repeat are adjacent in time, so
   load changes mostly cancel), with its quartiles as the spread;
+- allocator: glibc's defaults, or with ``--keep-freed-memory`` the process keeps freed memory
+  for reuse (``mallopt``, as ``evaluation.parallel.keep_freed_memory``). The authors' layer
+  allocates ``[B, 3G, L, L]`` tensors of ~50 MB each call; with glibc's defaults whether those
+  come back as fresh pages (page faults) depends on the process's allocation history, which
+  moved their time by up to 2x between runs (ours works in reused chunk buffers and barely
+  changes), so the ratio swung from run to run. With the option, 1 thread: quartiles within
+  +-0.01 (2026-11-30); 2 threads: one run's train steps took ~20x longer for both layers, not
+  understood (so it is not the default);
 - max |ours - theirs| of the output (train and eval, from the same initial state);
 - peak memory: each (implementation, mode) runs in a fresh subprocess that builds the layers and the
   input, resets the kernel's resident-set high-water mark (``/proc/self/clear_refs``), reads the
@@ -41,6 +49,7 @@ import torch
 from torch import nn
 
 from axial_deeplab.checkpoint.authors import convert_attention_layer
+from axial_deeplab.evaluation.parallel import keep_freed_memory
 from axial_deeplab.layers import AxialAttention
 
 PAIR = ("ours", "theirs")
@@ -190,6 +199,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--memory-steps", type=int, default=2)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="glibc keeps freed memory for reuse (no page faults for either layer)",
+    )
     parser.add_argument("--child-impl", choices=("ours", "theirs"), help=argparse.SUPPRESS)
     parser.add_argument("--child-mode", choices=("train", "eval"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -200,6 +215,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
     if args.child_impl:
         memory_child(args)
@@ -209,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"AxialAttention height+width pair, N={args.batch}, C={args.channels}, "
         f"{args.size}x{args.size}, global span {args.span}, {args.threads} thread(s), "
-        f"median of {args.repeats}"
+        f"median of {args.repeats}, "
+        f"{'freed memory kept' if args.keep_freed_memory else 'glibc malloc defaults'}"
     )
     print(
         "mode   ours ms  theirs ms  ratio [q1-q3]    | cpu ms ours  theirs  ratio [q1-q3]    "

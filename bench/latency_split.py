@@ -14,7 +14,7 @@ input size, runs what ``tools/infer.py`` runs per image, on a synthetic photo wr
 - network: the model's forward pass (``Predictor.raw``: normalisation, model, upsampling);
 - post-processing: the rest of ``Predictor.predict`` (centres, grouping, merge, segment scores).
 
-Prints the median of ``--repeats`` runs (after one warm-up) per part, in ms and in % of the total.
+Prints the median of ``--repeats`` runs (after ``--warmup`` untimed ones, default 1) per part, in ms and in % of the total.
 """
 
 from __future__ import annotations
@@ -48,8 +48,11 @@ def _photo(path: str, height: int, width: int) -> None:
     cv2.imwrite(path, cv2.add(image, noise))
 
 
-def split(config: str, size: tuple[int, int], repeats: int, device: torch.device) -> dict:
-    """Median ms of I/O, network and post-processing for one image of ``size``."""
+def split(
+    config: str, size: tuple[int, int], repeats: int, device: torch.device, warmup: int = 1
+) -> dict:
+    """Median ms of I/O, network and post-processing for one image of ``size`` (``repeats`` timed
+    runs after ``warmup`` untimed ones)."""
     cfg = load_config(os.path.join(CONFIGS, config))
     metadata, _ = metadata_from_config(cfg)
     predictor = build_predictor(cfg, metadata, device)
@@ -69,7 +72,7 @@ def split(config: str, size: tuple[int, int], repeats: int, device: torch.device
     with tempfile.TemporaryDirectory() as folder:
         photo, out = os.path.join(folder, "photo.png"), os.path.join(folder, "panoptic.png")
         _photo(photo, *size)
-        for repeat in range(repeats + 1):  # the first: warm-up
+        for repeat in range(warmup + repeats):
             start = time.perf_counter()
             image = read_image(photo)
             read = time.perf_counter()
@@ -77,7 +80,7 @@ def split(config: str, size: tuple[int, int], repeats: int, device: torch.device
             predicted = time.perf_counter()
             write_panoptic_png(out, prediction["segment_ids"])
             written = time.perf_counter()
-            if repeat:
+            if repeat >= warmup:
                 network = network_ms[-1]
                 parts["I/O"].append(1000 * (read - start + written - predicted))
                 parts["network"].append(network)
@@ -90,14 +93,18 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=DEFAULT, help="CONFIG@HxW under configs/")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed runs first (0: a single slow CPU run)"
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     print(f"device {device}, {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.1f}, median of {args.repeats} runs")  # fmt: skip
+          f"load average {os.getloadavg()[0]:.1f}, median of {args.repeats} runs "
+          f"after {args.warmup} warm-up")  # fmt: skip
     for entry in args.configs:
         config, _, size_text = entry.partition("@")
         size = tuple(int(v) for v in size_text.split("x"))
-        times = split(config, size, args.repeats, device)
+        times = split(config, size, args.repeats, device, args.warmup)
         total = sum(times.values())
         cells = ", ".join(
             f"{name} {ms:.0f} ms ({100 * ms / total:.1f}%)" for name, ms in times.items()

@@ -176,10 +176,20 @@ def test_matches_naive_reference(case, train):
 def test_chunked_lines_match_reference(monkeypatch, train):
     # One line per chunk (the default chunk holds all lines of these tiny inputs).
     monkeypatch.setattr(attention_core, "CHUNK_LOGITS", 1)
+    monkeypatch.setattr(attention_core, "CHUNK_LOGITS_MAX", 1)
     layer = make_layer(axis="height", span=3, span_mode="global")
     x = torch.randn(2, 6, 7, 3, dtype=DTYPE, generator=torch.Generator().manual_seed(11))
     assert attention_core.line_chunks(6, 2 * 7 * 7) == [(i, i + 1) for i in range(6)]
     assert_agrees(layer, x, train)
+
+
+def test_line_chunks_keep_enough_rows():
+    # A 129-long global axis, 8 heads: 133,128 logits a line, so CHUNK_LOGITS (2^19) alone would
+    # give chunks of 3 lines; they get CHUNK_LINES (16) while under CHUNK_LOGITS_MAX (2^22).
+    chunks = attention_core.line_chunks(65, 8 * 129 * 129)
+    assert chunks[:2] == [(0, 16), (16, 32)] and chunks[-1] == (64, 65)
+    # A 1025-long axis: 16 lines would pass CHUNK_LOGITS_MAX, so one line a chunk.
+    assert attention_core.line_chunks(3, 8 * 1025 * 1025) == [(0, 1), (1, 2), (2, 3)]
 
 
 def test_not_tied_to_resolution():

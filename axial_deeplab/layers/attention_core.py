@@ -30,32 +30,41 @@ def by_position(x: torch.Tensor) -> torch.Tensor:
 
 
 # Lines are processed in chunks of about this many logits (2 MiB in float32), so that the
-# temporaries of a chunk stay in cache and are reused instead of being freshly allocated.
+# temporaries of a chunk stay in cache and are reused instead of being freshly allocated...
 CHUNK_LOGITS = 1 << 19
+# ...but of at least this many lines while a chunk stays under CHUNK_LOGITS_MAX logits: the
+# relative terms are matmuls batched over positions whose rows are the chunk's lines x heads, and
+# a few rows waste most of a matmul (a 129-long axis, 8 heads: 3 lines, 24 rows; the layer ran
+# 2.2x faster with 16).
+CHUNK_LINES = 16
+CHUNK_LOGITS_MAX = 1 << 22
 
 
 def line_chunks(lines: int, per_line: int) -> list[tuple[int, int]]:
-    """``[(l0, l1), ...]`` covering ``range(lines)`` with about ``CHUNK_LOGITS / per_line`` each."""
-    step = max(1, CHUNK_LOGITS // max(per_line, 1))
+    """``[(l0, l1), ...]`` covering ``range(lines)`` with about ``CHUNK_LOGITS / per_line`` each,
+    at least ``CHUNK_LINES`` as long as that stays under ``CHUNK_LOGITS_MAX`` logits."""
+    per_line = max(per_line, 1)
+    step = max(1, CHUNK_LOGITS // per_line, min(CHUNK_LINES, CHUNK_LOGITS_MAX // per_line))
     return [(start, min(start + step, lines)) for start in range(0, lines, step)]
 
 
-def attention_weights(q1, k, q2_o, rq, k3_p, rk, mask, out, scratch):
+def attention_weights(q1, k, q2_o, rq, k3_p, rk, mask, out, logits, scratch):
     """Softmax weights of one chunk of ``BG'`` lines x heads, written to ``out [BG', Lo, Lp]``.
 
-    ``q2_o [Lo, BG', dk]`` and ``k3_p [Lp, BG', dk]`` are position-major; ``scratch`` holds
-    ``Lo * BG' * Lp`` elements (other shapes: see ``AttentionCore``).
+    ``q2_o [Lo, BG', dk]`` and ``k3_p [Lp, BG', dk]`` are position-major; ``logits`` and
+    ``scratch`` are flat buffers of at least ``Lo * BG' * Lp`` elements (other shapes: see ``AttentionCore``).
     """
     n_q, bg, n_k = rq.shape[0], q1.shape[0], rk.shape[0]
-    logits = torch.bmm(q1.transpose(1, 2), k, out=out)  # [BG', Lo, Lp]
+    logits, scratch = logits[: out.numel()], scratch[: out.numel()]
+    logits = torch.bmm(q1.transpose(1, 2), k, out=logits.view(bg, n_q, n_k))  # [BG', Lo, Lp]
     rel = torch.bmm(q2_o, rq, out=scratch.view(n_q, bg, n_k))  # [Lo, BG', Lp]
     logits.permute(1, 0, 2).add_(rel)
     rel = torch.bmm(k3_p, rk, out=scratch.view(n_k, bg, n_q))  # [Lp, BG', Lo]
     logits.permute(2, 0, 1).add_(rel)
     if mask is not None:
         logits.masked_fill_(mask, float("-inf"))
-    # In place: the row-wise kernel reads a row before writing it.
-    return torch.softmax(logits, dim=-1, out=logits)  # [BG', Lo, Lp]
+    # Out of place: on CPU the in-place softmax is about 1.7x slower than into another buffer.
+    return torch.softmax(logits, dim=-1, out=out)  # [BG', Lo, Lp]
 
 
 def attend_values(weights, v, rv, out):
@@ -66,30 +75,43 @@ def attend_values(weights, v, rv, out):
     out[:, 1] = sve.view(n_q, b, g, dv).permute(1, 2, 3, 0)  # [B', G, dv, Lo]
 
 
+def attend_chunks(q1, k, q2_o, rq, k3_p, rk, v, rv, mask, heads, weights=None):
+    """``out [B, 2, G, dv, Lo]`` (shapes: see ``AttentionCore``, with ``q2_o [Lo, BG, dk]`` and
+    ``k3_p [Lp, BG, dk]`` position-major), in chunks of lines (``line_chunks``).
+
+    ``weights``: ``[BG, Lo, Lp]`` to keep every chunk's softmax weights in (for a backward pass);
+    None: one chunk-sized buffer is reused.
+    """
+    bg, _, n_q = q1.shape
+    n_k, b = k.shape[2], bg // heads
+    out = q1.new_empty(b, 2, heads, v.shape[1], n_q)
+    chunks = line_chunks(b, heads * n_q * n_k)
+    size = (chunks[0][1] - chunks[0][0]) * heads * n_q * n_k
+    logits, scratch = q1.new_empty(size), q1.new_empty(size)
+    reused = q1.new_empty(size) if weights is None else None
+    for l0, l1 in chunks:
+        c = slice(l0 * heads, l1 * heads)
+        n = (l1 - l0) * heads
+        w = reused[: n * n_q * n_k].view(n, n_q, n_k) if weights is None else weights[c]
+        attention_weights(q1[c], k[c], q2_o[:, c], rq, k3_p[:, c], rk, mask, w, logits, scratch)
+        attend_values(w, v[c], rv, out[l0:l1])
+    return out
+
+
 class AttentionCore(torch.autograd.Function):
     """``(q1, k, q2, rq, k3, rk, v, rv, mask, heads) -> out``, saving only ``W`` besides the inputs.
 
     Shapes: ``q1, q2 [BG, dk, Lo]``, ``k, k3 [BG, dk, Lp]``, ``v [BG, dv, Lp]``, ``rq [Lo, dk, Lp]``,
     ``rk [Lp, dk, Lo]``, ``rv [Lo, Lp, dv]``, ``mask`` bool ``[Lo, Lp]`` or None, ``heads`` = G;
     ``out [B, 2, G, dv, Lo]`` holds ``sum_p W v`` then ``sum_p W rv``. Work runs in chunks of lines
-    (``line_chunks``).
+    (``line_chunks``). Without autograd, ``core`` skips it and keeps no weights.
     """
 
     @staticmethod
     def forward(ctx, q1, k, q2, rq, k3, rk, v, rv, mask, heads):  # noqa: D102
-        bg, _, n_q = q1.shape
-        n_k, b = k.shape[2], bg // heads
         q2_o, k3_p = by_position(q2), by_position(k3)  # [Lo, BG, dk], [Lp, BG, dk]
-        weights = q1.new_empty(bg, n_q, n_k)  # [BG, Lo, Lp]
-        out = q1.new_empty(b, 2, heads, v.shape[1], n_q)
-        chunks = line_chunks(b, heads * n_q * n_k)
-        scratch = q1.new_empty((chunks[0][1] - chunks[0][0]) * heads * n_q * n_k)
-        for l0, l1 in chunks:
-            c = slice(l0 * heads, l1 * heads)
-            w = weights[c]
-            work = scratch[: w.numel()]
-            attention_weights(q1[c], k[c], q2_o[:, c], rq, k3_p[:, c], rk, mask, w, work)
-            attend_values(w, v[c], rv, out[l0:l1])
+        weights = q1.new_empty(q1.shape[0], q1.shape[2], k.shape[2])  # [BG, Lo, Lp]
+        out = attend_chunks(q1, k, q2_o, rq, k3_p, rk, v, rv, mask, heads, weights)
         ctx.heads = heads
         ctx.save_for_backward(q1, k, q2_o, rq, k3_p, rk, v, rv, weights)
         return out
@@ -137,6 +159,15 @@ class AttentionCore(torch.autograd.Function):
         grad_k3 = grad_k3_p.permute(1, 2, 0)  # [BG, dk, Lp]
         grads = (grad_q1, grad_k, grad_q2, grad_rq, grad_k3, grad_rk, grad_v, grad_rv)
         return (*grads, None, None)
+
+
+def core(q1, k, q2, rq, k3, rk, v, rv, mask, heads):
+    """``AttentionCore`` where autograd needs it, else the same chunks without saved weights."""
+    inputs = (q1, k, q2, rq, k3, rk, v, rv)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        return AttentionCore.apply(*inputs, mask, heads)
+    q2_o, k3_p = by_position(q2), by_position(k3)  # [Lo, BG, dk], [Lp, BG, dk]
+    return attend_chunks(q1, k, q2_o, rq, k3_p, rk, v, rv, mask, heads)
 
 
 def attend(
@@ -235,7 +266,7 @@ def _attend_block(q1, k, q2, k3, v, tables, queries, keys, span):
         x = x if (lo, hi) == (0, x.shape[-1]) else x[..., lo:hi]
         return x.reshape(b * g, x.shape[2], hi - lo)  # [BG, d, L']
 
-    out = AttentionCore.apply(
+    out = core(
         lines(q1, o0, o1),
         lines(k, p0, p1),
         lines(q2, o0, o1),

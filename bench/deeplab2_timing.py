@@ -1,0 +1,285 @@
+"""Bench: a deeplab2 model on the CPU, deeplab2's own TensorFlow inference against our eval path.
+
+    # 1. deeplab2 builds, randomises and saves the model, with its outputs (TensorFlow venv):
+    TF_USE_LEGACY_KERAS=1 /tmp/tfvenv/bin/python tools/parity/deeplab2_reference.py \\
+        --deeplab2 /tmp/dl2 --size full --models max_deeplab_s_backbone_os16_cityscapes \\
+        --out /tmp/dl2_ref --manifest-dir /tmp/dl2_manifests
+    # 2. time both on that checkpoint and input (this venv; TensorFlow runs in a child process):
+    python bench/deeplab2_timing.py --references /tmp/dl2_ref \\
+        --keys max_deeplab_s_backbone_os16_cityscapes \\
+        --tf-python /tmp/tfvenv/bin/python --deeplab2 /tmp/dl2
+
+Same weights: the reference folder's checkpoint (random weights, saved by deeplab2's own code)
+is restored into a fresh deeplab2 model and converted onto our config
+(``checkpoint.deeplab2_parity.converted_model``), so both compute the same function. Same input:
+the reference's image (``reference.npz`` ``input``, a Cityscapes photo at 1025x2049).
+
+Timed per image, one process each, alternating (deeplab2, ours, deeplab2, ours, ...) after one
+untimed call each:
+
+- deeplab2: ``tf.function(lambda x: model(x, training=False))`` on ``[1, H, W, 3]``: the network
+  and deeplab2's own post-processing (its ``DeepLab.call`` in eval mode); the first call traces
+  the graph and is not timed. TensorFlow is imported only in the child process
+  (``--tf-child``), run by ``--tf-python``;
+- ours: what ``engine.evaluate.evaluate_panoptic`` runs per image: the model under
+  ``torch.no_grad()`` and ``panoptic_prediction`` with deeplab2's post-processing settings.
+
+Prints the seconds of every run, the ratio of the medians (ours / deeplab2), in wall-clock and in
+process CPU time (all threads; on a loaded machine a process running more threads than cores gets
+a larger share of them, so wall time alone favours it), and, from the same runs, how the outputs
+agree: ours against deeplab2's (max |difference| of the raw outputs, share of
+panoptic pixels that differ) and deeplab2's ``tf.function`` against its eager outputs stored in
+``reference.npz``. With random weights the axial models are chaotic in float32 (round-off alone
+moves their outputs by tens of percent: README, "deeplab2, full size"), so deeplab2's own graph and
+eager runs disagree as much as ours and theirs do; their agreement is shown in float64 by
+``tools/parity/check_deeplab2.py`` (``deeplab2_reference.py --float64``), not here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RAW_NAMES = ("semantic_logits", "center_heatmap", "offset_map")
+
+
+# ----------------------------------------------------------------------------------------------
+# deeplab2 side (TensorFlow venv).
+
+
+def _reference_tool():
+    """``tools/parity/deeplab2_reference.py`` (builds deeplab2 models from their configs)."""
+    path = os.path.join(REPO, "tools", "parity", "deeplab2_reference.py")
+    spec = importlib.util.spec_from_file_location("deeplab2_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def tf_child(args: argparse.Namespace) -> None:
+    """Restore the folder's checkpoint into deeplab2's model; answer ``run`` lines on stdin with
+    one timed call each (a JSON line on stdout)."""
+    tool = _reference_tool()
+    with open(os.path.join(args.folder, "info.json")) as f:
+        info = json.load(f)
+    build_args = tool.parse_args(
+        ["--deeplab2", args.deeplab2, "--out", args.folder, "--size", info["size"]]
+        + ["--models", info["key"]]
+        + (["--float64"] if info.get("dtype") == "float64" else [])
+    )
+    built = tool.build_model(info["key"], build_args)
+    tf, model = built.tf, built.model
+    status = tf.train.Checkpoint(**model.checkpoint_items).read(os.path.join(args.folder, "ckpt-0"))
+    status.expect_partial().assert_existing_objects_matched()
+    reference = np.load(os.path.join(args.folder, "reference.npz"))
+    image = tf.constant(reference["input"], dtype=built.floatx)  # [1, H, W, 3], 0..255
+    call = tf.function(lambda x: model(x, training=False))
+    start = time.perf_counter()
+    outputs = call(image)  # traces the graph
+    first = time.perf_counter() - start
+    names = [n for n in (*RAW_NAMES, "panoptic_pred") if n in reference.files]
+    agreement = {
+        n: float(np.abs(outputs[n].numpy().astype(np.float64) - reference[n]).max()) for n in names
+    }
+    ready = {
+        "first_call_s": first,
+        "tf_function_vs_eager_max_abs": agreement,
+        "tensorflow": tf.__version__,
+        "threads": [
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+        ],
+    }
+    print(json.dumps(ready), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        start, start_cpu = time.perf_counter(), time.process_time()
+        outputs = call(image)
+        _ = outputs["panoptic_pred"].numpy()  # the results, on the host
+        seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        print(json.dumps({"seconds": seconds, "cpu_seconds": cpu}), flush=True)
+
+
+class TfChild:
+    """The deeplab2 process: ``start`` waits until it is ready, ``run`` times one call."""
+
+    def __init__(self, args: argparse.Namespace, folder: str) -> None:
+        cmd = [args.tf_python, os.path.abspath(__file__), "--tf-child", "--folder", folder]
+        cmd += ["--deeplab2", args.deeplab2]
+        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+        env.pop("PYTHONPATH", None)
+        self.log = os.path.join(folder, "deeplab2_timing_child.log")
+        with open(self.log, "w") as log:  # TensorFlow's own messages
+            self.process = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env
+            )
+        self.ready = self._answer()
+
+    def _answer(self) -> dict:
+        for line in self.process.stdout:  # skipping anything else deeplab2 may print
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"the deeplab2 child exited ({self.process.wait()}): see {self.log}")
+
+    def run(self) -> tuple[float, float]:
+        """``(wall, CPU)`` seconds of one call (CPU: all threads of the process)."""
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        answer = self._answer()
+        return answer["seconds"], answer["cpu_seconds"]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+# ----------------------------------------------------------------------------------------------
+# Our side.
+
+
+def ours_runner(folder: str, config: str):
+    """``(run, outputs, info)``: ``run()`` is one image through our eval path, returning the
+    ``(wall, CPU)`` seconds it took; ``outputs()`` the last run's raw outputs and panoptic map."""
+    import torch
+
+    from axial_deeplab.checkpoint.deeplab2_parity import _panoptic, converted_model
+
+    model, info, _, _ = converted_model(folder, config)
+    dtype = next(model.parameters()).dtype
+    reference = np.load(os.path.join(folder, "reference.npz"))
+    image = torch.from_numpy(reference["input"]).permute(0, 3, 1, 2).to(dtype)  # [1, 3, H, W]
+    last: dict = {}
+
+    def run() -> tuple[float, float]:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        with torch.no_grad():
+            outputs = model(image)
+        panoptic, _ = _panoptic(outputs, info)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        last.update(outputs=outputs, panoptic=panoptic)
+        return seconds, cpu
+
+    return run, (lambda: last), info
+
+
+def agreement(folder: str, last: dict, info: dict) -> dict:
+    """Ours vs deeplab2's stored outputs: max |difference| per raw output, panoptic pixels."""
+    from axial_deeplab.checkpoint.deeplab2_parity import _ours_on_lattice
+    from axial_deeplab.checkpoint.parity import output_differences, panoptic_agreement
+    from axial_deeplab.engine.evaluate import VOID_LABEL
+
+    reference = dict(np.load(os.path.join(folder, "reference.npz")))
+    raw = {k: v for k, v in reference.items() if k.startswith(RAW_NAMES)}
+    differences = output_differences(_ours_on_lattice(last["outputs"], set(raw)), raw)
+    panoptic = panoptic_agreement(
+        last["panoptic"],
+        reference["panoptic_pred"][0],
+        label_divisor=info["label_divisor"],
+        void_ours=VOID_LABEL,
+        void_reference=info["ignore_label"] * info["label_divisor"],
+    )
+    return {"differences": differences, "panoptic": panoptic}
+
+
+def time_key(args: argparse.Namespace, key: str, config: str) -> dict:
+    import torch
+
+    folder = os.path.join(args.references, key)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    theirs = TfChild(args, folder)
+    run_ours, last, info = ours_runner(folder, config)
+    runs: dict[str, list[tuple[float, float]]] = {"deeplab2": [], "ours": []}
+    try:
+        warm = {"deeplab2": theirs.run()[0], "ours": run_ours()[0]}  # untimed
+        for _ in range(args.repeats):
+            runs["deeplab2"].append(theirs.run())
+            runs["ours"].append(run_ours())
+    finally:
+        theirs.close()
+    result = {
+        "key": key,
+        "size": list(np.load(os.path.join(folder, "reference.npz"))["input"].shape[1:3]),
+        "warm_up_seconds": warm,
+        "torch_threads": torch.get_num_threads(),
+        "deeplab2_child": theirs.ready,
+        "agreement": agreement(folder, last(), info),
+        "load_average": os.getloadavg()[0],
+    }
+    for kind, column in (("seconds", 0), ("cpu_seconds", 1)):
+        times = {name: [r[column] for r in rs] for name, rs in runs.items()}
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        result[kind] = times
+        result[f"median_{kind}"] = medians
+        result[f"{kind}_ratio"] = medians["ours"] / medians["deeplab2"]
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--references", help="folder of <KEY>/ from deeplab2_reference.py")
+    parser.add_argument("--keys", nargs="+", help="zoo keys (default: every one found)")
+    parser.add_argument("--tf-python", help="python of a TensorFlow venv (deeplab2 runs there)")
+    parser.add_argument("--deeplab2", required=True, help="folder holding deeplab2/")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--tf-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not args.tf_child and not (args.references and args.tf_python):
+        parser.error("pass --references and --tf-python")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.tf_child:
+        tf_child(args)
+        return
+    from axial_deeplab.checkpoint.zoo import ZOO
+
+    results = []
+    for model in ZOO:
+        folder = os.path.join(args.references, model.key)
+        if (args.keys and model.key not in args.keys) or not os.path.isdir(folder):
+            continue
+        r = time_key(args, model.key, model.config)
+        results.append(r)
+        diffs = ", ".join(
+            f"{name} {d['max_abs']:.1e} ({d['max_rel']:.1e} of std)"
+            for name, d in r["agreement"]["differences"].items()
+        )
+        p = r["agreement"]["panoptic"]
+        same = "identical" if p["identical"] else f"{p['fraction_differing']:.3%} px differ"
+        wall, cpu = r["median_seconds"], r["median_cpu_seconds"]
+        print(
+            f"{model.key} at {r['size'][0]}x{r['size'][1]}, CPU, load {r['load_average']:.1f}: "
+            f"ours {wall['ours']:.1f} s, deeplab2 tf.function {wall['deeplab2']:.1f} s -> "
+            f"{r['seconds_ratio']:.2f}x wall; CPU time ours {cpu['ours']:.1f} s, deeplab2 "
+            f"{cpu['deeplab2']:.1f} s -> {r['cpu_seconds_ratio']:.2f}x\n"
+            f"  runs (wall s): ours {[round(t, 1) for t in r['seconds']['ours']]}, deeplab2 "
+            f"{[round(t, 1) for t in r['seconds']['deeplab2']]}; warm-up {r['warm_up_seconds']}\n"
+            f"  outputs ours vs deeplab2: {diffs}; panoptic {same}\n"
+            f"  deeplab2 tf.function vs its eager reference: "
+            f"{r['deeplab2_child']['tf_function_vs_eager_max_abs']}",
+            flush=True,
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
