@@ -130,10 +130,20 @@ def _quickstart(argv: list[str]) -> dict[str, float]:
               "synthetic shapes only: they show what it does on data it never saw and are "
               "meaningless as COCO predictions")  # fmt: skip
     weights = os.path.join(cfg.OUTPUT_DIR, "model_best.pth")
+    python = typed_interpreter()
     print(f"total time {stages.total()}; outputs in {cfg.OUTPUT_DIR}\nreuse the model:\n"
-          f"  python tools/infer.py --weights {weights} --input PHOTOS --output OUT\n"
-          f"  python tools/train_net.py --eval-only MODEL.WEIGHTS {weights}")  # fmt: skip
+          f"  {python} tools/infer.py --weights {weights} --input PHOTOS --output OUT\n"
+          f"  {python} tools/train_net.py --eval-only MODEL.WEIGHTS {weights}\n"
+          f"  {python} -m axial_deeplab.demo.server --weights {weights}")  # fmt: skip
     return metrics
+
+
+def typed_interpreter() -> str:
+    """The interpreter running this, as one would type it here: ``make quickstart`` runs
+    ``.venv/bin/python`` without activating the venv in the user's shell, where a plain
+    ``python`` may be one without torch."""
+    relative = os.path.relpath(sys.executable)
+    return sys.executable if relative.startswith("..") else relative
 
 
 def ground_truth_panoptic(record: dict, label_divisor: int) -> np.ndarray:

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from axial_deeplab.quickstart import main
+from axial_deeplab.quickstart import main, typed_interpreter
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_short_quickstart_learns_and_draws(tmp_path, capsys):
         "[train] iterations 0..150",
         "[pictures] 8 pictures",
         "meaningless as COCO predictions",
-        "tools/infer.py",
+        f"{typed_interpreter()} tools/infer.py --weights {out / 'model_best.pth'}",
     ):
         assert stage in log, stage
     assert metrics["PQ"] >= 50.0, metrics
@@ -48,3 +48,16 @@ def test_short_quickstart_learns_and_draws(tmp_path, capsys):
     assert again == pytest.approx(metrics)
     log = capsys.readouterr().out
     assert "[data] reused" in log and "[train] already finished (150 iterations)" in log
+
+
+def test_reuse_commands_name_the_interpreter_that_ran(tmp_path, monkeypatch):
+    # After `make quickstart` the venv is not active in the user's shell: a printed plain
+    # `python` could be one without torch, so the commands name the venv's interpreter.
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.executable", str(venv_python))
+    assert typed_interpreter() == os.path.join(".venv", "bin", "python")
+    monkeypatch.chdir(tmp_path.parent)  # the interpreter lies inside the current folder
+    assert typed_interpreter() == os.path.join(tmp_path.name, ".venv", "bin", "python")
+    monkeypatch.setattr("sys.executable", "/usr/bin/python3")  # outside: the full path
+    assert typed_interpreter() == "/usr/bin/python3"
