@@ -26,7 +26,6 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
-from torch._higher_order_ops.while_loop import while_loop
 
 CENTER_CHUNK = 16  # centres whose [P, chunk] float64 distances are held at once
 
@@ -116,7 +115,7 @@ def nearest_center(
         torch.full_like(ones, float("inf")),  # [P] best value so far
         torch.zeros(ones.shape, dtype=torch.int64, device=ones.device),  # [P] its centre
     )
-    return while_loop(more, step, state)[2]
+    return torch.while_loop(more, step, state)[2]  # (a prototype API in torch 2.14)
 
 
 def panoptic_from_outputs(
