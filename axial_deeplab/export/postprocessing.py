@@ -1,19 +1,21 @@
-"""Panoptic-DeepLab post-processing with fixed shapes, for export.
+"""Panoptic-DeepLab post-processing as one graph, for export.
 
 The same function as :func:`axial_deeplab.modeling.postprocessing.get_panoptic_segmentation`
-(its docstring states the algorithm), written without data-dependent shapes: the eager code
-selects thing pixels and centres with ``nonzero`` and counts with ``bincount``, whose output sizes
-depend on the data; here every tensor's size depends on ``H``, ``W``, ``top_k`` and the number of
-classes only:
+(its docstring states the algorithm), written for ``torch.export`` and ONNX: no Python loop over
+the data, no ``.item()``, no host round trip. Two sizes depend on the data, inside the graph;
+every other size depends on ``H``, ``W``, ``top_k`` and the number of classes only:
 
 - centres: the ``top_k`` best NMS survivors are candidates; a candidate is kept when it scores
   above the eager bound (the ``top_k``-th best survivor's score when there are at least ``top_k``
   survivors, else 0), which keeps exactly the eager set, since every kept centre is among the
   ``top_k`` best. Kept centres are sorted row-major first, then ``[top_k, 2]`` padding of ``-1``;
-- grouping: every pixel's squared distance to every kept centre less ``|p|^2``, in float64 and
-  exact as in the eager code (so equal values and equal ties), minimised over fixed chunks of
-  centres;
-- votes and stuff areas: ``scatter_add`` into ``[top_k * C]`` and ``[C]`` counters.
+- stuff: class areas by ``scatter_add`` into ``[C]``; one lookup per pixel gives the stuff label
+  or a marker for thing pixels;
+- grouping: only the thing pixels (``nonzero``: ``[P]``, an ONNX ``NonZero``), against the kept
+  centres only: a ``while_loop`` (an ONNX ``Loop``) over chunks of :data:`CENTER_CHUNK` centres
+  runs ``ceil(kept / CENTER_CHUNK)`` times. Distances less ``|p|^2`` in float64, exact as in the
+  eager code (so equal values and equal ties);
+- votes: ``scatter_add`` into ``[top_k * C]`` counters.
 
 The results are equal to the eager ones element for element (``tests/test_export.py``).
 """
@@ -25,7 +27,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-CENTER_CHUNK = 8  # centres whose [H*W, chunk] float64 distances are held at once
+CENTER_CHUNK = 16  # centres whose [P, chunk] float64 distances are held at once
 
 
 def thing_table(thing_ids: Iterable[int], num_classes: int) -> torch.Tensor:
@@ -35,14 +37,6 @@ def thing_table(thing_ids: Iterable[int], num_classes: int) -> torch.Tensor:
         if 0 <= int(i) < num_classes:
             table[int(i)] = True
     return table
-
-
-def pixel_grid(height, width, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[H*W]`` int64 row and column of every pixel, row-major (no division by a symbolic size,
-    which the ONNX exporter cannot lower)."""
-    rows = torch.arange(height, device=device)[:, None].expand(height, width)  # [H, W]
-    cols = torch.arange(width, device=device)[None, :].expand(height, width)  # [H, W]
-    return rows.reshape(-1), cols.reshape(-1)
 
 
 def select_centers(
@@ -62,43 +56,66 @@ def select_centers(
     # At least top_k entries, so that topk's k is fixed whatever the image size.
     scores = torch.cat([scores, scores.new_full((top_k,), float("-inf"))])  # [H*W + top_k]
     best, flat = torch.topk(scores, top_k)  # [top_k] each, best first
-    count = survivor.sum()
-    bound = torch.where(count >= top_k, best[-1].clamp(min=0.0), best.new_zeros(()))
+    # At least top_k survivors exactly when the top_k-th best is one (finite), not padding.
+    bound = torch.where(best[-1] > float("-inf"), best[-1].clamp(min=0.0), best.new_zeros(()))
     kept = best > bound  # [top_k]; -inf never passes
     order = torch.where(kept, flat, scores.shape[0])  # kept first, by flat (row-major) index
     order, rank = torch.sort(order)
     kept = kept[rank]
     flat = torch.where(kept, order, 0)
-    rows, cols = pixel_grid(center.shape[1], center.shape[2], center.device)
-    points = torch.stack([rows[flat], cols[flat]], dim=1)  # [top_k, 2]
+    # Row and column of the flat indices. The width is a tensor: the ONNX exporter cannot
+    # lower the division of a tensor by a symbolic size.
+    width = torch.ones((), dtype=torch.int64, device=center.device) * center.shape[2]
+    rows = torch.div(flat, width, rounding_mode="floor")
+    points = torch.stack([rows, flat - rows * width], dim=1)  # [top_k, 2]
     return torch.where(kept[:, None], points, -1), kept
 
 
-def nearest_center(points: torch.Tensor, kept: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """``[H*W]`` int64: index of the kept centre nearest to each ``pixel + offset`` (ties to the
-    lower index), for ``points`` ``[K, 2]``, ``kept`` ``[K]`` and ``offsets`` ``[2, H, W]``."""
-    height, width = offsets.shape[1:]
-    off = offsets.reshape(2, -1)  # [2, H*W]
-    rows, cols = pixel_grid(height, width, off.device)
-    vote_y, vote_x = rows.to(off.dtype) + off[0], cols.to(off.dtype) + off[1]  # [H*W]
+def nearest_center(
+    points: torch.Tensor, kept: torch.Tensor, vote_y: torch.Tensor, vote_x: torch.Tensor
+) -> torch.Tensor:
+    """``[P]`` int64: index of the kept centre nearest to each voted location ``(vote_y,
+    vote_x)`` (``[P]`` float32 each; ties to the lower index), for ``points`` ``[K, 2]`` and
+    ``kept`` ``[K]`` (kept slots first)."""
     # The eager rule (modeling/postprocessing.group_pixels): |p - c|^2 - |p|^2 = |c|^2 - 2 p.c in
     # float64, exact for the coordinates it states, so any order of exact operations gives the
-    # same values, ties included: here one [H*W, 3] x [3, chunk] product per chunk of centres.
+    # same values, ties included: here one [P, 3] x [3, chunk] product per chunk of centres.
     ones = torch.ones_like(vote_y, dtype=torch.float64)
     votes = torch.stack([vote_y.to(torch.float64), vote_x.to(torch.float64), ones], dim=1)
     cy, cx = points[:, 0].to(torch.float64), points[:, 1].to(torch.float64)  # [K] integers
-    coefficients = torch.stack([-2 * cy, -2 * cx, cy * cy + cx * cx])  # [3, K]
-    best_dist = torch.full_like(ones, float("inf"))  # [H*W]
-    best = torch.zeros(ones.shape, dtype=torch.int64, device=off.device)
-    for start in range(0, points.shape[0], CENTER_CHUNK):  # a fixed number of chunks
-        stop = min(start + CENTER_CHUNK, points.shape[0])
-        dist = votes @ coefficients[:, start:stop]  # [H*W, chunk]
-        dist = torch.where(kept[None, start:stop], dist, float("inf"))
-        chunk_dist, chunk_index = dist.min(dim=1)  # [H*W]; first index on ties
+    # An unused slot gets the column (0, 0, inf): its value is inf for every (finite) vote, with
+    # no [P, chunk] mask to apply. Such columns also pad K to whole chunks.
+    zero = torch.zeros_like(cy)
+    coefficients = torch.stack([
+        torch.where(kept, -2 * cy, zero),
+        torch.where(kept, -2 * cx, zero),
+        torch.where(kept, cy * cy + cx * cx, float("inf")),
+    ])  # [3, K]  # fmt: skip
+    padding = -points.shape[0] % CENTER_CHUNK
+    unused = torch.tensor([0.0, 0.0, float("inf")], dtype=torch.float64, device=ones.device)
+    coefficients = torch.cat([coefficients, unused[:, None].expand(3, padding)], dim=1)
+    # Only the chunks that hold kept centres run (kept slots come first): an ONNX Loop whose
+    # trip count is read from ``kept`` inside the graph.
+    chunks = (kept.sum() + CENTER_CHUNK - 1) // CENTER_CHUNK
+    window = torch.arange(CENTER_CHUNK, device=ones.device)
+
+    def more(index, best_dist, best):
+        return index < chunks
+
+    def step(index, best_dist, best):
+        start = index * CENTER_CHUNK
+        dist = votes @ coefficients.index_select(1, window + start)  # [P, chunk]
+        chunk_dist, chunk_index = dist.min(dim=1)  # [P]; first index on ties
         closer = chunk_dist < best_dist  # strict: an earlier centre wins ties
-        best_dist = torch.where(closer, chunk_dist, best_dist)
         best = torch.where(closer, chunk_index + start, best)
-    return best
+        return index + 1, torch.minimum(chunk_dist, best_dist), best
+
+    state = (
+        torch.zeros((), dtype=torch.int64, device=ones.device),
+        torch.full_like(ones, float("inf")),  # [P] best value so far
+        torch.zeros(ones.shape, dtype=torch.int64, device=ones.device),  # [P] its centre
+    )
+    return torch.while_loop(more, step, state)[2]  # (a prototype API in torch 2.14)
 
 
 def panoptic_from_outputs(
@@ -119,26 +136,39 @@ def panoptic_from_outputs(
     ``is_thing`` ``[C]`` bool (see the eager ``get_panoptic_segmentation``)."""
     num_classes = is_thing.shape[0]
     sem = semantic.reshape(-1)  # [H*W]
-    thing = is_thing[sem]  # [H*W]
     points, kept = select_centers(center, threshold=threshold, nms_kernel=nms_kernel, top_k=top_k)
 
-    # Stuff: class areas over the non-thing pixels.
+    # Stuff: classes whose area reaches stuff_area keep their label, others are void. Thing
+    # classes get a marker (no label: void or a class * label_divisor >= 0), so that one lookup
+    # per pixel gives both the stuff labels and the thing pixels. (index_select: an ONNX Gather.)
     area = torch.zeros(num_classes, dtype=torch.int64, device=sem.device)
-    area = area.scatter_add(0, sem, (~thing).long())  # [C]
+    area = area.scatter_add(0, sem, torch.ones_like(sem))  # [C]
     classes = torch.arange(num_classes, device=sem.device)
     stuff_lut = torch.where(area >= stuff_area, classes * label_divisor, void_label)  # [C]
+    marker = min(void_label, 0) - 1
+    panoptic = torch.where(is_thing, marker, stuff_lut).index_select(0, sem)  # [H*W]
+    thing = panoptic == marker  # [H*W]
 
-    # Things: nearest centre, then the majority class of each instance.
-    instance = nearest_center(points, kept, offsets)  # [H*W]
-    slot = torch.where(thing, instance * num_classes + sem, top_k * num_classes)  # [H*W]
-    votes = torch.zeros(top_k * num_classes + 1, dtype=torch.int64, device=sem.device)
-    votes = votes.scatter_add(0, slot, torch.ones_like(slot))[:-1].reshape(top_k, num_classes)
-    label_class = votes.argmax(dim=1)  # [K], smallest class on ties
-    one_hot = F.one_hot(label_class, num_classes) * (votes.sum(dim=1, keepdim=True) > 0)
+    # Things: only the thing pixels are grouped; NonZero gives their flat indices ([P], a size
+    # that depends on the data, inside the graph). Voted location: pixel + offset, in float32
+    # as the eager code adds them.
+    flat = torch.nonzero(thing)[:, 0]  # [P]
+    height, width = offsets.shape[1:]
+    rows = torch.arange(height, device=sem.device, dtype=offsets.dtype)[:, None]  # [H, 1]
+    cols = torch.arange(width, device=sem.device, dtype=offsets.dtype)[None, :]  # [1, W]
+    vote_y = (offsets[0] + rows).reshape(-1).index_select(0, flat)  # [P]
+    vote_x = (offsets[1] + cols).reshape(-1).index_select(0, flat)  # [P]
+    instance = nearest_center(points, kept, vote_y, vote_x)  # [P]
+
+    # The majority class of each instance, then ids 1, 2, ... per class in centre order.
+    slot = instance * num_classes + sem.index_select(0, flat)  # [P]
+    class_votes = torch.zeros(top_k * num_classes, dtype=torch.int64, device=sem.device)
+    class_votes = class_votes.scatter_add(0, slot, torch.ones_like(slot))
+    class_votes = class_votes.reshape(top_k, num_classes)
+    label_class = class_votes.argmax(dim=1)  # [K], smallest class on ties
+    one_hot = F.one_hot(label_class, num_classes) * (class_votes.sum(dim=1, keepdim=True) > 0)
     rank = one_hot.cumsum(dim=0).gather(1, label_class[:, None])[:, 0]  # [K] id within class
-    instance_label = (label_class * label_divisor + rank)[instance]  # [H*W]
-
-    has_center = kept.any()
-    panoptic = torch.where(thing, void_label, stuff_lut[sem])
-    panoptic = torch.where(thing & has_center, instance_label, panoptic)
+    labels = torch.where(kept.any(), label_class * label_divisor + rank, void_label)  # [K]
+    # Every thing pixel is in flat: void without any centre, else its instance's label.
+    panoptic = panoptic.scatter(0, flat, labels.index_select(0, instance))
     return panoptic.reshape(semantic.shape), points
