@@ -157,3 +157,40 @@ def test_ground_truth_labels_number_things_and_leave_crowd_and_void():
     labels = ground_truth_labels(ids, segments, label_divisor=1000)
     expected = [[VOID_LABEL, 2001, 2001], [0, 2002, 2000]]
     assert labels.dtype == np.int64 and labels.tolist() == expected
+
+
+def test_eval_pictures_score_segments_by_probabilities(tmp_path, monkeypatch):
+    # The evaluation hands its sinks logits; a segment's score is the mean probability of its
+    # class (times the centre heatmap for things), so a logit of 10 must show as ~1.0, not 10.
+    import torch
+
+    from axial_deeplab.data.catalog import DatasetMetadata
+    from axial_deeplab.engine import infer_net
+    from axial_deeplab.engine.eval_pictures import EvalPictureWriter
+
+    categories = (
+        {"id": 7, "train_id": 0, "name": "sky", "isthing": 0, "color": (70, 130, 180)},
+        {"id": 9, "train_id": 1, "name": "disc", "isthing": 1, "color": (220, 20, 60)},
+    )
+    drawn = []
+    monkeypatch.setattr(infer_net, "render", lambda image, prediction, meta, ground_truth: (
+        drawn.append(prediction) or {"input": image, "legend": image[:4]}))  # fmt: skip
+    writer = EvalPictureWriter(str(tmp_path), DatasetMetadata("toy", categories), count=1)
+    logits = torch.zeros(2, 8, 8)
+    logits[0] = 10.0  # sky everywhere, probability 1 / (1 + e^-10)
+    record = {
+        "image": torch.zeros(3, 8, 8),
+        "panoptic": np.ones((8, 8), np.int64),
+        "segments_info": [{"id": 1, "category_id": 0, "iscrowd": 0}],
+        "file_name": "a/scene.png",
+    }
+    outputs = {
+        "semantic": logits,
+        "center": torch.zeros(1, 8, 8),
+        "offset": torch.zeros(2, 8, 8),
+        "centers": torch.zeros(0, 2, dtype=torch.long),
+    }
+    writer.add(record, np.zeros((8, 8), np.int64), outputs)
+    (segment,) = drawn[0]["segments_info"]
+    assert segment["score"] == pytest.approx(1 / (1 + np.exp(-10.0)), abs=1e-6)
+    assert (tmp_path / "scene_vis.png").exists()

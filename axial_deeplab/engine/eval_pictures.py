@@ -29,14 +29,17 @@ class EvalPictureWriter:
 
     def add(self, record: dict, labels: np.ndarray, outputs: dict[str, torch.Tensor]) -> None:
         """One image: ``record`` (``image`` ``[3, H, W]`` RGB, ``panoptic`` segment ids and
-        ``segments_info``), its ``labels`` ``[H, W]`` and raw ``outputs`` with ``centers``."""
+        ``segments_info``), its ``labels`` ``[H, W]`` and raw ``outputs`` (``semantic`` logits) with ``centers``.
+        """
         from .infer_net import render
 
         if len(self.written) >= self.count:
             return
         image = record["image"].permute(1, 2, 0).clamp(0, 255).to(torch.uint8).cpu().numpy()
         meta = self.metadata
-        prediction = prediction_dict(torch.from_numpy(labels), outputs["centers"], outputs, meta)
+        # Scores are means of class probabilities: the evaluation's outputs hold logits.
+        raw = {**outputs, "semantic": outputs["semantic"].float().softmax(0)}
+        prediction = prediction_dict(torch.from_numpy(labels), outputs["centers"], raw, meta)
         ids = np.asarray(record["panoptic"])
         truth = ground_truth_labels(ids, record["segments_info"], meta.label_divisor)
         pictures = render(image, prediction, meta, ground_truth=truth)

@@ -248,7 +248,8 @@ def prediction_dict(
     meta: InferenceMetadata,
 ) -> dict:
     """``Predictor.predict``'s result from the panoptic map ``[H, W]``, the kept centres
-    ``[M, 2]`` and the raw outputs (``semantic`` probabilities or logits ``[K, H, W]``,
+    ``[M, 2]`` and the raw outputs (``semantic`` probabilities ``[K, H, W]``: the scores are
+    their means, so logits would give wrong scores,
     ``center`` ``[1, H, W]``, ``offset`` ``[2, H, W]``); the exported backends share it."""
     scores = segment_scores(
         panoptic,
