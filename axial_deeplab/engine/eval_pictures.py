@@ -22,8 +22,11 @@ from .inference import InferenceMetadata, prediction_dict
 class EvalPictureWriter:
     """A prediction sink of :func:`~.evaluate.evaluate_panoptic` that draws ``count`` images."""
 
-    def __init__(self, folder: str, metadata: DatasetMetadata, count: int) -> None:
+    def __init__(
+        self, folder: str, metadata: DatasetMetadata, count: int, *, void_class: int = -1
+    ) -> None:
         self.folder, self.count = folder, count if is_main_process() else 0
+        self.void_class = void_class  # the model's void output channel (-1: none)
         self.metadata = InferenceMetadata.from_dataset(metadata)
         self.written: list[str] = []
 
@@ -36,7 +39,9 @@ class EvalPictureWriter:
             return
         image = record["image"].permute(1, 2, 0).clamp(0, 255).to(torch.uint8).cpu().numpy()
         meta = self.metadata
-        prediction = prediction_dict(torch.from_numpy(labels), outputs["centers"], outputs, meta)
+        prediction = prediction_dict(
+            torch.from_numpy(labels), outputs["centers"], outputs, meta, void_class=self.void_class
+        )
         ids = np.asarray(record["panoptic"])
         truth = ground_truth_labels(ids, record["segments_info"], meta.label_divisor)
         pictures = render(image, prediction, meta, ground_truth=truth)
