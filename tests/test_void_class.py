@@ -28,11 +28,12 @@ from axial_deeplab.data.metadata import metadata_for_dataset
 from axial_deeplab.engine.build import build_evaluate_fn, check_num_classes
 from axial_deeplab.engine.evaluate import (
     VOID_LABEL,
+    PanopticMetrics,
     PostProcessing,
     panoptic_prediction,
     semantic_labels,
 )
-from axial_deeplab.engine.inference import build_predictor
+from axial_deeplab.engine.inference import Predictor, build_predictor
 from axial_deeplab.evaluation.semantic import SemanticEvaluator
 from axial_deeplab.modeling.postprocessing import drop_void_channel, semantic_prediction
 
@@ -206,7 +207,8 @@ def test_evaluation_with_a_void_channel_equals_the_equivalent_133_class_model():
     require(COCO)
     cfg = _cfg()
     catalog = build_catalog(cfg)
-    records = list(build_test_dataset(cfg, catalog, "coco_samples"))
+    dataset = build_test_dataset(cfg, catalog, "coco_samples")
+    records, meta = list(dataset), dataset.metadata
     fill = 80  # first stuff train id ("banner")
     perfect = [_perfect(r, fill) for r in records]
     keys = [float(r["image"].double().sum()) for r in records]
@@ -243,6 +245,18 @@ def test_evaluation_with_a_void_channel_equals_the_equivalent_133_class_model():
     ours, reference = evaluate_void(void_model(None)), evaluate_plain(plain_model(None))
     assert reference["PQ"] > 50 and reference["PQ_th"] > 0 and reference["AP"] > 0, reference
     assert ours == pytest.approx(reference, abs=1e-9)
+    # Instance scores (for AP) read the probabilities of the data-set classes.
+    scores = []
+    for model, settings in ((void_model(None), PostProcessing.from_config(cfg)),
+                            (plain_model(None), PostProcessing.from_config(plain_cfg))):  # fmt: skip
+        metrics = PanopticMetrics(meta, void_class=settings.void_class)
+        one = {k: v[0] for k, v in model(records[0]["image"][None].float()).items()}
+        labels, _ = panoptic_prediction(
+            one, settings, thing_ids=meta.thing_train_ids, label_divisor=meta.label_divisor
+        )
+        metrics.process(records[0], labels, one)
+        scores.append([d["score"] for d in metrics.ap.detections])
+    assert len(scores[0]) > 3 and scores[0] == pytest.approx(scores[1], rel=1e-5)
 
     ours = evaluate_void(void_model(region))
     reference = evaluate_plain(plain_model(absent_stuff))
@@ -330,3 +344,67 @@ def test_eval_only_on_coco_samples_with_a_converted_deeplab2_model(converted, tm
     used = {s["category_id"] for a in pred["annotations"] for s in a["segments_info"]}
     assert used and used <= coco_ids
     shutil.rmtree(tmp_path / "inference")
+
+
+class ToyModel(nn.Module):
+    def __init__(self, outputs: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.outputs = outputs
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v[None].expand(len(images), *v.shape) for k, v in self.outputs.items()}
+
+
+def test_predictor_of_a_void_channel_model_equals_the_133_class_model_where_void_never_wins():
+    """``Predictor`` (``tools/infer.py``): with the void channel never winning, the same
+    segments, names, scores and semantic map as the model without that channel; where it
+    wins, no segment and semantic -1."""
+    meta = {"class_names": ["sky", "car", "road"], "thing_ids": [1], "label_divisor": 100}
+    image = np.zeros((20, 20, 3), np.uint8)
+    settings = PostProcessing(stuff_area=50, threshold=0.1, nms_kernel=3, top_k=10)
+    with_void = _toy_outputs(np.zeros((20, 20), bool))
+    without = {**with_void, "semantic": with_void["semantic"][1:]}
+    void_settings = PostProcessing(50, 0.1, 3, 10, void_class=0)
+    ours = Predictor(ToyModel(with_void), metadata=meta, postprocessing=void_settings)
+    reference = Predictor(ToyModel(without), metadata=meta, postprocessing=settings)
+    a, b = ours.predict(image), reference.predict(image)
+    assert (a["semantic"] == b["semantic"]).all() and (a["panoptic"] == b["panoptic"]).all()
+    assert [s["category_name"] for s in a["segments_info"]] == ["sky", "car", "road"]
+    for sa, sb in zip(a["segments_info"], b["segments_info"], strict=True):
+        assert sa == {**sb, "score": pytest.approx(sb["score"], rel=1e-5)}
+    void = np.zeros((20, 20), bool)
+    void[:, :10] = True  # sky and car
+    c = Predictor(ToyModel(_toy_outputs(void)), metadata=meta, postprocessing=void_settings)
+    c = c.predict(image)
+    assert [s["category_name"] for s in c["segments_info"]] == ["road"]
+    assert (c["semantic"][void] == -1).all() and (c["panoptic"][void] == VOID_LABEL).all()
+    with pytest.raises(ValueError, match=r"predicts 4 classes \(channel 0 void\) but metadata"):
+        Predictor(ToyModel(with_void), metadata={"class_names": ["a", "b", "c", "d"]},
+                  postprocessing=void_settings).predict(image)  # fmt: skip
+
+
+def test_infer_cli_runs_a_converted_coco_checkpoint(converted, tmp_path):
+    """``tools/infer.py --weights converted.pth``: config and classes from the file; the JSON
+    names COCO classes only (the void pixels themselves: the test above)."""
+    from axial_deeplab.engine.infer_net import main as infer_main
+    from axial_deeplab.utils.atomic import write_rgb_png
+
+    path, _ = converted
+    ref = dict(np.load(FIXTURES / "resnet50_os16_coco" / "reference.npz"))
+    photo = tmp_path / "photo.png"
+    write_rgb_png(str(photo), np.clip(np.round(ref["input"][0]), 0, 255).astype(np.uint8))
+    out = tmp_path / "out"
+    infer_main(["--weights", str(path), "--input", str(photo), "--output", str(out)])
+    record = json.loads((out / "photo.json").read_text())
+    coco = set(metadata_for_dataset("coco")["class_names"])
+    names = [s["category_name"] for s in record["segments_info"]]
+    assert names and set(names) <= coco
+
+
+def test_export_refuses_a_void_channel_model(converted, tmp_path):
+    from axial_deeplab.export.cli import main as export_main
+
+    path, _ = converted
+    args = ["--weights", str(path), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]
+    with pytest.raises(SystemExit, match="void output channel .*VOID_CLASS 0"):
+        export_main(args)
