@@ -324,14 +324,15 @@ def test_converted_coco_checkpoint_names_the_133_coco_classes_and_never_a_void_s
 
 
 def test_eval_only_on_coco_samples_with_a_converted_deeplab2_model(converted, tmp_path):
-    """``tools/train_net.py --eval-only`` of the converted tiny model on the COCO samples (resized
-    to a long side of 97 pixels): runs, and the predictions name COCO category ids."""
+    """``tools/train_net.py --eval-only MODEL.WEIGHTS converted.pth`` (the README's command) of
+    the converted tiny model on the COCO samples (long side 97 pixels): passes the class-count
+    check, runs, and the predictions name COCO category ids."""
     require(COCO)
     from axial_deeplab.engine.launch import default_argument_parser
     from axial_deeplab.engine.train_net import run
 
-    path, opts = converted
-    args = ["--eval-only", "--config-file", CONFIG, *opts, "MODEL.WEIGHTS", str(path)]
+    path, _ = converted
+    args = ["--eval-only", "MODEL.WEIGHTS", str(path)]  # the config stored in the file
     args += ["DATASETS.CUSTOM", str(SAMPLES), "DATASETS.TEST", "('coco_samples',)"]
     args += ["DATALOADER.NUM_WORKERS", "0", "TEST.PAD_TO_CROP", "False", "TEST.NUM_PICTURES", "1"]
     args += ["INPUT.MIN_SIZE_TEST", "1000", "INPUT.MAX_SIZE_TEST", "97"]
