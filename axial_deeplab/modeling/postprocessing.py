@@ -11,7 +11,8 @@ detectron2's ``projects/Panoptic-DeepLab/panoptic_deeplab/post_processing.py``):
    ``pixel + offset`` (ties to the lower centre index);
 3. each instance takes the majority class of its pixels (ties to the smaller class id) and ids
    1, 2, ... per class in centre order; instances are never merged;
-4. stuff classes keep their pixels if their total area is at least ``stuff_area``, else void.
+4. stuff classes keep their pixels if their total area is at least ``stuff_area``, else void;
+   pixels of a negative class id (a model's void channel, :func:`semantic_prediction`) are void.
 
 Unlike the reference, the work is proportional to the thing pixels (not ``K x H x W``): distances
 are computed for thing pixels only, in chunks, and the vote is one ``bincount`` over
