@@ -546,3 +546,13 @@ def test_freeze_at_other_than_zero_is_refused(cfg):
     cfg.MODEL.BACKBONE.FREEZE_AT = 2
     with pytest.raises(ValueError, match="FREEZE_AT=2"):
         build_model(cfg)
+
+
+def test_void_output_channel_is_refused(cfg):
+    """Models with a void output channel (converted deeplab2 COCO) are evaluated natively
+    (``tools/train_net.py --eval-only``); the plugin refuses them rather than scoring the void
+    channel as a class."""
+    cfg.defrost()
+    cfg.MODEL.SEM_SEG_HEAD.VOID_CLASS = 0
+    with pytest.raises(ValueError, match="VOID_CLASS 0"):
+        build_model(cfg)

@@ -75,28 +75,18 @@ def convert(
 
 
 def class_metadata(cfg) -> dict | None:
-    """Class metadata of the config's (built-in) data set for ``NUM_CLASSES`` outputs. deeplab2's
-    COCO models have one more output than COCO has classes: their ignore label 0 (``"void"``),
-    then the 133 classes (things 1..80) with panoptic label divisor 256."""
+    """Class metadata of the config's (built-in) data set. deeplab2's COCO models have one more
+    output than COCO has classes, their ignore label 0: the config names it as a void channel
+    (``MODEL.SEM_SEG_HEAD.VOID_CLASS 0``), which is no class, so the metadata lists the 133 COCO
+    classes (things 0..79) as the data set numbers them, and inference and evaluation map the
+    model's channels onto them (``axial_deeplab.modeling.postprocessing.semantic_prediction``)."""
     from ..data.metadata import metadata_for_dataset
 
     for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
         try:
-            meta = metadata_for_dataset(name)
+            return metadata_for_dataset(name)
         except (KeyError, ValueError):
             continue
-        if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == len(meta["class_names"]) + 1:
-            meta = {
-                "class_names": ["void", *meta["class_names"]],
-                "thing_ids": [t + 1 for t in meta["thing_ids"]],
-                "label_divisor": 256,
-                **(
-                    {"class_colors": [[0, 0, 0], *meta["class_colors"]]}
-                    if "class_colors" in meta
-                    else {}
-                ),
-            }
-        return meta
     return None
 
 

@@ -62,6 +62,13 @@ def check_config(cfg) -> None:
         _positive_int(cfg, key)
     for key in ("TEST.EVAL_PERIOD", "VIS_PERIOD", "DATALOADER.NUM_WORKERS", "SOLVER.WARMUP_ITERS"):
         _positive_int(cfg, key, minimum=0)
+    sem = cfg.MODEL.SEM_SEG_HEAD
+    if isinstance(sem.VOID_CLASS, bool) or not -1 <= sem.VOID_CLASS < sem.NUM_CLASSES - 1:
+        raise ConfigError(
+            f"MODEL.SEM_SEG_HEAD.VOID_CLASS must be -1 (none) or an output channel in "
+            f"[0, {sem.NUM_CLASSES - 2}] (NUM_CLASSES {sem.NUM_CLASSES} minus the void one), "
+            f"got {sem.VOID_CLASS!r}"
+        )
     device = str(cfg.MODEL.DEVICE)
     if not DEVICE_PATTERN.match(device):
         raise ConfigError(f"MODEL.DEVICE must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")

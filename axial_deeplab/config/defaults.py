@@ -66,6 +66,9 @@ _C.MODEL.SEM_SEG_HEAD.CONVS_DIM = 256  # decoder fusion width
 _C.MODEL.SEM_SEG_HEAD.HEAD_CHANNELS = 256  # width of the head's 5x5 depthwise-separable conv
 _C.MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV = True  # fusion, head: 5x5 DS conv; else 2 3x3
 _C.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 19  # semantic classes (train ids)
+# VOID_CLASS: the argmax still runs over all NUM_CLASSES outputs; pixels won by the void channel
+# are void (no segment, no class), channels above it are data-set classes shifted down by one.
+_C.MODEL.SEM_SEG_HEAD.VOID_CLASS = -1  # output channel meaning void, no class (deeplab2 COCO: 0)
 _C.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 255  # semantic label ignored by the loss
 _C.MODEL.SEM_SEG_HEAD.NORM = "BN"  # "BN", "SyncBN" or "GN" in decoder and head
 _C.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT = 1.0  # weight of the semantic loss

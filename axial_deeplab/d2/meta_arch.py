@@ -71,6 +71,12 @@ class AxialDeepLab(PanopticDeepLab):
 
     @classmethod
     def from_config(cls, cfg) -> dict:
+        if cfg.MODEL.SEM_SEG_HEAD.VOID_CLASS >= 0:
+            raise ValueError(
+                f"detectron2 plugin: models with a void output channel (MODEL.SEM_SEG_HEAD."
+                f"VOID_CLASS {cfg.MODEL.SEM_SEG_HEAD.VOID_CLASS}, e.g. converted deeplab2 COCO "
+                "models) are not supported; evaluate them with tools/train_net.py --eval-only"
+            )
         backbone = build_backbone(cfg)
         names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
         return {

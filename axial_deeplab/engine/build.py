@@ -75,15 +75,41 @@ def prepare_model(cfg, device: torch.device) -> nn.Module:
     return model
 
 
-def check_num_classes(cfg, metadata, name: str) -> None:
+def check_num_classes(cfg, metadata, name: str, *, training: bool = False) -> None:
     """``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` must equal data set ``name``'s class count (more
-    classes would train logits no pixel ever has; fewer would break the loss)."""
-    expected = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    if metadata.num_classes != expected:
+    classes would train logits no pixel ever has; fewer would break the loss), plus one when
+    ``MODEL.SEM_SEG_HEAD.VOID_CLASS`` names a void output channel (evaluation and inference
+    only: ``training`` refuses a void channel, which our losses and targets do not know)."""
+    sem = cfg.MODEL.SEM_SEG_HEAD
+    where = metadata.panoptic_json or "its metadata"
+    if sem.VOID_CLASS >= 0 and training:
         raise ConfigError(
-            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {expected} but data set {name} has "
-            f"{metadata.num_classes} classes ({metadata.panoptic_json or 'its metadata'}): "
-            f"set MODEL.SEM_SEG_HEAD.NUM_CLASSES {metadata.num_classes}"
+            f"MODEL.SEM_SEG_HEAD.VOID_CLASS is {sem.VOID_CLASS}: a void output channel is for "
+            "evaluating and running converted models (deeplab2 COCO); training with one is not "
+            f"supported: set MODEL.SEM_SEG_HEAD.VOID_CLASS -1 and NUM_CLASSES "
+            f"{metadata.num_classes}"
+        )
+    if sem.VOID_CLASS >= 0:
+        if sem.NUM_CLASSES != metadata.num_classes + 1:
+            raise ConfigError(
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {sem.NUM_CLASSES} with a void channel "
+                f"(MODEL.SEM_SEG_HEAD.VOID_CLASS {sem.VOID_CLASS}) but data set {name} has "
+                f"{metadata.num_classes} classes ({where}): NUM_CLASSES must be "
+                f"{metadata.num_classes + 1} (its classes + void), or set VOID_CLASS -1 and "
+                f"NUM_CLASSES {metadata.num_classes}"
+            )
+        return
+    if metadata.num_classes != sem.NUM_CLASSES:
+        hint = (
+            " (a model with a void output channel, e.g. deeplab2 COCO's 0: set "
+            "MODEL.SEM_SEG_HEAD.VOID_CLASS to it)"
+            if sem.NUM_CLASSES == metadata.num_classes + 1
+            else ""
+        )
+        raise ConfigError(
+            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {sem.NUM_CLASSES} but data set {name} has "
+            f"{metadata.num_classes} classes ({where}): set MODEL.SEM_SEG_HEAD.NUM_CLASSES "
+            f"{metadata.num_classes}{hint}"
         )
 
 
@@ -148,9 +174,14 @@ def build_evaluate_fn(
     pad_to = tuple(cfg.INPUT.CROP.SIZE) if cfg.TEST.PAD_TO_CROP else None
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        sinks = [PredictionSaver(save_dir, dataset.metadata)] if save_dir else []
+        void = settings.void_class
+        sinks = [PredictionSaver(save_dir, dataset.metadata, void_class=void)] if save_dir else []
         if pictures_dir and cfg.TEST.NUM_PICTURES > 0:
-            sinks.append(EvalPictureWriter(pictures_dir, dataset.metadata, cfg.TEST.NUM_PICTURES))
+            sinks.append(
+                EvalPictureWriter(
+                    pictures_dir, dataset.metadata, cfg.TEST.NUM_PICTURES, void_class=void
+                )
+            )
         return evaluate_panoptic(
             model,
             loader,
@@ -185,7 +216,7 @@ def build_trainer(cfg, device: torch.device, catalog: DatasetCatalog | None = No
     if not cfg.DATASETS.TRAIN:
         raise ConfigError("DATASETS.TRAIN is empty: name at least one training data set")
     _, metadata = catalog.get(cfg.DATASETS.TRAIN[0])
-    check_num_classes(cfg, metadata, cfg.DATASETS.TRAIN[0])
+    check_num_classes(cfg, metadata, cfg.DATASETS.TRAIN[0], training=True)
     torch.manual_seed(cfg.SEED)
     model = prepare_model(cfg, device)
     targets = build_target_generator(cfg, metadata.thing_train_ids)

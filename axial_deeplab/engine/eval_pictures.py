@@ -22,8 +22,11 @@ from .inference import InferenceMetadata, prediction_dict
 class EvalPictureWriter:
     """A prediction sink of :func:`~.evaluate.evaluate_panoptic` that draws ``count`` images."""
 
-    def __init__(self, folder: str, metadata: DatasetMetadata, count: int) -> None:
+    def __init__(
+        self, folder: str, metadata: DatasetMetadata, count: int, *, void_class: int = -1
+    ) -> None:
         self.folder, self.count = folder, count if is_main_process() else 0
+        self.void_class = void_class  # the model's void output channel (-1: none)
         self.metadata = InferenceMetadata.from_dataset(metadata)
         self.written: list[str] = []
 
@@ -39,7 +42,9 @@ class EvalPictureWriter:
         meta = self.metadata
         # Scores are means of class probabilities: the evaluation's outputs hold logits.
         raw = {**outputs, "semantic": outputs["semantic"].float().softmax(0)}
-        prediction = prediction_dict(torch.from_numpy(labels), outputs["centers"], raw, meta)
+        prediction = prediction_dict(
+            torch.from_numpy(labels), outputs["centers"], raw, meta, void_class=self.void_class
+        )
         ids = np.asarray(record["panoptic"])
         truth = ground_truth_labels(ids, record["segments_info"], meta.label_divisor)
         pictures = render(image, prediction, meta, ground_truth=truth)

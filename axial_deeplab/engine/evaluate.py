@@ -17,7 +17,12 @@ from ..evaluation.distributed import gather
 from ..evaluation.instance_ap import InstanceAPEvaluator
 from ..evaluation.panoptic import PanopticEvaluator
 from ..evaluation.semantic import SemanticEvaluator
-from ..modeling.postprocessing import get_instances, get_panoptic_segmentation
+from ..modeling.postprocessing import (
+    drop_void_channel,
+    get_instances,
+    get_panoptic_segmentation,
+    semantic_prediction,
+)
 from .distributed import is_main_process
 
 VOID_LABEL = -1
@@ -31,17 +36,26 @@ class PredictionSink(Protocol):
 
 @dataclass(frozen=True)
 class PostProcessing:
-    """Settings of :func:`get_panoptic_segmentation` (``MODEL.PANOPTIC_DEEPLAB.*``)."""
+    """Settings of :func:`get_panoptic_segmentation` (``MODEL.PANOPTIC_DEEPLAB.*``) and the
+    model's void output channel (``MODEL.SEM_SEG_HEAD.VOID_CLASS``, -1: none; see
+    :func:`semantic_prediction`)."""
 
     stuff_area: int = 2048
     threshold: float = 0.1
     nms_kernel: int = 7
     top_k: int = 200
+    void_class: int = -1
 
     @classmethod
     def from_config(cls, cfg) -> PostProcessing:
         pd = cfg.MODEL.PANOPTIC_DEEPLAB
-        return cls(pd.STUFF_AREA, pd.CENTER_THRESHOLD, pd.NMS_KERNEL, pd.TOP_K_INSTANCE)
+        return cls(
+            pd.STUFF_AREA,
+            pd.CENTER_THRESHOLD,
+            pd.NMS_KERNEL,
+            pd.TOP_K_INSTANCE,
+            void_class=cfg.MODEL.SEM_SEG_HEAD.VOID_CLASS,
+        )
 
 
 def panoptic_prediction(
@@ -53,8 +67,9 @@ def panoptic_prediction(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One image's raw outputs (``[K, H, W]``, ``[1, H, W]``, ``[2, H, W]``) to ``[H, W]`` labels
     ``class * label_divisor + instance`` (``VOID_LABEL`` where void) and centers ``[M, 2] (y, x)``.
-    """
-    semantic = outputs["semantic"].argmax(0, keepdim=True)  # [1, H, W]
+    Classes are the data set's: with ``settings.void_class``, pixels the model assigns to its
+    void channel are void and ``thing_ids`` count without that channel."""
+    semantic = semantic_prediction(outputs["semantic"], void_class=settings.void_class)[None]
     panoptic, centers = get_panoptic_segmentation(
         semantic,
         outputs["center"],
@@ -162,16 +177,22 @@ def pq_percent(pq_result: dict) -> dict[str, float]:
 
 
 class PanopticMetrics:
-    """PQ (per class too), mIoU and mask AP of thing instances, fed one image at a time."""
+    """PQ (per class too), mIoU and mask AP of thing instances, fed one image at a time.
 
-    def __init__(self, metadata: DatasetMetadata) -> None:
+    ``void_class``: the model's void output channel (-1: none). Its pixels are void in the
+    panoptic map and, for mIoU, a miss of their ground-truth class (:class:`SemanticEvaluator`
+    ``void_prediction``); instance scores use the probabilities of the data-set classes."""
+
+    def __init__(self, metadata: DatasetMetadata, *, void_class: int = -1) -> None:
         self.metadata = metadata
+        self.void_class = void_class
         categories = metadata.train_id_categories
         self.pq = PanopticEvaluator(categories, source=f"metadata of {metadata.name}")
         self.miou = SemanticEvaluator(
             metadata.num_classes,
             ignore_label=metadata.ignore_label,
             class_names=metadata.class_names,
+            void_prediction=VOID_LABEL,
         )
         self.ap = InstanceAPEvaluator(categories) if metadata.thing_train_ids else None
 
@@ -187,10 +208,12 @@ class PanopticMetrics:
         self.pq.process(gt_ids, gt_segments, pred_ids, pred_segments, name=name)
         semantic = outputs["semantic"]  # [K, H, W] logits
         gt_sem = semantic_labels(gt_ids, gt_segments, meta.ignore_label)
-        self.miou.process(gt_sem, semantic.argmax(0).cpu().numpy())
+        pred_sem = semantic_prediction(semantic, void_class=self.void_class)  # [H, W]
+        self.miou.process(gt_sem, pred_sem.cpu().numpy())
         if self.ap is not None:
+            prob = drop_void_channel(semantic.float().softmax(0), void_class=self.void_class)
             things = get_instances(
-                labels, semantic.float().softmax(0), outputs["center"].float(),
+                labels, prob, outputs["center"].float(),
                 thing_ids=meta.thing_train_ids, label_divisor=meta.label_divisor,
             )  # fmt: skip
             self.ap.process(
@@ -232,7 +255,7 @@ def evaluate_panoptic(
     ``centers``, the kept centres ``[M, 2]``), e.g.
     :class:`axial_deeplab.engine.predictions.PredictionSaver`; closed at the end.
     ``print_table``: print the per-class PQ and IoU table (main process)."""
-    metrics = PanopticMetrics(metadata)
+    metrics = PanopticMetrics(metadata, void_class=settings.void_class)
     was_training = model.training
     model.eval()
     with torch.no_grad():

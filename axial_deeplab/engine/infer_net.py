@@ -210,7 +210,8 @@ def metadata_from_config(cfg) -> tuple[InferenceMetadata, str]:
             return InferenceMetadata.from_dataset(meta), f"data set {names[0]}"
         except (KeyError, ValueError, OSError) as exc:
             print(f"notice: cannot load data set {names[0]} for class names ({exc})")
-    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    sem = cfg.MODEL.SEM_SEG_HEAD
+    num_classes = sem.NUM_CLASSES - int(sem.VOID_CLASS >= 0)  # a void channel is no class
     print(f"notice: generic class names class_0..class_{num_classes - 1}, no thing classes "
           "(pass --class-names for names and instances)")  # fmt: skip
     return InferenceMetadata.generic(num_classes), "generic names"
@@ -384,10 +385,13 @@ def run(args: argparse.Namespace) -> dict:
     items = expand_inputs(args.input, skip_bad=args.skip_bad)
     metadata, source = choose_metadata(args, cfg, stored_metadata)
     print(f"class names: {source}")
-    if len(metadata.class_names) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
+    sem = cfg.MODEL.SEM_SEG_HEAD
+    void = int(sem.VOID_CLASS >= 0)  # a void output channel names no class
+    if len(metadata.class_names) != sem.NUM_CLASSES - void:
         raise ValueError(
             f"{source} names {len(metadata.class_names)} classes but "
-            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}"
+            f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {sem.NUM_CLASSES}"
+            + (f" with one void channel (VOID_CLASS {sem.VOID_CLASS})" if void else "")
         )
     return run_predictor(args, build_predictor(cfg, metadata, device), items)
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data.catalog import DatasetMetadata
 from ..modeling.panoptic_deeplab import upsample, upsample_offsets
-from ..modeling.postprocessing import get_instances
+from ..modeling.postprocessing import drop_void_channel, get_instances, semantic_prediction
 from .evaluate import PostProcessing, labels_to_segments, panoptic_prediction
 
 
@@ -215,10 +215,12 @@ class Predictor:
         x = x.permute(2, 0, 1)[None].float()  # [H, W, 3] -> [1, 3, H, W]
         out = run_with_tta(self.model, x, self.tta, align_corners=self.align_corners)
         num_classes = out["semantic"].shape[1]
-        if num_classes != len(self.metadata.class_names):
+        void = int(self.postprocessing.void_class >= 0)  # a void output channel: not a class
+        if num_classes != len(self.metadata.class_names) + void:
             raise ValueError(
-                f"model predicts {num_classes} classes but metadata names "
-                f"{len(self.metadata.class_names)}"
+                f"model predicts {num_classes} classes"
+                + (f" (channel {self.postprocessing.void_class} void)" if void else "")
+                + f" but metadata names {len(self.metadata.class_names)}"
             )
         return {key: value[0] for key, value in out.items()}
 
@@ -238,7 +240,7 @@ class Predictor:
         panoptic, centers = panoptic_prediction(
             raw, post, thing_ids=meta.thing_ids, label_divisor=meta.label_divisor
         )
-        return prediction_dict(panoptic, centers, raw, meta)
+        return prediction_dict(panoptic, centers, raw, meta, void_class=post.void_class)
 
 
 def prediction_dict(
@@ -246,14 +248,18 @@ def prediction_dict(
     centers: torch.Tensor,
     raw: dict[str, torch.Tensor],
     meta: InferenceMetadata,
+    *,
+    void_class: int = -1,
 ) -> dict:
     """``Predictor.predict``'s result from the panoptic map ``[H, W]``, the kept centres
     ``[M, 2]`` and the raw outputs (``semantic`` probabilities ``[K, H, W]``: the scores are
-    their means, so logits would give wrong scores,
-    ``center`` ``[1, H, W]``, ``offset`` ``[2, H, W]``); the exported backends share it."""
+    their means, so logits would give wrong scores; ``center`` ``[1, H, W]``, ``offset``
+    ``[2, H, W]``); the exported backends share it. ``void_class``: the model's void output
+    channel (-1: none); ``"semantic"`` is then void (-1) where it wins, and class ids are the
+    data set's (:func:`semantic_prediction`)."""
     scores = segment_scores(
         panoptic,
-        raw["semantic"],
+        drop_void_channel(raw["semantic"], void_class=void_class),
         raw["center"],
         thing_ids=meta.thing_ids,
         label_divisor=meta.label_divisor,
@@ -269,7 +275,7 @@ def prediction_dict(
         segment["label"] = label
     return {
         "panoptic": labels,
-        "semantic": raw["semantic"].argmax(0).cpu().numpy(),
+        "semantic": semantic_prediction(raw["semantic"], void_class=void_class).cpu().numpy(),
         "center": raw["center"][0].cpu().numpy(),
         "offset": raw["offset"].cpu().numpy(),
         "centers": centers.cpu().numpy(),

@@ -31,7 +31,7 @@ from ..evaluation.writers import (
     write_cityscapes_instances,
     write_cityscapes_semantic,
 )
-from ..modeling.postprocessing import get_instances
+from ..modeling.postprocessing import drop_void_channel, get_instances, semantic_prediction
 from .distributed import all_gather_objects, is_main_process
 from .evaluate import labels_to_segments
 
@@ -50,8 +50,9 @@ def _resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class PredictionSaver:
     """Receives each evaluated image's prediction and writes it (see the module docstring)."""
 
-    def __init__(self, folder: str, metadata: DatasetMetadata) -> None:
+    def __init__(self, folder: str, metadata: DatasetMetadata, *, void_class: int = -1) -> None:
         self.folder, self.metadata = folder, metadata
+        self.void_class = void_class  # the model's void output channel (-1: none)
         categories = [
             {k: c[k] for k in ("id", "name", "isthing", "color")} for c in metadata.categories
         ]
@@ -93,14 +94,16 @@ class PredictionSaver:
     def _add_cityscapes(
         self, stem: str, size: tuple[int, int], labels: np.ndarray, outputs: dict
     ) -> None:
-        semantic = outputs["semantic"].argmax(0).cpu().numpy()  # [H, W] train ids
+        void = self.void_class
+        semantic = semantic_prediction(outputs["semantic"], void_class=void).cpu().numpy()
+        semantic = np.where(semantic < 0, 255, semantic)  # [H, W] train ids, void -> unlabeled
         folder = os.path.join(self.folder, "cityscapes_semantic")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{stem}.png")
         write_cityscapes_semantic(path, _resize_nearest(semantic, size), self.train_to_label_id)
         instances = get_instances(
             torch.from_numpy(labels),
-            outputs["semantic"].float().softmax(0).cpu(),
+            drop_void_channel(outputs["semantic"].float().softmax(0), void_class=void).cpu(),
             outputs["center"].float().cpu(),
             thing_ids=self.metadata.thing_train_ids,
             label_divisor=self.metadata.label_divisor,

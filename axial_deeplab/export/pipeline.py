@@ -27,6 +27,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
+from ..config import ConfigError
 from ..engine.evaluate import VOID_LABEL, PostProcessing
 from ..engine.inference import InferenceMetadata
 from .postprocessing import panoptic_from_outputs, thing_table
@@ -57,6 +58,12 @@ class PanopticPipeline(nn.Module):
         postprocessing: PostProcessing,
         num_classes: int,
     ) -> None:
+        if postprocessing.void_class >= 0:
+            raise ConfigError(
+                f"export: models with a void output channel (MODEL.SEM_SEG_HEAD.VOID_CLASS "
+                f"{postprocessing.void_class}, e.g. converted deeplab2 COCO models) are not "
+                "supported yet; run them with tools/infer.py or tools/train_net.py --eval-only"
+            )
         super().__init__()
         self.model = model.eval()
         self.metadata = metadata

@@ -11,7 +11,8 @@ detectron2's ``projects/Panoptic-DeepLab/panoptic_deeplab/post_processing.py``):
    ``pixel + offset`` (ties to the lower centre index);
 3. each instance takes the majority class of its pixels (ties to the smaller class id) and ids
    1, 2, ... per class in centre order; instances are never merged;
-4. stuff classes keep their pixels if their total area is at least ``stuff_area``, else void.
+4. stuff classes keep their pixels if their total area is at least ``stuff_area``, else void;
+   pixels of a negative class id (a model's void channel, :func:`semantic_prediction`) are void.
 
 Unlike the reference, the work is proportional to the thing pixels (not ``K x H x W``): distances
 are computed for thing pixels only, in chunks, and the vote is one ``bincount`` over
@@ -107,6 +108,32 @@ def _class_lut(ids: Iterable[int], size: int, device: torch.device) -> torch.Ten
     return lut
 
 
+def semantic_prediction(semantic: torch.Tensor, *, void_class: int = -1) -> torch.Tensor:
+    """Data-set class ids ``[..., H, W]`` int64 of semantic logits or probabilities ``[..., K,
+    H, W]`` (argmax over ``K``, first channel on ties).
+
+    ``void_class >= 0``: that channel is a void class of the model, not a data-set class (deeplab2's
+    COCO models: channel 0). The argmax still runs over all ``K`` channels (as the model's
+    authors score it); pixels won by the void channel become ``-1`` (void) and channels above it
+    shift down by one, to the data set's ``K - 1`` ids. ``-1``: the plain argmax.
+    """
+    labels = semantic.argmax(-3)  # [..., H, W]
+    if void_class < 0:
+        return labels
+    shifted = labels - (labels > void_class).long()
+    return torch.where(labels == void_class, torch.full_like(labels, -1), shifted)
+
+
+def drop_void_channel(semantic: torch.Tensor, *, void_class: int = -1) -> torch.Tensor:
+    """``[..., K, H, W]`` per-class maps (e.g. probabilities of all ``K`` outputs) without the
+    void channel ``void_class``: ``[..., K - 1, H, W]``, channel ``c`` = data-set class ``c``, as
+    :func:`semantic_prediction` numbers them. ``-1``: unchanged."""
+    if void_class < 0:
+        return semantic
+    keep = [c for c in range(semantic.shape[-3]) if c != void_class]
+    return semantic[..., keep, :, :]
+
+
 def get_panoptic_segmentation(
     semantic: torch.Tensor,
     center_heatmap: torch.Tensor,
@@ -123,7 +150,8 @@ def get_panoptic_segmentation(
     """Panoptic map of one image (see the module docstring for the algorithm).
 
     Args:
-        semantic: ``[1, H, W]`` integer class ids (argmax of the semantic logits).
+        semantic: ``[1, H, W]`` integer class ids (argmax of the semantic logits); negative
+            ids are void pixels (:func:`semantic_prediction` of a model with a void class).
         center_heatmap: ``[1, H, W]`` centre heatmap.
         offsets: ``[2, H, W]`` offsets ``(dy, dx)`` from each pixel to its centre.
 
@@ -140,10 +168,15 @@ def get_panoptic_segmentation(
             f"{list(center_heatmap.shape)}, offsets {list(offsets.shape)}"
         )
     sem = semantic[0].long().reshape(-1)  # [H*W]
-    if sem.numel() and int(sem.min()) < 0:
-        raise ValueError(f"semantic: class ids must be >= 0, got {int(sem.min())}")
-    num_classes = int(sem.max()) + 1 if sem.numel() else 1
+    num_classes = max(int(sem.max()), 0) + 1 if sem.numel() else 1
+    void_slot = None
+    if sem.numel() and int(sem.min()) < 0:  # void pixels: a last slot, neither thing nor kept
+        void_slot = num_classes
+        sem = torch.where(sem < 0, void_slot, sem)
+        num_classes += 1
     is_thing_class = _class_lut(thing_ids, num_classes, sem.device)
+    if void_slot is not None:
+        is_thing_class[void_slot] = False
     centers = find_instance_centers(
         center_heatmap, threshold=threshold, nms_kernel=nms_kernel, top_k=top_k
     )
@@ -151,6 +184,8 @@ def get_panoptic_segmentation(
     area = torch.bincount(sem, minlength=num_classes)  # [C]
     classes = torch.arange(num_classes, device=sem.device)
     keep = (area >= stuff_area) & ~is_thing_class
+    if void_slot is not None:
+        keep[void_slot] = False
     panoptic = torch.where(keep, classes * label_divisor, void_label)[sem]  # [H*W]
     if len(centers):
         _label_things(panoptic, sem, offsets, centers, is_thing_class, label_divisor)
