@@ -67,10 +67,18 @@ def _blocks_valid(length, blocks, size: int, radius: int, span: int, span_mode: 
 
 
 def _blocks(x: torch.Tensor, index: torch.Tensor, radius: int, size: int) -> torch.Tensor:
-    """``[B, G, d, L]`` -> ``[B, G, d, N, S]``: ``x[..., index - radius]`` for ``index [N, S]``
+    """``[B, G, L, d]`` -> ``[B, G, N, S, d]``: ``x[..., index - radius, :]`` for ``index [N, S]``
     (zero outside the line; indices into the line padded by constants, enough for the at least
-    2 blocks of ``attend_windowed``, so that no size is split or padded by a symbolic amount)."""
-    return F.pad(x, (radius, 2 * size + radius))[..., index]
+    2 blocks of ``attend_windowed``, so that no size is split or padded by a symbolic amount).
+    One ``Gather`` of the flattened index (not ``GatherND``)."""
+    padded = F.pad(x, (0, 0, radius, 2 * size + radius))  # [B, G, L', d]
+    out = padded.index_select(2, index.reshape(-1))  # [B, G, N S, d]
+    return out.view(x.shape[0], x.shape[1], -1, index.shape[1], x.shape[3])
+
+
+def _by_position(x: torch.Tensor) -> torch.Tensor:
+    """``[B, G, N, S, d]`` -> ``[S, B G N, d]`` (rows of the matmuls batched over positions)."""
+    return x.permute(3, 0, 1, 2, 4).reshape(x.shape[3], -1, x.shape[4])
 
 
 def attend_windowed(q1, k, q2, k3, v, tables, *, span: int, span_mode: str) -> torch.Tensor:
@@ -112,21 +120,36 @@ def _attend_blocks(q1, k, q2, k3, v, tables, *, span: int, span_mode: str) -> to
     keys = start + c[0]  # [N, K] in the padded line (key n M - R + c)
     position = torch.arange(length, device=device)
     back = (torch.div(position, size, rounding_mode="floor"), position % size)  # [L] each
+    # Position-major relative tables, shared by every line, head and block:
+    rel_q = table_q.t()[slots].transpose(1, 2)  # [M, dk, K]
+    rel_k = table_k.t()[slots.t()].transpose(1, 2)  # [K, dk, M]
+    rel_v = table_v.t()[slots]  # [M, K, dv]
+    q1, k, q2, k3, v = (t.transpose(2, 3) for t in (q1, k, q2, k3, v))  # [B, G, L, d]
     outputs = []
+    # Every product is a MatMul (batched over lines x heads x blocks, or over the positions of
+    # a block for the relative terms, as the eager core): ONNX Runtime's Einsum was the bulk of
+    # the time.
     for h0 in range(0, g, HEAD_GROUP):  # a fixed number of head groups
         h = slice(h0, min(h0 + HEAD_GROUP, g))
-        q1b = _blocks(q1[:, h], queries, radius, size)  # [B, G', dk, N, M]
-        q2b = _blocks(q2[:, h], queries, radius, size)
-        kb = _blocks(k[:, h], keys, radius, size)  # [B, G', dk, N, K]
-        k3b = _blocks(k3[:, h], keys, radius, size)
-        logits = torch.einsum("bgdnq,bgdnk->bgnqk", q1b, kb)  # [B, G', N, M, K]
-        logits = logits + torch.einsum("bgdnq,dqk->bgnqk", q2b, rel_q)
-        logits = logits + torch.einsum("bgdnk,dqk->bgnqk", k3b, rel_k)
+        q1b = _blocks(q1[:, h], queries, radius, size)  # [B, G', N, M, dk]
+        kb = _blocks(k[:, h], keys, radius, size)  # [B, G', N, K, dk]
+        logits = torch.matmul(q1b, kb.transpose(3, 4))  # [B, G', N, M, K]
+        shape = logits.shape
+        q2o = _by_position(_blocks(q2[:, h], queries, radius, size))  # [M, B G' N, dk]
+        rel = torch.matmul(q2o, rel_q)  # [M, B G' N, K]
+        logits = logits + rel.view(size, shape[0], shape[1], -1, shape[4]).permute(1, 2, 3, 0, 4)
+        k3p = _by_position(_blocks(k3[:, h], keys, radius, size))  # [K, B G' N, dk]
+        rel = torch.matmul(k3p, rel_k)  # [K, B G' N, M]
+        logits = logits + rel.view(shape[4], shape[0], shape[1], -1, size).permute(1, 2, 3, 4, 0)
         weights = torch.softmax(logits.masked_fill(~valid, float("-inf")), dim=-1)
-        vb = _blocks(v[:, h], keys, radius, size)  # [B, G', dv, N, K]
-        sv = torch.einsum("bgnqk,bgdnk->bgdnq", weights, vb)  # [B, G', dv, N, M]
-        sve = torch.einsum("bgnqk,dqk->bgdnq", weights, rel_v)  # [B, G', dv, N, M]
-        outputs.append((sv[..., back[0], back[1]], sve[..., back[0], back[1]]))  # [B, G', dv, L]
+        vb = _blocks(v[:, h], keys, radius, size)  # [B, G', N, K, dv]
+        sv = torch.matmul(weights, vb)  # [B, G', N, M, dv]
+        sve = torch.matmul(weights.permute(3, 0, 1, 2, 4).reshape(size, -1, shape[4]), rel_v)
+        sve = sve.view(size, shape[0], shape[1], -1, sve.shape[-1]).permute(1, 2, 3, 0, 4)
+        # [B, G', N M, dv] -> the first L positions, [B, G', dv, L]
+        outputs.append(
+            tuple(t.flatten(2, 3)[:, :, :length].transpose(2, 3) for t in (sv, sve))
+        )
     sv = torch.cat([o[0] for o in outputs], dim=1)  # [B, G, dv, L]
     sve = torch.cat([o[1] for o in outputs], dim=1)
     return torch.cat([sv, sve], dim=1).reshape(b, -1, length)  # [B, 2 G dv, L]
@@ -139,10 +162,19 @@ def _attend_global(q1, k, q2, k3, v, tables) -> torch.Tensor:
     reach = (table_q.shape[1] - 1) // 2
     pos = torch.arange(length, device=q1.device)
     index = (pos[None, :] - pos[:, None]).clamp(-reach, reach) + reach  # [L(o), L(p)]
-    logits = torch.einsum("bgdo,bgdp->bgop", q1, k)  # [B, G, L, L]
-    logits = logits + torch.einsum("bgdo,dop->bgop", q2, table_q[:, index])
-    logits = logits + torch.einsum("bgdp,dop->bgop", k3, table_k[:, index])
-    weights = torch.softmax(logits, dim=-1)
-    sv = torch.einsum("bgop,bgdp->bgdo", weights, v)  # [B, G, dv, L]
-    sve = torch.einsum("bgop,dop->bgdo", weights, table_v[:, index])  # [B, G, dv, L]
+    q1, k, q2, k3, v = (t.transpose(2, 3) for t in (q1, k, q2, k3, v))  # [B, G, L, d]
+    g = q1.shape[1]
+    logits = torch.matmul(q1, k.transpose(2, 3))  # [B, G, L, L]
+    # The relative terms as matmuls batched over positions (rows: lines x heads).
+    q2o = q2.permute(2, 0, 1, 3).reshape(length, -1, q2.shape[3])  # [L(o), B G, dk]
+    rel = torch.matmul(q2o, table_q.t()[index].transpose(1, 2))  # [L(o), B G, L(p)]
+    logits = logits + rel.view(length, b, g, length).permute(1, 2, 0, 3)
+    k3p = k3.permute(2, 0, 1, 3).reshape(length, -1, k3.shape[3])  # [L(p), B G, dk]
+    rel = torch.matmul(k3p, table_k.t()[index.t()].transpose(1, 2))  # [L(p), B G, L(o)]
+    logits = logits + rel.view(length, b, g, length).permute(1, 2, 3, 0)
+    weights = torch.softmax(logits, dim=-1)  # [B, G, L(o), L(p)]
+    sv = torch.matmul(weights, v).transpose(2, 3)  # [B, G, dv, L]
+    wo = weights.permute(2, 0, 1, 3).reshape(length, -1, length)  # [L(o), B G, L(p)]
+    sve = torch.matmul(wo, table_v.t()[index])  # [L(o), B G, dv]
+    sve = sve.view(length, b, g, -1).permute(1, 2, 3, 0)  # [B, G, dv, L]
     return torch.cat([sv, sve], dim=1).reshape(b, -1, length)  # [B, 2 G dv, L]
