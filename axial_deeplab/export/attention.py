@@ -114,15 +114,29 @@ def _attend_blocks(q1, k, q2, k3, v, tables, *, span: int, span_mode: str) -> to
     c = torch.arange(size + 2 * radius, device=device)[None, :]
     slots = (c - radius - a).clamp(-reach, reach) + reach  # [M, K]
     rel_q, rel_k, rel_v = table_q[:, slots], table_k[:, slots], table_v[:, slots]  # [d, M, K]
-    valid = _blocks_valid(length, blocks, size, radius, span, span_mode, device)  # [N, M, K]
     start = torch.arange(blocks, device=device)[:, None] * size  # [N, 1]
     queries = start + a[:, 0] + radius  # [N, M] in the padded line
     keys = start + c[0]  # [N, K] in the padded line (key n M - R + c)
-    position = torch.arange(length, device=device)
-    back = (torch.div(position, size, rounding_mode="floor"), position % size)  # [L] each
+    # Masking by matmul (no Where over the logits): keys outside the line carry an extra key
+    # channel 1 that meets a query-side table channel of -1e30; local windows put -1e30 into an
+    # extra query-table channel that meets a query channel 1. Either adds exactly 0 to counting
+    # logits, and -1e30 (exp underflows to exactly 0, as for -inf) to the others. Padded queries
+    # (discarded) may see -1e30 everywhere: a finite, uniform softmax.
+    by_matmul = span_mode in ("local", "block")
+    if by_matmul:
+        outside = (keys - radius < 0) | (keys - radius >= length)  # [N, K]
+        outside = outside.to(q1.dtype)[:, :, None]  # [N, K, 1]
+        far = (c - radius - a).abs() > span // 2  # [M, K]
+        if span_mode != "local":
+            far = far & False
+        big = torch.full((), -1e30, dtype=q1.dtype, device=device)
+        far = torch.where(far, big, torch.zeros_like(big))[:, None, :]  # [M, 1, K]
     # Position-major relative tables, shared by every line, head and block:
     rel_q = table_q.t()[slots].transpose(1, 2)  # [M, dk, K]
     rel_k = table_k.t()[slots.t()].transpose(1, 2)  # [K, dk, M]
+    if by_matmul:
+        rel_q = torch.cat([rel_q, far], dim=1)  # [M, dk + 1, K]
+        rel_k = torch.cat([rel_k, big.expand(rel_k.shape[0], 1, size)], dim=1)  # [K, dk + 1, M]
     rel_v = table_v.t()[slots]  # [M, K, dv]
     q1, k, q2, k3, v = (t.transpose(2, 3) for t in (q1, k, q2, k3, v))  # [B, G, L, d]
     outputs = []
@@ -135,21 +149,28 @@ def _attend_blocks(q1, k, q2, k3, v, tables, *, span: int, span_mode: str) -> to
         kb = _blocks(k[:, h], keys, radius, size)  # [B, G', N, K, dk]
         logits = torch.matmul(q1b, kb.transpose(3, 4))  # [B, G', N, M, K]
         shape = logits.shape
-        q2o = _by_position(_blocks(q2[:, h], queries, radius, size))  # [M, B G' N, dk]
+        q2b = _blocks(q2[:, h], queries, radius, size)  # [B, G', N, M, dk]
+        k3b = _blocks(k3[:, h], keys, radius, size)  # [B, G', N, K, dk]
+        if by_matmul:
+            q2b = torch.cat([q2b, torch.ones_like(q2b[..., :1])], dim=-1)  # [B, G', N, M, dk+1]
+            flag = outside[None, None].expand(k3b.shape[0], k3b.shape[1], -1, -1, -1)
+            k3b = torch.cat([k3b, flag], dim=-1)  # [B, G', N, K, dk + 1]
+        q2o = _by_position(q2b)  # [M, B G' N, dk]
         rel = torch.matmul(q2o, rel_q)  # [M, B G' N, K]
         logits = logits + rel.view(size, shape[0], shape[1], -1, shape[4]).permute(1, 2, 3, 0, 4)
-        k3p = _by_position(_blocks(k3[:, h], keys, radius, size))  # [K, B G' N, dk]
+        k3p = _by_position(k3b)  # [K, B G' N, dk]
         rel = torch.matmul(k3p, rel_k)  # [K, B G' N, M]
         logits = logits + rel.view(shape[4], shape[0], shape[1], -1, size).permute(1, 2, 3, 4, 0)
-        weights = torch.softmax(logits.masked_fill(~valid, float("-inf")), dim=-1)
+        if not by_matmul:
+            valid = _blocks_valid(length, blocks, size, radius, span, span_mode, device)
+            logits = logits.masked_fill(~valid, float("-inf"))  # [N, M, K] valid
+        weights = torch.softmax(logits, dim=-1)
         vb = _blocks(v[:, h], keys, radius, size)  # [B, G', N, K, dv]
         sv = torch.matmul(weights, vb)  # [B, G', N, M, dv]
         sve = torch.matmul(weights.permute(3, 0, 1, 2, 4).reshape(size, -1, shape[4]), rel_v)
         sve = sve.view(size, shape[0], shape[1], -1, sve.shape[-1]).permute(1, 2, 3, 0, 4)
         # [B, G', N M, dv] -> the first L positions, [B, G', dv, L]
-        outputs.append(
-            tuple(t.flatten(2, 3)[:, :, :length].transpose(2, 3) for t in (sv, sve))
-        )
+        outputs.append(tuple(t.flatten(2, 3)[:, :, :length].transpose(2, 3) for t in (sv, sve)))
     sv = torch.cat([o[0] for o in outputs], dim=1)  # [B, G, dv, L]
     sve = torch.cat([o[1] for o in outputs], dim=1)
     return torch.cat([sv, sve], dim=1).reshape(b, -1, length)  # [B, 2 G dv, L]
