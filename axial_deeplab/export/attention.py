@@ -73,12 +73,13 @@ def _blocks(x: torch.Tensor, index: torch.Tensor, radius: int, size: int) -> tor
     One ``Gather`` of the flattened index (not ``GatherND``)."""
     padded = F.pad(x, (0, 0, radius, 2 * size + radius))  # [B, G, L', d]
     out = padded.index_select(2, index.reshape(-1))  # [B, G, N S, d]
-    return out.view(x.shape[0], x.shape[1], -1, index.shape[1], x.shape[3])
+    return out.view(x.shape[0], x.shape[1], index.shape[0], index.shape[1], x.shape[3])
 
 
 def _by_position(x: torch.Tensor) -> torch.Tensor:
     """``[B, G, N, S, d]`` -> ``[S, B G N, d]`` (rows of the matmuls batched over positions)."""
-    return x.permute(3, 0, 1, 2, 4).reshape(x.shape[3], -1, x.shape[4])
+    rows = x.shape[0] * x.shape[1] * x.shape[2]
+    return x.permute(3, 0, 1, 2, 4).reshape(x.shape[3], rows, x.shape[4])
 
 
 def attend_windowed(q1, k, q2, k3, v, tables, *, span: int, span_mode: str) -> torch.Tensor:
@@ -122,6 +123,7 @@ def _attend_blocks(q1, k, q2, k3, v, tables, *, span: int, span_mode: str) -> to
     # extra query-table channel that meets a query channel 1. Either adds exactly 0 to counting
     # logits, and -1e30 (exp underflows to exactly 0, as for -inf) to the others. Padded queries
     # (discarded) may see -1e30 everywhere: a finite, uniform softmax.
+    position = torch.arange(length, device=device)
     by_matmul = span_mode in ("local", "block")
     if by_matmul:
         outside = (keys - radius < 0) | (keys - radius >= length)  # [N, K]
@@ -157,20 +159,25 @@ def _attend_blocks(q1, k, q2, k3, v, tables, *, span: int, span_mode: str) -> to
             k3b = torch.cat([k3b, flag], dim=-1)  # [B, G', N, K, dk + 1]
         q2o = _by_position(q2b)  # [M, B G' N, dk]
         rel = torch.matmul(q2o, rel_q)  # [M, B G' N, K]
-        logits = logits + rel.view(size, shape[0], shape[1], -1, shape[4]).permute(1, 2, 3, 0, 4)
+        logits = logits + rel.view(size, shape[0], shape[1], shape[2], shape[4]).permute(
+            1, 2, 3, 0, 4
+        )
         k3p = _by_position(k3b)  # [K, B G' N, dk]
         rel = torch.matmul(k3p, rel_k)  # [K, B G' N, M]
-        logits = logits + rel.view(shape[4], shape[0], shape[1], -1, size).permute(1, 2, 3, 4, 0)
+        logits = logits + rel.view(shape[4], shape[0], shape[1], shape[2], size).permute(
+            1, 2, 3, 4, 0
+        )
         if not by_matmul:
             valid = _blocks_valid(length, blocks, size, radius, span, span_mode, device)
             logits = logits.masked_fill(~valid, float("-inf"))  # [N, M, K] valid
         weights = torch.softmax(logits, dim=-1)
         vb = _blocks(v[:, h], keys, radius, size)  # [B, G', N, K, dv]
         sv = torch.matmul(weights, vb)  # [B, G', N, M, dv]
-        sve = torch.matmul(weights.permute(3, 0, 1, 2, 4).reshape(size, -1, shape[4]), rel_v)
-        sve = sve.view(size, shape[0], shape[1], -1, sve.shape[-1]).permute(1, 2, 3, 0, 4)
+        sve = torch.matmul(_by_position(weights), rel_v)
+        sve = sve.view(size, shape[0], shape[1], shape[2], sve.shape[-1]).permute(1, 2, 3, 0, 4)
         # [B, G', N M, dv] -> the first L positions, [B, G', dv, L]
-        outputs.append(tuple(t.flatten(2, 3)[:, :, :length].transpose(2, 3) for t in (sv, sve)))
+        # (A Gather: a slice to the symbolic length leaves an unbacked size in the full model.)
+        outputs.append(tuple(t.flatten(2, 3)[:, :, position].transpose(2, 3) for t in (sv, sve)))
     sv = torch.cat([o[0] for o in outputs], dim=1)  # [B, G, dv, L]
     sve = torch.cat([o[1] for o in outputs], dim=1)
     return torch.cat([sv, sve], dim=1).reshape(b, -1, length)  # [B, 2 G dv, L]
@@ -187,15 +194,15 @@ def _attend_global(q1, k, q2, k3, v, tables) -> torch.Tensor:
     g = q1.shape[1]
     logits = torch.matmul(q1, k.transpose(2, 3))  # [B, G, L, L]
     # The relative terms as matmuls batched over positions (rows: lines x heads).
-    q2o = q2.permute(2, 0, 1, 3).reshape(length, -1, q2.shape[3])  # [L(o), B G, dk]
+    q2o = q2.permute(2, 0, 1, 3).reshape(length, b * g, q2.shape[3])  # [L(o), B G, dk]
     rel = torch.matmul(q2o, table_q.t()[index].transpose(1, 2))  # [L(o), B G, L(p)]
     logits = logits + rel.view(length, b, g, length).permute(1, 2, 0, 3)
-    k3p = k3.permute(2, 0, 1, 3).reshape(length, -1, k3.shape[3])  # [L(p), B G, dk]
+    k3p = k3.permute(2, 0, 1, 3).reshape(length, b * g, k3.shape[3])  # [L(p), B G, dk]
     rel = torch.matmul(k3p, table_k.t()[index.t()].transpose(1, 2))  # [L(p), B G, L(o)]
     logits = logits + rel.view(length, b, g, length).permute(1, 2, 3, 0)
     weights = torch.softmax(logits, dim=-1)  # [B, G, L(o), L(p)]
     sv = torch.matmul(weights, v).transpose(2, 3)  # [B, G, dv, L]
-    wo = weights.permute(2, 0, 1, 3).reshape(length, -1, length)  # [L(o), B G, L(p)]
+    wo = weights.permute(2, 0, 1, 3).reshape(length, b * g, length)  # [L(o), B G, L(p)]
     sve = torch.matmul(wo, table_v.t()[index])  # [L(o), B G, dv]
-    sve = sve.view(length, b, g, -1).permute(1, 2, 3, 0)  # [B, G, dv, L]
+    sve = sve.view(length, b, g, table_v.shape[0]).permute(1, 2, 3, 0)  # [B, G, dv, L]
     return torch.cat([sv, sve], dim=1).reshape(b, -1, length)  # [B, 2 G dv, L]
