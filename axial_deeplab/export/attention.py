@@ -14,7 +14,8 @@ decision on the length:
   ``|p - o| <= span // 2`` inside the line; ``block``: the mode's own geometry
   (``M = 2 span - 1``, ``R = span // 2``), every key of the widened block inside the line.
   The relative distance of key slot ``c`` to query ``a`` of a block is ``c - R - a`` in every
-  block, so the relative embeddings are one ``[d, M, M + 2 R]`` gather of each table.
+  block, so the relative embeddings are one position-major gather of each table
+  (``[M, d, M + 2 R]``).
   The heads run in groups of :data:`HEAD_GROUP` (a fixed Python loop), so that the
   ``[lines, heads, blocks, M, M + 2 R]`` logits of one group only are alive at a time: at
   1025 x 2049 the first stage of Axial-DeepLab-L has 257 lines of 513 positions and 8 heads.
@@ -23,9 +24,15 @@ decision on the length:
   ``block`` geometry with a mask, which computes far more logits on short axes.)
 - ``global``: all ``L x L`` pairs, table indices ``clip(p - o)`` from ``arange(L)``.
 
-Masked keys get ``-inf`` logits, as in the eager core, so the softmax weights agree up to float
-round-off (the sums run in another order). Padded queries (past the end of the line) see every
-slot, so that their (discarded) softmax has no empty row. ``export.tracing.traceable_model``
+Every product is a ``MatMul`` (ONNX Runtime's CPU ``Einsum`` took most of the layer's time): the
+dot products batched over lines x heads (x blocks), the relative terms batched over the query (or
+key) positions with position-major tables, as the eager core does with strided views.
+
+Masked keys get ``-inf`` logits, as in the eager core (``local`` and ``block``: ``-1e30``, added
+by an extra channel of the relative matmuls instead of a ``Where`` over the logits; the exponent
+underflows to exactly 0 either way), so the softmax weights agree up to float round-off (the sums
+run in another order). Padded queries (past the end of the line) are discarded; their softmax
+rows are never empty (``-inf`` masks) or finite (``-1e30``). ``export.tracing.traceable_model``
 swaps this function into ``layers.axial_attention`` while a model is traced.
 """
 
