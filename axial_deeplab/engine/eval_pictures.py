@@ -32,8 +32,8 @@ class EvalPictureWriter:
 
     def add(self, record: dict, labels: np.ndarray, outputs: dict[str, torch.Tensor]) -> None:
         """One image: ``record`` (``image`` ``[3, H, W]`` RGB, ``panoptic`` segment ids and
-        ``segments_info``), its ``labels`` ``[H, W]`` and raw ``outputs`` (``semantic`` logits) with ``centers``.
-        """
+        ``segments_info``), its ``labels`` ``[H, W]`` and raw ``outputs`` (``semantic`` logits)
+        with ``centers``."""
         from .infer_net import render
 
         if len(self.written) >= self.count:

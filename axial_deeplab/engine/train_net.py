@@ -7,8 +7,8 @@ unless ``--allow-random-weights``); with ``TEST.SAVE_PREDICTIONS True`` it also 
 predictions in the official formats (COCO panoptic PNG + JSON with the data set's category ids;
 Cityscapes label-id PNGs and instance txt + masks for Cityscapes-format data) and ``metrics.json``
 to ``OUTPUT_DIR/inference``; it draws the first ``TEST.NUM_PICTURES`` images (prediction beside
-ground truth) to ``OUTPUT_DIR/eval_pictures``. Multi-node: launch this with ``torchrun``, or submit it to Slurm
-with ``--slurm`` (see :mod:`.slurm`).
+ground truth) to ``OUTPUT_DIR/eval_pictures``. Multi-node: launch this with ``torchrun``, or submit
+it to Slurm with ``--slurm`` (see :mod:`.slurm`).
 
 Ctrl-C, SIGTERM, SIGUSR1 or SIGUSR2 during training saves a checkpoint and exits with
 ``128 + signal number`` and a line saying how to resume. Errors are one line (``--debug`` or

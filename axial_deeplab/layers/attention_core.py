@@ -52,7 +52,8 @@ def attention_weights(q1, k, q2_o, rq, k3_p, rk, mask, out, logits, scratch):
     """Softmax weights of one chunk of ``BG'`` lines x heads, written to ``out [BG', Lo, Lp]``.
 
     ``q2_o [Lo, BG', dk]`` and ``k3_p [Lp, BG', dk]`` are position-major; ``logits`` and
-    ``scratch`` are flat buffers of at least ``Lo * BG' * Lp`` elements (other shapes: see ``AttentionCore``).
+    ``scratch`` are flat buffers of at least ``Lo * BG' * Lp`` elements (other shapes: see
+    ``AttentionCore``).
     """
     n_q, bg, n_k = rq.shape[0], q1.shape[0], rk.shape[0]
     logits, scratch = logits[: out.numel()], scratch[: out.numel()]
