@@ -271,8 +271,10 @@ def evaluate_panoptic(
                     label_divisor=metadata.label_divisor,
                 )  # fmt: skip
                 record = {k: v[i] for k, v in batch.items()}
-                for sink in sinks:
-                    sink.add(record, labels.cpu().numpy(), {**one, "centers": centers})
+                if sinks:
+                    labels_np, given = labels.cpu().numpy(), {**one, "centers": centers}
+                    for sink in sinks:
+                        sink.add(record, labels_np, given)
                 metrics.process(record, labels, one)
     model.train(was_training)
     for sink in sinks:

@@ -193,6 +193,13 @@ def load_class_names(path: str, thing_ids: list[int] | None) -> InferenceMetadat
     return InferenceMetadata.from_dataset(coco_metadata(categories, name=path, source=path))
 
 
+def named_classes(cfg) -> int:
+    """The classes the model's outputs name: ``NUM_CLASSES``, less a void output channel
+    (``MODEL.SEM_SEG_HEAD.VOID_CLASS``), which is no class."""
+    sem = cfg.MODEL.SEM_SEG_HEAD
+    return sem.NUM_CLASSES - int(sem.VOID_CLASS >= 0)
+
+
 def metadata_from_config(cfg) -> tuple[InferenceMetadata, str]:
     """Metadata of the config's first data set (``DATASETS.TEST``, else ``TRAIN``) and where it
     came from: the built-in table for the built-in Cityscapes and COCO splits, else the data set's
@@ -210,8 +217,7 @@ def metadata_from_config(cfg) -> tuple[InferenceMetadata, str]:
             return InferenceMetadata.from_dataset(meta), f"data set {names[0]}"
         except (KeyError, ValueError, OSError) as exc:
             print(f"notice: cannot load data set {names[0]} for class names ({exc})")
-    sem = cfg.MODEL.SEM_SEG_HEAD
-    num_classes = sem.NUM_CLASSES - int(sem.VOID_CLASS >= 0)  # a void channel is no class
+    num_classes = named_classes(cfg)
     print(f"notice: generic class names class_0..class_{num_classes - 1}, no thing classes "
           "(pass --class-names for names and instances)")  # fmt: skip
     return InferenceMetadata.generic(num_classes), "generic names"
@@ -386,12 +392,15 @@ def run(args: argparse.Namespace) -> dict:
     metadata, source = choose_metadata(args, cfg, stored_metadata)
     print(f"class names: {source}")
     sem = cfg.MODEL.SEM_SEG_HEAD
-    void = int(sem.VOID_CLASS >= 0)  # a void output channel names no class
-    if len(metadata.class_names) != sem.NUM_CLASSES - void:
+    if len(metadata.class_names) != named_classes(cfg):
         raise ValueError(
             f"{source} names {len(metadata.class_names)} classes but "
             f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {sem.NUM_CLASSES}"
-            + (f" with one void channel (VOID_CLASS {sem.VOID_CLASS})" if void else "")
+            + (
+                f" with one void channel (VOID_CLASS {sem.VOID_CLASS})"
+                if sem.VOID_CLASS >= 0
+                else ""
+            )
         )
     return run_predictor(args, build_predictor(cfg, metadata, device), items)
 
