@@ -34,10 +34,9 @@ def _terms_and_window(layer, x):
     """Dense ``[3, B, G, L, L]`` logit terms of ``layer`` on ``x`` and the ``[L, L]`` window."""
     length = x.shape[-1]
     lines = x.permute(0, 2, 1, 3).reshape(-1, layer.in_channels, length)  # [B, C_in, L]
-    qkv = layer._project(lines)
+    q, k, _ = layer._project(lines)
     g, dk = layer.num_heads, layer.key_channels
-    q = qkv[:, : g * dk].view(-1, g, dk, length)
-    k = qkv[:, g * dk : 2 * g * dk].view(-1, g, dk, length)
+    q, k = q.view(-1, g, dk, length), k.view(-1, g, dk, length)
     idx = pair_index((0, length), (0, length), layer.query_rel.shape[1])  # [L, L]
     terms = torch.stack([
         torch.einsum("bgdo,bgdp->bgop", q, k),

@@ -365,3 +365,46 @@ def test_relative_table_sizes():
         table_size(64, "hybrid")
     with pytest.raises(ValueError, match="span_mode must be one of"):
         table_size(65, "window")
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "local", "global"])
+def test_compiled_inference_runs_the_graph_core(monkeypatch, mode):
+    """Under torch.compile without autograd the layer runs the shape-generic attention of
+    export/ (the eager core's Python plan of blocks would be unrolled), in one graph, with the
+    eager layer's outputs; with autograd it keeps the eager core."""
+    from axial_deeplab.layers import axial_attention
+
+    calls = []
+    graph_core = axial_attention.attend_windowed
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["span_mode"])
+        return graph_core(*args, **kwargs)
+
+    monkeypatch.setattr(axial_attention, "attend_windowed", counted)
+    layer = make_layer(span=5, span_mode=mode, axis="width").eval()
+    x = torch.randn(2, layer.in_channels, 7, 23, dtype=DTYPE)  # 23 > 2 * 5 - 1: hybrid runs local blocks
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        expected, got = layer(x), compiled(x)
+    assert calls == [mode]
+    torch.testing.assert_close(got, expected, atol=1e-9, rtol=0)
+    calls.clear()
+    layer(x)  # eager: the eager core
+    assert calls == []
+
+
+def test_graph_projection_equals_eager():
+    """export.tracing.project (one conv per part, for graphs) equals the eager projection."""
+    from axial_deeplab.export.tracing import project as graph_project
+    from axial_deeplab.layers.axial_attention import project
+
+    gen = torch.Generator().manual_seed(0)
+    lines, weight = torch.randn(3, 6, 11, generator=gen), torch.randn(10, 6, generator=gen)
+    shift = torch.randn(10, generator=gen)
+    eager = project(lines, weight, shift, (2, 3, 5))
+    graph = graph_project(lines, weight, shift, (2, 3, 5))
+    assert [t.shape for t in graph] == [(3, 2, 11), (3, 3, 11), (3, 5, 11)]
+    for a, b in zip(eager, graph, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

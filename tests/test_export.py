@@ -28,7 +28,6 @@ from axial_deeplab.engine import infer_net  # noqa: E402
 from axial_deeplab.engine.evaluate import VOID_LABEL, panoptic_prediction  # noqa: E402
 from axial_deeplab.engine.inference import Predictor  # noqa: E402
 from axial_deeplab.engine.inputs import read_image  # noqa: E402
-from axial_deeplab.export import attention as export_attention  # noqa: E402
 from axial_deeplab.export.cli import build_pipeline  # noqa: E402
 from axial_deeplab.export.cli import main as export_main  # noqa: E402
 from axial_deeplab.export.pipeline import export_program, save_onnx, save_program  # noqa: E402
@@ -38,7 +37,7 @@ from axial_deeplab.export.postprocessing import (  # noqa: E402
     thing_table,
 )
 from axial_deeplab.export.runtime import ExportedPredictor  # noqa: E402
-from axial_deeplab.layers import axial_attention  # noqa: E402
+from axial_deeplab.layers import attention_graph, axial_attention  # noqa: E402
 from axial_deeplab.modeling.postprocessing import get_panoptic_segmentation  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -355,5 +354,5 @@ def test_windowed_attention_equals_the_eager_core():
             v = torch.randn(2, 2, 4, length, generator=gen)
             tables = tuple(torch.randn(d, size, generator=gen) for d in (3, 3, 4))
             ref = attend(q1, k, q2, k3, v, tables, span=9, span_mode=mode)
-            got = export_attention.attend_windowed(q1, k, q2, k3, v, tables, span=9, span_mode=mode)
+            got = attention_graph.attend_windowed(q1, k, q2, k3, v, tables, span=9, span_mode=mode)
             assert (got - ref).abs().max() < 1e-5, (mode, length)

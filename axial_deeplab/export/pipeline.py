@@ -39,6 +39,17 @@ MIN_SIZE = 33  # smallest height and width the exported programs accept (the mod
 MAX_SIZE = 4096  # largest height and width the exported programs accept
 
 
+def class_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the classes of ``logits [N, K, H, W]``. In an exported graph it is written out
+    as max, subtract, exp, sum and divide: ONNX Runtime's ``Softmax`` took 0.77 s on ``[1, 19,
+    1025, 2049]`` against 0.06 s for these ops, which agree with ``torch.softmax`` within 1.2e-7
+    (ONNX Runtime's own within 3.6e-7)."""
+    if not torch.compiler.is_exporting():
+        return torch.softmax(logits, dim=1)
+    exp = (logits - logits.amax(dim=1, keepdim=True)).exp()
+    return exp / exp.sum(dim=1, keepdim=True)
+
+
 class PanopticPipeline(nn.Module):
     """Image ``[H, W, 3]`` uint8 RGB -> :data:`OUTPUT_NAMES` (see the module docstring).
 
@@ -83,7 +94,7 @@ class PanopticPipeline(nn.Module):
             )
         x = image.permute(2, 0, 1)[None].float()  # [H, W, 3] -> [1, 3, H, W]
         out = self.model(x)
-        prob = torch.softmax(out["semantic"].float(), dim=1)[0]  # [K, H, W]
+        prob = class_softmax(out["semantic"].float())[0]  # [K, H, W]
         return prob, out["center"].float()[0], out["offset"].float()[0]
 
     def panoptic(

@@ -2,11 +2,12 @@
 
 Traced with a symbolic height and width, the eager code would pin them to the example's values:
 the axial attention core plans its blocks and chunks from the axis length
-(:mod:`axial_deeplab.export.attention` replaces it), and ``upsample_offsets`` computes its
+(:mod:`axial_deeplab.layers.attention_graph` replaces it), and ``upsample_offsets`` computes its
 rescaling factors as Python floats of the sizes (:func:`offset_scales` computes the same factors
 as tensors: the float64 quotient of the sizes, rounded to float32 as ``new_tensor`` rounds the
-Python float). :func:`traceable_model` swaps both in for the duration of a trace; the module
-functions are restored on exit.
+Python float). The attention's projection is also swapped (:func:`project`): the eager one
+multiplies by a weight expanded over the lines, which a graph materialises. :func:`traceable_model`
+swaps them in for the duration of a trace; the module functions are restored on exit.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from collections.abc import Iterator
 
 import torch
 import torch.fx.experimental._config as fx_config
+import torch.nn.functional as F
 
 from ..layers import axial_attention
+from ..layers.attention_graph import attend_windowed
 from ..modeling import panoptic_deeplab
-from .attention import attend_windowed
 
 
 def offset_scales(offsets: torch.Tensor, size, *, align_corners: bool) -> torch.Tensor:
@@ -42,11 +44,25 @@ def upsample_offsets(offsets: torch.Tensor, size, *, align_corners: bool) -> tor
     return resized * offset_scales(offsets, size, align_corners=align_corners)
 
 
+def project(
+    lines: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, sizes: tuple[int, ...]
+) -> tuple[torch.Tensor, ...]:
+    """Drop-in for ``axial_attention.project``: one 1-D convolution per channel group. In ONNX
+    Runtime the eager version's expanded weight is a copy (``[B, C, C_in]``: 1 GB for a stage-4
+    layer of Axial-DeepLab-L at 1025 x 2049) and its split copies the output twice."""
+    parts, start = [], 0
+    for size in sizes:
+        part = slice(start, start + size)
+        parts.append(F.conv1d(lines, weight[part, :, None], shift[part]))
+        start += size
+    return tuple(parts)
+
+
 @contextlib.contextmanager
 def traceable_model() -> Iterator[None]:
     """Within the block, the model runs the shape-generic stand-ins (for ``torch.export``)."""
-    saved = axial_attention.attend, panoptic_deeplab.upsample_offsets
-    axial_attention.attend = attend_windowed
+    saved = axial_attention.attend, axial_attention.project, panoptic_deeplab.upsample_offsets
+    axial_attention.attend, axial_attention.project = attend_windowed, project
     panoptic_deeplab.upsample_offsets = upsample_offsets
     try:
         # Sizes read as at least 2 in the shape checks of views and matmuls: the block count of
@@ -55,4 +71,4 @@ def traceable_model() -> Iterator[None]:
         with fx_config.patch(backed_size_oblivious=True):
             yield
     finally:
-        axial_attention.attend, panoptic_deeplab.upsample_offsets = saved
+        axial_attention.attend, axial_attention.project, panoptic_deeplab.upsample_offsets = saved

@@ -22,12 +22,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention_core import attend, key_ranges
+from .attention_graph import attend_windowed
 from .batch_norm import running_affine, sync_moments, update_running_stats, uses_batch_stats
 from .logit_stats import logit_moments
 from .relative_position import extended_index, table_size
 
 AXES = {"height": 2, "width": 3}
 STRIDE_MODES = ("subsample", "avgpool")
+
+
+def project(
+    lines: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, sizes: tuple[int, ...]
+) -> tuple[torch.Tensor, ...]:
+    """``weight @ lines + shift`` for ``lines [B, C_in, L]``, ``weight [C, C_in]``, ``shift [C]``,
+    split into channel groups of ``sizes`` (views): ``[B, c, L]`` each.
+
+    One batched matmul of the weight expanded (a view) over the lines: about twice as fast on the
+    CPU as ``conv1d`` on these shapes. (A graph would copy the expanded weight:
+    ``export.tracing`` swaps in a version for graphs.)
+    """
+    out = torch.baddbmm(shift[:, None], weight.expand(lines.shape[0], -1, -1), lines)
+    return torch.split(out, sizes, dim=1)
 
 
 class AxialAttention(nn.Module):
@@ -124,7 +139,7 @@ class AxialAttention(nn.Module):
             lines = x.permute(0, 2, 1, 3)  # [N, H, C_in, W]
         n_lines, length = lines.shape[1], lines.shape[3]
         lines = lines.reshape(n * n_lines, self.in_channels, length)  # [B, C_in, L]
-        out = self._attend(self._project(lines))  # [B, 2C, L]: [sum W v | sum W rv]
+        out = self._attend(*self._project(lines))  # [B, 2C, L]: [sum W v | sum W rv]
         out = self._combine(out).view(n, n_lines, self.out_channels, length)  # [N, lines, C, L]
         if self.axis == "height":
             out = out.permute(0, 2, 3, 1)  # [N, C, H, W]
@@ -132,16 +147,17 @@ class AxialAttention(nn.Module):
             out = out.permute(0, 2, 1, 3)  # [N, C, H, W]
         return self._apply_stride(out)
 
-    def _project(self, lines: torch.Tensor) -> torch.Tensor:
-        """``qkv_norm(qkv_proj(lines))`` for ``lines [B, C_in, L]``; returns ``[B, 2C, L]``."""
-        weight = self.qkv_proj.weight.flatten(2)  # [2C, C_in, 1]
+    def _project(self, lines: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``qkv_norm(qkv_proj(lines))`` for ``lines [B, C_in, L]``, split into ``q, k [B, G dk,
+        L]`` and ``v [B, G dv, L]``."""
+        weight = self.qkv_proj.weight.flatten(1)  # [2C, C_in]
+        g, dk, dv = self.num_heads, self.key_channels, self.value_channels
+        sizes = (g * dk, g * dk, g * dv)
         if uses_batch_stats(self.qkv_norm):
-            qkv = F.conv1d(lines, weight).unsqueeze(-1)  # [B, 2C, L, 1]
-            return self.qkv_norm(qkv).squeeze(-1)  # [B, 2C, L]
+            qkv = F.conv1d(lines, weight[:, :, None]).unsqueeze(-1)  # [B, 2C, L, 1]
+            return torch.split(self.qkv_norm(qkv).squeeze(-1), sizes, dim=1)
         scale, shift = running_affine(self.qkv_norm)  # [2C] each
-        # One batched matmul: about twice as fast on CPU as conv1d on these [B, C_in, L] shapes.
-        weight = (weight[:, :, 0] * scale[:, None]).expand(lines.shape[0], -1, -1)
-        return torch.baddbmm(shift[:, None], weight, lines)  # [B, 2C, L]
+        return project(lines, weight * scale[:, None], shift, sizes)
 
     def _combine(self, out: torch.Tensor) -> torch.Tensor:
         """``output_norm`` of the two terms ``out [B, 2C, L]``, summed: ``[B, C, L]``."""
@@ -153,24 +169,30 @@ class AxialAttention(nn.Module):
         combined = torch.addcmul((shift[:c] + shift[c:])[:, None], out[:, :c], scale[:c, None])
         return combined.addcmul_(out[:, c:], scale[c:, None])  # [B, C, L]
 
-    def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
-        """Attention along the last axis of ``qkv [B, 2C, L]``; returns ``[B, 2C, L]``.
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention along the last axis of ``q, k [B, G dk, L]``, ``v [B, G dv, L]``; returns
+        ``[B, 2C, L]``.
 
         Under autocast (mixed precision) this part runs in float32: logits of 65+ positions and
         their softmax lose too much in float16/bfloat16, and the logit batch norm needs exact sums.
         """
-        device = qkv.device.type
+        device = q.device.type
         if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
             with torch.autocast(device, enabled=False):
-                return self._attend(qkv.float())
-        b, _, length = qkv.shape
+                return self._attend(q.float(), k.float(), v.float())
+        b, _, length = q.shape
         g, dk, dv = self.num_heads, self.key_channels, self.value_channels
-        q, k, v = torch.split(qkv, [g * dk, g * dk, g * dv], dim=1)
         q = q.view(b, g, dk, length)  # [B, G, dk, L]
         k = k.view(b, g, dk, length)  # [B, G, dk, L]
         v = v.view(b, g, dv, length)  # [B, G, dv, L]
         scales = self._logit_scales(q, k).view(3, g, 1, 1)  # [3, G, 1, 1]
-        return attend(
+        core = attend
+        if torch.compiler.is_compiling() and not torch.is_grad_enabled():
+            # torch.compile would unroll the eager core's Python plan of blocks and chunks
+            # (Axial-DeepLab-S at 641 x 641 had not compiled after 300 s); the shape-generic
+            # version (attention_graph, as exported) compiles in minutes.
+            core = attend_windowed
+        return core(
             q * scales[0],
             k,
             q * scales[1],

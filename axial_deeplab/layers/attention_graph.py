@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..layers.relative_position import block_geometry
+from .relative_position import block_geometry
 
 HEAD_GROUP = 2  # heads whose logits are computed at once
 HYBRID_COND = True  # hybrid: torch.cond between global and local (else one blocked geometry)
@@ -102,6 +102,8 @@ def attend_windowed(q1, k, q2, k3, v, tables, *, span: int, span_mode: str) -> t
             return _attend_blocks(*args[:5], args[5:], span=span, span_mode="local")
 
         length = q1.shape[-1]
+        if isinstance(length, int):  # a known length (eager, torch.compile): no cond needed
+            return (short if length <= 2 * span - 1 else long)(q1, k, q2, k3, v, *tables)
         # (Clones: the operands are often views of one projection, and cond takes no aliases.)
         operands = tuple(t.clone() for t in (q1, k, q2, k3, v, *tables))
         return torch.cond(length <= 2 * span - 1, short, long, operands)
