@@ -3,7 +3,7 @@
 Usage::
 
     python bench/export.py [--cases 641x641=CFG 1025x2049=CFG] [--weights CKPT] [--repeats 1]
-                           [--compile-timeout 1800] [--onnx-optimize]
+                           [--rounds 1] [--exports DIR] [--compile-timeout 1800] [--onnx-optimize]
     python bench/export.py --post-only [--peaks 20 200] [--repeats 5] [--backends eager onnxruntime]
 
 Each case is an image size with the config of the model run at that size; the default cases are
@@ -24,7 +24,12 @@ post-processing: those -> panoptic map, centres), then runs each backend in its 
   optimisation pass unless ``--onnx-optimize`` (it took over 15 minutes on the full models here).
 
 Each child runs one warm-up image (compilation included), then times ``--repeats`` images (median
-wall-clock ms of the network, of the post-processing and of both). ``peak MiB``: the highest
+wall-clock ms of the network, of the post-processing and of both). ``--rounds N`` runs the eager
+and ONNX Runtime children N times in alternation (eager, onnxruntime, eager, ...; compile once), so
+that load changes on a shared machine hit both, and adds a row per backend with the medians over
+the rounds; its ratio is the median of the per-round ratios to eager. ``--exports DIR`` keeps the
+weights and graphs of each case in ``DIR/HxW`` and reuses them when the case's config and weights
+are the same (an export takes minutes). ``peak MiB``: the highest
 resident memory during the timed runs over the resident memory once the model (or session) was
 loaded, before the warm-up (``VmHWM`` reset through ``/proc/self/clear_refs`` after the warm-up),
 so that memory a backend keeps from the warm-up (ONNX Runtime's arena) counts. ``warm-up s``: the
@@ -50,6 +55,7 @@ operations most); the panoptic maps are compared with eager's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -116,6 +122,7 @@ def build(work: str) -> PanopticPipeline:
 
 def prepare(weights: str, config: str, work: str, optimize: bool) -> None:
     """Weights, setup and the two ONNX graphs of one case into ``work``."""
+    case = [weights, config]  # (config may be replaced by the checkpoint's below)
     from axial_deeplab.export.cli import build_pipeline
     from axial_deeplab.export.pipeline import example_image
 
@@ -144,7 +151,7 @@ def prepare(weights: str, config: str, work: str, optimize: bool) -> None:
     torch.save(pipeline.model.state_dict(), os.path.join(work, "model.pth"))
     description = pipeline.description()
     setup = {"config": config, "opts": opts, "metadata": description["metadata"],
-             "postprocessing": description["postprocessing"]}  # fmt: skip
+             "postprocessing": description["postprocessing"], "case": case}  # fmt: skip
     with open(os.path.join(work, "setup.json"), "w", encoding="utf-8") as f:
         json.dump(setup, f)
     dim = torch.export.Dim.DYNAMIC(min=MIN_SIZE, max=MAX_SIZE)
@@ -405,6 +412,10 @@ def main() -> None:
         help="sizes and the config of each (with --weights: HxW alone, the checkpoint's config)",
     )
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="eager and onnxruntime children, alternating"
+    )
+    parser.add_argument("--exports", default="", help="keep and reuse each case's exports here")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument(
         "--compile-timeout", type=float, default=1800.0, help="seconds for a compile child"
@@ -465,29 +476,72 @@ def main() -> None:
           "peak MiB, warm-up s, then vs eager: identical panoptic pixels | max |diff| of "
           "probabilities, centre heatmap, offsets")  # fmt: skip
     for size, config in cases:
-        with tempfile.TemporaryDirectory(prefix="bench_export_") as work:
-            start = time.perf_counter()
-            prepare(args.weights, config, work, args.onnx_optimize)
+        with contextlib.ExitStack() as stack:
+            if args.exports:
+                work = os.path.join(args.exports, size)
+                os.makedirs(work, exist_ok=True)
+            else:
+                work = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_export_"))
             name = os.path.relpath(config, REPO) if config else args.weights
-            print(f"{size} {name}: exported the network and the post-processing in "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
-            eager = None
-            for backend in backends:
-                timeout = args.compile_timeout if backend == "compile" else None
-                r, why = run_child(backend, work, size, args.repeats, timeout)
-                if r is None:
-                    print(f"{size:>10} {backend:>12} failed: {why}", flush=True)
-                    if backend == "eager":
-                        break
-                    continue
-                eager = eager or r
-                print(f"{size:>10} {backend:>12} {r['network_ms']:11.1f} {r['post_ms']:8.1f} "
-                      f"{r['total_ms']:9.1f} {r['total_ms'] / eager['total_ms']:6.2f} "
-                      f"{r['peak_mib']:8.1f} {r['warmup_s']:7.1f}  {compare(work, backend)}",
-                      flush=True)  # fmt: skip
-                if backend != "eager":
-                    os.remove(os.path.join(work, f"{backend}.npz"))
+            if _prepared(work, args.weights, config):
+                print(f"{size} {name}: the network and post-processing exported in {work}")
+            else:
+                start = time.perf_counter()
+                prepare(args.weights, config, work, args.onnx_optimize)
+                print(f"{size} {name}: exported the network and the post-processing in "
+                      f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+            run_case(work, size, backends, args)
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+def _prepared(work: str, weights: str, config: str) -> bool:
+    """``work`` holds the exports of this case (``--exports``): same config and weights."""
+    try:
+        with open(os.path.join(work, "setup.json"), encoding="utf-8") as f:
+            setup = json.load(f)
+    except FileNotFoundError:
+        return False
+    names = ("model.pth", "net.onnx", "post.onnx")
+    files = all(os.path.isfile(os.path.join(work, n)) for n in names)
+    return files and setup.get("case") == [weights, config]
+
+
+def _row(size: str, backend: str, r: dict, ratio: float, tail: str) -> str:
+    return (f"{size:>10} {backend:>12} {r['network_ms']:11.1f} {r['post_ms']:8.1f} "
+            f"{r['total_ms']:9.1f} {ratio:6.2f} {r['peak_mib']:8.1f} {r['warmup_s']:7.1f}  "
+            f"{tail}")  # fmt: skip
+
+
+def run_case(work: str, size: str, backends: list[str], args: argparse.Namespace) -> None:
+    """Every backend's child on one prepared case, ``--rounds`` times (compile once)."""
+    results: dict[str, list[dict]] = {b: [] for b in backends}
+    ratios: dict[str, list[float]] = {b: [] for b in backends}
+    for index in range(args.rounds):
+        eager = None
+        for backend in backends:
+            if backend == "compile" and index:
+                continue
+            timeout = args.compile_timeout if backend == "compile" else None
+            r, why = run_child(backend, work, size, args.repeats, timeout)
+            if r is None:
+                print(f"{size:>10} {backend:>12} failed: {why}", flush=True)
+                if backend == "eager":
+                    return
+                continue
+            eager = eager or r
+            results[backend].append(r)
+            ratios[backend].append(r["total_ms"] / eager["total_ms"])
+            label = f"{backend}" if args.rounds == 1 else f"{backend} {index + 1}"
+            print(_row(size, label, r, ratios[backend][-1], compare(work, backend)), flush=True)
+            if backend != "eager":
+                os.remove(os.path.join(work, f"{backend}.npz"))
+    if args.rounds > 1:
+        for backend in backends:
+            if results[backend]:
+                median = {k: float(np.median([r[k] for r in results[backend]]))
+                          for k in results[backend][0] if k != "segments"}  # fmt: skip
+                print(_row(size, f"{backend} median", median, float(np.median(ratios[backend])),
+                           f"over {len(results[backend])} rounds"), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
