@@ -20,7 +20,11 @@ from axial_deeplab.data.validation import (
     validate_images,
 )
 from axial_deeplab.evaluation.panoptic import PanopticEvaluator, PQStats, RunsImage
-from axial_deeplab.evaluation.parallel import keep_freed_memory, map_batches
+from axial_deeplab.evaluation.parallel import (
+    keep_freed_memory,
+    map_batches,
+    shrinking_batch_sizes,
+)
 from axial_deeplab.evaluation.runs import PanopticPngReader
 from axial_deeplab.utils.atomic import write_json
 
@@ -115,10 +119,11 @@ def evaluate_panoptic_files(
     tasks = build_tasks(gt, gt_json, gt_dir, pred, pred_json, pred_dir)
     workers = workers or _available_cpus()
     batch_size = max(1, min(_BATCH_SIZE, len(tasks) // (4 * workers)))
+    sizes = shrinking_batch_sizes(len(tasks), batch_size, workers)  # workers end together
     bar = _Progress(len(tasks)) if progress else None
     try:
         per_batch = map_batches(
-            _BatchStats(evaluator), tasks, batch_size=batch_size, workers=workers, on_result=bar
+            _BatchStats(evaluator), tasks, batch_size=sizes, workers=workers, on_result=bar
         )
     finally:
         if bar is not None:

@@ -17,6 +17,7 @@ page), which otherwise costs about a tenth of the time of numpy-heavy batches.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import mmap
 import os
 import pickle
@@ -31,21 +32,44 @@ R = TypeVar("R")
 _FRAME = struct.Struct("<Q")  # the byte length of each pickled message on a worker's pipe
 
 
+def shrinking_batch_sizes(num_items: int, batch_size: int, workers: int) -> list[int]:
+    """Sizes of consecutive batches of ``num_items`` items for ``workers`` processes:
+    ``batch_size`` while many items remain, then a ``1 / (2 workers)`` share of what remains, down
+    to single items, so that the workers run out of work at nearly the same time (with equal
+    batches, one waits for the other's last batch: half a batch on average). One worker: equal
+    batches."""
+    if workers <= 1:
+        full, rest = divmod(num_items, batch_size)
+        return [batch_size] * full + ([rest] if rest else [])
+    sizes, left = [], num_items
+    while left:
+        sizes.append(max(1, min(batch_size, -(-left // (2 * workers)))))
+        left -= sizes[-1]
+    return sizes
+
+
 def map_batches(
     function: Callable[[Sequence[T]], R],
     items: Sequence[T],
     *,
-    batch_size: int,
+    batch_size: int | Sequence[int],
     workers: int,
     on_result: Callable[[int, R], None] | None = None,
 ) -> list[R]:
     """``[function(batch) for batch in batches of items]``, computed by ``workers`` processes.
 
+    ``batch_size``: one size for all batches (the last one takes what is left), or the sizes of
+    the consecutive batches (summing to ``len(items)``; see :func:`shrinking_batch_sizes`).
     ``on_result(batch index, result)`` is called in this process as results arrive (for a progress
     bar). An exception raised by ``function`` in any process is raised here; the other workers are
     then stopped.
     """
-    num_batches = -(-len(items) // batch_size)
+    if isinstance(batch_size, int):
+        batch_size = shrinking_batch_sizes(len(items), batch_size, 1)
+    if sum(batch_size) != len(items) or min(batch_size, default=1) < 1:
+        raise ValueError(f"batch sizes {list(batch_size)} do not split {len(items)} items")
+    bounds = [0, *itertools.accumulate(batch_size)]  # [batches + 1] first item of each batch
+    num_batches = len(batch_size)
     results: dict[int, R] = {}
 
     def keep(index: int, result: R) -> None:
@@ -55,7 +79,7 @@ def map_batches(
 
     workers = max(1, min(workers, num_batches)) if hasattr(os, "fork") else 1
     if workers == 1:
-        for index, result in _batches(function, items, batch_size, None):
+        for index, result in _batches(function, items, bounds, None):
             keep(index, result)
         return [results[i] for i in range(num_batches)]
     counter = _SharedCounter()
@@ -66,10 +90,10 @@ def map_batches(
             pid = os.fork()
             if pid == 0:  # the worker
                 os.close(receiver)
-                _child(function, items, batch_size, counter, sender)  # never returns
+                _child(function, items, bounds, counter, sender)  # never returns
             os.close(sender)
             pending[receiver] = pid
-        for message in _batches(function, items, batch_size, counter):
+        for message in _batches(function, items, bounds, counter):
             keep(*message)
             _collect(pending, keep, block=False)  # the workers' results so far
         _collect(pending, keep)
@@ -118,19 +142,19 @@ def keep_freed_memory() -> None:
     mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
 
 
-def _batches(function, items, batch_size, counter: _SharedCounter | None) -> Iterator:
+def _batches(function, items, bounds: list[int], counter: _SharedCounter | None) -> Iterator:
     """Take the next batch number from ``counter`` (all of them in turn without one) and yield
-    ``(batch index, function(batch))`` until the items run out."""
+    ``(batch index, function(batch))`` until the batches (``items[bounds[i] : bounds[i + 1]]``)
+    run out."""
     index = -1
     while True:
         index = index + 1 if counter is None else counter.take()
-        batch = items[index * batch_size : (index + 1) * batch_size]
-        if not batch:
+        if index + 1 >= len(bounds):
             return
-        yield index, function(batch)
+        yield index, function(items[bounds[index] : bounds[index + 1]])
 
 
-def _child(function, items, batch_size, counter: _SharedCounter, sender: int) -> None:
+def _child(function, items, bounds: list[int], counter: _SharedCounter, sender: int) -> None:
     """A forked worker: sends ``(index, result)`` per batch, then ``None``, or the exception
     raised; then exits without returning to the caller's code."""
     code = 0
@@ -138,7 +162,7 @@ def _child(function, items, batch_size, counter: _SharedCounter, sender: int) ->
         keep_freed_memory()
         with os.fdopen(sender, "wb") as pipe:
             try:
-                for message in _batches(function, items, batch_size, counter):
+                for message in _batches(function, items, bounds, counter):
                     _send(pipe, message)
                 _send(pipe, None)
             except BaseException as err:  # noqa: BLE001 - handed to the parent, which raises it
