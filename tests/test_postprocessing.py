@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from axial_deeplab.modeling.postprocessing import (
+    class_probabilities,
     find_instance_centers,
     get_instances,
     get_panoptic_segmentation,
@@ -158,3 +159,14 @@ def test_nearest_centre_is_exact_on_near_ties():
     assert float32_distances[0, 0] == float32_distances[0, 1]  # the float32 tie
     assert group_pixels(centers, y, x).tolist() == [1]
     assert group_pixels(centers, y, torch.tensor([1.0])).tolist() == [0]  # a true tie: lower index
+
+
+def test_class_probabilities_computed_once_per_image():
+    """The softmax of an image's logits is kept in its outputs: the second caller (of the AP
+    metric, the Cityscapes writer, the pictures) gets the same tensor, not a new softmax."""
+    logits = torch.randn(5, 4, 6, dtype=torch.float64)
+    outputs = {"semantic": logits}
+    prob = class_probabilities(outputs)
+    assert prob.dtype == torch.float32 and prob.shape == (5, 4, 6)
+    torch.testing.assert_close(prob, logits.float().softmax(0))
+    assert class_probabilities(outputs) is prob and outputs["semantic_prob"] is prob

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..data.catalog import DatasetMetadata
+from ..modeling.postprocessing import class_probabilities
 from ..utils.atomic import write_rgb_png
 from ..utils.visualize import compose
 from .distributed import is_main_process
@@ -41,7 +42,7 @@ class EvalPictureWriter:
         image = record["image"].permute(1, 2, 0).clamp(0, 255).to(torch.uint8).cpu().numpy()
         meta = self.metadata
         # Scores are means of class probabilities: the evaluation's outputs hold logits.
-        raw = {**outputs, "semantic": outputs["semantic"].float().softmax(0)}
+        raw = {**outputs, "semantic": class_probabilities(outputs)}
         prediction = prediction_dict(
             torch.from_numpy(labels), outputs["centers"], raw, meta, void_class=self.void_class
         )

@@ -18,6 +18,7 @@ from ..evaluation.instance_ap import InstanceAPEvaluator
 from ..evaluation.panoptic import PanopticEvaluator
 from ..evaluation.semantic import SemanticEvaluator
 from ..modeling.postprocessing import (
+    class_probabilities,
     drop_void_channel,
     get_instances,
     get_panoptic_segmentation,
@@ -211,7 +212,7 @@ class PanopticMetrics:
         pred_sem = semantic_prediction(semantic, void_class=self.void_class)  # [H, W]
         self.miou.process(gt_sem, pred_sem.cpu().numpy())
         if self.ap is not None:
-            prob = drop_void_channel(semantic.float().softmax(0), void_class=self.void_class)
+            prob = drop_void_channel(class_probabilities(outputs), void_class=self.void_class)
             things = get_instances(
                 labels, prob, outputs["center"].float(),
                 thing_ids=meta.thing_train_ids, label_divisor=meta.label_divisor,
@@ -271,10 +272,10 @@ def evaluate_panoptic(
                     label_divisor=metadata.label_divisor,
                 )  # fmt: skip
                 record = {k: v[i] for k, v in batch.items()}
-                if sinks:
-                    labels_np, given = labels.cpu().numpy(), {**one, "centers": centers}
+                if sinks:  # (one dict for all, so that probabilities are computed once)
+                    labels_np, one["centers"] = labels.cpu().numpy(), centers
                     for sink in sinks:
-                        sink.add(record, labels_np, given)
+                        sink.add(record, labels_np, one)
                 metrics.process(record, labels, one)
     model.train(was_training)
     for sink in sinks:

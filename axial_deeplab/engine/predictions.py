@@ -31,7 +31,12 @@ from ..evaluation.writers import (
     write_cityscapes_instances,
     write_cityscapes_semantic,
 )
-from ..modeling.postprocessing import drop_void_channel, get_instances, semantic_prediction
+from ..modeling.postprocessing import (
+    class_probabilities,
+    drop_void_channel,
+    get_instances,
+    semantic_prediction,
+)
 from .distributed import all_gather_objects, is_main_process
 from .evaluate import labels_to_segments
 
@@ -103,7 +108,7 @@ class PredictionSaver:
         write_cityscapes_semantic(path, _resize_nearest(semantic, size), self.train_to_label_id)
         instances = get_instances(
             torch.from_numpy(labels),
-            drop_void_channel(outputs["semantic"].float().softmax(0), void_class=void).cpu(),
+            drop_void_channel(class_probabilities(outputs), void_class=void).cpu(),
             outputs["center"].float().cpu(),
             thing_ids=self.metadata.thing_train_ids,
             label_divisor=self.metadata.label_divisor,

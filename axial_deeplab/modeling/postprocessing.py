@@ -134,6 +134,16 @@ def drop_void_channel(semantic: torch.Tensor, *, void_class: int = -1) -> torch.
     return semantic[..., keep, :, :]
 
 
+def class_probabilities(outputs: dict) -> torch.Tensor:
+    """Softmax over the classes of one image's ``outputs["semantic"]`` logits ``[K, H, W]``
+    (float32), computed once per image: kept in ``outputs["semantic_prob"]`` for the next caller
+    (the AP metric, the Cityscapes writer and the evaluation pictures all need it)."""
+    prob = outputs.get("semantic_prob")
+    if prob is None:
+        prob = outputs["semantic_prob"] = outputs["semantic"].float().softmax(0)
+    return prob
+
+
 def get_panoptic_segmentation(
     semantic: torch.Tensor,
     center_heatmap: torch.Tensor,
