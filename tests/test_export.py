@@ -341,11 +341,14 @@ def test_post_processing_graph_equals_eager(post_graphs, size):
             assert ((expected[0] % 1000 == 0) | (expected[0] == VOID_LABEL)).all()
 
 
-def test_windowed_attention_equals_the_eager_core():
-    """Every span mode and axis lengths around the local/global switches (hybrid: 2 span - 1)."""
+@pytest.mark.parametrize("local_block", [16, 4, 1])
+def test_windowed_attention_equals_the_eager_core(monkeypatch, local_block):
+    """Every span mode and axis lengths around the local/global switches (hybrid: 2 span - 1);
+    local query blocks of the span (9) and smaller than it (4, 1)."""
     from axial_deeplab.layers.attention_core import attend
     from axial_deeplab.layers.relative_position import table_size
 
+    monkeypatch.setattr(attention_graph, "LOCAL_BLOCK", local_block)
     gen = torch.Generator().manual_seed(0)
     for mode in ("local", "hybrid", "global", "block"):
         for length in (1, 4, 9, 16, 17, 18, 19, 35, 41):

@@ -10,8 +10,10 @@ decision on the length:
   block widened by ``R`` keys on each side (``M + 2 R`` keys). Queries and keys are gathered per
   block from the line zero-padded by constants (index tensors from ``arange``: no size is split or
   padded by a symbolic amount), at least 2 blocks (so no block count is 1 while tracing).
-  ``local``: ``M = span``, ``R = span // 2`` (the eager core's blocks), a key counting where
-  ``|p - o| <= span // 2`` inside the line; ``block``: the mode's own geometry
+  ``local``: ``M = min(span, LOCAL_BLOCK)``, ``R = span // 2``, a key counting where
+  ``|p - o| <= span // 2`` inside the line (blocks of 16 queries see 80 keys each for span 65,
+  against 129 for blocks of 65 as in the eager core: less memory traffic, and a stage-1 layer of
+  Axial-DeepLab-S / -L 23% / 13% faster in ONNX Runtime); ``block``: the mode's own geometry
   (``M = 2 span - 1``, ``R = span // 2``), every key of the widened block inside the line.
   The relative distance of key slot ``c`` to query ``a`` of a block is ``c - R - a`` in every
   block, so the relative embeddings are one position-major gather of each table
@@ -44,13 +46,14 @@ import torch.nn.functional as F
 from .relative_position import block_geometry
 
 HEAD_GROUP = 2  # heads whose logits are computed at once
+LOCAL_BLOCK = 16  # local: queries per block (each sees the block widened by span // 2 a side)
 HYBRID_COND = True  # hybrid: torch.cond between global and local (else one blocked geometry)
 
 
 def block_plan(span: int, span_mode: str) -> tuple[int, int]:
     """``(M, R)``: queries per block and keys added on each side of it, for ``span_mode``."""
     if span_mode == "local":
-        return span, span // 2
+        return min(span, LOCAL_BLOCK), span // 2
     if span_mode in ("hybrid", "block"):
         return block_geometry(span)  # 2 span - 1, span // 2
     raise ValueError(f"span_mode {span_mode!r} has no fixed window")
