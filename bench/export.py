@@ -324,6 +324,10 @@ def main() -> None:
         return
     if "eager" not in args.backends:
         parser.error("--backends: eager is the reference and must be run")
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error(f"--rounds and --repeats: expected >= 1, got {args.rounds} and {args.repeats}")
+    if args.exports and os.path.exists(args.exports) and not os.path.isdir(args.exports):
+        parser.error(f"--exports: {args.exports} exists and is not a folder")
     backends = ["eager", *(b for b in args.backends if b != "eager")]
     cases = []
     for case in args.cases:
