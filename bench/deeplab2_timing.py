@@ -22,7 +22,9 @@ untimed call each:
   the graph and is not timed. TensorFlow is imported only in the child process
   (``--tf-child``), run by ``--tf-python``;
 - ours: what ``engine.evaluate.evaluate_panoptic`` runs per image: the model under
-  ``torch.no_grad()`` and ``panoptic_prediction`` with deeplab2's post-processing settings.
+  ``torch.no_grad()`` and ``panoptic_prediction`` with deeplab2's post-processing settings;
+  ``--compile``: the model compiled by ``torch.compile`` (for this input size; the untimed first
+  call compiles), deeplab2's ``tf.function`` being its compiled graph too.
 
 Prints the seconds of every run, the ratio of the medians (ours / deeplab2), in wall-clock and in
 process CPU time (all threads; on a loaded machine a process running more threads than cores gets
@@ -148,7 +150,7 @@ class TfChild:
 # Our side.
 
 
-def ours_runner(folder: str, config: str):
+def ours_runner(folder: str, config: str, compile_model: bool = False):
     """``(run, outputs, info)``: ``run()`` is one image through our eval path, returning the
     ``(wall, CPU)`` seconds it took; ``outputs()`` the last run's raw outputs and panoptic map."""
     import torch
@@ -156,6 +158,8 @@ def ours_runner(folder: str, config: str):
     from axial_deeplab.checkpoint.deeplab2_parity import _panoptic, converted_model
 
     model, info, _, _ = converted_model(folder, config)
+    if compile_model:
+        model = torch.compile(model, dynamic=False)
     dtype = next(model.parameters()).dtype
     reference = np.load(os.path.join(folder, "reference.npz"))
     image = torch.from_numpy(reference["input"]).permute(0, 3, 1, 2).to(dtype)  # [1, 3, H, W]
@@ -199,7 +203,7 @@ def time_key(args: argparse.Namespace, key: str, config: str) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     theirs = TfChild(args, folder)
-    run_ours, last, info = ours_runner(folder, config)
+    run_ours, last, info = ours_runner(folder, config, args.compile)
     runs: dict[str, list[tuple[float, float]]] = {"deeplab2": [], "ours": []}
     try:
         warm = {"deeplab2": theirs.run()[0], "ours": run_ours()[0]}  # untimed
@@ -213,6 +217,7 @@ def time_key(args: argparse.Namespace, key: str, config: str) -> dict:
         "size": list(np.load(os.path.join(folder, "reference.npz"))["input"].shape[1:3]),
         "warm_up_seconds": warm,
         "torch_threads": torch.get_num_threads(),
+        "compiled": args.compile,
         "deeplab2_child": theirs.ready,
         "agreement": agreement(folder, last(), info),
         "load_average": os.getloadavg()[0],
@@ -235,6 +240,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--compile", action="store_true", help="ours through torch.compile")
     parser.add_argument("--tf-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -266,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         wall, cpu = r["median_seconds"], r["median_cpu_seconds"]
         print(
             f"{model.key} at {r['size'][0]}x{r['size'][1]}, CPU, load {r['load_average']:.1f}: "
-            f"ours {wall['ours']:.1f} s, deeplab2 tf.function {wall['deeplab2']:.1f} s -> "
+            f"ours{' (torch.compile)' if r['compiled'] else ''} {wall['ours']:.1f} s, deeplab2 tf.function {wall['deeplab2']:.1f} s -> "
             f"{r['seconds_ratio']:.2f}x wall; CPU time ours {cpu['ours']:.1f} s, deeplab2 "
             f"{cpu['deeplab2']:.1f} s -> {r['cpu_seconds_ratio']:.2f}x\n"
             f"  runs (wall s): ours {[round(t, 1) for t in r['seconds']['ours']]}, deeplab2 "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -35,10 +36,20 @@ def init_from_env(device: str) -> torch.device:
     use_cuda = device.startswith("cuda") and torch.cuda.is_available()
     if world_size > 1 and not is_distributed():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # Destroyed at exit while the interpreter is alive: a gloo group left to the interpreter's
+        # finalisation can abort the process (SIGABRT, "terminate called without an active
+        # exception": its threads outlive the interpreter), which torchrun then reports as a
+        # failed run after a finished one (PyTorch issue 190489).
+        atexit.register(_destroy_process_group)
     if use_cuda:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def _destroy_process_group() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
