@@ -1,8 +1,9 @@
 """Shape-generic stand-ins for the two places of the eager model that plan in Python.
 
 Traced with a symbolic height and width, the eager code would pin them to the example's values:
-the axial attention core plans its blocks and chunks from the axis length
-(:mod:`axial_deeplab.layers.attention_graph` replaces it), and ``upsample_offsets`` computes its
+the axial attention core plans its blocks and chunks from the axis length (traced without
+autograd, the layer itself runs :mod:`axial_deeplab.layers.attention_graph` instead, as under
+``torch.compile``), and ``upsample_offsets`` computes its
 rescaling factors as Python floats of the sizes (:func:`offset_scales` computes the same factors
 as tensors: the float64 quotient of the sizes, rounded to float32 as ``new_tensor`` rounds the
 Python float). The attention's projection is also swapped (:func:`project`): the eager one
@@ -20,7 +21,6 @@ import torch.fx.experimental._config as fx_config
 import torch.nn.functional as F
 
 from ..layers import axial_attention
-from ..layers.attention_graph import attend_windowed
 from ..modeling import panoptic_deeplab
 
 
@@ -61,9 +61,8 @@ def project(
 @contextlib.contextmanager
 def traceable_model() -> Iterator[None]:
     """Within the block, the model runs the shape-generic stand-ins (for ``torch.export``)."""
-    saved = axial_attention.attend, axial_attention.project, panoptic_deeplab.upsample_offsets
-    axial_attention.attend, axial_attention.project = attend_windowed, project
-    panoptic_deeplab.upsample_offsets = upsample_offsets
+    saved = axial_attention.project, panoptic_deeplab.upsample_offsets
+    axial_attention.project, panoptic_deeplab.upsample_offsets = project, upsample_offsets
     try:
         # Sizes read as at least 2 in the shape checks of views and matmuls: the block count of
         # ``attend_windowed`` (a quotient of the axis length, at least 2) is otherwise pinned by
@@ -71,4 +70,4 @@ def traceable_model() -> Iterator[None]:
         with fx_config.patch(backed_size_oblivious=True):
             yield
     finally:
-        axial_attention.attend, axial_attention.project, panoptic_deeplab.upsample_offsets = saved
+        axial_attention.project, panoptic_deeplab.upsample_offsets = saved

@@ -34,8 +34,8 @@ Masked keys get ``-inf`` logits, as in the eager core (``local`` and ``block``: 
 by an extra channel of the relative matmuls instead of a ``Where`` over the logits; the exponent
 underflows to exactly 0 either way), so the softmax weights agree up to float round-off (the sums
 run in another order). Padded queries (past the end of the line) are discarded; their softmax
-rows are never empty (``-inf`` masks) or finite (``-1e30``). ``export.tracing.traceable_model``
-swaps this function into ``layers.axial_attention`` while a model is traced.
+rows are never empty (``-inf`` masks) or finite (``-1e30``). ``layers.axial_attention`` runs this
+function instead of the eager core when it is traced without autograd (torch.export, torch.compile).
 """
 
 from __future__ import annotations

@@ -188,9 +188,9 @@ class AxialAttention(nn.Module):
         scales = self._logit_scales(q, k).view(3, g, 1, 1)  # [3, G, 1, 1]
         core = attend
         if torch.compiler.is_compiling() and not torch.is_grad_enabled():
-            # torch.compile would unroll the eager core's Python plan of blocks and chunks
-            # (Axial-DeepLab-S at 641 x 641 had not compiled after 300 s); the shape-generic
-            # version (attention_graph, as exported) compiles in minutes.
+            # torch.compile and torch.export (tools/export.py): traced, the eager core's Python
+            # plan of blocks and chunks would be unrolled (Axial-DeepLab-S at 641 x 641 had not
+            # compiled after 300 s) or pin the axis length; the shape-generic version does not.
             core = attend_windowed
         return core(
             q * scales[0],
