@@ -21,7 +21,8 @@ untimed call each:
   and deeplab2's own post-processing (its ``DeepLab.call`` in eval mode); the first call traces
   the graph and is not timed. TensorFlow is imported only in the child process
   (``--tf-child``), run by ``--tf-python``;
-- ours: what ``engine.evaluate.evaluate_panoptic`` runs per image: the model under
+- ours: what ``engine.evaluate.evaluate_panoptic`` runs per image: the model (its
+  ``modeling.fusion.inference_model`` copy, batch norms folded into the convolutions) under
   ``torch.no_grad()`` and ``panoptic_prediction`` with deeplab2's post-processing settings;
   ``--compile``: the model compiled by ``torch.compile`` (for this input size; the untimed first
   call compiles), deeplab2's ``tf.function`` being its compiled graph too.
@@ -35,6 +36,11 @@ panoptic pixels that differ) and deeplab2's ``tf.function`` against its eager ou
 moves their outputs by tens of percent: README, "deeplab2, full size"), so deeplab2's own graph and
 eager runs disagree as much as ours and theirs do; their agreement is shown in float64 by
 ``tools/parity/check_deeplab2.py`` (``deeplab2_reference.py --float64``), not here.
+
+Also printed, the arithmetic floor (``arithmetic_floor``): the network's floating-point operations
+(convolutions and matmuls, counted by ``torch.utils.flop_counter``) over this machine's float32
+matmul peak measured in the same run. Both implementations compute the same network, so no float32
+implementation of it can run faster than that here, whatever its code.
 """
 
 from __future__ import annotations
@@ -151,13 +157,16 @@ class TfChild:
 
 
 def ours_runner(folder: str, config: str, compile_model: bool = False):
-    """``(run, outputs, info)``: ``run()`` is one image through our eval path, returning the
-    ``(wall, CPU)`` seconds it took; ``outputs()`` the last run's raw outputs and panoptic map."""
+    """``(run, outputs, info, floor)``: ``run()`` is one image through our eval path, returning
+    the ``(wall, CPU)`` seconds it took; ``outputs()`` the last run's raw outputs and panoptic
+    map; ``floor()`` the network's ``arithmetic_floor``."""
     import torch
 
     from axial_deeplab.checkpoint.deeplab2_parity import _panoptic, converted_model
+    from axial_deeplab.modeling.fusion import inference_model
 
     model, info, _, _ = converted_model(folder, config)
+    model = plain = inference_model(model)  # as evaluate_panoptic and Predictor run it
     if compile_model:
         model = torch.compile(model, dynamic=False)
     dtype = next(model.parameters()).dtype
@@ -174,7 +183,38 @@ def ours_runner(folder: str, config: str, compile_model: bool = False):
         last.update(outputs=outputs, panoptic=panoptic)
         return seconds, cpu
 
-    return run, (lambda: last), info
+    return run, (lambda: last), info, (lambda: arithmetic_floor(plain, image))
+
+
+def arithmetic_floor(model, image) -> dict:
+    """How fast any float32 implementation could run this network here: its multiply-add work
+    (``torch.utils.flop_counter``: convolutions and matmuls, on a ``meta`` copy, so nothing
+    runs) and the best rate of one large matmul on this machine now (4096^3, best of 5, the
+    torch threads in use), the most these cores deliver."""
+    import copy
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        meta = copy.deepcopy(model).to("meta")
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            meta(torch.empty(image.shape, dtype=image.dtype))
+    by_op = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    peak = 2 * 4096**3 / best
+    return {
+        "flop": counter.get_total_flops(),
+        "flop_by_op": by_op,
+        "matmul_peak_flop_per_s": peak,
+        "floor_seconds": counter.get_total_flops() / peak,
+    }
 
 
 def agreement(folder: str, last: dict, info: dict) -> dict:
@@ -203,7 +243,7 @@ def time_key(args: argparse.Namespace, key: str, config: str) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     theirs = TfChild(args, folder)
-    run_ours, last, info = ours_runner(folder, config, args.compile)
+    run_ours, last, info, floor = ours_runner(folder, config, args.compile)
     runs: dict[str, list[tuple[float, float]]] = {"deeplab2": [], "ours": []}
     try:
         warm = {"deeplab2": theirs.run()[0], "ours": run_ours()[0]}  # untimed
@@ -221,6 +261,7 @@ def time_key(args: argparse.Namespace, key: str, config: str) -> dict:
         "deeplab2_child": theirs.ready,
         "agreement": agreement(folder, last(), info),
         "load_average": os.getloadavg()[0],
+        "floor": floor(),
     }
     for kind, column in (("seconds", 0), ("cpu_seconds", 1)):
         times = {name: [r[column] for r in rs] for name, rs in runs.items()}
@@ -228,7 +269,22 @@ def time_key(args: argparse.Namespace, key: str, config: str) -> dict:
         result[kind] = times
         result[f"median_{kind}"] = medians
         result[f"{kind}_ratio"] = medians["ours"] / medians["deeplab2"]
+    result["floor_ratio"] = result["floor"]["floor_seconds"] / result["median_seconds"]["deeplab2"]
     return result
+
+
+def floor_line(r: dict) -> str:
+    """The ``arithmetic_floor`` of a result, in words."""
+    f, deeplab2 = r["floor"], r["median_seconds"]["deeplab2"]
+    ops = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in sorted(f["flop_by_op"].items()))
+    peak = f["matmul_peak_flop_per_s"]
+    return (
+        f"the network is {f['flop'] / 1e9:.0f} GFLOP ({ops}); this machine's float32 matmul "
+        f"peak now: {peak / 1e9:.0f} GFLOP/s -> no float32 implementation runs it in under "
+        f"{f['floor_seconds']:.1f} s = {r['floor_ratio']:.2f}x deeplab2's time (deeplab2 ran at "
+        f"{f['flop'] / deeplab2 / 1e9:.0f} GFLOP/s = {f['flop'] / deeplab2 / peak:.0%} of that "
+        f"peak; ours at {f['flop'] / r['median_seconds']['ours'] / peak:.0%})"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -279,7 +335,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{[round(t, 1) for t in r['seconds']['deeplab2']]}; warm-up {r['warm_up_seconds']}\n"
             f"  outputs ours vs deeplab2: {diffs}; panoptic {same}\n"
             f"  deeplab2 tf.function vs its eager reference: "
-            f"{r['deeplab2_child']['tf_function_vs_eager_max_abs']}",
+            f"{r['deeplab2_child']['tf_function_vs_eager_max_abs']}\n"
+            f"  arithmetic floor: {floor_line(r)}",
             flush=True,
         )
     if args.json:

@@ -183,6 +183,27 @@ def test_chunked_lines_match_reference(monkeypatch, train):
     assert_agrees(layer, x, train)
 
 
+@pytest.mark.parametrize(
+    "frozen", [("qkv_norm",), ("qkv_norm", "logits_norm"), ("logits_norm", "output_norm")]
+)
+def test_mixed_norm_modes_match_reference(frozen):
+    # Some norms on running statistics (frozen, as when fine-tuning), the others on batch
+    # statistics: the eval-mode shortcuts (the projection's shift added late, or dropped where
+    # the softmax cancels it) must hold only where they are exact.
+    layer = make_layer(axis="width", span=3, span_mode="local")
+    ref = NaiveAxialAttention(layer)
+    layer.train()
+    ref.train()
+    for name in frozen:
+        getattr(layer, name).eval()
+        getattr(ref, name).eval()
+    x = torch.randn(2, 6, 3, 8, dtype=DTYPE, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=0)
+    ref_buffers = dict(ref.named_buffers())
+    for name, buf in layer.named_buffers():  # running statistics of the training norms
+        torch.testing.assert_close(buf, ref_buffers[name], atol=1e-5, rtol=0, msg=name)
+
+
 def test_line_chunks_keep_enough_rows():
     # A 129-long global axis, 8 heads: 133,128 logits a line, so CHUNK_LOGITS (2^19) alone would
     # give chunks of 3 lines; they get CHUNK_LINES (16) while under CHUNK_LOGITS_MAX (2^22).

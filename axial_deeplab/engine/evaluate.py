@@ -17,6 +17,7 @@ from ..evaluation.distributed import gather
 from ..evaluation.instance_ap import InstanceAPEvaluator
 from ..evaluation.panoptic import PanopticEvaluator
 from ..evaluation.semantic import SemanticEvaluator
+from ..modeling.fusion import inference_model
 from ..modeling.postprocessing import (
     class_probabilities,
     drop_void_channel,
@@ -257,13 +258,14 @@ def evaluate_panoptic(
     :class:`axial_deeplab.engine.predictions.PredictionSaver`; closed at the end.
     ``print_table``: print the per-class PQ and IoU table (main process)."""
     metrics = PanopticMetrics(metadata, void_class=settings.void_class)
-    was_training = model.training
-    model.eval()
+    # An eval-mode copy with batch norms folded into the convolutions (the same function, ~20%
+    # faster); ``model`` itself (DDP-wrapped or not) is left as it is.
+    net = inference_model(getattr(model, "module", model))
     with torch.no_grad():
         for batch in tqdm(loader, desc="eval", unit="img", disable=not is_main_process()):
             images = batch["image"].to(device).float()  # [N, 3, H, W]
             height, width = images.shape[-2:]
-            outputs = model(pad_images(images, pad_to, pad_value))
+            outputs = net(pad_images(images, pad_to, pad_value))
             outputs = {k: v[..., :height, :width] for k, v in outputs.items()}
             for i in range(images.shape[0]):
                 one = {k: v[i] for k, v in outputs.items()}  # [C, H, W] each
@@ -277,7 +279,6 @@ def evaluate_panoptic(
                     for sink in sinks:
                         sink.add(record, labels_np, one)
                 metrics.process(record, labels, one)
-    model.train(was_training)
     for sink in sinks:
         sink.close()
     out, pq_result, sem_result = metrics.results()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.catalog import DatasetMetadata
+from ..modeling.fusion import inference_model
 from ..modeling.panoptic_deeplab import upsample, upsample_offsets
 from ..modeling.postprocessing import drop_void_channel, get_instances, semantic_prediction
 from .evaluate import PostProcessing, labels_to_segments, panoptic_prediction
@@ -183,7 +184,11 @@ class Predictor:
         metadata: class names and thing ids (see :func:`as_metadata`).
         postprocessing: :func:`get_panoptic_segmentation` settings (default: its defaults).
         tta: test-time augmentation (default: one plain pass).
-        device: where the model runs (it is moved there and set to eval mode).
+        device: where the model runs.
+
+    The predictor runs an eval-mode copy of ``model`` on ``device`` with its batch norms folded
+    into the convolutions (:func:`axial_deeplab.modeling.fusion.inference_model`: the same
+    function, faster); later changes to ``model`` do not reach it.
     """
 
     def __init__(
@@ -196,7 +201,7 @@ class Predictor:
         device: torch.device | str = "cpu",
     ) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = inference_model(model).to(self.device)
         self.metadata = as_metadata(metadata)
         self.postprocessing = postprocessing or PostProcessing()
         self.tta = tta or TestTimeAugmentation()

@@ -68,24 +68,23 @@ def attention_weights(q1, k, q2_o, rq, k3_p, rk, mask, out, logits, scratch):
     return torch.softmax(logits, dim=-1, out=out)  # [BG', Lo, Lp]
 
 
-def attend_values(weights, v, rv, out):
-    """``out [B', 2, G, dv, Lo]`` (``sum W v`` then ``sum W rv``) of ``weights [B'G, Lo, Lp]``."""
-    b, _, g, dv, n_q = out.shape
-    out[:, 0] = torch.bmm(v, weights.transpose(1, 2)).view(b, g, dv, n_q)  # [B'G, dv, Lo]
-    sve = torch.bmm(weights.permute(1, 0, 2), rv)  # [Lo, B'G, dv]
-    out[:, 1] = sve.view(n_q, b, g, dv).permute(1, 2, 3, 0)  # [B', G, dv, Lo]
+def attend_values(weights, v, rv, sv, sve):
+    """``sum_p W v`` into ``sv [B'G, dv, Lo]`` and ``sum_p W rv`` into ``sve [Lo, B'G, dv]``, of
+    ``weights [B'G, Lo, Lp]``: each in the layout its matmul writes, so nothing is transposed."""
+    torch.bmm(v, weights.transpose(1, 2), out=sv)  # [B'G, dv, Lo]
+    torch.bmm(weights.permute(1, 0, 2), rv, out=sve)  # [Lo, B'G, dv]
 
 
 def attend_chunks(q1, k, q2_o, rq, k3_p, rk, v, rv, mask, heads, weights=None):
-    """``out [B, 2, G, dv, Lo]`` (shapes: see ``AttentionCore``, with ``q2_o [Lo, BG, dk]`` and
-    ``k3_p [Lp, BG, dk]`` position-major), in chunks of lines (``line_chunks``).
+    """``(sv [BG, dv, Lo], sve [Lo, BG, dv])`` (shapes: see ``AttentionCore``, with ``q2_o [Lo,
+    BG, dk]`` and ``k3_p [Lp, BG, dk]`` position-major), in chunks of lines (``line_chunks``).
 
     ``weights``: ``[BG, Lo, Lp]`` to keep every chunk's softmax weights in (for a backward pass);
     None: one chunk-sized buffer is reused.
     """
     bg, _, n_q = q1.shape
     n_k, b = k.shape[2], bg // heads
-    out = q1.new_empty(b, 2, heads, v.shape[1], n_q)
+    sv, sve = q1.new_empty(bg, v.shape[1], n_q), q1.new_empty(n_q, bg, v.shape[1])
     chunks = line_chunks(b, heads * n_q * n_k)
     size = (chunks[0][1] - chunks[0][0]) * heads * n_q * n_k
     logits, scratch = q1.new_empty(size), q1.new_empty(size)
@@ -95,30 +94,32 @@ def attend_chunks(q1, k, q2_o, rq, k3_p, rk, v, rv, mask, heads, weights=None):
         n = (l1 - l0) * heads
         w = reused[: n * n_q * n_k].view(n, n_q, n_k) if weights is None else weights[c]
         attention_weights(q1[c], k[c], q2_o[:, c], rq, k3_p[:, c], rk, mask, w, logits, scratch)
-        attend_values(w, v[c], rv, out[l0:l1])
-    return out
+        attend_values(w, v[c], rv, sv[c], sve[:, c])
+    return sv, sve
 
 
 class AttentionCore(torch.autograd.Function):
-    """``(q1, k, q2, rq, k3, rk, v, rv, mask, heads) -> out``, saving only ``W`` besides the inputs.
+    """``(q1, k, q2, rq, k3, rk, v, rv, mask, heads) -> (sv, sve)``, saving only ``W`` besides
+    the inputs.
 
     Shapes: ``q1, q2 [BG, dk, Lo]``, ``k, k3 [BG, dk, Lp]``, ``v [BG, dv, Lp]``, ``rq [Lo, dk, Lp]``,
     ``rk [Lp, dk, Lo]``, ``rv [Lo, Lp, dv]``, ``mask`` bool ``[Lo, Lp]`` or None, ``heads`` = G;
-    ``out [B, 2, G, dv, Lo]`` holds ``sum_p W v`` then ``sum_p W rv``. Work runs in chunks of lines
-    (``line_chunks``). Without autograd, ``core`` skips it and keeps no weights.
+    ``sv [BG, dv, Lo]`` is ``sum_p W v`` and ``sve [Lo, BG, dv]`` (position-major) ``sum_p W rv``.
+    Work runs in chunks of lines (``line_chunks``). Without autograd, ``core`` skips it and keeps
+    no weights.
     """
 
     @staticmethod
     def forward(ctx, q1, k, q2, rq, k3, rk, v, rv, mask, heads):  # noqa: D102
         q2_o, k3_p = by_position(q2), by_position(k3)  # [Lo, BG, dk], [Lp, BG, dk]
         weights = q1.new_empty(q1.shape[0], q1.shape[2], k.shape[2])  # [BG, Lo, Lp]
-        out = attend_chunks(q1, k, q2_o, rq, k3_p, rk, v, rv, mask, heads, weights)
+        sv, sve = attend_chunks(q1, k, q2_o, rq, k3_p, rk, v, rv, mask, heads, weights)
         ctx.heads = heads
         ctx.save_for_backward(q1, k, q2_o, rq, k3_p, rk, v, rv, weights)
-        return out
+        return sv, sve
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: D102
+    def backward(ctx, grad_sv_all, grad_sve_all):  # noqa: D102
         q1, k, q2_o, rq, k3_p, rk, v, rv, weights = ctx.saved_tensors
         heads = ctx.heads
         bg, n_q, n_k = weights.shape
@@ -132,8 +133,8 @@ class AttentionCore(torch.autograd.Function):
         for l0, l1 in chunks:
             c = slice(l0 * heads, l1 * heads)
             w, n = weights[c], (l1 - l0) * heads
-            grad_sv = grad_out[l0:l1, 0].reshape(n, -1, n_q)  # [BG', dv, Lo]
-            grad_sve = grad_out[l0:l1, 1].permute(3, 0, 1, 2).reshape(n_q, n, -1)  # [Lo, BG', dv]
+            grad_sv = grad_sv_all[c]  # [BG', dv, Lo]
+            grad_sve = grad_sve_all[:, c]  # [Lo, BG', dv]
             # Through the values.
             grad_w = torch.bmm(grad_sv.transpose(1, 2), v[c], out=work[: w.numel()].view_as(w))
             rel = torch.bmm(
@@ -181,10 +182,10 @@ def attend(
     *,
     span: int,
     span_mode: str,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention along the last axis of ``q1, q2 [B, G, dk, L]``, ``k, k3 [B, G, dk, L]``,
-    ``v [B, G, dv, L]``; returns ``[B, 2C, L]``: ``sum_p W v`` (``C = G dv`` channels, head-major)
-    then ``sum_p W rv``.
+    ``v [B, G, dv, L]``; returns ``sum_p W v`` ``[B, C, L]`` (``C = G dv`` channels, head-major)
+    and ``sum_p W rv`` ``[L, B, C]`` (position-major, as its matmul writes it).
 
     ``tables`` are the relative tables ``(query [dk, T], key [dk, T], value [dv, T])`` indexed by
     clipped distance ``p - o``. ``span_mode``: ``"global"`` (the whole axis), ``"local"`` (the ``span``
@@ -199,7 +200,10 @@ def attend(
         _attend_block(q1, k, q2, k3, v, tables, queries, keys, local)
         for queries, keys, local in plan_blocks(q1.shape[-1], span, span_mode)
     ]
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # [B, 2C, L]
+    if len(outputs) == 1:
+        return outputs[0]
+    sv, sve = zip(*outputs)
+    return torch.cat(sv, dim=2), torch.cat(sve, dim=0)  # [B, C, L], [L, B, C]
 
 
 Block = tuple[tuple[int, int], tuple[int, int], "int | None"]
@@ -267,7 +271,7 @@ def _attend_block(q1, k, q2, k3, v, tables, queries, keys, span):
         x = x if (lo, hi) == (0, x.shape[-1]) else x[..., lo:hi]
         return x.reshape(b * g, x.shape[2], hi - lo)  # [BG, d, L']
 
-    out = core(
+    sv, sve = core(
         lines(q1, o0, o1),
         lines(k, p0, p1),
         lines(q2, o0, o1),
@@ -279,4 +283,4 @@ def _attend_block(q1, k, q2, k3, v, tables, queries, keys, span):
         mask,
         g,
     )
-    return out.view(b, -1, o1 - o0)  # [B, 2C, Lo]
+    return sv.view(b, -1, o1 - o0), sve.view(o1 - o0, b, -1)  # [B, C, Lo], [Lo, B, C]

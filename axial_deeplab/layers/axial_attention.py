@@ -45,6 +45,15 @@ def project(
     return torch.split(out, sizes, dim=1)
 
 
+def head_major_rows(heads: int, dk: int, dv: int, *, device: torch.device) -> torch.Tensor:
+    """Indices ``[2C]`` taking the projection's rows from ``[q (G dk) | k (G dk) | v (G dv)]`` to
+    ``[q_0 k_0 v_0 | q_1 k_1 v_1 | ...]`` (head by head)."""
+    head = torch.arange(heads, device=device)[:, None]  # [G, 1]
+    q = head * dk + torch.arange(dk, device=device)  # [G, dk]
+    v = 2 * heads * dk + head * dv + torch.arange(dv, device=device)  # [G, dv]
+    return torch.cat((q, q + heads * dk, v), dim=1).flatten()  # [G (2 dk + dv)]
+
+
 class AxialAttention(nn.Module):
     """Multi-head position-sensitive self-attention along the height or the width axis.
 
@@ -139,39 +148,75 @@ class AxialAttention(nn.Module):
             lines = x.permute(0, 2, 1, 3)  # [N, H, C_in, W]
         n_lines, length = lines.shape[1], lines.shape[3]
         lines = lines.reshape(n * n_lines, self.in_channels, length)  # [B, C_in, L]
-        out = self._attend(*self._project(lines))  # [B, 2C, L]: [sum W v | sum W rv]
-        out = self._combine(out).view(n, n_lines, self.out_channels, length)  # [N, lines, C, L]
+        q, k, v, shift = self._project(lines)
+        sv, sve = self._attend(q, k, v, shift)  # sum W v [B, C, L], sum W rv [L, B, C]
+        out = self._combine(sv, sve, shift).view(n, n_lines, self.out_channels, length)
         if self.axis == "height":
             out = out.permute(0, 2, 3, 1)  # [N, C, H, W]
         else:
             out = out.permute(0, 2, 1, 3)  # [N, C, H, W]
         return self._apply_stride(out)
 
-    def _project(self, lines: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``qkv_norm(qkv_proj(lines))`` for ``lines [B, C_in, L]``, split into ``q, k [B, G dk,
-        L]`` and ``v [B, G dv, L]``."""
+    def _project(self, lines: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``qkv_norm(qkv_proj(lines))`` for ``lines [B, C_in, L]``, split into ``q, k [B, G, dk,
+        L]`` and ``v [B, G, dv, L]`` (views), and None; or, in eval mode, the same without the
+        norm's shift, and that shift ``[2C]`` (``[q | k | v]``), added later where it is free
+        (``_attend``, ``_combine``)."""
         weight = self.qkv_proj.weight.flatten(1)  # [2C, C_in]
+        b, length = lines.shape[0], lines.shape[2]
         g, dk, dv = self.num_heads, self.key_channels, self.value_channels
-        sizes = (g * dk, g * dk, g * dv)
+
+        def heads(q, k, v):  # [B, G d, L] -> [B, G, d, L]
+            return q.view(b, g, dk, length), k.view(b, g, dk, length), v.view(b, g, dv, length)
+
         if uses_batch_stats(self.qkv_norm):
             qkv = F.conv1d(lines, weight[:, :, None]).unsqueeze(-1)  # [B, 2C, L, 1]
-            return torch.split(self.qkv_norm(qkv).squeeze(-1), sizes, dim=1)
+            qkv = self.qkv_norm(qkv).squeeze(-1)  # [B, 2C, L]
+            return *heads(*torch.split(qkv, (g * dk, g * dk, g * dv), dim=1)), None
         scale, shift = running_affine(self.qkv_norm)  # [2C] each
-        return project(lines, weight * scale[:, None], shift, sizes)
+        weight = weight * scale[:, None]
+        if torch.compiler.is_compiling() or uses_batch_stats(self.logits_norm):
+            # Graphs: a projection per part (export.tracing swaps ``project``). Logit batch
+            # statistics need the shifted q and k.
+            return *heads(*project(lines, weight, shift, (g * dk, g * dk, g * dv))), None
+        # Rows reordered head by head, [q_h | k_h | v_h]: each part is then a view whose lines
+        # and heads flatten to one batch axis without a copy ([B G, d, L] for the matmuls). No
+        # shift: broadcasting it into the output would be a pass over it (8% of the layer).
+        order = head_major_rows(g, dk, dv, device=weight.device)  # [2C]
+        qkv = torch.bmm(weight[order].expand(b, -1, -1), lines).view(b, g, 2 * dk + dv, length)
+        return qkv[:, :, :dk], qkv[:, :, dk : 2 * dk], qkv[:, :, 2 * dk :], shift
 
-    def _combine(self, out: torch.Tensor) -> torch.Tensor:
-        """``output_norm`` of the two terms ``out [B, 2C, L]``, summed: ``[B, C, L]``."""
+    def _combine(
+        self, sv: torch.Tensor, sve: torch.Tensor, qkv_shift: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``output_norm`` of the two terms ``sv [B, C, L]`` and ``sve [L, B, C]``, summed:
+        ``[B, C, L]``. ``qkv_shift``: the values' shift left out by ``_project`` (the weights
+        sum to 1 over the keys, so it adds to ``sv`` as it is)."""
         c = self.out_channels
+        sve = sve.permute(1, 2, 0)  # [B, C, L] (a view)
+        value_shift = None if qkv_shift is None else qkv_shift[-c:, None]  # [C, 1]
         if uses_batch_stats(self.output_norm):
+            sv = sv if value_shift is None else sv + value_shift
+            out = torch.cat((sv, sve), dim=1)  # [B, 2C, L]
             out = self.output_norm(out.unsqueeze(-1)).squeeze(-1)  # [B, 2C, L]
             return out[:, :c] + out[:, c:]
         scale, shift = running_affine(self.output_norm)  # [2C] each
-        combined = torch.addcmul((shift[:c] + shift[c:])[:, None], out[:, :c], scale[:c, None])
-        return combined.addcmul_(out[:, c:], scale[c:, None])  # [B, C, L]
+        constant = (shift[:c] + shift[c:])[:, None]  # [C, 1]
+        if value_shift is not None:
+            constant = constant + scale[:c, None] * value_shift
+        combined = torch.addcmul(constant, sv, scale[:c, None])
+        return combined.addcmul_(sve, scale[c:, None])  # [B, C, L]
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Attention along the last axis of ``q, k [B, G dk, L]``, ``v [B, G dv, L]``; returns
-        ``[B, 2C, L]``.
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qkv_shift: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention along the last axis of ``q, k [B, G, dk, L]``, ``v [B, G, dv, L]``; returns
+        ``sum W v`` ``[B, C, L]`` (without the values' shift, see ``_combine``) and ``sum W rv``
+        ``[L, B, C]``. ``qkv_shift``: the shift ``_project`` left out, or None.
+
+        The query shift is added with the logit scales (the same pass). The key shift only
+        matters in the key-position term: in ``q . k`` it adds ``q . shift``, the same for every
+        key of a query, which the softmax cancels.
 
         Under autocast (mixed precision) this part runs in float32: logits of 65+ positions and
         their softmax lose too much in float16/bfloat16, and the logit batch norm needs exact sums.
@@ -179,29 +224,28 @@ class AxialAttention(nn.Module):
         device = q.device.type
         if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
             with torch.autocast(device, enabled=False):
-                return self._attend(q.float(), k.float(), v.float())
-        b, _, length = q.shape
-        g, dk, dv = self.num_heads, self.key_channels, self.value_channels
-        q = q.view(b, g, dk, length)  # [B, G, dk, L]
-        k = k.view(b, g, dk, length)  # [B, G, dk, L]
-        v = v.view(b, g, dv, length)  # [B, G, dv, L]
+                shift = None if qkv_shift is None else qkv_shift.float()
+                return self._attend(q.float(), k.float(), v.float(), shift)
+        g, dk = self.num_heads, self.key_channels
         scales = self._logit_scales(q, k).view(3, g, 1, 1)  # [3, G, 1, 1]
-        core = attend
+        if qkv_shift is None:
+            args = (q * scales[0], k, q * scales[1], k * scales[2], v)
+        else:
+            q_shift = qkv_shift[: g * dk].view(g, dk, 1)  # [G, dk, 1]
+            k_shift = qkv_shift[g * dk : 2 * g * dk].view(g, dk, 1)  # [G, dk, 1]
+            q1 = torch.addcmul(q_shift * scales[0], q, scales[0])  # [B, G, dk, L]
+            q2 = torch.addcmul(q_shift * scales[1], q, scales[1])  # [B, G, dk, L]
+            k3 = torch.addcmul(k_shift * scales[2], k, scales[2])  # [B, G, dk, L]
+            args = (q1, k, q2, k3, v)
+        tables = (self.query_rel, self.key_rel, self.value_rel)
         if torch.compiler.is_compiling() and not torch.is_grad_enabled():
             # torch.compile and torch.export (tools/export.py): traced, the eager core's Python
             # plan of blocks and chunks would be unrolled (Axial-DeepLab-S at 641 x 641 had not
             # compiled after 300 s) or pin the axis length; the shape-generic version does not.
-            core = attend_windowed
-        return core(
-            q * scales[0],
-            k,
-            q * scales[1],
-            k * scales[2],
-            v,
-            (self.query_rel, self.key_rel, self.value_rel),
-            span=self.span,
-            span_mode=self.span_mode,
-        )
+            out = attend_windowed(*args, tables, span=self.span, span_mode=self.span_mode)
+            c = self.out_channels
+            return out[:, :c], out[:, c:].permute(2, 0, 1)  # [B, C, L], [L, B, C] (views)
+        return attend(*args, tables, span=self.span, span_mode=self.span_mode)
 
     def _logit_scales(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """BN scale ``gamma / sqrt(var + eps)`` of each logit term and head, ``[3 * G]``; in

@@ -77,6 +77,9 @@ class PanopticDeepLab(nn.Module):
         self.center_head = center_head
         self.offset_head = offset_head
         self.align_corners = align_corners
+        # Run the network on channels-last activations (faster CPU convolutions; set by
+        # ``fusion.inference_model``); the outputs are contiguous either way.
+        self.channels_last = False
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1), False)
 
@@ -86,7 +89,10 @@ class PanopticDeepLab(nn.Module):
             raise ValueError(
                 f"images: expected [N, {self.pixel_mean.shape[1]}, H, W], got {list(images.shape)}"
             )
-        features = self.backbone((images - self.pixel_mean) / self.pixel_std)
+        x = (images - self.pixel_mean) / self.pixel_std  # [N, 3, H, W]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        features = self.backbone(x)
         return self.predict_from_features(features, tuple(images.shape[2:]))
 
     def predict_from_features(
@@ -97,6 +103,8 @@ class PanopticDeepLab(nn.Module):
         instance = self.instance_decoder(features)  # [N, C, h, w]
         center = self.center_head(instance)  # [N, 1, h, w]
         offset = self.offset_head(instance)  # [N, 2, h, w]
+        if self.channels_last:
+            semantic, center, offset = (t.contiguous() for t in (semantic, center, offset))
         return {
             "semantic": upsample(semantic, size, align_corners=self.align_corners),
             "center": upsample(center, size, align_corners=self.align_corners),
