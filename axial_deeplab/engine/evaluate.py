@@ -258,9 +258,12 @@ def evaluate_panoptic(
     :class:`axial_deeplab.engine.predictions.PredictionSaver`; closed at the end.
     ``print_table``: print the per-class PQ and IoU table (main process)."""
     metrics = PanopticMetrics(metadata, void_class=settings.void_class)
-    # An eval-mode copy with batch norms folded into the convolutions (the same function, ~20%
-    # faster); ``model`` itself (DDP-wrapped or not) is left as it is.
-    net = inference_model(getattr(model, "module", model))
+    # An eval-mode copy with batch norms folded into the convolutions, channels-last on the CPU
+    # (the same function, ~20% faster there); ``model`` itself (DDP-wrapped or not) is left as
+    # it is.
+    net = inference_model(
+        getattr(model, "module", model), channels_last=torch.device(device).type == "cpu"
+    )
     with torch.no_grad():
         for batch in tqdm(loader, desc="eval", unit="img", disable=not is_main_process()):
             images = batch["image"].to(device).float()  # [N, 3, H, W]

@@ -187,8 +187,9 @@ class Predictor:
         device: where the model runs.
 
     The predictor runs an eval-mode copy of ``model`` on ``device`` with its batch norms folded
-    into the convolutions (:func:`axial_deeplab.modeling.fusion.inference_model`: the same
-    function, faster); later changes to ``model`` do not reach it.
+    into the convolutions, channels-last on the CPU
+    (:func:`axial_deeplab.modeling.fusion.inference_model`: the same function, faster); later
+    changes to ``model`` do not reach it.
     """
 
     def __init__(
@@ -201,7 +202,8 @@ class Predictor:
         device: torch.device | str = "cpu",
     ) -> None:
         self.device = torch.device(device)
-        self.model = inference_model(model).to(self.device)
+        cpu = self.device.type == "cpu"
+        self.model = inference_model(model, channels_last=cpu).to(self.device)
         self.metadata = as_metadata(metadata)
         self.postprocessing = postprocessing or PostProcessing()
         self.tta = tta or TestTimeAugmentation()

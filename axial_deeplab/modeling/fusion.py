@@ -9,7 +9,9 @@ every call: Axial-DeepLab with the MaX-DeepLab-S backbone at 1025 x 2049 on 2 CP
 9.9 s instead of 12.0 s (2026-12-01, ``bench/deeplab2_timing.py``). Outputs change by float
 round-off only.
 
-``inference_model`` is what the evaluation and inference paths run; training never sees it.
+``inference_model`` is what the evaluation and inference paths run; training never sees it. They
+ask for channels-last memory on the CPU only, where it was measured; on GPUs it pays off mainly
+under mixed precision.
 """
 
 from __future__ import annotations
