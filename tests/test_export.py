@@ -360,6 +360,7 @@ def test_windowed_attention_equals_the_eager_core(monkeypatch, local_block):
             q1, k, q2, k3 = (torch.randn(2, 2, 3, length, generator=gen) for _ in range(4))
             v = torch.randn(2, 2, 4, length, generator=gen)
             tables = tuple(torch.randn(d, size, generator=gen) for d in (3, 3, 4))
-            ref = attend(q1, k, q2, k3, v, tables, span=9, span_mode=mode)
+            sv, sve = attend(q1, k, q2, k3, v, tables, span=9, span_mode=mode)
+            ref = torch.cat((sv, sve.permute(1, 2, 0)), dim=1)  # [B, 2C, L], as the graph's
             got = attention_graph.attend_windowed(q1, k, q2, k3, v, tables, span=9, span_mode=mode)
             assert (got - ref).abs().max() < 1e-5, (mode, length)
