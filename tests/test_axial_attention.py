@@ -423,9 +423,11 @@ def test_graph_projection_equals_eager():
 
     gen = torch.Generator().manual_seed(0)
     lines, weight = torch.randn(3, 6, 11, generator=gen), torch.randn(10, 6, generator=gen)
-    shift = torch.randn(10, generator=gen)
-    eager = project(lines, weight, shift, (2, 3, 5))
-    graph = graph_project(lines, weight, shift, (2, 3, 5))
-    assert [t.shape for t in graph] == [(3, 2, 11), (3, 3, 11), (3, 5, 11)]
-    for a, b in zip(eager, graph, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for shift in (torch.randn(10, generator=gen), None):
+        eager = project(lines, weight, shift, (2, 3, 5))
+        graph = graph_project(lines, weight, shift, (2, 3, 5))
+        assert [t.shape for t in graph] == [(3, 2, 11), (3, 3, 11), (3, 5, 11)]
+        for a, b in zip(eager, graph, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    expected = torch.einsum("oc,bcl->bol", weight, lines)  # no shift: the plain product
+    torch.testing.assert_close(torch.cat(eager, dim=1), expected, rtol=1e-5, atol=1e-5)

@@ -45,7 +45,7 @@ def upsample_offsets(offsets: torch.Tensor, size, *, align_corners: bool) -> tor
 
 
 def project(
-    lines: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, sizes: tuple[int, ...]
+    lines: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor | None, sizes: tuple[int, ...]
 ) -> tuple[torch.Tensor, ...]:
     """Drop-in for ``axial_attention.project``: one 1-D convolution per channel group. In ONNX
     Runtime the eager version's expanded weight is a copy (``[B, C, C_in]``: 1 GB for a stage-4
@@ -53,7 +53,7 @@ def project(
     parts, start = [], 0
     for size in sizes:
         part = slice(start, start + size)
-        parts.append(F.conv1d(lines, weight[part, :, None], shift[part]))
+        parts.append(F.conv1d(lines, weight[part, :, None], None if shift is None else shift[part]))
         start += size
     return tuple(parts)
 

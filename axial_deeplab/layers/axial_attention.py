@@ -32,17 +32,19 @@ STRIDE_MODES = ("subsample", "avgpool")
 
 
 def project(
-    lines: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, sizes: tuple[int, ...]
+    lines: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor | None, sizes: tuple[int, ...]
 ) -> tuple[torch.Tensor, ...]:
-    """``weight @ lines + shift`` for ``lines [B, C_in, L]``, ``weight [C, C_in]``, ``shift [C]``,
-    split into channel groups of ``sizes`` (views): ``[B, c, L]`` each.
+    """``weight @ lines + shift`` for ``lines [B, C_in, L]``, ``weight [C, C_in]``, ``shift [C]``
+    (None: no shift), split into channel groups of ``sizes`` (views): ``[B, c, L]`` each.
 
     One batched matmul of the weight expanded (a view) over the lines: about twice as fast on the
     CPU as ``conv1d`` on these shapes. (A graph would copy the expanded weight:
     ``export.tracing`` swaps in a version for graphs.)
     """
-    out = torch.baddbmm(shift[:, None], weight.expand(lines.shape[0], -1, -1), lines)
-    return torch.split(out, sizes, dim=1)
+    weight = weight.expand(lines.shape[0], -1, -1)  # [B, C, C_in] (a view)
+    if shift is None:
+        return torch.split(torch.bmm(weight, lines), sizes, dim=1)
+    return torch.split(torch.baddbmm(shift[:, None], weight, lines), sizes, dim=1)
 
 
 def head_major_rows(heads: int, dk: int, dv: int, *, device: torch.device) -> torch.Tensor:
@@ -183,7 +185,8 @@ class AxialAttention(nn.Module):
         # and heads flatten to one batch axis without a copy ([B G, d, L] for the matmuls). No
         # shift: broadcasting it into the output would be a pass over it (8% of the layer).
         order = head_major_rows(g, dk, dv, device=weight.device)  # [2C]
-        qkv = torch.bmm(weight[order].expand(b, -1, -1), lines).view(b, g, 2 * dk + dv, length)
+        (qkv,) = project(lines, weight[order], None, (weight.shape[0],))  # [B, 2C, L]
+        qkv = qkv.view(b, g, 2 * dk + dv, length)
         return qkv[:, :, :dk], qkv[:, :, dk : 2 * dk], qkv[:, :, 2 * dk :], shift
 
     def _combine(

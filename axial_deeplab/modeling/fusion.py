@@ -5,9 +5,9 @@ In eval mode a batch norm is the per-channel affine map ``y = (x - mean) * s + b
 ``s = gamma / sqrt(var + eps)``; after a convolution ``x = W * u + b`` it folds into it as
 ``W' = W s``, ``b' = (b - mean) s + beta``. That removes a pass over every such activation, and
 oneDNN (the CPU convolutions) runs faster on channels-last tensors, which it otherwise reorders on
-every call: Axial-DeepLab with the MaX-DeepLab-S backbone at 1025 x 2049 on 2 CPU cores ran in
-9.9 s instead of 12.0 s (2026-12-01, ``bench/deeplab2_timing.py``). Outputs change by float
-round-off only.
+every call: the forward pass of Axial-DeepLab with the MaX-DeepLab-S backbone at 1025 x 2049 (a
+converted deeplab2 checkpoint) on 2 CPU cores took 10.6 s instead of 13.3-14.1 s (2026-12-01, the
+copy and the model alternating in one process). Outputs change by float round-off only.
 
 ``inference_model`` is what the evaluation and inference paths run; training never sees it. They
 ask for channels-last memory on the CPU only, where it was measured; on GPUs it pays off mainly
