@@ -173,13 +173,18 @@ def test_matches_naive_reference(case, train):
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_chunked_lines_match_reference(monkeypatch, train):
-    # One line per chunk (the default chunk holds all lines of these tiny inputs).
+@pytest.mark.parametrize("axis", ["height", "width"])
+def test_chunked_lines_match_reference(monkeypatch, train, axis):
+    # One line per chunk (the default chunk holds all lines of these tiny inputs). Along the
+    # width the axis (3) is shorter than a head's values (dv = 4), so a chunk's value terms
+    # outgrow its logits (the buffers must be sized for both).
     monkeypatch.setattr(attention_core, "CHUNK_LOGITS", 1)
     monkeypatch.setattr(attention_core, "CHUNK_LOGITS_MAX", 1)
-    layer = make_layer(axis="height", span=3, span_mode="global")
+    layer = make_layer(axis=axis, span=3, span_mode="global")
     x = torch.randn(2, 6, 7, 3, dtype=DTYPE, generator=torch.Generator().manual_seed(11))
-    assert attention_core.line_chunks(6, 2 * 7 * 7) == [(i, i + 1) for i in range(6)]
+    lines, length = (6, 7) if axis == "height" else (14, 3)
+    chunks = attention_core.line_chunks(lines, 2 * length * length)
+    assert chunks == [(i, i + 1) for i in range(lines)]
     assert_agrees(layer, x, train)
 
 

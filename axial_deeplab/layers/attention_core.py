@@ -68,11 +68,19 @@ def attention_weights(q1, k, q2_o, rq, k3_p, rk, mask, out, logits, scratch):
     return torch.softmax(logits, dim=-1, out=out)  # [BG', Lo, Lp]
 
 
-def attend_values(weights, v, rv, sv, sve):
+def attend_values(weights, v, rv, sv, sve, scratch):
     """``sum_p W v`` into ``sv [B'G, dv, Lo]`` and ``sum_p W rv`` into ``sve [Lo, B'G, dv]``, of
-    ``weights [B'G, Lo, Lp]``: each in the layout its matmul writes, so nothing is transposed."""
+    ``weights [B'G, Lo, Lp]``: each in the layout its matmul writes, so nothing is transposed.
+
+    ``sve`` is usually one chunk's slice of a larger ``[Lo, BG, dv]``: the matmul then goes to
+    the flat buffer ``scratch`` (at least ``sve.numel()`` elements) and is copied over, because
+    a matmul into a non-contiguous output runs as a loop of single products on the CPU (3 ms of
+    a 65 x 65 pair's 75 ms on one thread, and not spread over threads)."""
     torch.bmm(v, weights.transpose(1, 2), out=sv)  # [B'G, dv, Lo]
-    torch.bmm(weights.permute(1, 0, 2), rv, out=sve)  # [Lo, B'G, dv]
+    if sve.is_contiguous():
+        torch.bmm(weights.permute(1, 0, 2), rv, out=sve)  # [Lo, B'G, dv]
+    else:
+        sve.copy_(torch.bmm(weights.permute(1, 0, 2), rv, out=scratch[: sve.numel()].view_as(sve)))
 
 
 def attend_chunks(q1, k, q2_o, rq, k3_p, rk, v, rv, mask, heads, weights=None):
@@ -86,15 +94,16 @@ def attend_chunks(q1, k, q2_o, rq, k3_p, rk, v, rv, mask, heads, weights=None):
     n_k, b = k.shape[2], bg // heads
     sv, sve = q1.new_empty(bg, v.shape[1], n_q), q1.new_empty(n_q, bg, v.shape[1])
     chunks = line_chunks(b, heads * n_q * n_k)
-    size = (chunks[0][1] - chunks[0][0]) * heads * n_q * n_k
-    logits, scratch = q1.new_empty(size), q1.new_empty(size)
+    rows = (chunks[0][1] - chunks[0][0]) * heads  # lines x heads of the largest chunk
+    size = rows * n_q * n_k
+    logits, scratch = q1.new_empty(size), q1.new_empty(rows * n_q * max(n_k, v.shape[1]))
     reused = q1.new_empty(size) if weights is None else None
     for l0, l1 in chunks:
         c = slice(l0 * heads, l1 * heads)
         n = (l1 - l0) * heads
         w = reused[: n * n_q * n_k].view(n, n_q, n_k) if weights is None else weights[c]
         attention_weights(q1[c], k[c], q2_o[:, c], rq, k3_p[:, c], rk, mask, w, logits, scratch)
-        attend_values(w, v[c], rv, sv[c], sve[:, c])
+        attend_values(w, v[c], rv, sv[c], sve[:, c], scratch)
     return sv, sve
 
 
