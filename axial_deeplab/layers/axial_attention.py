@@ -237,8 +237,8 @@ class AxialAttention(nn.Module):
             q_shift = qkv_shift[: g * dk].view(g, dk, 1)  # [G, dk, 1]
             k_shift = qkv_shift[g * dk : 2 * g * dk].view(g, dk, 1)  # [G, dk, 1]
             q1 = torch.addcmul(q_shift * scales[0], q, scales[0])  # [B, G, dk, L]
-            q2 = torch.addcmul(q_shift * scales[1], q, scales[1])  # [B, G, dk, L]
-            k3 = torch.addcmul(k_shift * scales[2], k, scales[2])  # [B, G, dk, L]
+            q2 = self._position_major(torch.addcmul, q_shift * scales[1], q, scales[1])
+            k3 = self._position_major(torch.addcmul, k_shift * scales[2], k, scales[2])
             args = (q1, k, q2, k3, v)
         tables = (self.query_rel, self.key_rel, self.value_rel)
         if torch.compiler.is_compiling() and not torch.is_grad_enabled():
@@ -249,6 +249,17 @@ class AxialAttention(nn.Module):
             c = self.out_channels
             return out[:, :c], out[:, c:].permute(2, 0, 1)  # [B, C, L], [L, B, C] (views)
         return attend(*args, tables, span=self.span, span_mode=self.span_mode)
+
+    @staticmethod
+    def _position_major(op, *args: torch.Tensor) -> torch.Tensor:
+        """``op(*args)`` ``[B, G, d, L]``, written position-major (``[L, B, G, d]`` in memory)
+        where no gradient is needed: the core's relative terms take these operands by position,
+        and would otherwise copy them so (``attention_core.by_position``)."""
+        if torch.is_grad_enabled() and any(a.requires_grad for a in args):
+            return op(*args)
+        shape = torch.broadcast_shapes(*(a.shape for a in args))  # [B, G, d, L]
+        out = args[0].new_empty(shape[-1], *shape[:-1])  # [L, B, G, d]
+        return op(*args, out=out.permute(1, 2, 3, 0))
 
     def _logit_scales(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """BN scale ``gamma / sqrt(var + eps)`` of each logit term and head, ``[3 * G]``; in
