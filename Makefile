@@ -33,3 +33,4 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check axial_deeplab tools tests bench
+	$(VENV)/bin/ruff format --check axial_deeplab tools tests bench

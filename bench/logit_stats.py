@@ -65,7 +65,9 @@ def init_check() -> None:
             with torch.no_grad():
                 terms, window, (q, k) = _terms_and_window(layer, x)
                 scales = layer._logit_scales(q, k).view(3, 1, -1, 1, 1)  # [3, 1, G, 1, 1]
-                stds[name] = [round(float(v), 3) for v in (terms * scales)[..., window].std((1, 2, 3))]
+                stds[name] = [
+                    round(float(v), 3) for v in (terms * scales)[..., window].std((1, 2, 3))
+                ]
         axial_attention.key_ranges = key_ranges
         diff = float((outs["all"] - outs["window"]).norm() / outs["window"].norm())
         print(f"L={length} m={span} {mode}: {float(window.float().mean()):.0%} of the pairs in the "

@@ -409,7 +409,9 @@ def test_compiled_inference_runs_the_graph_core(monkeypatch, mode):
 
     monkeypatch.setattr(axial_attention, "attend_windowed", counted)
     layer = make_layer(span=5, span_mode=mode, axis="width").eval()
-    x = torch.randn(2, layer.in_channels, 7, 23, dtype=DTYPE)  # 23 > 2 * 5 - 1: hybrid runs local blocks
+    x = torch.randn(
+        2, layer.in_channels, 7, 23, dtype=DTYPE
+    )  # 23 > 2 * 5 - 1: hybrid runs local blocks
     torch._dynamo.reset()
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True, dynamic=False)
     with torch.no_grad():

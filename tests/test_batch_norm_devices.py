@@ -17,7 +17,9 @@ SYNTHETIC = "configs/quickstart/synthetic_axial.yaml"
 
 def _model(norm: str = "SyncBN") -> nn.Module:
     torch.manual_seed(0)
-    cfg = load_config(SYNTHETIC, ["MODEL.SEM_SEG_HEAD.NORM", norm, "MODEL.INS_EMBED_HEAD.NORM", norm])
+    cfg = load_config(
+        SYNTHETIC, ["MODEL.SEM_SEG_HEAD.NORM", norm, "MODEL.INS_EMBED_HEAD.NORM", norm]
+    )
     return build_model(cfg)
 
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-CHILD = r'''
+CHILD = r"""
 import atexit, os, sys
 import torch.distributed as dist
 from axial_deeplab.engine.distributed import init_from_env
@@ -23,7 +23,7 @@ def record():  # registered first, so it runs after the handlers registered late
 atexit.register(record)
 init_from_env("cpu")
 dist.barrier()
-'''
+"""
 
 
 def test_torchrun_process_group_destroyed_at_exit(tmp_path):

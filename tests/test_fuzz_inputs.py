@@ -136,8 +136,13 @@ JSON_CASES = [
     ("segment_id_float", lambda d: _seg(d).update(id=1.5), "'id'"),
     ("segment_no_category", lambda d: _seg(d).pop("category_id"), "'category_id'"),
     ("segment_not_dict", lambda d: d["annotations"][0]["segments_info"].append(3), "segment 3"),
-    ("segment_missing_from_png", lambda d: d["annotations"][0]["segments_info"].append(
-        {"id": 77777, "category_id": 1, "iscrowd": 0}), "77777"),  # fmt: skip
+    (
+        "segment_missing_from_png",
+        lambda d: d["annotations"][0]["segments_info"].append(
+            {"id": 77777, "category_id": 1, "iscrowd": 0}
+        ),
+        "77777",
+    ),  # fmt: skip
     ("segment_unlisted_in_png", lambda d: d["annotations"][0]["segments_info"].pop(0), "PNG"),
     ("png_name_missing", lambda d: d["annotations"][0].update(file_name="nope.png"), "nope.png"),
 ]
@@ -386,8 +391,12 @@ CONFIG_CASES = [
     ("not_yaml", "MODEL: [unclosed\n", [], "not valid YAML"),
     ("top_level_list", "- 1\n- 2\n", [], "mapping"),
     ("unknown_key_in_file", "SOLVER:\n  MAX_ITR: 5\n", [], "did you mean 'SOLVER.MAX_ITER'"),
-    ("python_tag", "OUTPUT_DIR: !!python/object/apply:os.system ['touch {marker}']\n", [],
-     "case.yaml"),  # fmt: skip
+    (
+        "python_tag",
+        "OUTPUT_DIR: !!python/object/apply:os.system ['touch {marker}']\n",
+        [],
+        "case.yaml",
+    ),  # fmt: skip
     ("value_type_in_file", "SOLVER:\n  MAX_ITER: [1, 2]\n", [], "MAX_ITER"),
 ]
 
@@ -440,8 +449,14 @@ WEIGHTS_CASES = [
     ("missing", None, "w.pth"),
     ("garbage", lambda p, m: p.write_bytes(b"\x00garbage" * 10), "w.pth"),
     ("json", lambda p, m: p.write_text('{"model": {}}'), "w.pth"),
-    ("truncated", lambda p, m: (torch.save({"model": {"a": torch.zeros(9)}}, p),
-                                p.write_bytes(p.read_bytes()[:100])), "w.pth"),  # fmt: skip
+    (
+        "truncated",
+        lambda p, m: (
+            torch.save({"model": {"a": torch.zeros(9)}}, p),
+            p.write_bytes(p.read_bytes()[:100]),
+        ),
+        "w.pth",
+    ),  # fmt: skip
     ("pickle_runs_code", lambda p, m: torch.save({"model": _RunsCode(m)}, p), "w.pth"),
     ("plain_pickle_runs_code", lambda p, m: p.write_bytes(pickle.dumps(_RunsCode(m))), "w.pth"),
     ("not_a_state_dict", lambda p, m: torch.save([1, 2], p), "w.pth"),

@@ -53,8 +53,9 @@ def test_stop_signal_saves_and_resume_matches_uninterrupted(tmp_path, signum):
     resumed = _trainer(tmp_path / "split", 8)
     assert resumed.resume() and resumed.iteration == 5
     resumed.train()
-    full, split = _weights(tmp_path / "full" / "model_0000008.pth"), _weights(
-        tmp_path / "split" / "model_0000008.pth"
+    full, split = (
+        _weights(tmp_path / "full" / "model_0000008.pth"),
+        _weights(tmp_path / "split" / "model_0000008.pth"),
     )
     assert all(torch.equal(full[k], split[k]) for k in full)
     # one metrics record per iteration, none replayed
@@ -163,8 +164,9 @@ def test_submitit_job_preempted_and_requeued_ends_as_uninterrupted(tmp_path):
     assert "resumed from iteration" in log, log[-3000:]
     stopped = int(log.split("resumed from iteration ")[1].split()[0])
     assert 2 <= stopped < 8
-    full, job_weights = _weights(tmp_path / "full" / "model_0000008.pth"), _weights(
-        out / "model_0000008.pth"
+    full, job_weights = (
+        _weights(tmp_path / "full" / "model_0000008.pth"),
+        _weights(out / "model_0000008.pth"),
     )
     assert all(torch.equal(full[k], job_weights[k]) for k in full)
     iterations = [r["iteration"] for r in read_metrics(str(out / "metrics.json"))]

@@ -24,14 +24,22 @@ _C.MODEL.BACKBONE = _YacsNode()
 _C.MODEL.BACKBONE.NAME = "axial_resnet"  # backbone builder: "axial_resnet" or "resnet"
 
 _C.MODEL.AXIAL_RESNET = _YacsNode()
-_C.MODEL.AXIAL_RESNET.VARIANT = "axial_resnet_s"  # name in the variant table (S/M/L/XL, axial26s...)
+_C.MODEL.AXIAL_RESNET.VARIANT = (
+    "axial_resnet_s"  # name in the variant table (S/M/L/XL, axial26s...)
+)
 _C.MODEL.AXIAL_RESNET.SPAN = 65  # span m (local) or table reach (global); 0: the variant's
-_C.MODEL.AXIAL_RESNET.SPAN_MODE = ""  # "local" (m centred), "global", "hybrid", "block"; "": variant's
+_C.MODEL.AXIAL_RESNET.SPAN_MODE = (
+    ""  # "local" (m centred), "global", "hybrid", "block"; "": variant's
+)
 _C.MODEL.AXIAL_RESNET.OUTPUT_STRIDE = 16  # 16 (last stage not strided) or 32
-_C.MODEL.AXIAL_RESNET.STRIDE_MODE = ""  # "subsample" after each axis, "avgpool" (authors'); "": variant's
+_C.MODEL.AXIAL_RESNET.STRIDE_MODE = (
+    ""  # "subsample" after each axis, "avgpool" (authors'); "": variant's
+)
 _C.MODEL.AXIAL_RESNET.STEM = ""  # "inception", "conv7" or "axial" (full attention); "": variant's
 _C.MODEL.AXIAL_RESNET.OUT_FEATURES = ["res2", "res3", "res5"]  # features returned to the decoder
-_C.MODEL.AXIAL_RESNET.GRADIENT_CHECKPOINTING = False  # recompute axial blocks in backward to save memory
+_C.MODEL.AXIAL_RESNET.GRADIENT_CHECKPOINTING = (
+    False  # recompute axial blocks in backward to save memory
+)
 _C.MODEL.AXIAL_RESNET.NUM_HEADS = 8  # attention heads per axial layer
 _C.MODEL.AXIAL_RESNET.WIDTH_MULTIPLIER = 0.0  # channel width multiplier; 0: the variant's
 _C.MODEL.AXIAL_RESNET.STEM_WIDTH_MULTIPLIER = 0.0  # stem width multiplier; 0: the variant's
@@ -118,7 +126,9 @@ _C.INPUT.RANDOM_FLIP = "horizontal"  # detectron2 key: "horizontal" (p = 0.5) or
 _C.INPUT.CROP = _YacsNode()
 _C.INPUT.CROP.ENABLED = True  # detectron2 key: random crop after scaling (padding if smaller)
 _C.INPUT.CROP.SIZE = [512, 1024]  # detectron2 key: crop (height, width) in pixels
-_C.INPUT.CROP.RANDOM_PAD = False  # True: image placed at a random spot in the padding, else top-left
+_C.INPUT.CROP.RANDOM_PAD = (
+    False  # True: image placed at a random spot in the padding, else top-left
+)
 _C.INPUT.MIN_SIZE_TEST = 0  # detectron2 key: test short side in pixels; 0 keeps the file's size
 _C.INPUT.MAX_SIZE_TEST = 0  # detectron2 key: cap on the test long side; 0: no cap
 
@@ -141,7 +151,9 @@ _C.SOLVER = _YacsNode()
 _C.SOLVER.BASE_LR = 1e-3  # peak learning rate
 _C.SOLVER.MAX_ITER = 60000  # training iterations
 _C.SOLVER.IMS_PER_BATCH = 8  # images per iteration, summed over all ranks
-_C.SOLVER.OPTIMIZER = "adam"  # "adam" (deeplab2's Panoptic/Axial-DeepLab), "radam_lookahead" or "sgd"
+_C.SOLVER.OPTIMIZER = (
+    "adam"  # "adam" (deeplab2's Panoptic/Axial-DeepLab), "radam_lookahead" or "sgd"
+)
 _C.SOLVER.BETAS = (0.9, 0.999)  # Adam/RAdam betas
 _C.SOLVER.WEIGHT_DECAY = 0.0  # L2 decay on conv/linear weights (not norms, biases, rel. tables)
 _C.SOLVER.POLY_LR_POWER = 0.9  # poly schedule: lr * (1 - it / MAX_ITER) ** power

@@ -109,7 +109,9 @@ def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> Cfg
             loaded = CfgNode.load_yaml_with_base(config_file, allow_unsafe=False)
         except yaml.YAMLError as exc:
             message = " ".join(str(exc).split())
-            raise ConfigError(f"{config_file}: not plain YAML (tags are refused): {message}") from None
+            raise ConfigError(
+                f"{config_file}: not plain YAML (tags are refused): {message}"
+            ) from None
         data = translate_native_yaml(loaded)
         cfg.merge_from_other_cfg(CfgNode(data))
     cfg.merge_from_list(translate_native_opts(opts))

@@ -138,9 +138,9 @@ def main(args: argparse.Namespace) -> dict:
     if args.eval_only:
         model = Trainer.build_model(cfg)
         allow = args.unsafe_load_pickle_weights
-        SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR, allow_pickle=allow).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        SafeDetectionCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, allow_pickle=allow
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg, allow_pickle=args.unsafe_load_pickle_weights)
     trainer.resume_or_load(resume=args.resume)

@@ -185,8 +185,9 @@ def synthetic_scene(
         image[mask] = _thing_pixels(rng, cls, mask)
         segments[mask], classes, crowd = len(classes) + 1, classes + [cls], crowd + [0]
     if rng.random() < void_prob:
-        h, w = int(rng.integers(height // 10, height // 4)), int(
-            rng.integers(width // 10, width // 4)
+        h, w = (
+            int(rng.integers(height // 10, height // 4)),
+            int(rng.integers(width // 10, width // 4)),
         )
         y, x = int(rng.integers(0, height - h)), int(rng.integers(0, width - w))
         image[y : y + h, x : x + w] = rng.uniform(0, 255, (h, w, 3))

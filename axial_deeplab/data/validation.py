@@ -88,7 +88,9 @@ def validate_annotations(annotations: object, source: str) -> dict[object, dict]
                 "file name"
             )
         if not isinstance(ann["segments_info"], list):
-            raise DatasetFormatError(f"{source}: image_id {image_id!r}: segments_info is not a list")
+            raise DatasetFormatError(
+                f"{source}: image_id {image_id!r}: segments_info is not a list"
+            )
         if image_id in out:
             raise DatasetFormatError(f"{source}: duplicate annotation for image_id {image_id!r}")
         out[image_id] = ann

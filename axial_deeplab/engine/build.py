@@ -258,7 +258,8 @@ def build_trainer(cfg, device: torch.device, catalog: DatasetCatalog | None = No
 
 def resolve_config_seed(cfg):
     """``cfg`` with ``SEED < 0`` replaced by a random seed (``trainer.resolve_seed``); unchanged
-    (the same object) when ``SEED >= 0``. Call it before ``save_config`` so the file holds the seed."""
+    (the same object) when ``SEED >= 0``. Call it before ``save_config``, so that the file holds
+    the seed."""
     seed = resolve_seed(cfg.SEED)
     if seed == cfg.SEED:
         return cfg

@@ -393,7 +393,9 @@ def run(args: argparse.Namespace) -> dict:
     print(f"class names: {source}")
     sem = cfg.MODEL.SEM_SEG_HEAD
     if len(metadata.class_names) != named_classes(cfg):
-        void = f" with one void channel (VOID_CLASS {sem.VOID_CLASS})" if sem.VOID_CLASS >= 0 else ""
+        void = (
+            f" with one void channel (VOID_CLASS {sem.VOID_CLASS})" if sem.VOID_CLASS >= 0 else ""
+        )
         raise ValueError(
             f"{source} names {len(metadata.class_names)} classes but "
             f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {sem.NUM_CLASSES}{void}"

@@ -77,7 +77,8 @@ def rng_state() -> dict[str, Any]:
 
 def resolve_seed(seed: int) -> int:
     """``seed`` if it is >= 0; else a random seed in ``[0, 2^31)``, drawn by the main process and
-    shared by every process (so that all ranks shuffle alike), and printed so a run can be redone."""
+    shared by every process (so that all ranks shuffle alike), and printed, so that a run can be
+    redone."""
     if seed >= 0:
         return seed
     drawn = all_gather_objects(secrets.randbelow(2**31))[0]

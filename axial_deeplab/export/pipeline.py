@@ -126,8 +126,9 @@ class PanopticPipeline(nn.Module):
                 "class_names": list(meta.class_names),
                 "thing_ids": list(meta.thing_ids),
                 "label_divisor": meta.label_divisor,
-                "class_colors": None if meta.class_colors is None else
-                [list(c) for c in meta.class_colors],
+                "class_colors": None
+                if meta.class_colors is None
+                else [list(c) for c in meta.class_colors],
             },  # fmt: skip
             "postprocessing": asdict(self.postprocessing),
             "void_label": VOID_LABEL,

@@ -843,7 +843,7 @@ def dump_blocks(key: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def _summary(info: dict[str, Any]) -> str:
     lines = [f"{info['key']} [{info['size']}]: params {info['parameter_counts']}"]
-    lines.append(f"  timings {({k: round(v, 1) for k, v in info['timings'].items()})}")
+    lines.append(f"  timings { ({k: round(v, 1) for k, v in info['timings'].items()}) }")
     for name, s in info.get("outputs", {}).items():
         extra = f" unique={s['num_unique']}" if "num_unique" in s else ""
         lines.append(
