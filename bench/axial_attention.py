@@ -47,12 +47,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from axial_deeplab.checkpoint.authors import convert_attention_layer
 from axial_deeplab.evaluation.parallel import keep_freed_memory
 from axial_deeplab.layers import AxialAttention
+from axial_deeplab.utils.model_stats import matmul_peak
 
 PAIR = ("ours", "theirs")
+GOAL = 0.35  # issue 14's target, ours / theirs
 
 
 def import_authors(repo: str) -> types.ModuleType:
@@ -151,6 +154,33 @@ def time_modes(args: argparse.Namespace) -> dict:
     return results
 
 
+def arithmetic_floor(args: argparse.Namespace, times: dict) -> dict:
+    """Per mode: the matrix-product work of one step (``torch.utils.flop_counter``, counted on a
+    real step of each layer; the smaller count, as both compute the same function), this
+    machine's float32 matmul rate now (``matmul_peak``, 2048^3, the bench's threads) and what
+    follows: the fastest any float32 implementation could run the step, and the share of that
+    rate a layer must sustain to take ``GOAL`` x the authors' time."""
+    ours, theirs = build_pairs(args)
+    x, grad = inputs(args)
+    peak = matmul_peak(2048, repeats=5)
+    floors = {}
+    for mode in ("train", "eval"):
+        counts = []
+        for model in (ours, theirs):
+            with FlopCounterMode(display=False) as counter:
+                make_step(model, mode, x, grad)()
+            counts.append(counter.get_total_flops())
+        flop, row = min(counts), times[mode]
+        floors[mode] = {
+            "flop": flop,
+            "floor_ms": 1e3 * flop / peak,
+            "floor_ratio": 1e3 * flop / peak / row["theirs"],
+            "share_of_peak": {name: 1e3 * flop / peak / row[name] for name in PAIR},
+            "share_of_peak_at_goal": flop / peak / (GOAL * row["theirs"] / 1e3),
+        }
+    return {"matmul_peak_flop_per_s": peak, "modes": floors}
+
+
 def _status_kib(field: str) -> int:
     """``VmRSS`` / ``VmHWM`` of this process in KiB (Linux)."""
     with open("/proc/self/status") as status:
@@ -200,6 +230,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-steps", type=int, default=2)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument(
+        "--no-floor", action="store_true", help="skip the arithmetic floor (matmul work / peak)"
+    )
+    parser.add_argument(
         "--keep-freed-memory",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -242,6 +275,21 @@ def main(argv: list[str] | None = None) -> None:
             f"[{cpu[0]:.2f}-{cpu[2]:.2f}] | {row['diff']:9.2e}  {peak[0]:>13}  {peak[1]:>6}"
         )
     print("ratio: median of the per-repeat ratios ours/theirs (runs adjacent in time), [quartiles]")
+    if args.no_floor:
+        return
+    floor = arithmetic_floor(args, times)
+    print(
+        f"arithmetic floor (matmul work / this machine's float32 matmul peak now, "
+        f"{floor['matmul_peak_flop_per_s'] / 1e9:.0f} GFLOP/s on {args.threads} thread(s)):"
+    )
+    for mode, f in floor["modes"].items():
+        share = f["share_of_peak"]
+        print(
+            f"  {mode:<5} {f['flop'] / 1e9:.2f} GFLOP -> >= {f['floor_ms']:.1f} ms = "
+            f"{f['floor_ratio']:.2f}x theirs; runs at {share['ours']:.0%} (ours) and "
+            f"{share['theirs']:.0%} (theirs) of that peak; {GOAL}x theirs needs "
+            f"{f['share_of_peak_at_goal']:.0%}"
+        )
 
 
 if __name__ == "__main__":

@@ -196,19 +196,14 @@ def arithmetic_floor(model, image) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from axial_deeplab.utils.model_stats import matmul_peak
+
     with torch.device("meta"):
         meta = copy.deepcopy(model).to("meta")
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             meta(torch.empty(image.shape, dtype=image.dtype))
     by_op = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
-    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
-    a @ b
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    peak = 2 * 4096**3 / best
+    peak = matmul_peak(4096, repeats=5)
     return {
         "flop": counter.get_total_flops(),
         "flop_by_op": by_op,

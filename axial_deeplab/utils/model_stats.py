@@ -27,6 +27,7 @@ Command line (``tools/model_stats.py``; entry point ``axial_deeplab.utils.model_
 from __future__ import annotations
 
 import argparse
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,21 @@ class MacCount:
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameter elements (each shared tensor counted once)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def matmul_peak(size: int = 4096, repeats: int = 5) -> float:
+    """This machine's float32 matrix-product rate now, in FLOP/s: the best of ``repeats`` timed
+    ``size^3`` products (after one untimed), with the torch threads in use. About the most its
+    cores deliver; ``FLOPs / matmul_peak()`` is then a floor on any float32 implementation's time.
+    """
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
 def window_pairs(length: int, span: int, span_mode: str) -> int:
