@@ -17,7 +17,7 @@ requiring grad; ``eval``: forward under ``torch.no_grad()`` in eval mode):
   ratio is the median of the per-repeat ratios (the two runs of a repeat are adjacent in time, so
   load changes mostly cancel), with its quartiles as the spread;
 - allocator: glibc's defaults, or with ``--keep-freed-memory`` the process keeps freed memory
-  for reuse (``mallopt``, as ``evaluation.parallel.keep_freed_memory``). The authors' layer
+  for reuse (``mallopt``, ``utils.host_memory.keep_freed_memory``). The authors' layer
   allocates ``[B, 3G, L, L]`` tensors of ~50 MB each call; with glibc's defaults whether those
   come back as fresh pages (page faults) depends on the process's allocation history, which
   moved their time by up to 2x between runs (ours works in reused chunk buffers and barely
@@ -50,8 +50,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from axial_deeplab.checkpoint.authors import convert_attention_layer
-from axial_deeplab.evaluation.parallel import keep_freed_memory
 from axial_deeplab.layers import AxialAttention
+from axial_deeplab.utils.host_memory import keep_freed_memory
 from axial_deeplab.utils.model_stats import matmul_peak
 
 PAIR = ("ours", "theirs")

@@ -164,9 +164,11 @@ def ours_runner(folder: str, config: str, compile_model: bool = False):
 
     from axial_deeplab.checkpoint.deeplab2_parity import _panoptic, converted_model
     from axial_deeplab.modeling.fusion import inference_model
+    from axial_deeplab.utils.host_memory import keep_freed_memory_for_models
 
     model, info, _, _ = converted_model(folder, config)
     model = plain = inference_model(model)  # as evaluate_panoptic and Predictor run it
+    keep_freed_memory_for_models(torch.device("cpu"))  # as they do, too
     if compile_model:
         model = torch.compile(model, dynamic=False)
     dtype = next(model.parameters()).dtype

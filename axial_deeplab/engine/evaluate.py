@@ -25,6 +25,7 @@ from ..modeling.postprocessing import (
     get_panoptic_segmentation,
     semantic_prediction,
 )
+from ..utils.host_memory import keep_freed_memory_for_models
 from .distributed import is_main_process
 
 VOID_LABEL = -1
@@ -264,6 +265,9 @@ def evaluate_panoptic(
     net = inference_model(
         getattr(model, "module", model), channels_last=torch.device(device).type == "cpu"
     )
+    # On the CPU, glibc keeps freed activations for reuse (~25% of a full-resolution pass was
+    # page faults); see utils.host_memory.
+    keep_freed_memory_for_models(torch.device(device))
     with torch.no_grad():
         for batch in tqdm(loader, desc="eval", unit="img", disable=not is_main_process()):
             images = batch["image"].to(device).float()  # [N, 3, H, W]

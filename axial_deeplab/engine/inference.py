@@ -22,6 +22,7 @@ from ..data.catalog import DatasetMetadata
 from ..modeling.fusion import inference_model
 from ..modeling.panoptic_deeplab import upsample, upsample_offsets
 from ..modeling.postprocessing import drop_void_channel, get_instances, semantic_prediction
+from ..utils.host_memory import keep_freed_memory_for_models
 from .evaluate import PostProcessing, labels_to_segments, panoptic_prediction
 
 
@@ -204,6 +205,7 @@ class Predictor:
         self.device = torch.device(device)
         cpu = self.device.type == "cpu"
         self.model = inference_model(model, channels_last=cpu).to(self.device)
+        keep_freed_memory_for_models(self.device)  # CPU: no page faults per large activation
         self.metadata = as_metadata(metadata)
         self.postprocessing = postprocessing or PostProcessing()
         self.tta = tta or TestTimeAugmentation()

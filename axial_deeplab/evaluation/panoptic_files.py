@@ -20,13 +20,10 @@ from axial_deeplab.data.validation import (
     validate_images,
 )
 from axial_deeplab.evaluation.panoptic import PanopticEvaluator, PQStats, RunsImage
-from axial_deeplab.evaluation.parallel import (
-    keep_freed_memory,
-    map_batches,
-    shrinking_batch_sizes,
-)
+from axial_deeplab.evaluation.parallel import map_batches, shrinking_batch_sizes
 from axial_deeplab.evaluation.runs import PanopticPngReader
 from axial_deeplab.utils.atomic import write_json
+from axial_deeplab.utils.host_memory import keep_freed_memory
 
 # One image's work: (gt PNG, gt segments_info, pred PNG, pred segments_info, (H, W) or None).
 Task = tuple[str, list, str, list, "tuple[int, int] | None"]

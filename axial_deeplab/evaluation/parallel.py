@@ -9,14 +9,14 @@ Workers are forked (no re-import, no pickling of ``function`` and ``items``) wit
 and pipes rather than :mod:`multiprocessing`, whose import (sockets, subprocess, tempfile...)
 costs about 10 ms of a command's start-up.
 
-A started worker is a process of ours, so it tunes glibc's allocator for batch work: freed memory is
-kept for the next batch instead of being handed back to the system (and faulted in again page by
-page), which otherwise costs about a tenth of the time of numpy-heavy batches.
+A started worker is a process of ours, so it tunes glibc's allocator for batch work
+(``utils.host_memory.keep_freed_memory``): freed memory is kept for the next batch instead of
+being handed back to the system (and faulted in again page by page), which otherwise costs about
+a tenth of the time of numpy-heavy batches.
 """
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import mmap
 import os
@@ -26,6 +26,8 @@ import signal
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
+
+from ..utils.host_memory import keep_freed_memory
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -129,17 +131,6 @@ class _SharedCounter:
         os.close(self._lock_read)
         os.close(self._lock_write)
         self._memory.close()
-
-
-def keep_freed_memory() -> None:
-    """glibc only (elsewhere nothing): keep up to 256 MiB of freed memory, and serve blocks up
-    to 64 MiB from it, rather than returning them to the system after every batch."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
-    mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
 
 
 def _batches(function, items, bounds: list[int], counter: _SharedCounter | None) -> Iterator:
