@@ -188,6 +188,31 @@ def test_chunked_lines_match_reference(monkeypatch, train, axis):
     assert_agrees(layer, x, train)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("axis", ["height", "width"])
+def test_eval_projection_paths_match_reference(monkeypatch, threads, axis):
+    # In eval mode on the CPU the projection runs as one 1x1 convolution of the channels-last
+    # map with several threads, and as a matmul per line with one: both must hold.
+    convolutions = []
+
+    def counted(*args, **kwargs):
+        if not args[0].is_contiguous():  # ours, channels-last (the reference's input is not)
+            convolutions.append(args[1].shape)
+        return conv2d(*args, **kwargs)
+
+    conv2d = F.conv2d
+    monkeypatch.setattr(F, "conv2d", counted)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        layer = make_layer(axis=axis, span=3, span_mode="local")
+        x = torch.randn(2, 6, 5, 7, dtype=DTYPE, generator=torch.Generator().manual_seed(13))
+        assert_agrees(layer, x, train=False)
+    finally:
+        torch.set_num_threads(before)
+    assert len(convolutions) == (0 if threads == 1 else 1)
+
+
 @pytest.mark.parametrize(
     "frozen", [("qkv_norm",), ("qkv_norm", "logits_norm"), ("logits_norm", "output_norm")]
 )

@@ -81,7 +81,9 @@ def test_inference_model_computes_the_same_function(name):
     for key, value in expected.items():
         assert got[key].is_contiguous()
         scale = value.abs().max().item()
-        assert (got[key] - value).abs().max().item() <= 1e-10 * max(scale, 1.0), key
+        # float64 round-off through a deep random network (MaX-S: ~1e-10 when the two runs
+        # sum the attention projection in different orders); a wrong fold is ~1e-2.
+        assert (got[key] - value).abs().max().item() <= 1e-9 * max(scale, 1.0), key
 
 
 def test_norms_in_training_mode_are_not_folded():
