@@ -190,11 +190,12 @@ class AxialAttention(nn.Module):
         # and heads flatten to one batch axis without a copy ([B G, d, L] for the matmuls). No
         # shift: broadcasting it into the output would be a pass over it (8% of the layer).
         weight = weight[head_major_rows(g, dk, dv, device=weight.device)]  # [2C, C_in]
-        if x.device.type == "cpu" and torch.get_num_threads() > 1:
+        if x.device.type in ("cpu", "meta") and torch.get_num_threads() > 1:
             # One 1x1 convolution over the channels-last map (oneDNN), then its lines: the
             # MaX-S backbone at 1025 x 2049 on 2 cores ran ~12% faster than with a matmul per
             # line. On one thread PyTorch runs such a convolution as its own matmul, and the
-            # matmul per line was as fast or faster (the 65 x 65, C = 128 pair).
+            # matmul per line was as fast or faster (the 65 x 65, C = 128 pair). ("meta": MAC
+            # counts on shapes only, utils.model_stats, follow what the CPU runs.)
             x = x.contiguous(memory_format=torch.channels_last)
             qkv = self._lines(F.conv2d(x, weight[:, :, None, None]))  # [B, 2C, L]
         else:
