@@ -143,8 +143,8 @@ class AxialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input [N, {self.in_channels}, H, W], got {list(x.shape)}")
-        n, _, h, w = x.shape
-        n_lines, length = (w, h) if self.axis == "height" else (h, w)
+        n = x.shape[0]
+        n_lines, length = self._line_sizes(x)
         q, k, v, shift = self._project(x)
         sv, sve = self._attend(q, k, v, shift)  # sum W v [B, C, L], sum W rv [L, B, C]
         out = self._combine(sv, sve, shift).view(n, n_lines, self.out_channels, length)
@@ -154,12 +154,16 @@ class AxialAttention(nn.Module):
             out = out.permute(0, 2, 1, 3)  # [N, C, H, W]
         return self._apply_stride(out)
 
+    def _line_sizes(self, x: torch.Tensor) -> tuple[int, int]:
+        """``(lines per image, line length)`` of ``x [N, C, H, W]`` along this layer's axis."""
+        h, w = x.shape[2:]
+        return (w, h) if self.axis == "height" else (h, w)
+
     def _lines(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, C, H, W]`` -> its lines along this layer's axis, ``[B, C, L]`` (a copy)."""
-        n, c, h, w = x.shape
-        if self.axis == "height":
-            return x.permute(0, 3, 1, 2).reshape(n * w, c, h)  # [N W, C, H]
-        return x.permute(0, 2, 1, 3).reshape(n * h, c, w)  # [N H, C, W]
+        order = (0, 3, 1, 2) if self.axis == "height" else (0, 2, 1, 3)  # [N, lines, C, L]
+        n_lines, length = self._line_sizes(x)
+        return x.permute(order).reshape(x.shape[0] * n_lines, x.shape[1], length)
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``qkv_norm(qkv_proj(x))`` for ``x [N, C_in, H, W]``, as lines split into ``q, k [B, G,
@@ -167,8 +171,8 @@ class AxialAttention(nn.Module):
         the norm's shift, and that shift ``[2C]`` (``[q | k | v]``), added later where it is
         free (``_attend``, ``_combine``)."""
         weight = self.qkv_proj.weight.flatten(1)  # [2C, C_in]
-        n, _, h, w = x.shape
-        b, length = (n * w, h) if self.axis == "height" else (n * h, w)
+        n_lines, length = self._line_sizes(x)
+        b = x.shape[0] * n_lines
         g, dk, dv = self.num_heads, self.key_channels, self.value_channels
 
         def heads(q, k, v):  # [B, G d, L] -> [B, G, d, L]
