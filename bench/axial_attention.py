@@ -154,15 +154,16 @@ def time_modes(args: argparse.Namespace) -> dict:
     return results
 
 
-def arithmetic_floor(args: argparse.Namespace, times: dict) -> dict:
+def arithmetic_floor(args: argparse.Namespace, times: dict, earlier_peak: float) -> dict:
     """Per mode: the matrix-product work of one step (``torch.utils.flop_counter``, counted on a
     real step of each layer; the smaller count, as both compute the same function), this
-    machine's float32 matmul rate now (``matmul_peak``, 2048^3, the bench's threads) and what
+    machine's float32 matmul rate (``matmul_peak``, 2048^3, the bench's threads; the better of
+    ``earlier_peak``, measured before the timed runs, and one now) and what
     follows: the fastest any float32 implementation could run the step, and the share of that
     rate a layer must sustain to take ``GOAL`` x the authors' time."""
     ours, theirs = build_pairs(args)
     x, grad = inputs(args)
-    peak = matmul_peak(2048, repeats=5)
+    peak = max(matmul_peak(2048, repeats=5), earlier_peak)
     floors = {}
     for mode in ("train", "eval"):
         counts = []
@@ -254,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child_impl:
         memory_child(args)
         return
+    peak_before = 0.0 if args.no_floor else matmul_peak(2048, repeats=5)
     times = time_modes(args)
     memory = None if args.no_memory else memory_modes(args)
     print(
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     print("ratio: median of the per-repeat ratios ours/theirs (runs adjacent in time), [quartiles]")
     if args.no_floor:
         return
-    floor = arithmetic_floor(args, times)
+    floor = arithmetic_floor(args, times, peak_before)
     print(
         f"arithmetic floor (matmul work / this machine's float32 matmul peak now, "
         f"{floor['matmul_peak_flop_per_s'] / 1e9:.0f} GFLOP/s on {args.threads} thread(s)):"

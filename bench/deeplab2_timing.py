@@ -209,7 +209,7 @@ def arithmetic_floor(model, image, earlier_peak: float = 0.0) -> dict:
             meta(torch.empty(image.shape, dtype=image.dtype))
     by_op = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
     # The best of this and an earlier measurement: a busy moment on a shared machine only
-    # lowers the rate measured, which would make the floor look lower than it is.
+    # lowers the rate measured, which would make the floor look higher (slower) than it is.
     peak = max(matmul_peak(4096, repeats=5), earlier_peak)
     return {
         "flop": counter.get_total_flops(),

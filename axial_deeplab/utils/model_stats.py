@@ -58,7 +58,9 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def matmul_peak(size: int = 4096, repeats: int = 5) -> float:
     """This machine's float32 matrix-product rate now, in FLOP/s: the best of ``repeats`` timed
     ``size^3`` products (after one untimed), with the torch threads in use. About the most its
-    cores deliver; ``FLOPs / matmul_peak()`` is then a floor on any float32 implementation's time.
+    cores deliver; ``FLOPs / matmul_peak()`` is then an approximate floor on any float32
+    implementation's time (oneDNN's convolutions come within a few percent of this rate; a busy
+    moment during the measurement lowers it, so callers take the best of several).
     """
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
