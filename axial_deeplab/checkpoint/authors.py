@@ -210,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
 
     Exits 1 without writing when any key does not match, unless ``--allow-partial`` (then only
     the keys that match our model in name and shape are written, for ``strict=False`` loading).
+    Other errors are one line (``--debug``: with the traceback).
     """
+    from ..utils.cli import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     import argparse
 
     from ..modeling.backbone.variants import VARIANTS

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 
 from ..config import load_config
+from ..data.metadata import config_class_metadata
 from ..modeling.build import build_model
+from ..utils.cli import run_cli
 from .deeplab2 import deeplab2_entries, ignore_reason
 from .io import file_sha256, save_checkpoint_file
 from .mapping import ConversionReport, apply_mapping
@@ -74,22 +76,6 @@ def convert(
     return state, report
 
 
-def class_metadata(cfg) -> dict | None:
-    """Class metadata of the config's (built-in) data set. deeplab2's COCO models have one more
-    output than COCO has classes, their ignore label 0: the config names it as a void channel
-    (``MODEL.SEM_SEG_HEAD.VOID_CLASS 0``), which is no class, so the metadata lists the 133 COCO
-    classes (things 0..79) as the data set numbers them, and inference and evaluation map the
-    model's channels onto them (``axial_deeplab.modeling.postprocessing.semantic_prediction``)."""
-    from ..data.metadata import metadata_for_dataset
-
-    for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
-        try:
-            return metadata_for_dataset(name)
-        except (KeyError, ValueError):
-            continue
-    return None
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -105,6 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Convert, print the report, write the file; returns a summary (raises on failure)."""
+    if not any(os.path.exists(p) for p in (args.checkpoint, f"{args.checkpoint}.index")):
+        raise FileNotFoundError(
+            f"checkpoint not found: {args.checkpoint} (a .tar.gz, its folder or a ckpt-N prefix)"
+        )
     cfg = load_config(args.config_file, args.opts)
     model = build_model(cfg)
     with tempfile.TemporaryDirectory(prefix="deeplab2-") as work:
@@ -128,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.output,
         state,
         config=None if args.backbone_only else cfg,
-        metadata=None if args.backbone_only else class_metadata(cfg),
+        metadata=None if args.backbone_only else config_class_metadata(cfg),
         source=source,
     )
     print(f"wrote {args.output} ({sum(v.numel() for v in state.values()):,} values)")
@@ -136,4 +126,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run(parse_args(argv))
+    """The command line; errors are one line (``--debug``: with the traceback)."""
+    return run_cli(lambda args: run(parse_args(args)), argv)

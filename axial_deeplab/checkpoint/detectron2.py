@@ -45,8 +45,10 @@ from .mapping import ConversionReport, Entry, apply_mapping
 
 try:  # numpy >= 2 (numpy.core is its deprecated alias)
     from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
 
 # (module, name) globals a detectron2 .pkl may name: numpy array/scalar reconstruction only.
 _NUMPY_GLOBALS = {
@@ -54,6 +56,11 @@ _NUMPY_GLOBALS = {
         (module, name): getattr(_multiarray, name)
         for module in ("numpy.core.multiarray", "numpy._core.multiarray")
         for name in ("_reconstruct", "scalar")
+    },
+    # pickle protocol 5 writes arrays as (numpy's _frombuffer, (bytes, dtype, shape, order))
+    **{
+        (module, "_frombuffer"): _numeric._frombuffer
+        for module in ("numpy.core.numeric", "numpy._core.numeric")
     },
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
@@ -95,16 +102,23 @@ def load_detectron2_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 obj = SafeUnpickler(f, encoding="latin1").load()
             except pickle.UnpicklingError as exc:
                 raise pickle.UnpicklingError(f"{path}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - truncated or not a pickle: name the file
+                raise ValueError(f"{path}: not a readable pickle ({exc!r})") from None
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise pickle.UnpicklingError(f"{path}: not a weights-only file: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - truncated or not a torch file: name the file
+            raise ValueError(f"{path}: not a readable torch checkpoint ({exc!r})") from None
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected {{name: array}}, got {type(obj).__name__}")
-    return {k.removeprefix("module."): _to_tensor(k, v) for k, v in obj.items()}
+    try:
+        return {k.removeprefix("module."): _to_tensor(k, v) for k, v in obj.items()}
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _unit(base: str, sub: str | None) -> tuple[str, str]:
@@ -279,12 +293,12 @@ def _shape_only(tensor: torch.Tensor) -> np.ndarray:
 
 def save_converted(path: str, state_dict: dict[str, torch.Tensor], *, cfg, source: dict) -> None:
     """Write a converted state dict (weights-only loadable) with its config, class metadata and
-    provenance: the one place the output format is chosen."""
-    from ..data.metadata import metadata_for_dataset
+    provenance: the one place the output format is chosen. A config whose data sets are not
+    built in gives a file without class metadata (as ``convert_deeplab2``)."""
+    from ..data.metadata import config_class_metadata
     from .io import save_checkpoint_file
 
-    datasets = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
-    metadata = metadata_for_dataset(datasets[0]) if datasets else None
+    metadata = config_class_metadata(cfg)
     save_checkpoint_file(path, state_dict, config=cfg, metadata=metadata, source=source)
 
 
@@ -321,7 +335,14 @@ def convert_file(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``convert_detectron2.py MODEL.pkl OUT.pth --config-file CFG [KEY VALUE ...]``."""
+    """``convert_detectron2.py MODEL.pkl OUT.pth --config-file CFG [KEY VALUE ...]``; errors are
+    one line (``--debug``: with the traceback)."""
+    from ..utils.cli import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -16,9 +16,12 @@ None, lists, dicts and tensors are stored, so ``torch.load(weights_only=True)`` 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import numbers
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -185,14 +188,48 @@ def save_checkpoint_file(
     save_atomic({"model": dict(state_dict), **entries}, path)
 
 
+# Files of the checkpoints users download that must be converted before they load:
+# deeplab2's TensorFlow checkpoints and detectron2's model-zoo pickles.
+_CONVERT_FIRST = (
+    (re.compile(r"(\.index|\.data-\d+-of-\d+|\.tar\.gz|\.tgz)$"), "a deeplab2 (TensorFlow) "
+     "checkpoint? Convert it first: python tools/convert_deeplab2.py CKPT OUT.pth --config-file "
+     "configs/.../X.yaml"),
+    (re.compile(r"\.pkl$"), "a detectron2 model-zoo pickle? Convert it first: python "
+     "tools/convert_detectron2.py MODEL.pkl OUT.pth --config-file configs/.../X.yaml"),
+)  # fmt: skip
+
+
+def _convert_first_hint(path: str) -> str:
+    for pattern, hint in _CONVERT_FIRST:
+        if pattern.search(path):
+            return f" ({hint})"
+    return ""
+
+
 def _load(path: str | os.PathLike) -> Any:
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"{path} is a folder, not a checkpoint file"
+            f"{_convert_first_hint('.index') if glob.glob(os.path.join(path, '*.index')) else ''}"
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message suggests weights_only=False, which would let the file run code:
+        # keep only its reason.
+        reason = str(exc).rsplit("WeightsUnpickler error:", 1)[-1].strip().split("\n")[0]
+        raise ValueError(
+            f"cannot load {path} as a weights-only checkpoint: it holds more than tensors and "
+            f"plain values ({reason}); such files are not loaded, as unpickling them could run "
+            f"code{_convert_first_hint(path)}"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"cannot load {path} as a weights-only checkpoint: {exc}") from exc
+        raise ValueError(
+            f"cannot load {path} as a weights-only checkpoint: {exc}{_convert_first_hint(path)}"
+        ) from exc
 
 
 def _state_dict_of(obj: Any, path: str) -> dict[str, torch.Tensor]:
@@ -245,6 +282,10 @@ def load_checkpoint_file(path: str | os.PathLike) -> CheckpointFile:
     return CheckpointFile(state_dict=_state_dict_of(obj, path), **_entries_of(obj, path))
 
 
+class BackboneOnlyError(ValueError):
+    """A backbone-only checkpoint where a whole model's weights are needed (``load_weights``)."""
+
+
 def describe_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> str:
     """One line on how ``state`` differs from ``model``'s state dict: counts of shape mismatches,
     missing and unexpected tensors, with the first few names and shapes."""
@@ -264,14 +305,30 @@ def describe_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor])
     return f"{len(state)} tensors in the file, {len(own)} in the model: " + ", ".join(parts)
 
 
-def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> str:
+def load_weights(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    *,
+    whole: bool = False,
+    state: Mapping[str, torch.Tensor] | None = None,
+) -> str:
     """Load ``MODEL.WEIGHTS`` into ``model`` strictly: a whole model, or, when every key lies
     under ``backbone.`` (a converted ImageNet checkpoint), its backbone only (the decoders and
     heads keep their initialisation, for fine-tuning). Returns ``"model"`` or ``"backbone"``.
-    Weights that do not fit raise a one-line ``ValueError`` naming the file and the mismatches."""
-    state = load_state_dict_file(path)
+    Weights that do not fit raise a one-line ``ValueError`` naming the file and the mismatches.
+
+    ``whole``: the model must get all its weights (inference, evaluation, export): a
+    backbone-only file raises ``BackboneOnlyError``, before anything is loaded. ``state``: the
+    file's state dict when already read (``path`` then only names it)."""
+    state = load_state_dict_file(path) if state is None else state
     prefix = "backbone."
     if state and all(k.startswith(prefix) for k in state) and hasattr(model, "backbone"):
+        if whole:
+            raise BackboneOnlyError(
+                f"{os.fspath(path)} holds backbone weights only ({len(state)} tensors, e.g. a "
+                "converted ImageNet checkpoint): the decoders and heads would be random. Train "
+                f"or fine-tune from it first (tools/train_net.py ... MODEL.WEIGHTS {os.fspath(path)})"
+            )
         sub = {k[len(prefix) :]: v for k, v in state.items()}
         try:
             model.backbone.load_state_dict(sub)

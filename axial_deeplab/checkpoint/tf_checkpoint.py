@@ -14,10 +14,12 @@ outside ``_DTYPES`` (quantized, resource, variant).
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import struct
 import tarfile
+import zlib
 from collections.abc import Iterable, Iterator
 from functools import cache
 
@@ -291,29 +293,39 @@ def read_checkpoint(
 
 
 def _safe_extract(archive: str, dest: str) -> None:
-    """Extract regular files and folders only; reject absolute/``..`` names, links, devices."""
-    root = os.path.realpath(dest)
+    """Extract regular files and folders only; reject absolute/``..`` names, links, devices.
+    A truncated or corrupt archive (an interrupted download) raises a ``ValueError`` naming it."""
     try:
         tar = tarfile.open(archive)
     except tarfile.TarError as e:
         raise ValueError(f"{archive} is not a readable .tar/.tar.gz/.tgz archive: {e}") from e
-    with tar:
-        members = tar.getmembers()
-        for member in members:  # check all before writing anything
-            bad = os.path.isabs(member.name) or ".." in re.split(r"[\\/]", member.name)
-            target = os.path.realpath(os.path.join(root, member.name))
-            bad = bad or os.path.commonpath([root, target]) != root
-            if bad or not (member.isfile() or member.isdir()):
-                what = "only plain relative files and folders are extracted"
-                raise ValueError(f"unsafe member {member.name!r} in archive {archive}: {what}")
-        for member in members:
-            target = os.path.join(root, member.name)
-            os.makedirs(target if member.isdir() else os.path.dirname(target), exist_ok=True)
-            src = tar.extractfile(member) if member.isfile() else None
-            if src is not None:
-                with src, open(target, "wb") as f:
-                    while chunk := src.read(1 << 20):
-                        f.write(chunk)
+    try:
+        with tar:
+            _extract_members(tar, archive, os.path.realpath(dest))
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ValueError(
+            f"{archive} is truncated or corrupt ({type(e).__name__}: {e}): download it again"
+        ) from None
+
+
+def _extract_members(tar: tarfile.TarFile, archive: str, root: str) -> None:
+    """``_safe_extract``'s work: every member checked, then the files written under ``root``."""
+    members = tar.getmembers()
+    for member in members:  # check all before writing anything
+        bad = os.path.isabs(member.name) or ".." in re.split(r"[\\/]", member.name)
+        target = os.path.realpath(os.path.join(root, member.name))
+        bad = bad or os.path.commonpath([root, target]) != root
+        if bad or not (member.isfile() or member.isdir()):
+            what = "only plain relative files and folders are extracted"
+            raise ValueError(f"unsafe member {member.name!r} in archive {archive}: {what}")
+    for member in members:
+        target = os.path.join(root, member.name)
+        os.makedirs(target if member.isdir() else os.path.dirname(target), exist_ok=True)
+        src = tar.extractfile(member) if member.isfile() else None
+        if src is not None:
+            with src, open(target, "wb") as f:
+                while chunk := src.read(1 << 20):
+                    f.write(chunk)
 
 
 def _prefix_in_dir(folder: str) -> str | None:

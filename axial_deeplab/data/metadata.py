@@ -63,3 +63,19 @@ def metadata_for_dataset(name: str) -> dict:
         f"no built-in class metadata for data set {name!r}; known: {sorted(BUILTIN_DATASETS)} "
         "(or a name starting with one of them and '_')"
     )
+
+
+def config_class_metadata(cfg) -> dict | None:
+    """Checkpoint metadata of the config's first built-in data set (``DATASETS.TEST``, then
+    ``TRAIN``), or None when it names none (a converted checkpoint then carries no class names;
+    inference falls back to the data set's files or generic names). deeplab2's COCO models have
+    one more output than COCO has classes, their ignore label 0: the config names it as a void
+    channel (``MODEL.SEM_SEG_HEAD.VOID_CLASS 0``), which is no class, so the metadata lists the
+    133 COCO classes (things 0..79) as the data set numbers them, and inference and evaluation
+    map the model's channels onto them (``modeling.postprocessing.semantic_prediction``)."""
+    for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
+        try:
+            return metadata_for_dataset(name)
+        except (KeyError, ValueError):
+            continue
+    return None

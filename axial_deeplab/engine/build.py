@@ -54,17 +54,26 @@ def build_target_generator(cfg, thing_ids) -> PanopticTargetGenerator:
     )
 
 
-def prepare_model(cfg, device: torch.device) -> nn.Module:
-    """``build_model(cfg)`` on ``device``; when running distributed, DDP and every batch norm a
+def load_model_weights(model: nn.Module, weights: str, *, whole: bool = False, state=None) -> str:
+    """``checkpoint.io.load_weights``, its error completed by the config the file was saved with
+    (``matching_config_hint``) when the weights do not fit."""
+    from ..checkpoint.io import BackboneOnlyError, load_weights
+
+    try:
+        return load_weights(model, weights, whole=whole, state=state)
+    except BackboneOnlyError:
+        raise
+    except ValueError as exc:
+        raise ValueError(f"{exc}{matching_config_hint(weights)}") from None
+
+
+def prepare_model(cfg, device: torch.device, *, whole: bool = False) -> nn.Module:
+    """``build_model(cfg)`` on ``device``, ``MODEL.WEIGHTS`` loaded (``whole``: all of the model's
+    weights, no backbone-only file); when running distributed, DDP and every batch norm a
     SyncBN on GPUs (on CPUs, SyncBN of the config falls back to BN: ``batch_norm_for_devices``)."""
     model = build_model(cfg).to(device)
     if cfg.MODEL.WEIGHTS:
-        from ..checkpoint.io import load_weights
-
-        try:
-            loaded = load_weights(model, cfg.MODEL.WEIGHTS)
-        except ValueError as exc:
-            raise ValueError(f"{exc}{matching_config_hint(cfg.MODEL.WEIGHTS)}") from None
+        loaded = load_model_weights(model, cfg.MODEL.WEIGHTS, whole=whole)
         if loaded == "backbone":
             print(f"loaded backbone weights from {cfg.MODEL.WEIGHTS}; decoders and heads are new")
     if is_distributed():

@@ -312,14 +312,15 @@ def build_tta(cfg) -> TestTimeAugmentation:
 def build_predictor(
     cfg, metadata: InferenceMetadata | DatasetMetadata | Mapping, device: torch.device
 ) -> Predictor:
-    """Model from ``cfg`` (``MODEL.WEIGHTS`` loaded weights-only when set), post-processing from
+    """Model from ``cfg`` (``MODEL.WEIGHTS`` loaded weights-only when set: all of the model's
+    weights, see ``checkpoint.io.load_weights``), post-processing from
     ``MODEL.PANOPTIC_DEEPLAB``, TTA from ``TEST.AUG``."""
-    from ..checkpoint.io import load_state_dict_file
     from ..modeling.build import build_model
+    from .build import load_model_weights
 
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        model.load_state_dict(load_state_dict_file(cfg.MODEL.WEIGHTS))
+        load_model_weights(model, cfg.MODEL.WEIGHTS, whole=True)
     return Predictor(
         model,
         metadata=metadata,

@@ -23,6 +23,7 @@ import os
 import shlex
 import sys
 
+from ..checkpoint.io import BackboneOnlyError
 from ..config import ConfigError, load_config
 from ..utils.atomic import write_json
 from ..utils.cli import run_cli
@@ -75,7 +76,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if args.eval_only:
         from ..data.build import build_catalog
 
-        model = prepare_model(cfg, device)
+        try:
+            model = prepare_model(cfg, device, whole=not args.allow_random_weights)
+        except BackboneOnlyError as exc:
+            raise ConfigError(
+                f"--eval-only: {exc}; or pass --allow-random-weights to evaluate it anyway"
+            ) from None
         save_dir = os.path.join(cfg.OUTPUT_DIR, "inference") if cfg.TEST.SAVE_PREDICTIONS else ""
         pictures = os.path.join(cfg.OUTPUT_DIR, "eval_pictures")
         metrics = build_evaluate_fn(

@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_pipeline(weights: str, config_file: str = "", opts=()) -> PanopticPipeline:
     """The pipeline of a checkpoint: its model with its weights, metadata and post-processing."""
+    from ..engine.build import load_model_weights
     from ..engine.infer_net import config_from_yaml, metadata_from_config
     from ..modeling.build import build_model
 
@@ -48,10 +49,7 @@ def build_pipeline(weights: str, config_file: str = "", opts=()) -> PanopticPipe
     else:
         raise ConfigError(f"{weights} carries no config: pass --config-file with the model's YAML")
     model = build_model(cfg)
-    try:
-        model.load_state_dict(stored.state_dict)
-    except RuntimeError as err:
-        raise ValueError(f"{weights}: weights do not fit the config's model: {err}") from None
+    load_model_weights(model, weights, whole=True, state=stored.state_dict)
     if stored.metadata is not None:
         metadata = as_metadata(stored.metadata)
     else:
