@@ -16,6 +16,7 @@ from axial_deeplab.checkpoint import detectron2 as cd2
 from axial_deeplab.checkpoint import tf_checkpoint as tfc
 from axial_deeplab.checkpoint.convert_deeplab2 import main as convert_deeplab2_main
 from axial_deeplab.checkpoint.io import BackboneOnlyError, load_state_dict_file, save_atomic
+from axial_deeplab.checkpoint.zoo import differences_from_zoo_config
 from axial_deeplab.config import ConfigError, load_config
 from axial_deeplab.engine import train_net
 from axial_deeplab.engine.inference import InferenceMetadata, Predictor, build_predictor
@@ -129,3 +130,17 @@ def test_detectron2_conversion_for_a_custom_data_set(tmp_path):
     assert cd2.main(argv + [str(ROOT / info["our_config"])] + opts) == 0
     stored = torch.load(out, weights_only=True)
     assert "metadata" not in stored and "my_set" in stored["config"]
+
+
+def test_published_file_with_another_config_warns():
+    """deeplab2's OS16 and OS32 ResNet-50 have the same tensors: only the file name tells
+    which config computes the published model."""
+    download = "/downloads/resnet50_os16_panoptic_deeplab_coco_train.tar.gz"
+    os32 = load_config(str(ROOT / "configs" / "coco" / "deeplab2" / "resnet50_os32.yaml"))
+    warning = differences_from_zoo_config(download, os32)
+    assert "resnet50_os16_coco" in warning and "OUTPUT_STRIDE 32 (there: 16)" in warning
+    unpacked = "/x/resnet50_os16_panoptic_deeplab_coco_train/ckpt-0"
+    assert differences_from_zoo_config(unpacked, os32) == warning.replace(download, unpacked)
+    os16 = load_config(str(ROOT / "configs" / "coco" / "deeplab2" / "resnet50_os16.yaml"))
+    assert differences_from_zoo_config(download, os16) == ""
+    assert differences_from_zoo_config("/downloads/my_model.tar.gz", os32) == ""

@@ -34,6 +34,7 @@ from .deeplab2 import deeplab2_entries, ignore_reason
 from .io import file_sha256, save_checkpoint_file
 from .mapping import ConversionReport, apply_mapping
 from .tf_checkpoint import read_checkpoint, resolve_checkpoint
+from .zoo import differences_from_zoo_config
 
 EMA_MARKERS = ("ExponentialMovingAverage", "/average/")
 
@@ -96,6 +97,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"checkpoint not found: {args.checkpoint} (a .tar.gz, its folder or a ckpt-N prefix)"
         )
     cfg = load_config(args.config_file, args.opts)
+    warning = differences_from_zoo_config(args.checkpoint, cfg, args.opts)
+    if warning:
+        print(warning)
     model = build_model(cfg)
     with tempfile.TemporaryDirectory(prefix="deeplab2-") as work:
         prefix = resolve_checkpoint(args.checkpoint, work)

@@ -309,8 +309,12 @@ def convert_file(
     ``dst``; prints the report and raises ``ValueError`` (writing nothing) when it is incomplete."""
     from ..config import load_config
     from ..modeling.build import build_model
+    from .zoo import differences_from_zoo_config
 
     cfg = load_config(config_file, list(opts))
+    warning = differences_from_zoo_config(src, cfg, opts)
+    if warning:
+        print(warning)
     model = build_model(cfg)
     source_state = load_detectron2_file(src)
     state, report = convert_state_dict(source_state, model)

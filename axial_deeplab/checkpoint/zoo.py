@@ -8,6 +8,8 @@ and the tests iterate over them, and the README's model-zoo table lists them.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 
 DEEPLAB2_URL = "https://storage.googleapis.com/gresearch/tf-deeplab/checkpoint/{}.tar.gz"
@@ -155,6 +157,61 @@ DETECTRON2: tuple[ZooModel, ...] = (
         30_300_648,
     ),
 )
+
+
+def zoo_model_of_file(path: str | os.PathLike) -> ZooModel | None:
+    """The ``ZOO``/``DETECTRON2`` entry whose download ``path`` is, by name: the ``.tar.gz`` or
+    ``.pkl``, the folder it unpacks to, or a ``ckpt-N`` prefix in that folder; else None."""
+    path = os.path.normpath(os.fspath(path))
+    name = os.path.basename(path)
+    if re.fullmatch(r"ckpt-\d+(\.index)?", name):
+        name = os.path.basename(os.path.dirname(path))
+    for model in ZOO + DETECTRON2:
+        download = os.path.basename(model.url)
+        if name in (download, download.removesuffix(".tar.gz")):
+            return model
+    return None
+
+
+def differences_from_zoo_config(path: str | os.PathLike, cfg, opts=()) -> str:
+    """A warning when ``path`` is a published checkpoint (``zoo_model_of_file``) and ``cfg``'s
+    ``MODEL`` settings differ from those of its config here (with the same ``opts``): settings
+    that no tensor shape shows (output stride, ASPP dilations and pooling, post-processing)
+    would silently change the converted model. ``""`` when they agree, when ``path`` is not a
+    published file, or when its config file is not at hand (an installed package)."""
+    from ..config import load_config
+    from ..config.checks import flat_keys
+
+    model = zoo_model_of_file(path)
+    if model is None:
+        return ""
+    checkout = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, model.config)
+    config = next((c for c in (checkout, model.config) if os.path.isfile(c)), None)
+    if config is None:
+        return ""
+    theirs = load_config(config, list(opts)).MODEL
+    differ = [
+        k
+        for k in flat_keys(cfg.MODEL)
+        if k not in ("WEIGHTS", "DEVICE") and _get(cfg.MODEL, k) != _get(theirs, k)
+    ]
+    if not differ:
+        return ""
+    shown = ", ".join(
+        f"MODEL.{k} {_get(cfg.MODEL, k)!r} (there: {_get(theirs, k)!r})" for k in differ[:4]
+    )
+    more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+    return (
+        f"warning: {os.fspath(path)} is the published {model.key}, whose config is "
+        f"{model.config}; the config given differs in {shown}{more}. The tensors may fit either "
+        "way, but the converted model will not compute the published one"
+    )
+
+
+def _get(node, dotted: str):
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 def zoo_model(key: str) -> ZooModel:
