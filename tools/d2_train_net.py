@@ -8,7 +8,11 @@
 Needs detectron2 (README, "detectron2 plugin"); the logic lives in ``axial_deeplab.d2.train``.
 """
 
-from axial_deeplab.d2.train import run
+import sys
 
 if __name__ == "__main__":
+    try:
+        from axial_deeplab.d2.train import run
+    except ImportError as exc:  # detectron2 missing: its install line, not two tracebacks
+        sys.exit(f"error: {exc}")
     run()

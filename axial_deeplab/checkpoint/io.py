@@ -215,6 +215,14 @@ def _load(path: str | os.PathLike) -> Any:
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (or, before PyTorch 1.6, pickles: protocol 2+ opens with 0x80)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint (neither the zip archive torch.save writes nor "
+            f"a pickle){_convert_first_hint(path)}"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -72,6 +72,8 @@ def header_size(data: bytes) -> tuple[int, int] | None:
 def decode_image_bytes(data: bytes, path: str, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
     """OpenCV's decoding of ``data`` (``[H, W, 3]`` BGR with the default ``flags``) after the
     checks of the module docstring; raises :class:`ImageDecodeError` naming ``path``."""
+    if not data:
+        raise ImageDecodeError(f"{path}: empty file (0 bytes), not an image")
     size = header_size(data)
     if data.startswith(b"\xff\xd8"):
         problem, size = jpeg_problem(data)
@@ -106,7 +108,9 @@ def decode_image_file(path: str | os.PathLike) -> np.ndarray:
         try:
             rgb = read_png_rgb(data, path)
         except ValueError as exc:
-            raise ImageDecodeError(str(exc) if path in str(exc) else f"{path}: {exc}") from None
+            # The PNG checks are shared with the panoptic label maps, and worded for them.
+            message = str(exc).replace("cannot decode panoptic PNG", "cannot decode PNG image")
+            raise ImageDecodeError(message if path in message else f"{path}: {message}") from None
         if rgb is not None:
             return rgb
     return np.ascontiguousarray(decode_image_bytes(data, path)[..., ::-1])

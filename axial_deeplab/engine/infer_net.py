@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _overrides(args: argparse.Namespace) -> list[str]:
     """``KEY VALUE`` overrides, then the CLI flags as overrides (which win)."""
     opts = list(args.opts)
+    if len(opts) % 2:
+        raise ConfigError(f"overrides must come in KEY VALUE pairs, got an odd number: {opts}")
     if args.weights:
         opts += ["MODEL.WEIGHTS", args.weights]
     if args.device:
@@ -375,8 +377,19 @@ def exported_predictor(args: argparse.Namespace):
     return predictor
 
 
+def check_output_folder(path: str) -> None:
+    """``--output`` must be a folder or creatable as one: checked before any model is loaded."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is" if existing == os.path.abspath(path) else f"lies under {existing}, which is"
+        raise ConfigError(f"--output {path} {where} a file; --output must be a folder")
+
+
 def run(args: argparse.Namespace) -> dict:
     """Predict every input; returns ``{"images", "frames", "skipped"}`` counts and names."""
+    check_output_folder(args.output)
     if args.backend != "torch":
         predictor = exported_predictor(args)
         return run_predictor(args, predictor, expand_inputs(args.input, skip_bad=args.skip_bad))

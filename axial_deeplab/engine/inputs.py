@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -160,8 +161,10 @@ def _open_video(path: str) -> cv2.VideoCapture:
 
 def iter_video(path: str) -> Iterator[np.ndarray]:
     """Frames of a video file as ``[H, W, 3]`` uint8 RGB; raises naming ``path`` if the file
-    cannot be opened or yields no frame."""
+    cannot be opened or yields no frame, and warns (stderr) when decoding stops before the
+    frame count of its header (a truncated file)."""
     capture = _open_video(path)
+    declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     count = 0
     try:
         while True:
@@ -174,3 +177,9 @@ def iter_video(path: str) -> Iterator[np.ndarray]:
         capture.release()
     if count == 0:
         raise BadInputError(f"video has no decodable frame: {path}")
+    if count < declared:
+        print(
+            f"warning: {path}: decoding stopped after {count} of the {declared} frames its header "
+            "declares (truncated or corrupt file); the frames after it are missing",
+            file=sys.stderr,
+        )

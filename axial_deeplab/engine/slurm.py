@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 from typing import Any
 
@@ -75,6 +76,13 @@ def build_executor(args: argparse.Namespace, folder: str) -> Any:
         executor = submitit.LocalExecutor(folder, max_num_timeout=args.slurm_max_requeues)
         executor.update_parameters(timeout_min=args.slurm_time, tasks_per_node=1)
         return executor
+    if shutil.which("sbatch") is None:
+        # submitit's AutoExecutor would quietly run the job here instead (without the Slurm
+        # options, and a multi-node job not at all).
+        raise OSError(
+            "--slurm: Slurm's sbatch is not on PATH here; submit from a Slurm login node, or "
+            "add --slurm-local to run the job on this machine through the same requeue path"
+        )
     executor = submitit.AutoExecutor(folder, slurm_max_num_timeout=args.slurm_max_requeues)
     params: dict[str, Any] = {
         "name": "axial-deeplab",

@@ -1,0 +1,96 @@
+"""What the tools say about inputs that cannot serve: each message names the file and the actual
+problem (found by a new user's audit of the command lines), and bad outputs are refused before
+any work is done."""
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from axial_deeplab.checkpoint.io import load_state_dict_file
+from axial_deeplab.config import ConfigError
+from axial_deeplab.data.images import ImageDecodeError, decode_image_file
+from axial_deeplab.engine import infer_net
+from axial_deeplab.engine.inputs import iter_video
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_empty_and_truncated_image_files(tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageDecodeError, match=r"empty\.png: empty file"):
+        decode_image_file(empty)
+    photo = tmp_path / "photo.png"
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    photo.write_bytes(cv2.imencode(".png", rgb)[1].tobytes()[:300])
+    with pytest.raises(ImageDecodeError, match=r"cannot decode PNG image \(truncated") as err:
+        decode_image_file(photo)
+    assert "panoptic" not in str(err.value) and "photo.png" in str(err.value)
+
+
+def test_a_picture_is_not_a_checkpoint(tmp_path):
+    picture = tmp_path / "model.png"
+    picture.write_bytes(cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes())
+    with pytest.raises(ValueError, match=r"model\.png is not a PyTorch checkpoint \(neither"):
+        load_state_dict_file(picture)
+
+
+def test_truncated_video_warns(tmp_path, capsys):
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    assert len(list(iter_video(str(path)))) == 6
+    assert "warning" not in capsys.readouterr().err
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    frames = len(list(iter_video(str(path))))
+    assert 0 < frames < 6
+    err = capsys.readouterr().err
+    assert f"clip.avi: decoding stopped after {frames} of the 6 frames" in err
+
+
+def test_infer_refuses_a_file_as_output_before_loading(tmp_path):
+    output = tmp_path / "out"
+    output.write_text("")
+    for path, said in ((output, "is a file"), (output / "sub", "lies under")):
+        with pytest.raises(ConfigError, match=f"--output .* {said}"):
+            infer_net.check_output_folder(str(path))
+    infer_net.check_output_folder(str(tmp_path / "new" / "folder"))  # created later: fine
+
+
+def test_odd_overrides_are_the_users_own(tmp_path):
+    args = infer_net.parse_args(
+        ["--weights", "w.pth", "--input", "x.png", "--output", str(tmp_path), "MODEL.DEVICE"]
+    )
+    with pytest.raises(ConfigError, match=r"odd number: \['MODEL.DEVICE'\]$"):
+        infer_net._overrides(args)
+
+
+def test_slurm_without_sbatch_is_refused(tmp_path, monkeypatch):
+    slurm = pytest.importorskip("axial_deeplab.engine.slurm", reason="needs submitit")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    args = argparse.Namespace(slurm_local=False, slurm_max_requeues=3)
+    with pytest.raises(OSError, match="sbatch is not on PATH.*--slurm-local"):
+        slurm.build_executor(args, str(tmp_path / "jobs"))
+
+
+def test_d2_tool_without_detectron2_prints_one_line(tmp_path):
+    fake = tmp_path / "detectron2"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('no detectron2 here')\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "d2_train_net.py"), "--help"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: axial_deeplab.d2 needs detectron2")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
