@@ -40,7 +40,7 @@ from ..config.checks import check_config
 from ..config.config import drop_retired_keys
 from ..data.panoptic_io import write_panoptic_png
 from ..utils.atomic import write_json, write_rgb_png
-from ..utils.cli import run_cli
+from ..utils.cli import add_debug_flag, run_cli
 from ..utils.visualize import compose, prediction_panels
 from .evaluate import VOID_LABEL
 from .inference import InferenceMetadata, Predictor, as_metadata, build_predictor, resolve_device
@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--allow-random-weights", action="store_true",
         help="run without --weights / MODEL.WEIGHTS (a randomly initialised model)")  # fmt: skip
     add("--backend", default="torch", choices=BACKENDS, help="exported: --weights from export.py")
+    add_debug_flag(parser)
     add("opts", nargs=argparse.REMAINDER, default=[], help="config overrides as KEY VALUE pairs")
     return parser.parse_args(argv)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch.multiprocessing as mp
 
+from ..utils.cli import add_debug_flag
 from .preemption import TrainingInterrupted
 
 
@@ -35,6 +36,7 @@ def default_argument_parser(description: str) -> argparse.ArgumentParser:
         help="let --eval-only run without MODEL.WEIGHTS (scores a randomly initialised model)",
     )
     add_slurm_arguments(parser)
+    add_debug_flag(parser)
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, default=[], help="config overrides as KEY VALUE pairs"
     )

@@ -39,6 +39,14 @@ def one_line(exc: BaseException) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 5] + " ..."
 
 
+def add_debug_flag(parser) -> None:
+    """List ``--debug`` in an ``argparse`` parser's help (:func:`run_cli` takes it out of ``argv``
+    before the parser sees it)."""
+    parser.add_argument(
+        DEBUG_FLAG, action="store_true", help=f"on an error, print the traceback (or {DEBUG_ENV}=1)"
+    )
+
+
 def split_debug(argv: list[str] | None) -> tuple[list[str], bool]:
     """``argv`` (default ``sys.argv[1:]``) without ``--debug``, and whether debugging is on."""
     args = list(sys.argv[1:] if argv is None else argv)
