@@ -1,8 +1,10 @@
 """Atomic file writes: a temporary file in the same folder, then ``os.replace`` over the target.
 
 A crash mid-write leaves the previous file (or none), never a truncated one. Temporary files are
-named ``.tmp-*`` (hidden, unique per write); a process killed mid-write (``kill -9``) can leave
-one behind, which :func:`remove_stale_temp_files` deletes when a run starts in that folder.
+named ``.tmp-HOST-PID-NAME-*`` (hidden, unique per write); a process killed mid-write (``kill -9``)
+can leave one behind. The next write of the same file from this machine deletes those whose
+process is gone, and :func:`remove_stale_temp_files` deletes all of a folder's when a run starts
+in it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +25,9 @@ TEMP_PREFIX = ".tmp-"
 def atomic_write(path: str, suffix: str, write: Callable[[str], None]) -> None:
     """``write(tmp)`` to a fresh temporary file beside ``path``, then rename it over ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=folder)
+    owner = _temp_owner(os.path.basename(path))
+    _remove_orphans(folder, owner)
+    fd, tmp = tempfile.mkstemp(prefix=f"{owner}{os.getpid()}-", suffix=suffix, dir=folder)
     os.close(fd)
     try:
         write(tmp)
@@ -34,6 +39,35 @@ def atomic_write(path: str, suffix: str, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _temp_owner(name: str) -> str:
+    """``.tmp-HOST-NAME-``: the temporary files of writes of ``name`` from this machine (then
+    the writer's pid)."""
+    host = socket.gethostname().replace("-", "_")[:32] or "host"
+    return f"{TEMP_PREFIX}{host}-{name[:96]}-"
+
+
+def _remove_orphans(folder: str, owner: str) -> None:
+    """Delete ``owner``'s temporary files (see ``_temp_owner``) whose writing process is gone:
+    left by a write killed on this machine. Other machines' files (a shared filesystem) stay."""
+    for tmp in glob.glob(os.path.join(glob.escape(folder), glob.escape(owner) + "*")):
+        pid = os.path.basename(tmp)[len(owner) :].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            try:
+                os.remove(tmp)
+            except FileNotFoundError:
+                pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_text(path: str, text: str) -> None:
