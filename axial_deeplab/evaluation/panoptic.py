@@ -240,6 +240,8 @@ class RunsImage(NamedTuple):
     gt_source: str  # names the gt PNG in errors
     pred_source: str
     image_size: tuple[int, int] | None = None  # (H, W) both maps must have, if given
+    gt_listing: str | None = None  # names gt_segments in their errors (default: gt_source)
+    pred_listing: str | None = None  # e.g. the JSON and the image of pred_segments
 
 
 def _check_sizes(image: RunsImage) -> None:
@@ -317,8 +319,10 @@ class PanopticEvaluator:
             return PQStats(*(a[None][:0] for a in (empty.iou, empty.tp, empty.fp, empty.fn)))
         for image in images:
             _check_sizes(image)
-            validate_segments_info(image.gt_segments, self.categories, image.gt_source)
-            validate_segments_info(image.pred_segments, self.categories, image.pred_source)
+            gt_listing = image.gt_listing or image.gt_source
+            validate_segments_info(image.gt_segments, self.categories, gt_listing)
+            pred_listing = image.pred_listing or image.pred_source
+            validate_segments_info(image.pred_segments, self.categories, pred_listing)
         listed = [
             [np.array([s["id"] for s in segments], dtype=np.int64) for segments in side]
             for side in ([i.gt_segments for i in images], [i.pred_segments for i in images])

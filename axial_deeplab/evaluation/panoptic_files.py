@@ -25,10 +25,13 @@ from axial_deeplab.evaluation.runs import PanopticPngReader
 from axial_deeplab.utils.atomic import write_json
 from axial_deeplab.utils.host_memory import keep_freed_memory
 
-# One image's work: (gt PNG, gt segments_info, pred PNG, pred segments_info, (H, W) or None).
-Task = tuple[str, list, str, list, "tuple[int, int] | None"]
 _BATCH_SIZE = 8  # images per batch at most: enough to share numpy calls, small to share work
 _PROGRESS_AFTER_S = 1.0  # the progress bar appears once an evaluation has run this long
+_IDS_SHOWN = 5  # image ids named in an error or warning about unmatched images
+
+# One image's work: (gt annotation, pred annotation, (H, W) or None); the workers make the paths
+# and the names in errors, so that the serial part before them does little per image.
+Task = tuple[dict, dict, "tuple[int, int] | None"]
 
 
 def load_json(path: str, role: str) -> dict:
@@ -41,8 +44,11 @@ def load_json(path: str, role: str) -> dict:
     return data
 
 
-def build_tasks(gt: dict, gt_json: str, gt_dir: str, pred: dict, pred_json: str, pred_dir: str):
-    """One :data:`Task` per gt annotation; raises if a gt image has no prediction."""
+def build_tasks(
+    gt: dict, gt_json: str, gt_dir: str, pred: dict, pred_json: str, pred_dir: str
+) -> list[Task]:
+    """One :data:`Task` per gt annotation; raises if a gt image has no prediction. Predictions
+    for images that the gt lacks are left out, as panopticapi does, with a warning on stderr."""
     for folder, role in ((gt_dir, "ground-truth"), (pred_dir, "prediction")):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{role} PNG folder not found: {folder}")
@@ -51,32 +57,50 @@ def build_tasks(gt: dict, gt_json: str, gt_dir: str, pred: dict, pred_json: str,
     if missing:
         raise DatasetFormatError(
             f"{pred_json}: no prediction for {len(missing)} ground-truth image(s) of {gt_json}, "
-            f"e.g. image_id {missing[:5]}"
+            f"e.g. image_id {missing[:_IDS_SHOWN]}"
         )
+    if len(predictions) > len(gt["annotations"]):  # gt image ids are unique, all predicted
+        _warn_unmatched(predictions, gt["annotations"], pred_json, gt_json)
     sizes = {k: v[:2] for k, v in validate_images(gt.get("images"), gt_json).items()}
-    tasks: list[Task] = []
-    for ann in gt["annotations"]:
-        p = predictions[ann["image_id"]]
-        tasks.append(
-            (os.path.join(gt_dir, ann["file_name"]), ann["segments_info"],
-             os.path.join(pred_dir, p["file_name"]), p["segments_info"],
-             sizes.get(ann["image_id"]))
-        )  # fmt: skip
-    return tasks
+    return [
+        (ann, predictions[ann["image_id"]], sizes.get(ann["image_id"])) for ann in gt["annotations"]
+    ]
+
+
+def _warn_unmatched(
+    predictions: dict, gt_annotations: list[dict], pred_json: str, gt_json: str
+) -> None:
+    """Warn on stderr about the predictions (``{image_id: annotation}``) of images not in gt."""
+    in_gt = {ann["image_id"] for ann in gt_annotations}
+    extra = [image_id for image_id in predictions if image_id not in in_gt]
+    print(
+        f"warning: {pred_json}: {len(extra)} prediction(s) for image(s) not in {gt_json} are "
+        f"ignored, e.g. image_id {extra[:_IDS_SHOWN]}",
+        file=sys.stderr,
+    )
 
 
 class _BatchStats:
     """``[B, C]`` PQ statistics of a batch of :data:`Task` (in whichever process runs it)."""
 
-    def __init__(self, evaluator: PanopticEvaluator):
-        self.evaluator = evaluator
+    def __init__(self, evaluator: PanopticEvaluator, gt: tuple[str, str], pred: tuple[str, str]):
+        """``gt``, ``pred``: (JSON, PNG folder)."""
+        self.evaluator, self.gt, self.pred = evaluator, gt, pred
         self.reader = PanopticPngReader()  # one per process: its buffer is reused
 
     def __call__(self, tasks: Sequence[Task]) -> PQStats:
-        read = self._read
-        return self.evaluator.image_stats(
-            [RunsImage(read(g), g_segments, read(p), p_segments, g, p, size)
-             for g, g_segments, p, p_segments, size in tasks]
+        return self.evaluator.image_stats([self._image(*task) for task in tasks])
+
+    def _image(self, gt_ann: dict, pred_ann: dict, size: tuple[int, int] | None) -> RunsImage:
+        """One task's input to the evaluator; errors in a segments_info name its JSON and image."""
+        (gt_json, gt_dir), (pred_json, pred_dir) = self.gt, self.pred
+        image_id, g_name, p_name = gt_ann["image_id"], gt_ann["file_name"], pred_ann["file_name"]
+        g, p = os.path.join(gt_dir, g_name), os.path.join(pred_dir, p_name)
+        return RunsImage(
+            self._read(g), gt_ann["segments_info"], self._read(p), pred_ann["segments_info"],
+            g, p, size,
+            gt_listing=f"{gt_json}: segments_info of image_id {image_id!r} ({g_name})",
+            pred_listing=f"{pred_json}: segments_info of image_id {image_id!r} ({p_name})",
         )  # fmt: skip
 
     def _read(self, path: str):
@@ -120,7 +144,11 @@ def evaluate_panoptic_files(
     bar = _Progress(len(tasks)) if progress else None
     try:
         per_batch = map_batches(
-            _BatchStats(evaluator), tasks, batch_size=sizes, workers=workers, on_result=bar
+            _BatchStats(evaluator, (gt_json, gt_dir), (pred_json, pred_dir)),
+            tasks,
+            batch_size=sizes,
+            workers=workers,
+            on_result=bar,
         )
     finally:
         if bar is not None:
@@ -200,6 +228,21 @@ def write_json_atomic(path: str, data: dict) -> None:
     write_json(path, data, indent=2)
 
 
+def prepare_output(path: str) -> str | None:
+    """Make ``path`` ready for the results JSON before an evaluation: its missing folders are
+    created. Returns why it cannot serve (a folder, a folder that cannot be made), else None."""
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        return "is a folder; give the path of the JSON file to write"
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        return f"cannot create its folder {folder}: {err.strerror or err}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"its folder {folder} is not writable"
+    return None
+
+
 def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m axial_deeplab.evaluation.panoptic",
@@ -209,9 +252,14 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--gt-dir", required=True, help="folder of ground-truth PNGs")
     parser.add_argument("--pred-json", required=True, help="prediction COCO panoptic JSON")
     parser.add_argument("--pred-dir", required=True, help="folder of predicted PNGs")
-    parser.add_argument("--output", help="write the results here as JSON")
+    parser.add_argument(
+        "--output", help="write the results here as JSON (its missing folders are created)"
+    )
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
     args = parser.parse_args(argv)
+    problem = prepare_output(args.output) if args.output else None
+    if problem:
+        parser.exit(2, f"error: --output {args.output}: {problem}\n")
     keep_freed_memory()  # this process is ours and one of the workers: as in the others
     try:
         results = evaluate_panoptic_files(
@@ -220,6 +268,8 @@ def cli(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, DatasetFormatError) as err:
         parser.exit(2, f"error: {err}\n")
     print(format_results(results))
+    count = results["num_images"]
+    print(f"{count} image{'' if count == 1 else 's'} evaluated")
     if args.output:
         write_json_atomic(args.output, results)
         print(f"results written to {args.output}")
