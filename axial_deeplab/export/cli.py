@@ -16,6 +16,7 @@ from ..checkpoint.io import load_checkpoint_file
 from ..config import ConfigError, load_config
 from ..engine.evaluate import PostProcessing
 from ..engine.inference import as_metadata
+from ..utils.cli import run_cli
 from .pipeline import PanopticPipeline, save_onnx, save_program
 
 FORMATS = {"torch-export": save_program, "onnx": save_onnx}
@@ -62,13 +63,15 @@ def build_pipeline(weights: str, config_file: str = "", opts=()) -> PanopticPipe
     )
 
 
-def main(argv: list[str] | None = None) -> str:
+def _main(argv: list[str]) -> str:
     args = parse_args(argv)
-    try:
-        pipeline = build_pipeline(args.weights, args.config_file, args.opts)
-    except ConfigError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    pipeline = build_pipeline(args.weights, args.config_file, args.opts)
     start = time.perf_counter()
     FORMATS[args.format](pipeline, args.output)
     print(f"{args.format}: {args.output} ({time.perf_counter() - start:.0f} s)")
     return args.output
+
+
+def main(argv: list[str] | None = None) -> str:
+    """The command line; errors are one line (``--debug``: with the traceback)."""
+    return run_cli(_main, argv)

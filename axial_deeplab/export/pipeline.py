@@ -30,6 +30,7 @@ from torch import nn
 from ..config import ConfigError
 from ..engine.evaluate import VOID_LABEL, PostProcessing
 from ..engine.inference import InferenceMetadata
+from ..utils.atomic import atomic_write
 from .postprocessing import panoptic_from_outputs, thing_table
 from .tracing import traceable_model
 
@@ -164,12 +165,17 @@ def save_program(
     program: torch.export.ExportedProgram | None = None,
 ) -> None:
     """Write a ``.pt2`` archive (with the description as an extra file) atomically; ``program``:
-    ``export_program(pipeline)`` when already at hand."""
+    ``export_program(pipeline)`` when already at hand. The temporary file beside ``path`` ends in
+    ``.pt2`` (torch warns about other names) and is written through an open file, so the root
+    folder inside the archive is torch's default (``archive``), not the temporary name."""
     program = program or export_program(pipeline)
     extra = {DESCRIPTION_FILE: json.dumps(pipeline.description())}
-    tmp = f"{os.fspath(path)}.tmp"
-    torch.export.save(program, tmp, extra_files=extra)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as file:
+            torch.export.save(program, file, extra_files=extra)
+
+    atomic_write(os.fspath(path), ".pt2", write)
 
 
 def save_onnx(

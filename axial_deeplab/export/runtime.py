@@ -9,11 +9,16 @@ as the eager predictor does.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import zipfile
+from collections.abc import Iterator
 
 import numpy as np
 import torch
+from torch.export.pt2_archive.constants import ARCHIVE_FORMAT_PATH, ARCHIVE_FORMAT_VALUE
 
 from ..engine.inference import (
     InferenceMetadata,
@@ -21,7 +26,8 @@ from ..engine.inference import (
     as_metadata,
     prediction_dict,
 )
-from .pipeline import DESCRIPTION_FILE, INPUT_NAME, OUTPUT_NAMES
+from ..engine.inputs import BadInputError
+from .pipeline import DESCRIPTION_FILE, INPUT_NAME, MAX_SIZE, MIN_SIZE, OUTPUT_NAMES
 
 BACKENDS = ("torch-export", "onnxruntime")
 
@@ -32,16 +38,94 @@ def _check_image(image: np.ndarray) -> np.ndarray:
         raise ValueError(f"image: expected an [H, W, 3] RGB array, got {shape}")
     if image.dtype != np.uint8:
         raise ValueError(f"image: expected uint8 pixels (0-255), got {image.dtype}")
+    height, width = image.shape[:2]
+    if not (MIN_SIZE <= height <= MAX_SIZE and MIN_SIZE <= width <= MAX_SIZE):
+        hint = " (--max-size shrinks larger inputs)" if max(height, width) > MAX_SIZE else ""
+        raise BadInputError(
+            f"image of {height}x{width} pixels (height x width): exported models take heights and "
+            f"widths from {MIN_SIZE} to {MAX_SIZE}{hint}"
+        )
     return np.ascontiguousarray(image)
 
 
-def load_program(path: str) -> tuple:
-    """``(callable image -> outputs tuple, description)`` of a ``.pt2`` archive."""
-    extra = {DESCRIPTION_FILE: ""}
+def pt2_layout_problem(path: str) -> str | None:
+    """Why the file ``path`` is not a ``.pt2`` archive, or ``None`` when it has the layout of one:
+    a zip file whose root folder holds ``archive_format`` reading ``pt2``."""
     try:
-        program = torch.export.load(path, extra_files=extra)
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise ValueError(f"{path}: not a torch.export archive ({exc})") from None
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            root = names[0].split("/")[0] if names else ""
+            if f"{root}/{ARCHIVE_FORMAT_PATH}" in names:
+                if archive.read(f"{root}/{ARCHIVE_FORMAT_PATH}") == ARCHIVE_FORMAT_VALUE.encode():
+                    return None
+                return f"its {ARCHIVE_FORMAT_PATH} is not {ARCHIVE_FORMAT_VALUE!r}"
+            if f"{root}/data.pkl" in names:
+                return "a torch.save checkpoint"
+    except zipfile.BadZipFile:
+        return "not a zip file, or a truncated one"
+    return "a zip file without the .pt2 layout"
+
+
+class _Held(logging.Handler):
+    """Keeps the records it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _held_logs(name: str) -> Iterator[list[logging.LogRecord]]:
+    """Within the block, the records of logger ``name`` (and of its children that propagate to
+    it) go into the yielded list instead of its handlers and parents."""
+    logger = logging.getLogger(name)
+    handlers, propagate = list(logger.handlers), logger.propagate
+    held = _Held()
+    for handler in handlers:
+        logger.removeHandler(handler)
+    logger.addHandler(held)
+    logger.propagate = False
+    try:
+        yield held.records
+    finally:
+        logger.removeHandler(held)
+        for handler in handlers:
+            logger.addHandler(handler)
+        logger.propagate = propagate
+
+
+def _load_error(exc: Exception, records: list[logging.LogRecord]) -> str:
+    """The cause of a failed ``torch.export.load``: it logs the first error (with its traceback)
+    and raises one that says to read the log."""
+    for record in reversed(records):
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            break
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def load_program(path: str) -> tuple:
+    """``(callable image -> outputs tuple, description)`` of a ``.pt2`` archive. A file that is
+    not one, or that torch cannot load, raises a one-line ``ValueError`` with torch's log of the
+    failure held back (a successful load passes what torch logged on)."""
+    problem = pt2_layout_problem(path)
+    if problem is not None:
+        raise ValueError(
+            f"{path}: not a .pt2 archive ({problem}; use --backend torch for .pth checkpoints)"
+        )
+    extra = {DESCRIPTION_FILE: ""}
+    # From an open file: torch warns about paths that do not end in .pt2.
+    with open(path, "rb") as file, _held_logs("torch.export") as records:
+        try:
+            program = torch.export.load(file, extra_files=extra)
+        except Exception as exc:  # torch's deserialisers raise many types
+            error = _load_error(exc, records)
+            raise ValueError(f"{path}: torch.export cannot load it ({error})") from None
+    for record in records:
+        logging.getLogger(record.name).handle(record)
     if not extra[DESCRIPTION_FILE]:
         raise ValueError(f"{path}: no {DESCRIPTION_FILE} inside; export it with tools/export.py")
     module = program.module()
