@@ -432,7 +432,9 @@ def run_predictor(args: argparse.Namespace, predictor, items: list[InputItem]) -
                 summary["images"] += 1
         except BadInputError as exc:
             if not args.skip_bad:
-                raise
+                if item.path in str(exc):
+                    raise
+                raise BadInputError(f"{item.path}: {exc}") from None
             tqdm.write(f"warning: skipping {item.path}: {exc}")
             summary["skipped"].append(item.path)
     print(
