@@ -14,6 +14,7 @@ import pytest
 import torch
 from test_trainer import _batches, _trainer
 
+from axial_deeplab.data import loader
 from axial_deeplab.data.synthetic_writer import write_synthetic_dataset
 from axial_deeplab.engine.events import read_metrics
 from axial_deeplab.engine.preemption import TrainingInterrupted
@@ -61,6 +62,34 @@ def test_stop_signal_saves_and_resume_matches_uninterrupted(tmp_path, signum):
     # one metrics record per iteration, none replayed
     iterations = [r["iteration"] for r in read_metrics(tmp_path / "split" / "metrics.json")]
     assert iterations == list(range(1, 9))
+
+
+def test_loader_failing_after_stop_signal_abandons_iteration(tmp_path):
+    """A loader that fails once the stop signal is pending (its workers got it too, e.g. from a
+    scheduler that signals every process): the iteration is abandoned before its step, its start
+    is saved, and the resumed run ends as an uninterrupted one."""
+
+    def batches(start_iter: int):
+        for i, batch in enumerate(_batches(start_iter), start=start_iter):
+            if i == 4:
+                os.kill(os.getpid(), signal.SIGTERM)
+                raise RuntimeError("DataLoader worker (pid(s) 1) exited unexpectedly")
+            yield batch
+
+    _trainer(tmp_path / "full", 8).train()
+    trainer = _trainer(tmp_path / "split", 8)
+    trainer.batches = batches
+    with pytest.raises(TrainingInterrupted, match="SIGTERM after iteration 4"):
+        trainer.train()
+    assert (tmp_path / "split" / "last_checkpoint").read_text() == "model_0000004"
+    resumed = _trainer(tmp_path / "split", 8)
+    assert resumed.resume() and resumed.iteration == 4
+    resumed.train()
+    full, split = (
+        _weights(tmp_path / "full" / "model_0000008.pth"),
+        _weights(tmp_path / "split" / "model_0000008.pth"),
+    )
+    assert all(torch.equal(full[k], split[k]) for k in full)
 
 
 def test_resume_cuts_replayed_metrics_and_removes_stale_temp_files(tmp_path):
@@ -130,6 +159,105 @@ def test_train_net_sigterm_exits_with_checkpoint_and_resume_hint(tmp_path, proce
     assert f"stopped by SIGTERM after iteration {stopped}" in err
     assert "resume with:" in err and "--resume" in err
     assert _weights(tmp_path / "out" / f"{last}.pth")  # a loadable checkpoint
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "signum",
+    [
+        signal.SIGTERM,
+        *(pytest.param(s, marks=pytest.mark.slow) for s in (signal.SIGINT, signal.SIGUSR1)),
+    ],
+    ids=lambda s: signal.Signals(s).name,
+)
+def test_group_signal_with_loader_worker_stops_cleanly_and_resumes(tmp_path, signum):
+    """The signal to the whole process group (as ``timeout``, Slurm and a terminal send it) with a
+    loader worker: the worker, signalled too, must not fail the run; no process is left behind and
+    ``--resume`` continues from the checkpoint."""
+    out = tmp_path / "out"
+    argv = [*_tiny_data(tmp_path), "DATALOADER.NUM_WORKERS", "1", "OUTPUT_DIR", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    script = os.path.join(REPO, "tools/train_net.py")
+    proc = subprocess.Popen(
+        [sys.executable, script, *argv, "SOLVER.MAX_ITER", "500"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, with its loader worker
+    )
+    try:
+        _wait_for_iterations(str(out / "metrics.json"), 2, proc)
+        os.killpg(proc.pid, signum)
+        out_text, err = proc.communicate(timeout=120)
+        deadline = time.time() + 10
+        while _group_alive(proc.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _group_alive(proc.pid), "a loader worker outlived the run"
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, err[-2000:]
+    assert "Traceback" not in out_text + err and "error:" not in err, err[-2000:]
+    last = (out / "last_checkpoint").read_text()
+    stopped = int(last.removeprefix("model_"))
+    assert 2 <= stopped < 500
+    assert f"stopped by {name} after iteration {stopped}" in err
+    assert "resume with:" in err and "--resume" in err
+    resumed = subprocess.run(
+        [sys.executable, script, "--resume", *argv, "SOLVER.MAX_ITER", str(stopped + 1)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from iteration {stopped}" in resumed.stdout
+    assert (out / "last_checkpoint").read_text() == f"model_{stopped + 1:07d}"
+
+
+class _Stamps(torch.utils.data.Dataset):
+    """Samples that say which process made them, and when."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, key) -> dict:
+        time.sleep(0.01)
+        return {
+            "pid": torch.tensor(os.getpid()),
+            "made": torch.tensor(time.time(), dtype=torch.float64),
+        }
+
+
+def test_loader_worker_signalled_alone_serves_then_exits_cleanly(monkeypatch):
+    """SIGTERM to a loader worker alone (from another process than its parent, whose own
+    ``terminate()`` PyTorch treats apart): it serves on for the grace period, then exits with
+    status 0, so that the main process fails when it next waits for a batch, not wherever PyTorch's
+    SIGCHLD handler finds it (before: "killed by signal" at once)."""
+    if torch.multiprocessing.get_start_method() != "fork":
+        pytest.skip("the workers must be forked to see the shortened grace period")
+    monkeypatch.setattr(loader, "WORKER_SIGTERM_GRACE_S", 1.0)
+    batches = iter(loader.build_train_loader(_Stamps(), batch_size=1, seed=0, num_workers=1))
+    pid = int(next(batches)["pid"])
+    kill = f"import os, signal; os.kill({pid}, signal.SIGTERM)"
+    subprocess.run([sys.executable, "-c", kill], check=True)
+    sent = time.time()
+    while float(next(batches)["made"]) < sent:  # the batches prefetched before the signal
+        pass
+    # the loader notices the missing worker, or cannot fetch the memory of a batch it had sent
+    with pytest.raises((RuntimeError, OSError)) as failure:
+        while time.time() < sent + 30:
+            next(batches)
+    assert "killed by signal" not in str(failure.value)
 
 
 def _children(pid: int) -> list[int]:

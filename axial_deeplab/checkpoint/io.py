@@ -206,7 +206,9 @@ def _convert_first_hint(path: str) -> str:
     return ""
 
 
-def _load(path: str | os.PathLike) -> Any:
+def load_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a missing file, or one that is not a
+    weights-only torch file, raises naming it (and the converter to run, for downloads)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(
@@ -255,7 +257,7 @@ def _state_dict_of(obj: Any, path: str) -> dict[str, torch.Tensor]:
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a state dict with ``weights_only=True``; unwraps ``{"model": ...}``/``{"state_dict": ...}``
     and a ``module.`` prefix left by ``DataParallel``/``DistributedDataParallel``."""
-    return _state_dict_of(_load(path), os.fspath(path))
+    return _state_dict_of(load_torch_file(path), os.fspath(path))
 
 
 def _entries_of(obj: Any, path: str) -> dict[str, Any]:
@@ -285,7 +287,7 @@ def _entries_of(obj: Any, path: str) -> dict[str, Any]:
 def load_checkpoint_file(path: str | os.PathLike) -> CheckpointFile:
     """Load a checkpoint (ours, converted, or a bare state dict) weights-only, with its config,
     class metadata and provenance when it carries them (see the module docstring)."""
-    obj = _load(path)
+    obj = load_torch_file(path)
     path = os.fspath(path)
     return CheckpointFile(state_dict=_state_dict_of(obj, path), **_entries_of(obj, path))
 

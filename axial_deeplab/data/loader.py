@@ -9,8 +9,10 @@ uninterrupted run sees from ``i`` on.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable, Iterator
+from types import FrameType
 
 import numpy as np
 import torch
@@ -122,18 +124,52 @@ def build_train_loader(
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),  # keeps torch's global RNG untouched
         persistent_workers=num_workers > 0,
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=defer_stop_signals,
     )
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """In a loader worker: ignore Ctrl-C, SIGUSR1 and SIGUSR2, which a terminal or a scheduler
-    sends to every process of the job; the main process then saves a checkpoint and stops the
-    workers (a worker killed by the signal would fail the batch being loaded). SIGTERM keeps its
-    default: the workers must stay stoppable by it (see ``Trainer`` for its handling)."""
+# How long a loader worker keeps serving after a SIGTERM while its main process lives (seconds):
+# enough for the batch in flight, about as long as Slurm (KillWait) and Kubernetes wait before
+# SIGKILL. A worker signalled alone thus still stops.
+WORKER_SIGTERM_GRACE_S = 30.0
+
+
+def defer_stop_signals(worker_id: int) -> None:
+    """In a loader worker: ignore Ctrl-C, SIGUSR1 and SIGUSR2 and defer SIGTERM, which a terminal
+    or a scheduler sends to every process of the job; the main process then finishes its
+    iteration, saves a checkpoint and stops the workers (a worker killed by the signal would fail
+    the iteration: PyTorch's SIGCHLD handler raises in the main process, wherever it is).
+
+    SIGTERM must still stop a worker (the loader's shutdown and Python's exit fall back to
+    ``terminate()`` for a worker that does not exit; a worker may be signalled alone), so it is
+    not ignored: the worker serves batches for :data:`WORKER_SIGTERM_GRACE_S` more seconds, then
+    exits with status 0 (which the main process's SIGCHLD handler leaves alone; its next wait for
+    a batch fails instead). A second SIGTERM ends it at once, and so does the first when the main
+    process is gone (``kill -9``): nothing would stop it then. The worker's SIGALRM is taken for
+    the grace period."""
     for name in ("SIGINT", "SIGUSR1", "SIGUSR2"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
+    parent = os.getppid()
+
+    def leave_now(signum: int, frame: FrameType | None) -> None:
+        os._exit(0)
+
+    def leave(signum: int, frame: FrameType | None) -> None:
+        if os.getppid() != parent:  # orphaned: die of the signal
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        signal.signal(signal.SIGTERM, leave_now)  # e.g. stuck flushing to a full pipe
+        raise SystemExit(0)  # unwinds PyTorch's worker loop; queued batches are flushed whole
+
+    def defer(signum: int, frame: FrameType | None) -> None:
+        if os.getppid() != parent:
+            leave(signum, frame)
+        signal.signal(signal.SIGTERM, leave)
+        signal.signal(signal.SIGALRM, leave)
+        signal.setitimer(signal.ITIMER_REAL, WORKER_SIGTERM_GRACE_S)
+
+    signal.signal(signal.SIGTERM, defer)
 
 
 def train_batches(dataset: Dataset, **kwargs) -> Callable[[int], Iterator[dict]]:

@@ -16,14 +16,17 @@ The loop knows nothing of panoptic segmentation. It takes ready-made objects:
 
 Stopping: SIGINT (Ctrl-C), SIGTERM, SIGUSR1 or SIGUSR2 during :meth:`Trainer.train` finishes the
 current iteration, saves a checkpoint and raises :class:`.preemption.TrainingInterrupted`; a
-resumed run then continues exactly where it stopped. When a run starts, the main process deletes
-temporary files left in ``output_dir`` by a process killed mid-write and cuts ``metrics.json``
-back to the iterations at or before the one it starts from, so that a resumed run's log has one
-record per logged iteration.
+resumed run then continues exactly where it stopped. Loader workers signalled too (a signal to the
+process group) keep serving meanwhile (``data.loader.defer_stop_signals``); should the loader fail
+all the same while the signal is pending, the iteration is abandoned before its step and the state
+saved is that of its start. When a run starts, the main process deletes temporary files left in
+``output_dir`` by a process killed mid-write and cuts ``metrics.json`` back to the iterations at or
+before the one it starts from, so that a resumed run's log has one record per logged iteration.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import secrets
@@ -34,10 +37,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from tqdm import tqdm
 
-from ..checkpoint.io import save_atomic
+from ..checkpoint.io import describe_mismatch, load_torch_file, save_atomic
 from ..utils.atomic import remove_stale_temp_files, write_text
 from .distributed import all_gather_objects, is_main_process
 from .events import EventWriter, truncate_metrics
@@ -98,6 +102,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _to_tuple(x: Any) -> Any:
     return tuple(_to_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"A.B": value}`` for ``{"A": {"B": value}}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        flat.update(_flatten(value, name) if isinstance(value, Mapping) else {name: value})
+    return flat
+
+
+def config_differences(saved: Any, current: Any, section: str, limit: int = 3) -> str:
+    """``"KEY A (saved: B), ..."``: the keys of ``section`` (e.g. ``"MODEL"``) whose values differ
+    between the config YAML texts ``current`` and ``saved`` (a checkpoint's); ``""`` when they
+    agree, or when either is missing or unreadable."""
+    try:
+        old, new = _flatten(yaml.safe_load(saved)), _flatten(yaml.safe_load(current))
+    except (yaml.YAMLError, AttributeError, TypeError):
+        return ""
+    keys = sorted(k for k in set(old) | set(new) if k.startswith(f"{section}."))
+    diffs = [f"{k} {new.get(k)} (saved: {old.get(k)})" for k in keys if old.get(k) != new.get(k)]
+    more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
+    return ", ".join(diffs[:limit]) + more
 
 
 class Trainer:
@@ -164,7 +191,9 @@ class Trainer:
         return path
 
     def resume(self) -> bool:
-        """Load the last checkpoint of ``output_dir``; False when there is none."""
+        """Load the last checkpoint of ``output_dir``; False when there is none. A checkpoint that
+        cannot be read, or whose state does not fit this run (another model, optimizer...), raises
+        a one-line ``ValueError`` naming it (and, for the model, the tensors that differ)."""
         marker = os.path.join(self.options.output_dir, LAST_CHECKPOINT)
         if not os.path.isfile(marker):
             return False
@@ -172,15 +201,58 @@ class Trainer:
             path = os.path.join(self.options.output_dir, f"{f.read().strip()}.pth")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{marker} names {path}, which does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.unwrapped.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        try:
+            state = load_torch_file(path)  # ValueError naming the file
+        except ValueError as exc:
+            raise ValueError(
+                f"cannot resume from {path}, which cannot be loaded"
+                f"{self._earlier_checkpoints(path)}: {exc}"
+            ) from None
+        missing = [k for k in STATE_KEYS if not isinstance(state, Mapping) or k not in state]
+        if missing:
+            raise ValueError(
+                f"{path} holds no training state {missing} to resume from (start a new "
+                f"OUTPUT_DIR with MODEL.WEIGHTS {path} to train from its weights)"
+            )
+        try:
+            self.unwrapped.load_state_dict(state["model"])
+        except RuntimeError:
+            detail = describe_mismatch(self.unwrapped, state["model"])
+            raise ValueError(
+                f"cannot resume from {path}: its weights do not fit the model"
+                f"{self._config_hint(state, 'MODEL')}: {detail}"
+            ) from None
+        for name in ("optimizer", "scheduler", "scaler"):
+            try:
+                getattr(self, name).load_state_dict(state[name])
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+                raise ValueError(
+                    f"cannot resume from {path}: its {name} state does not fit this run"
+                    f"{self._config_hint(state, 'SOLVER')}: {' '.join(str(exc).split())}"
+                ) from None
         self.iteration = int(state["iteration"])
         self.best = state["best"]
         set_rng_state(state["rng"])
         return True
+
+    def _config_hint(self, state: Mapping[str, Any], section: str) -> str:
+        """What differs in ``section`` between this run's config and the one saved in ``state``."""
+        diffs = config_differences(state.get("config"), self.checkpoint_info.get("config"), section)
+        if not diffs:
+            return ""
+        return (
+            f" (this run's config differs from the one saved in it: {diffs}; resume with that "
+            "config, or train in a new OUTPUT_DIR from its weights)"
+        )
+
+    def _earlier_checkpoints(self, path: str) -> str:
+        """How to resume from another ``model_*.pth`` of ``output_dir`` than ``path``, if any."""
+        found = glob.glob(os.path.join(glob.escape(self.options.output_dir), "model_[0-9]*.pth"))
+        names = sorted(os.path.basename(p)[: -len(".pth")] for p in found if p != path)
+        if not names:
+            return ""
+        marker = os.path.join(self.options.output_dir, LAST_CHECKPOINT)
+        return f" (to resume from an earlier one, write its name, e.g. {names[-1]}, into {marker})"
 
     # ----------------------------------------------------------------------------- the loop
     def train(self) -> dict[str, float]:
@@ -219,20 +291,17 @@ class Trainer:
         while self.iteration < opts.max_iter:
             signum = stop.requested(self.device)
             if signum is not None:
-                path = self._checkpoint_path(self.iteration)
-                if saved != self.iteration:
-                    path = self.save(f"model_{self.iteration:07d}")
-                raise TrainingInterrupted(signum, self.iteration, path)
+                raise self._interrupted(signum, saved)
             start = time.perf_counter()
             try:
                 batch = next(data)
             except Exception:
                 if stop.signum is None:
                     raise
-                # a loader worker died of the stop signal: the state is that of an iteration
+                # the loader failed after the stop signal (its workers got it too: they leave
+                # after a grace period, see data.loader); the state is that of an iteration
                 # boundary, so save it as the signal asks
-                path = self.save(f"model_{self.iteration:07d}")
-                raise TrainingInterrupted(stop.signum, self.iteration, path) from None
+                raise self._interrupted(stop.signum, saved) from None
             data_time = time.perf_counter() - start
             inspect = self._pictures_writer(writer)
             losses = self.step(batch, inspect=inspect)
@@ -250,8 +319,12 @@ class Trainer:
                 metrics = self._run_eval(writer)
         return metrics
 
-    def _checkpoint_path(self, iteration: int) -> str:
-        return os.path.join(self.options.output_dir, f"model_{iteration:07d}.pth")
+    def _interrupted(self, signum: int, saved: int) -> TrainingInterrupted:
+        """Save the state of this iteration boundary (unless the loop did: ``saved``)."""
+        path = os.path.join(self.options.output_dir, f"model_{self.iteration:07d}.pth")
+        if saved != self.iteration:
+            path = self.save(f"model_{self.iteration:07d}")
+        return TrainingInterrupted(signum, self.iteration, path)
 
     def step(
         self, batch: dict, *, inspect: Callable[[dict, dict], None] | None = None

@@ -1,0 +1,81 @@
+"""``--resume`` from a checkpoint that cannot serve: a one-line ``ValueError`` that names the file
+and what does not fit (the tensors, the optimizer, the config keys that changed), never PyTorch's
+raw error; ``tools/train_net.py`` prints it as a user error."""
+
+import re
+
+import pytest
+import torch
+from test_preemption import _tiny_data
+from test_trainer import _trainer
+from torch import nn
+
+from axial_deeplab.checkpoint.io import save_checkpoint_file
+from axial_deeplab.engine.train_net import main
+
+
+def _truncate(path, keep: int) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:keep])  # as a copy cut short or a full disk leaves it
+
+
+def test_truncated_checkpoint_named_with_an_earlier_one(tmp_path):
+    _trainer(tmp_path, 6).train()  # checkpoints at 3 and 6
+    _truncate(tmp_path / "model_0000006.pth", 1000)
+    with pytest.raises(ValueError) as failure:
+        _trainer(tmp_path, 8).resume()
+    message = str(failure.value)
+    assert message.startswith(f"cannot resume from {tmp_path / 'model_0000006.pth'}, which cannot")
+    assert f"e.g. model_0000003, into {tmp_path / 'last_checkpoint'}" in message
+
+
+def test_changed_model_names_tensors_and_config_keys(tmp_path):
+    trainer = _trainer(tmp_path, 3)
+    trainer.checkpoint_info = {"config": "MODEL:\n  WIDTH: 1\nSOLVER:\n  LR: 0.05\n"}
+    trainer.train()
+    resumed = _trainer(tmp_path, 6)
+    resumed.model.conv = nn.Conv2d(3, 1, 5, padding=2)  # _Net's conv is 3 x 3
+    resumed.checkpoint_info = {"config": "MODEL:\n  WIDTH: 2\nSOLVER:\n  LR: 0.01\n"}
+    with pytest.raises(ValueError) as failure:
+        resumed.resume()
+    message = str(failure.value)
+    assert message.startswith(f"cannot resume from {tmp_path / 'model_0000003.pth'}: its weights")
+    # the MODEL key that changed, not the SOLVER one
+    assert "differs from the one saved in it: MODEL.WIDTH 2 (saved: 1);" in message
+    assert "SOLVER" not in message
+    assert "conv.weight [1, 3, 3, 3] in the file, [1, 3, 5, 5] in the model" in message
+
+
+def test_changed_optimizer_named(tmp_path):
+    _trainer(tmp_path, 3).train()  # radam_lookahead over two parameter groups
+    resumed = _trainer(tmp_path, 6)
+    resumed.optimizer = torch.optim.SGD(resumed.model.parameters(), lr=0.1)  # one group
+    with pytest.raises(ValueError, match=r"model_0000003\.pth: its optimizer state does not fit"):
+        resumed.resume()
+
+
+def test_weights_only_checkpoint_is_no_training_state(tmp_path):
+    save_checkpoint_file(tmp_path / "model_0000005.pth", _trainer(tmp_path, 1).model.state_dict())
+    (tmp_path / "last_checkpoint").write_text("model_0000005")
+    with pytest.raises(ValueError, match=r"holds no training state \['optimizer'"):
+        _trainer(tmp_path, 6).resume()
+
+
+def test_train_net_resume_errors_are_one_line_user_errors(tmp_path):
+    """The two failures of ``tools/train_net.py --resume`` reported as "unexpected RuntimeError"
+    before: a truncated checkpoint, and a model changed by an override."""
+    argv = [*_tiny_data(tmp_path), "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.MAX_ITER", "1"]
+    main(argv)
+    checkpoint = tmp_path / "out" / "model_0000001.pth"
+    with pytest.raises(SystemExit) as failure:
+        main(["--resume", *argv, "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32"])
+    message = str(failure.value.code)
+    assert re.match(f"error: cannot resume from {re.escape(str(checkpoint))}: its weights", message)
+    assert "MODEL.SEM_SEG_HEAD.CONVS_DIM 32 (saved: " in message
+    assert "tensors differ in shape (e.g. " in message and "\n" not in message
+    _truncate(checkpoint, 100_000)
+    with pytest.raises(SystemExit) as failure:
+        main(["--resume", *argv])
+    message = str(failure.value.code)
+    assert message.startswith(f"error: cannot resume from {checkpoint}, which cannot be loaded")
+    assert "unexpected" not in message and "\n" not in message
