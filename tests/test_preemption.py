@@ -51,14 +51,7 @@ def test_stop_signal_saves_and_resume_matches_uninterrupted(tmp_path, signum):
         trainer.train()
     assert (tmp_path / "split" / "last_checkpoint").read_text() == "model_0000005"
     assert signal.getsignal(signum) is not None  # the previous handler is back
-    resumed = _trainer(tmp_path / "split", 8)
-    assert resumed.resume() and resumed.iteration == 5
-    resumed.train()
-    full, split = (
-        _weights(tmp_path / "full" / "model_0000008.pth"),
-        _weights(tmp_path / "split" / "model_0000008.pth"),
-    )
-    assert all(torch.equal(full[k], split[k]) for k in full)
+    _assert_resume_matches_full(tmp_path, 5)
     # one metrics record per iteration, none replayed
     iterations = [r["iteration"] for r in read_metrics(tmp_path / "split" / "metrics.json")]
     assert iterations == list(range(1, 9))
@@ -82,8 +75,13 @@ def test_loader_failing_after_stop_signal_abandons_iteration(tmp_path):
     with pytest.raises(TrainingInterrupted, match="SIGTERM after iteration 4"):
         trainer.train()
     assert (tmp_path / "split" / "last_checkpoint").read_text() == "model_0000004"
+    _assert_resume_matches_full(tmp_path, 4)
+
+
+def _assert_resume_matches_full(tmp_path, iteration: int) -> None:
+    """``split`` resumes at ``iteration`` and ends with the weights of the uninterrupted ``full``."""
     resumed = _trainer(tmp_path / "split", 8)
-    assert resumed.resume() and resumed.iteration == 4
+    assert resumed.resume() and resumed.iteration == iteration
     resumed.train()
     full, split = (
         _weights(tmp_path / "full" / "model_0000008.pth"),
