@@ -54,6 +54,19 @@ def test_changed_optimizer_named(tmp_path):
         resumed.resume()
 
 
+def test_another_optimizer_in_the_config_is_refused(tmp_path):
+    """Adam's state loads into RAdam without an error: the saved config's optimizer decides."""
+    trainer = _trainer(tmp_path, 3)
+    trainer.checkpoint_info = {"config": "SOLVER:\n  OPTIMIZER: radam_lookahead\n"}
+    trainer.train()
+    resumed = _trainer(tmp_path, 6)
+    resumed.checkpoint_info = {"config": "SOLVER:\n  OPTIMIZER: adam\n"}
+    with pytest.raises(
+        ValueError, match=r"another optimizer: SOLVER.OPTIMIZER adam \(saved: radam"
+    ):
+        resumed.resume()
+
+
 def test_weights_only_checkpoint_is_no_training_state(tmp_path):
     save_checkpoint_file(tmp_path / "model_0000005.pth", _trainer(tmp_path, 1).model.state_dict())
     (tmp_path / "last_checkpoint").write_text("model_0000005")
@@ -66,6 +79,7 @@ def test_train_net_resume_errors_are_one_line_user_errors(tmp_path):
     before: a truncated checkpoint, and a model changed by an override."""
     argv = [*_tiny_data(tmp_path), "OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.MAX_ITER", "1"]
     main(argv)
+    saved = (tmp_path / "out" / "config.yaml").read_text()
     checkpoint = tmp_path / "out" / "model_0000001.pth"
     with pytest.raises(SystemExit) as failure:
         main(["--resume", *argv, "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32"])
@@ -73,6 +87,7 @@ def test_train_net_resume_errors_are_one_line_user_errors(tmp_path):
     assert re.match(f"error: cannot resume from {re.escape(str(checkpoint))}: its weights", message)
     assert "MODEL.SEM_SEG_HEAD.CONVS_DIM 32 (saved: " in message
     assert "tensors differ in shape (e.g. " in message and "\n" not in message
+    assert (tmp_path / "out" / "config.yaml").read_text() == saved  # the refused run's is not
     _truncate(checkpoint, 100_000)
     with pytest.raises(SystemExit) as failure:
         main(["--resume", *argv])

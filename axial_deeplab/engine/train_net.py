@@ -92,10 +92,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             print(f"predictions in the official formats written to {save_dir}")
     else:
         cfg = resolve_config_seed(cfg)
+        trainer = build_trainer(cfg, device)
+        resumed = args.resume and trainer.resume()  # before config.yaml: a refused resume keeps it
         if is_main_process():
             save_config(cfg)
-        trainer = build_trainer(cfg, device)
-        if args.resume and trainer.resume() and is_main_process():
+        if resumed and is_main_process():
             print(f"resumed from iteration {trainer.iteration} of {cfg.OUTPUT_DIR}")
             if trainer.iteration >= cfg.SOLVER.MAX_ITER:
                 print(f"this run already finished (SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}): nothing "

@@ -121,7 +121,7 @@ def config_differences(saved: Any, current: Any, section: str, limit: int = 3) -
         old, new = _flatten(yaml.safe_load(saved)), _flatten(yaml.safe_load(current))
     except (yaml.YAMLError, AttributeError, TypeError):
         return ""
-    keys = sorted(k for k in set(old) | set(new) if k.startswith(f"{section}."))
+    keys = sorted(k for k in set(old) | set(new) if k == section or k.startswith(f"{section}."))
     diffs = [f"{k} {new.get(k)} (saved: {old.get(k)})" for k in keys if old.get(k) != new.get(k)]
     more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
     return ", ".join(diffs[:limit]) + more
@@ -222,6 +222,13 @@ class Trainer:
                 f"cannot resume from {path}: its weights do not fit the model"
                 f"{self._config_hint(state, 'MODEL')}: {detail}"
             ) from None
+        optimizer = config_differences(state.get("config"), self.checkpoint_info.get("config"),
+                                       "SOLVER.OPTIMIZER")  # fmt: skip
+        if optimizer:  # another optimizer's state may load without an error, and be wrong
+            raise ValueError(
+                f"cannot resume from {path}: it was trained with another optimizer: {optimizer}; "
+                "resume with its optimizer, or train in a new OUTPUT_DIR from its weights"
+            )
         for name in ("optimizer", "scheduler", "scaler"):
             try:
                 getattr(self, name).load_state_dict(state[name])
