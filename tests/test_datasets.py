@@ -326,3 +326,15 @@ def test_reader_agrees_with_cityscapesscripts_output(tmp_path):
     ours = {s["id"]: (s["category_id"], s["iscrowd"]) for s in records[0]["segments_info"]}
     sample, _ = load_city(CITY)
     assert ours == {s["id"]: (s["category_id"], s["iscrowd"]) for s in sample[0]["segments_info"]}
+
+
+def test_builtin_cityscapes_skips_an_unfinished_conversion(tmp_path):
+    """A conversion stopped half-way leaves the label-id PNG folder without its JSON (written
+    last); the complete train-id variant beside it is the one read."""
+    gt = tmp_path / "cityscapes" / "gtFine"
+    (gt / "cityscapes_panoptic_val").mkdir(parents=True)  # partial: PNGs, no JSON
+    (gt / "cityscapes_panoptic_val_trainId").mkdir()
+    (gt / "cityscapes_panoptic_val_trainId.json").write_text("{}")
+    catalog = builtin_catalog(str(tmp_path))
+    with pytest.raises(Exception, match="cityscapes_panoptic_val_trainId"):
+        catalog.get("cityscapes_fine_panoptic_val")  # the complete pair is the one opened

@@ -178,12 +178,14 @@ def builtin_catalog(root: str | None = None) -> DatasetCatalog:
             image_dir=os.path.join(coco, f"{split}2017"),
         )
         gt = os.path.join(base, "cityscapes", "gtFine")
+        # by the JSON, which the conversion writes last: a run stopped half-way leaves a PNG
+        # folder without it, and the other variant, if complete, is the one to read
         stem = _first_existing(
             [
-                os.path.join(gt, f"cityscapes_panoptic_{split}"),
-                os.path.join(gt, f"cityscapes_panoptic_{split}_trainId"),
+                os.path.join(gt, f"cityscapes_panoptic_{split}.json"),
+                os.path.join(gt, f"cityscapes_panoptic_{split}_trainId.json"),
             ]
-        )
+        ).removesuffix(".json")
         catalog.register_cityscapes_panoptic(
             f"cityscapes_fine_panoptic_{split}",
             image_dir=os.path.join(base, "cityscapes", "leftImg8bit", split),
