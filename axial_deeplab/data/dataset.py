@@ -49,6 +49,9 @@ class PanopticDataset(Dataset):
          "file_name", "image_id", "height", "width" (of the file, before augmentation),
          **target_generator(panoptic, segments_info)}
 
+    Without a target generator (evaluation), a sample whose transform changed its size also has
+    ``"panoptic_full"``: the ground truth at the file's size, which evaluation scores against.
+
     ``validate``: check each PNG against its segments_info and the image size when loaded
     (raises :class:`.validation.DatasetFormatError` naming the file and the ids). The entries of
     ``segments_info`` are checked by the readers when the records are built.
@@ -94,6 +97,7 @@ class PanopticDataset(Dataset):
         if self.validate:
             self._check(record, image, panoptic)
         height, width = panoptic.shape
+        full = panoptic
         if self.transform is not None:
             image, panoptic = self.transform(image, panoptic, sample_rng(self.seed, epoch, index))
         sample = {
@@ -105,6 +109,8 @@ class PanopticDataset(Dataset):
             "height": height,
             "width": width,
         }
+        if self.target_generator is None and panoptic.shape != full.shape:  # evaluation
+            sample["panoptic_full"] = torch.from_numpy(np.ascontiguousarray(full, dtype=np.int64))
         if self.target_generator is not None:
             targets = self.target_generator(panoptic, record["segments_info"])
             clash = set(targets) & set(sample)

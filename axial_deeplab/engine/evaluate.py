@@ -179,6 +179,15 @@ def pq_percent(pq_result: dict) -> dict[str, float]:
     }
 
 
+def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``[H, W]`` or ``[N, H, W]`` integer/bool array resized to ``size`` ``(h, w)``."""
+    if array.shape[-2:] == tuple(size):
+        return array
+    t = torch.from_numpy(np.ascontiguousarray(array)).double()
+    t = torch.nn.functional.interpolate(t.reshape(-1, 1, *t.shape[-2:]), size=size, mode="nearest")
+    return t.reshape(*array.shape[:-2], *size).numpy().astype(array.dtype)  # [..., h, w]
+
+
 class PanopticMetrics:
     """PQ (per class too), mIoU and mask AP of thing instances, fed one image at a time.
 
@@ -200,19 +209,29 @@ class PanopticMetrics:
         self.ap = InstanceAPEvaluator(categories) if metadata.thing_train_ids else None
 
     def process(self, record: dict, labels: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
-        """``record``: the sample (``panoptic``, ``segments_info``, ``file_name``, ``image_id``);
-        ``labels`` ``[H, W]`` its predicted panoptic labels; ``outputs`` its raw outputs."""
+        """``record``: the sample (``panoptic``, ``segments_info``, ``file_name``, ``image_id``;
+        ``panoptic_full``: the ground truth at the file's size when the sample was resized);
+        ``labels`` ``[H, W]`` its predicted panoptic labels; ``outputs`` its raw outputs.
+
+        A sample evaluated at another size than its files' is scored at the files' size, its
+        predictions resized back (nearest), as the saved predictions are and as the official
+        tools score them; the ground truth is never resized (that could drop or merge segments).
+        """
         meta = self.metadata
+        full = record.get("panoptic_full")
+        gt_ids = (record["panoptic"] if full is None else full).numpy()
+        size, gt_segments = gt_ids.shape, record["segments_info"]
         pred_ids, pred_segments = labels_to_segments(
-            labels.cpu().numpy(), label_divisor=meta.label_divisor, thing_ids=meta.thing_train_ids
+            resize_nearest(labels.cpu().numpy(), size),
+            label_divisor=meta.label_divisor,
+            thing_ids=meta.thing_train_ids,
         )
-        gt_ids, gt_segments = record["panoptic"].numpy(), record["segments_info"]
         name = str(record["file_name"])
         self.pq.process(gt_ids, gt_segments, pred_ids, pred_segments, name=name)
         semantic = outputs["semantic"]  # [K, H, W] logits
         gt_sem = semantic_labels(gt_ids, gt_segments, meta.ignore_label)
         pred_sem = semantic_prediction(semantic, void_class=self.void_class)  # [H, W]
-        self.miou.process(gt_sem, pred_sem.cpu().numpy())
+        self.miou.process(gt_sem, resize_nearest(pred_sem.cpu().numpy(), size))
         if self.ap is not None:
             prob = drop_void_channel(class_probabilities(outputs), void_class=self.void_class)
             things = get_instances(
@@ -220,7 +239,8 @@ class PanopticMetrics:
                 thing_ids=meta.thing_train_ids, label_divisor=meta.label_divisor,
             )  # fmt: skip
             self.ap.process(
-                record["image_id"], gt_ids, gt_segments, things["masks"].cpu().numpy(),
+                record["image_id"], gt_ids, gt_segments,
+                resize_nearest(things["masks"].cpu().numpy(), size),
                 things["scores"].cpu().numpy(), things["classes"].cpu().numpy(),
             )  # fmt: skip
 

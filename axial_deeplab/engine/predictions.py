@@ -38,18 +38,9 @@ from ..modeling.postprocessing import (
     semantic_prediction,
 )
 from .distributed import all_gather_objects, is_main_process
-from .evaluate import labels_to_segments
+from .evaluate import labels_to_segments, resize_nearest
 
 PANOPTIC_JSON = "panoptic.json"
-
-
-def _resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``[H, W]`` or ``[N, H, W]`` integer/bool array resized to ``size`` ``(h, w)``."""
-    if array.shape[-2:] == tuple(size):
-        return array
-    t = torch.from_numpy(np.ascontiguousarray(array)).double()
-    t = torch.nn.functional.interpolate(t.reshape(-1, 1, *t.shape[-2:]), size=size, mode="nearest")
-    return t.reshape(*array.shape[:-2], *size).numpy().astype(array.dtype)  # [..., h, w]
 
 
 class PredictionSaver:
@@ -74,7 +65,7 @@ class PredictionSaver:
         meta = self.metadata
         stem = self.output_stem(str(record["file_name"]))
         size = (int(record["height"]), int(record["width"]))
-        full = _resize_nearest(labels, size)
+        full = resize_nearest(labels, size)
         ids, segments = labels_to_segments(
             full, label_divisor=meta.label_divisor, thing_ids=meta.thing_train_ids
         )
@@ -105,7 +96,7 @@ class PredictionSaver:
         folder = os.path.join(self.folder, "cityscapes_semantic")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{stem}.png")
-        write_cityscapes_semantic(path, _resize_nearest(semantic, size), self.train_to_label_id)
+        write_cityscapes_semantic(path, resize_nearest(semantic, size), self.train_to_label_id)
         instances = get_instances(
             torch.from_numpy(labels),
             drop_void_channel(class_probabilities(outputs), void_class=void).cpu(),
@@ -117,7 +108,7 @@ class PredictionSaver:
         write_cityscapes_instances(
             os.path.join(self.folder, "cityscapes_instances"),
             stem,
-            _resize_nearest(instances["masks"].numpy(), size),
+            resize_nearest(instances["masks"].numpy(), size),
             np.array(label_ids, np.int64),
             instances["scores"].numpy(),
         )
