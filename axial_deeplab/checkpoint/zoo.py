@@ -180,7 +180,7 @@ def differences_from_zoo_config(path: str | os.PathLike, cfg, opts=()) -> str:
     would silently change the converted model. ``""`` when they agree, when ``path`` is not a
     published file, or when its config file is not at hand (an installed package)."""
     from ..config import load_config
-    from ..config.checks import flat_keys
+    from ..config.checks import flat_items
 
     model = zoo_model_of_file(path)
     if model is None:
@@ -189,29 +189,17 @@ def differences_from_zoo_config(path: str | os.PathLike, cfg, opts=()) -> str:
     config = next((c for c in (checkout, model.config) if os.path.isfile(c)), None)
     if config is None:
         return ""
-    theirs = load_config(config, list(opts)).MODEL
-    differ = [
-        k
-        for k in flat_keys(cfg.MODEL)
-        if k not in ("WEIGHTS", "DEVICE") and _get(cfg.MODEL, k) != _get(theirs, k)
-    ]
+    mine, theirs = flat_items(cfg.MODEL), flat_items(load_config(config, list(opts)).MODEL)
+    differ = [k for k in mine if k not in ("WEIGHTS", "DEVICE") and mine[k] != theirs[k]]
     if not differ:
         return ""
-    shown = ", ".join(
-        f"MODEL.{k} {_get(cfg.MODEL, k)!r} (there: {_get(theirs, k)!r})" for k in differ[:4]
-    )
+    shown = ", ".join(f"MODEL.{k} {mine[k]!r} (there: {theirs[k]!r})" for k in differ[:4])
     more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
     return (
         f"warning: {os.fspath(path)} is the published {model.key}, whose config is "
         f"{model.config}; the config given differs in {shown}{more}. The tensors may fit either "
         "way, but the converted model will not compute the published one"
     )
-
-
-def _get(node, dotted: str):
-    for part in dotted.split("."):
-        node = node[part]
-    return node
 
 
 def zoo_model(key: str) -> ZooModel:

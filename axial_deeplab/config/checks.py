@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
+from typing import Any
 
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 MIN_CROP = 16  # pixels; smaller crops cannot pass the stem and the first strided stages
@@ -20,15 +21,20 @@ class ConfigError(ValueError):
     """A config file or override names an unknown key or gives a value of the wrong type."""
 
 
-def flat_keys(node: Mapping, prefix: str = "") -> list[str]:
-    """``["MODEL.DEVICE", ...]``: every leaf key of a nested config."""
-    keys: list[str] = []
+def flat_items(node: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"MODEL.DEVICE": "cpu", ...}``: every leaf of a nested config, by its dotted key."""
+    items: dict[str, Any] = {}
     for key, value in node.items():
         if isinstance(value, Mapping):
-            keys += flat_keys(value, f"{prefix}{key}.")
+            items.update(flat_items(value, f"{prefix}{key}."))
         else:
-            keys.append(f"{prefix}{key}")
-    return keys
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def flat_keys(node: Mapping, prefix: str = "") -> list[str]:
+    """``["MODEL.DEVICE", ...]``: every leaf key of a nested config."""
+    return list(flat_items(node, prefix))
 
 
 def suggest_key(key: str, known: list[str]) -> str:

@@ -42,6 +42,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint.io import describe_mismatch, load_torch_file, save_atomic
+from ..config.checks import flat_items
 from ..utils.atomic import remove_stale_temp_files, write_text
 from .distributed import all_gather_objects, is_main_process
 from .events import EventWriter, truncate_metrics
@@ -104,21 +105,12 @@ def _to_tuple(x: Any) -> Any:
     return tuple(_to_tuple(v) for v in x) if isinstance(x, list | tuple) else x
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{"A.B": value}`` for ``{"A": {"B": value}}``."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        flat.update(_flatten(value, name) if isinstance(value, Mapping) else {name: value})
-    return flat
-
-
 def config_differences(saved: Any, current: Any, section: str, limit: int = 3) -> str:
     """``"KEY A (saved: B), ..."``: the keys of ``section`` (e.g. ``"MODEL"``) whose values differ
     between the config YAML texts ``current`` and ``saved`` (a checkpoint's); ``""`` when they
     agree, or when either is missing or unreadable."""
     try:
-        old, new = _flatten(yaml.safe_load(saved)), _flatten(yaml.safe_load(current))
+        old, new = flat_items(yaml.safe_load(saved)), flat_items(yaml.safe_load(current))
     except (yaml.YAMLError, AttributeError, TypeError):
         return ""
     keys = sorted(k for k in set(old) | set(new) if k == section or k.startswith(f"{section}."))
