@@ -25,7 +25,11 @@ untimed call each:
   ``modeling.fusion.inference_model`` copy, batch norms folded into the convolutions) under
   ``torch.no_grad()`` and ``panoptic_prediction`` with deeplab2's post-processing settings;
   ``--compile``: the model compiled by ``torch.compile`` (for this input size; the untimed first
-  call compiles), deeplab2's ``tf.function`` being its compiled graph too.
+  call compiles), deeplab2's ``tf.function`` being its compiled graph too; ``--amp``: ours in
+  mixed precision (``TEST.AMP``: bfloat16 convolutions and matmuls on a CPU with AVX512-BF16 or
+  AMX, attention and heads' final layers in float32). That is no longer the same arithmetic as
+  deeplab2's float32, so its outputs are not the same either (with random weights the difference
+  is as chaotic as below); the README reports what it changes on a trained model.
 
 Prints the seconds of every run, the ratio of the medians (ours / deeplab2), in wall-clock and in
 process CPU time (all threads; on a loaded machine a process running more threads than cores gets
@@ -159,10 +163,10 @@ class TfChild:
 # Our side.
 
 
-def ours_runner(folder: str, config: str, compile_model: bool = False):
+def ours_runner(folder: str, config: str, compile_model: bool = False, amp: bool = False):
     """``(run, outputs, info, floor)``: ``run()`` is one image through our eval path, returning
     the ``(wall, CPU)`` seconds it took; ``outputs()`` the last run's raw outputs and panoptic
-    map; ``floor()`` the network's ``arithmetic_floor``."""
+    map; ``floor()`` the network's ``arithmetic_floor``. ``amp``: as ``TEST.AMP`` (bfloat16)."""
     import torch
 
     from axial_deeplab.checkpoint.deeplab2_parity import _panoptic, converted_model
@@ -170,7 +174,8 @@ def ours_runner(folder: str, config: str, compile_model: bool = False):
     from axial_deeplab.utils.host_memory import keep_freed_memory_for_models
 
     model, info, _, _ = converted_model(folder, config)
-    model = plain = inference_model(model)  # as evaluate_panoptic and Predictor run it
+    plain = inference_model(model)  # as evaluate_panoptic and Predictor run it
+    model = inference_model(model, mixed_precision=True) if amp else plain
     keep_freed_memory_for_models(torch.device("cpu"))  # as they do, too
     if compile_model:
         model = torch.compile(model, dynamic=False)
@@ -248,7 +253,7 @@ def time_key(args: argparse.Namespace, key: str, config: str) -> dict:
 
     peak_before = matmul_peak(4096, repeats=5)
     theirs = TfChild(args, folder)
-    run_ours, last, info, floor = ours_runner(folder, config, args.compile)
+    run_ours, last, info, floor = ours_runner(folder, config, args.compile, args.amp)
     runs: dict[str, list[tuple[float, float]]] = {"deeplab2": [], "ours": []}
     try:
         warm = {"deeplab2": theirs.run()[0], "ours": run_ours()[0]}  # untimed
@@ -263,6 +268,7 @@ def time_key(args: argparse.Namespace, key: str, config: str) -> dict:
         "warm_up_seconds": warm,
         "torch_threads": torch.get_num_threads(),
         "compiled": args.compile,
+        "amp": args.amp,
         "deeplab2_child": theirs.ready,
         "agreement": agreement(folder, last(), info),
         "load_average": os.getloadavg()[0],
@@ -302,6 +308,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--compile", action="store_true", help="ours through torch.compile")
+    parser.add_argument(
+        "--amp", action="store_true", help="ours in mixed precision (TEST.AMP: bfloat16)"
+    )
     parser.add_argument("--tf-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -333,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
         wall, cpu = r["median_seconds"], r["median_cpu_seconds"]
         print(
             f"{model.key} at {r['size'][0]}x{r['size'][1]}, CPU, load {r['load_average']:.1f}: "
-            f"ours{' (torch.compile)' if r['compiled'] else ''} {wall['ours']:.1f} s, deeplab2 tf.function {wall['deeplab2']:.1f} s -> "
+            f"ours{' (torch.compile)' if r['compiled'] else ''}"
+            f"{' (TEST.AMP: bfloat16)' if r['amp'] else ''} {wall['ours']:.1f} s, deeplab2 tf.function {wall['deeplab2']:.1f} s -> "
             f"{r['seconds_ratio']:.2f}x wall; CPU time ours {cpu['ours']:.1f} s, deeplab2 "
             f"{cpu['deeplab2']:.1f} s -> {r['cpu_seconds_ratio']:.2f}x\n"
             f"  runs (wall s): ours {[round(t, 1) for t in r['seconds']['ours']]}, deeplab2 "

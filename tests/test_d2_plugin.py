@@ -50,6 +50,7 @@ from axial_deeplab.evaluation.synthetic import (  # noqa: E402
     synthetic_ground_truth,
     synthetic_prediction,
 )
+from axial_deeplab.layers.precision import cpu_has_fast_bfloat16  # noqa: E402
 from axial_deeplab.modeling.build import build_model as native_build_model  # noqa: E402
 from axial_deeplab.modeling.targets import PanopticTargetGenerator  # noqa: E402
 
@@ -252,6 +253,33 @@ def test_meta_arch_eval_outputs(cfg):
         assert set(instances.get_fields()) == {"pred_masks", "pred_boxes", "scores", "pred_classes"}
         thing_ids = set(native_metadata("synthetic_coco_val").thing_train_ids)
         assert set(instances.pred_classes.tolist()) <= thing_ids
+
+
+def test_meta_arch_eval_in_mixed_precision(cfg):
+    """TEST.AMP reaches detectron2's inference: the network in bfloat16, float32 outputs close to
+    the float32 run's (an untrained model: to bfloat16's precision); training is unchanged."""
+    if not cpu_has_fast_bfloat16():
+        pytest.skip("this CPU emulates bfloat16")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    cfg.defrost()
+    cfg.TEST.AMP = True
+    mixed = build_model(cfg).eval()
+    mixed.load_state_dict(model.state_dict())
+    assert mixed.mixed_precision and not model.mixed_precision
+    seen = []
+    mixed.backbone.register_forward_hook(lambda m, a, out: seen.append(out["res5"].dtype))
+    inputs = _mapped(cfg, "val", False)[:1]
+    with torch.no_grad():
+        (expected,), (got,) = model(inputs), mixed(inputs)
+    assert seen == [torch.bfloat16]
+    assert got["sem_seg"].dtype == torch.float32
+    scale = expected["sem_seg"].abs().max()
+    assert (got["sem_seg"] - expected["sem_seg"]).abs().max() <= 0.05 * scale
+    mixed.train()
+    losses = mixed(_mapped(cfg, "train", True)[:1])
+    assert seen == [torch.bfloat16, torch.float32]  # training: SOLVER.AMP decides, not TEST.AMP
+    assert all(torch.isfinite(v) for v in losses.values())
 
 
 # ------------------------------------------------------------------ checkpoints, both ways

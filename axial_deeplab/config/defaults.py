@@ -168,6 +168,7 @@ _C.TEST.EVAL_PERIOD = 0  # iterations between evaluations; 0: only at the end
 _C.TEST.PAD_TO_CROP = False  # pad eval inputs to INPUT.CROP.SIZE (pixel mean) as training crops
 _C.TEST.SAVE_PREDICTIONS = False  # --eval-only: write official-format files to OUTPUT_DIR/inference
 _C.TEST.NUM_PICTURES = 8  # --eval-only: draw the first N images (prediction beside ground truth)
+_C.TEST.AMP = False  # evaluation/inference in bf16 (CPUs with AVX512-BF16/AMX) or fp16 (GPUs)
 _C.TEST.AUG = _YacsNode()
 _C.TEST.AUG.ENABLED = False  # detectron2 key: test-time augmentation in inference (tools/infer.py)
 _C.TEST.AUG.FLIP = True  # detectron2 key: when enabled, add a horizontally flipped pass per scale

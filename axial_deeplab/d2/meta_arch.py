@@ -28,6 +28,7 @@ from detectron2.structures import BitMasks, Instances
 
 from axial_deeplab.engine.build import build_criterion
 from axial_deeplab.engine.evaluate import PostProcessing, pad_stack, panoptic_prediction
+from axial_deeplab.layers.precision import autocast_call
 from axial_deeplab.modeling.build import panoptic_deeplab_modules
 from axial_deeplab.modeling.losses import PanopticDeepLabLoss
 from axial_deeplab.modeling.panoptic_deeplab import PanopticDeepLab, upsample, upsample_offsets
@@ -58,16 +59,19 @@ class AxialDeepLab(PanopticDeepLab):
         postprocessing: PostProcessing,
         metadata_name: str,
         size_divisibility: int = 0,
+        mixed_precision: bool = False,
         **modules,
     ) -> None:
         """``modules``: the keyword arguments of ``PanopticDeepLab`` (backbone, decoders, heads,
         pixel mean/std, align_corners). ``metadata_name``: the detectron2 data set whose metadata
-        gives the thing classes and label divisor of the post-processing."""
+        gives the thing classes and label divisor of the post-processing. ``mixed_precision``:
+        inference in bfloat16 (CPU) or float16 (GPU), as ``TEST.AMP`` (``layers.precision``)."""
         super().__init__(**modules)
         self.criterion = criterion
         self.postprocessing = postprocessing
         self.metadata_name = metadata_name
         self.size_divisibility = size_divisibility
+        self.mixed_precision = mixed_precision
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -85,6 +89,7 @@ class AxialDeepLab(PanopticDeepLab):
             "postprocessing": PostProcessing.from_config(cfg),
             "metadata_name": names[0] if names else "",
             "size_divisibility": backbone.size_divisibility,
+            "mixed_precision": cfg.TEST.AMP,
         }
 
     @property
@@ -100,7 +105,11 @@ class AxialDeepLab(PanopticDeepLab):
         images = [x["image"].to(self.device).float() for x in batched_inputs]  # [3, h_i, w_i]
         size = padded_size([im.shape for im in images], self.size_divisibility)
         # padding with the pixel mean: zero after normalisation, as in our training crops
-        outputs = self.predict_raw(pad_stack(images, size, self.pixel_mean.view(-1)))
+        batch = pad_stack(images, size, self.pixel_mean.view(-1))  # [N, 3, H, W]
+        if self.mixed_precision and not self.training:
+            outputs = autocast_call(self.predict_raw, batch)
+        else:
+            outputs = self.predict_raw(batch)
         if self.training:
             return self.criterion(outputs, self._targets(batched_inputs, size))
         return [

@@ -201,6 +201,7 @@ def build_evaluate_fn(
             pad_value=tuple(cfg.MODEL.PIXEL_MEAN),
             sinks=sinks,
             print_table=verbose,
+            mixed_precision=cfg.TEST.AMP,
         )
 
     return evaluate

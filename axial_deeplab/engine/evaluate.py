@@ -17,6 +17,7 @@ from ..evaluation.distributed import gather
 from ..evaluation.instance_ap import InstanceAPEvaluator
 from ..evaluation.panoptic import PanopticEvaluator
 from ..evaluation.semantic import SemanticEvaluator
+from ..layers.precision import warn_if_slow
 from ..modeling.fusion import inference_model
 from ..modeling.postprocessing import (
     class_probabilities,
@@ -269,6 +270,7 @@ def evaluate_panoptic(
     pad_value: Sequence[float] = (123.675, 116.28, 103.53),
     sinks: Sequence[PredictionSink] = (),
     print_table: bool = False,
+    mixed_precision: bool = False,
 ) -> dict[str, float]:
     """PQ/SQ/RQ (All, Things, Stuff), mIoU and mask AP of ``model`` on ``loader`` (this rank's
     shard), gathered over ranks. Values in percent, as the official tools print them.
@@ -277,17 +279,23 @@ def evaluate_panoptic(
     the outputs back. ``sinks``: each receives every image's prediction (its raw outputs plus
     ``centers``, the kept centres ``[M, 2]``), e.g.
     :class:`axial_deeplab.engine.predictions.PredictionSaver`; closed at the end.
-    ``print_table``: print the per-class PQ and IoU table (main process)."""
+    ``print_table``: print the per-class PQ and IoU table (main process). ``mixed_precision``:
+    the network in bfloat16 (CPU) or float16 (GPU), as ``TEST.AMP`` (``layers.precision``)."""
     metrics = PanopticMetrics(metadata, void_class=settings.void_class)
     # An eval-mode copy with batch norms folded into the convolutions, channels-last on the CPU
     # (the same function, ~20% faster there); ``model`` itself (DDP-wrapped or not) is left as
     # it is.
+    device = torch.device(device)
+    if mixed_precision:
+        warn_if_slow(device)
     net = inference_model(
-        getattr(model, "module", model), channels_last=torch.device(device).type == "cpu"
+        getattr(model, "module", model),
+        channels_last=device.type == "cpu",
+        mixed_precision=mixed_precision,
     )
     # On the CPU, glibc keeps freed activations for reuse (~25% of a full-resolution pass was
     # page faults); see utils.host_memory.
-    keep_freed_memory_for_models(torch.device(device))
+    keep_freed_memory_for_models(device)
     with torch.no_grad():
         for batch in tqdm(loader, desc="eval", unit="img", disable=not is_main_process()):
             images = batch["image"].to(device).float()  # [N, 3, H, W]

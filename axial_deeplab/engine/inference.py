@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.catalog import DatasetMetadata
+from ..layers.precision import warn_if_slow
 from ..modeling.fusion import inference_model
 from ..modeling.panoptic_deeplab import upsample, upsample_offsets
 from ..modeling.postprocessing import drop_void_channel, get_instances, semantic_prediction
@@ -186,6 +187,8 @@ class Predictor:
         postprocessing: :func:`get_panoptic_segmentation` settings (default: its defaults).
         tta: test-time augmentation (default: one plain pass).
         device: where the model runs.
+        mixed_precision: run the network in bfloat16 (CPU) or float16 (GPU), as ``TEST.AMP``
+            (see :mod:`axial_deeplab.layers.precision`); outputs and post-processing stay float32.
 
     The predictor runs an eval-mode copy of ``model`` on ``device`` with its batch norms folded
     into the convolutions, channels-last on the CPU
@@ -201,10 +204,15 @@ class Predictor:
         postprocessing: PostProcessing | None = None,
         tta: TestTimeAugmentation | None = None,
         device: torch.device | str = "cpu",
+        mixed_precision: bool = False,
     ) -> None:
         self.device = torch.device(device)
         cpu = self.device.type == "cpu"
-        self.model = inference_model(model, channels_last=cpu).to(self.device)
+        if mixed_precision:
+            warn_if_slow(self.device)
+        self.model = inference_model(model, channels_last=cpu, mixed_precision=mixed_precision).to(
+            self.device
+        )
         keep_freed_memory_for_models(self.device)  # CPU: no page faults per large activation
         self.metadata = as_metadata(metadata)
         self.postprocessing = postprocessing or PostProcessing()
@@ -314,7 +322,7 @@ def build_predictor(
 ) -> Predictor:
     """Model from ``cfg`` (``MODEL.WEIGHTS`` loaded weights-only when set: all of the model's
     weights, see ``checkpoint.io.load_weights``), post-processing from
-    ``MODEL.PANOPTIC_DEEPLAB``, TTA from ``TEST.AUG``."""
+    ``MODEL.PANOPTIC_DEEPLAB``, TTA from ``TEST.AUG``, mixed precision from ``TEST.AMP``."""
     from ..modeling.build import build_model
     from .build import load_model_weights
 
@@ -327,4 +335,5 @@ def build_predictor(
         postprocessing=PostProcessing.from_config(cfg),
         tta=build_tta(cfg),
         device=device,
+        mixed_precision=cfg.TEST.AMP,
     )

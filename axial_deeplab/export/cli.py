@@ -49,6 +49,8 @@ def build_pipeline(weights: str, config_file: str = "", opts=()) -> PanopticPipe
         cfg = config_from_yaml(stored.config_yaml, opts, source=weights)
     else:
         raise ConfigError(f"{weights} carries no config: pass --config-file with the model's YAML")
+    if cfg.TEST.AMP:
+        print("note: TEST.AMP is not applied to exported graphs: they compute in float32")
     model = build_model(cfg)
     load_model_weights(model, weights, whole=True, state=stored.state_dict)
     if stored.metadata is not None:

@@ -25,6 +25,7 @@ from .attention_core import attend, key_ranges
 from .attention_graph import attend_windowed
 from .batch_norm import running_affine, sync_moments, update_running_stats, uses_batch_stats
 from .logit_stats import logit_moments
+from .precision import autocast_enabled
 from .relative_position import extended_index, table_size
 
 AXES = {"height": 2, "width": 3}
@@ -243,7 +244,7 @@ class AxialAttention(nn.Module):
         their softmax lose too much in float16/bfloat16, and the logit batch norm needs exact sums.
         """
         device = q.device.type
-        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        if autocast_enabled(device):
             with torch.autocast(device, enabled=False):
                 shift = None if qkv_shift is None else qkv_shift.float()
                 return self._attend(q.float(), k.float(), v.float(), shift)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from ..layers.precision import MixedPrecision
 from .backbone.axial_blocks import AxialBlock
 
 # Modules whose ``forward`` applies the named norm to the named conv's output and uses that output
@@ -88,11 +89,14 @@ def fold_batch_norms(model: nn.Module) -> int:
     return folded
 
 
-def inference_model(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
+def inference_model(
+    model: nn.Module, *, channels_last: bool = True, mixed_precision: bool = False
+) -> nn.Module:
     """An eval-mode copy of ``model`` for inference: batch norms folded (``fold_batch_norms``),
     parameters frozen and, with ``channels_last``, convolution weights in channels-last memory
     (a model with a ``channels_last`` attribute, as ``PanopticDeepLab``, also runs its
-    activations so). ``model`` itself is not changed."""
+    activations so); with ``mixed_precision``, wrapped in ``layers.precision.MixedPrecision``
+    (bfloat16 on CPUs, float16 on GPUs; float32 outputs). ``model`` itself is not changed."""
     fused = copy.deepcopy(model).eval()
     fused.requires_grad_(False)
     fold_batch_norms(fused)
@@ -100,4 +104,4 @@ def inference_model(model: nn.Module, *, channels_last: bool = True) -> nn.Modul
         fused.to(memory_format=torch.channels_last)
         if hasattr(fused, "channels_last"):
             fused.channels_last = True
-    return fused
+    return MixedPrecision(fused) if mixed_precision else fused

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from axial_deeplab.layers.precision import autocast_enabled
 from axial_deeplab.modeling.decoder import DepthwiseSeparableConv, conv_norm_relu
 
 
@@ -45,4 +46,11 @@ class PredictionHead(nn.Module):
         nn.init.zeros_(self.predictor.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predictor(self.conv(x))
+        x = self.conv(x)
+        device = x.device.type
+        if autocast_enabled(device):
+            # Under autocast (mixed precision) the final 1x1 convolution runs in float32: a
+            # bfloat16 offset of 500 pixels is only known to +-1 pixel. It is cheap (few channels).
+            with torch.autocast(device, enabled=False):
+                return self.predictor(x.float())
+        return self.predictor(x)
