@@ -14,7 +14,8 @@ input size, runs what ``tools/infer.py`` runs per image, on a synthetic photo wr
 - network: the model's forward pass (``Predictor.raw``: normalisation, model, upsampling);
 - post-processing: the rest of ``Predictor.predict`` (centres, grouping, merge, segment scores).
 
-Prints the median of ``--repeats`` runs (after ``--warmup`` untimed ones, default 1) per part, in ms and in % of the total.
+``--amp``: the network in mixed precision (``TEST.AMP True``). Prints the median of ``--repeats``
+runs (after ``--warmup`` untimed ones, default 1) per part, in ms and in % of the total.
 """
 
 from __future__ import annotations
@@ -49,11 +50,16 @@ def _photo(path: str, height: int, width: int) -> None:
 
 
 def split(
-    config: str, size: tuple[int, int], repeats: int, device: torch.device, warmup: int = 1
+    config: str,
+    size: tuple[int, int],
+    repeats: int,
+    device: torch.device,
+    warmup: int = 1,
+    amp: bool = False,
 ) -> dict:
     """Median ms of I/O, network and post-processing for one image of ``size`` (``repeats`` timed
-    runs after ``warmup`` untimed ones)."""
-    cfg = load_config(os.path.join(CONFIGS, config))
+    runs after ``warmup`` untimed ones); ``amp``: with ``TEST.AMP True``."""
+    cfg = load_config(os.path.join(CONFIGS, config), ["TEST.AMP", str(amp)])
     metadata, _ = metadata_from_config(cfg)
     predictor = build_predictor(cfg, metadata, device)
     network_ms: list[float] = []
@@ -96,15 +102,16 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=int, default=1, help="untimed runs first (0: a single slow CPU run)"
     )
+    parser.add_argument("--amp", action="store_true", help="TEST.AMP True (mixed precision)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     print(f"device {device}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f}, median of {args.repeats} runs "
-          f"after {args.warmup} warm-up")  # fmt: skip
+          f"after {args.warmup} warm-up{', TEST.AMP True' if args.amp else ''}")  # fmt: skip
     for entry in args.configs:
         config, _, size_text = entry.partition("@")
         size = tuple(int(v) for v in size_text.split("x"))
-        times = split(config, size, args.repeats, device, args.warmup)
+        times = split(config, size, args.repeats, device, args.warmup, args.amp)
         total = sum(times.values())
         cells = ", ".join(
             f"{name} {ms:.0f} ms ({100 * ms / total:.1f}%)" for name, ms in times.items()

@@ -27,6 +27,7 @@ from axial_deeplab.export.pipeline import (
     MAX_SIZE,
     MIN_SIZE,
     OUTPUT_NAMES,
+    save_onnx,
     save_program,
 )
 from axial_deeplab.export.runtime import ExportedPredictor, _check_image, load_program
@@ -156,6 +157,49 @@ def test_export_text_file_weights_is_one_line(tmp_path):
         cli.main(["--weights", str(notes), "--format", "onnx", "--output", "m.onnx"])
     line = _error_line(info)
     assert str(notes) in line and "not a PyTorch checkpoint" in line and "unexpected" not in line
+
+
+def test_export_output_checked_before_loading_anything(tmp_path, monkeypatch):
+    """A folder given as --output is refused, and a missing folder created, before the weights
+    are read (the trace takes a minute: the error must not wait for it)."""
+    monkeypatch.setattr(cli, "build_pipeline", lambda *a: pytest.fail("built before the check"))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--weights", "w.pth", "--format", "onnx", "--output", str(tmp_path)])
+    assert f"--output {tmp_path} is a folder" in _error_line(info)
+
+    target = tmp_path / "new" / "deeper" / "m.onnx"
+    cli.check_output_file(str(target))
+    assert target.parent.is_dir() and not target.exists()
+
+
+def test_onnx_written_atomically_through_a_named_temporary(tmp_path, monkeypatch):
+    """The ONNX file goes through utils.atomic (a .tmp-* file that later writes clean up), not
+    a fixed `m.onnx.tmp` that a killed export leaves behind."""
+    onnx = pytest.importorskip("onnx")
+    written = []
+    monkeypatch.setattr(onnx, "save", lambda model, path: written.append(path) or _touch(path))
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: _FakeOnnxProgram())
+    save_onnx(_FakePipeline(), tmp_path / "m.onnx", program=object())
+    (tmp,) = written
+    assert os.path.basename(tmp).startswith(".tmp-") and tmp.endswith(".onnx")
+    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
+
+
+def _touch(path: str) -> None:
+    with open(path, "wb"):
+        pass
+
+
+class _FakeOnnxProgram:
+    def __init__(self) -> None:
+        from onnx import ModelProto
+
+        self.model_proto = ModelProto()
+
+
+class _FakePipeline:
+    def description(self) -> dict:
+        return {"classes": []}
 
 
 # 3. --backend torch-export on a file that is not a .pt2 archive: one line, nothing from torch.

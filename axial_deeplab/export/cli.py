@@ -10,6 +10,7 @@ else the config's data set). Run it with ``tools/infer.py --backend torch-export
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from ..checkpoint.io import load_checkpoint_file
@@ -65,8 +66,23 @@ def build_pipeline(weights: str, config_file: str = "", opts=()) -> PanopticPipe
     )
 
 
+def check_output_file(path: str) -> None:
+    """Refuse an ``--output`` that is a folder, and create its missing parent folders, before
+    the export's minute of tracing (ConfigError naming the path)."""
+    if os.path.isdir(path):
+        raise ConfigError(f"--output {path} is a folder: give the file to write, e.g. {path}/m.pt2")
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--output {path}: cannot create its folder ({err.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"--output {path}: its folder {parent} is not writable")
+
+
 def _main(argv: list[str]) -> str:
     args = parse_args(argv)
+    check_output_file(args.output)
     pipeline = build_pipeline(args.weights, args.config_file, args.opts)
     start = time.perf_counter()
     FORMATS[args.format](pipeline, args.output)

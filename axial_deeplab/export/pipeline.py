@@ -208,6 +208,4 @@ def save_onnx(
     model = onnx_program.model_proto
     entry = model.metadata_props.add()
     entry.key, entry.value = "axial_deeplab", json.dumps(pipeline.description())
-    tmp = f"{os.fspath(path)}.tmp"
-    onnx.save(model, tmp)
-    os.replace(tmp, path)
+    atomic_write(os.fspath(path), ".onnx", lambda tmp: onnx.save(model, tmp))
