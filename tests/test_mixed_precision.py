@@ -117,3 +117,16 @@ def test_warns_where_the_cpu_emulates_bfloat16(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_fast_bfloat16", lambda: False)
     with pytest.warns(UserWarning, match="no bfloat16 instructions"):
         inference.Predictor(Recorder(), metadata={"class_names": ["a", "b"]}, mixed_precision=True)
+
+
+def test_infer_amp_flag_sets_test_amp_and_is_refused_with_exported_backends():
+    from axial_deeplab.config import ConfigError
+    from axial_deeplab.engine import infer_net
+
+    base = ["--weights", "m.pth", "--input", "a.png", "--output", "out"]
+    opts = infer_net._overrides(infer_net.parse_args([*base, "--amp"]))
+    assert opts[opts.index("TEST.AMP") + 1] == "True"
+    assert "TEST.AMP" not in infer_net._overrides(infer_net.parse_args(base))
+    args = infer_net.parse_args([*base, "--amp", "--backend", "onnxruntime"])
+    with pytest.raises(ConfigError, match="no --amp"):
+        infer_net.exported_predictor(args)

@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--device", default="", help="cpu or cuda (default MODEL.DEVICE); no GPU: CPU + notice")
     add("--tta-flip", action="store_true", help="add horizontally flipped passes (TEST.AUG.FLIP)")
     add("--tta-scales", type=float, nargs="+", help="TTA input scales, e.g. 0.75 1.0 1.25")
+    add("--amp", action="store_true", help="mixed precision: bf16 on CPUs, fp16 on GPUs (TEST.AMP)")
     add("--max-size", type=int, default=0, help="shrink inputs whose long side exceeds this")
     add("--class-names", default="", metavar="FILE", help="JSON categories or text, one per line")
     add("--thing-ids", type=int, nargs="*", default=None, help="thing train ids (text names)")
@@ -87,6 +88,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         scales = args.tta_scales or [1.0]
         opts += ["TEST.AUG.ENABLED", "True", "TEST.AUG.FLIP", str(bool(args.tta_flip))]
         opts += ["TEST.AUG.SCALES", str([float(s) for s in scales])]
+    if args.amp:
+        opts += ["TEST.AMP", "True"]
     return opts
 
 
@@ -364,7 +367,8 @@ def exported_predictor(args: argparse.Namespace):
 
     ignored = [name for name, value in [("--config-file", args.config_file),
                ("--class-names", args.class_names), ("--tta-flip", args.tta_flip),
-               ("--tta-scales", args.tta_scales), ("KEY VALUE overrides", args.opts)] if value]  # fmt: skip
+               ("--tta-scales", args.tta_scales), ("--amp", args.amp),
+               ("KEY VALUE overrides", args.opts)] if value]  # fmt: skip
     if ignored or not args.weights:
         raise ConfigError(
             f"--backend {args.backend} runs the exported --weights file as it is: pass it, and "
