@@ -180,7 +180,7 @@ def differences_from_zoo_config(path: str | os.PathLike, cfg, opts=()) -> str:
     would silently change the converted model. ``""`` when they agree, when ``path`` is not a
     published file, or when its config file is not at hand (an installed package)."""
     from ..config import load_config
-    from ..config.checks import flat_items
+    from ..config.checks import differing_model_keys
 
     model = zoo_model_of_file(path)
     if model is None:
@@ -189,11 +189,10 @@ def differences_from_zoo_config(path: str | os.PathLike, cfg, opts=()) -> str:
     config = next((c for c in (checkout, model.config) if os.path.isfile(c)), None)
     if config is None:
         return ""
-    mine, theirs = flat_items(cfg.MODEL), flat_items(load_config(config, list(opts)).MODEL)
-    differ = [k for k in mine if k not in ("WEIGHTS", "DEVICE") and mine[k] != theirs[k]]
+    differ = differing_model_keys(cfg, load_config(config, list(opts)))
     if not differ:
         return ""
-    shown = ", ".join(f"MODEL.{k} {mine[k]!r} (there: {theirs[k]!r})" for k in differ[:4])
+    shown = ", ".join(f"{k} {mine!r} (there: {theirs!r})" for k, mine, theirs in differ[:4])
     more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
     return (
         f"warning: {os.fspath(path)} is the published {model.key}, whose config is "

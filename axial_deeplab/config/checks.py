@@ -32,6 +32,24 @@ def flat_items(node: Mapping, prefix: str = "") -> dict[str, Any]:
     return items
 
 
+def differing_model_keys(first: Mapping, second: Mapping) -> list[tuple[str, Any, Any]]:
+    """``[("MODEL.KEY", first's value, second's value), ...]``, sorted by key: the ``MODEL`` keys
+    but ``WEIGHTS`` and ``DEVICE`` whose values differ between two configs or config mappings
+    (read YAML); a key that one lacks is None there, and tuples equal lists (YAML's form)."""
+
+    def leaves(config: Mapping) -> dict[str, Any]:
+        return {k: _as_yaml(v) for k, v in flat_items(config.get("MODEL") or {}, "MODEL.").items()}
+
+    one, two = leaves(first), leaves(second)
+    keys = sorted((one.keys() | two.keys()) - {"MODEL.WEIGHTS", "MODEL.DEVICE"})
+    return [(k, one.get(k), two.get(k)) for k in keys if one.get(k) != two.get(k)]
+
+
+def _as_yaml(value: Any) -> Any:
+    """``value`` with tuples turned into lists, as YAML reads them back."""
+    return [_as_yaml(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def flat_keys(node: Mapping, prefix: str = "") -> list[str]:
     """``["MODEL.DEVICE", ...]``: every leaf key of a nested config."""
     return list(flat_items(node, prefix))

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from ..checkpoint.io import load_checkpoint_file
 from ..config import CfgNode, ConfigError, get_cfg, load_config
-from ..config.checks import check_config
+from ..config.checks import check_config, differing_model_keys
 from ..config.config import drop_retired_keys
 from ..data.panoptic_io import write_panoptic_png
 from ..utils.atomic import write_json, write_rgb_png
@@ -115,24 +115,11 @@ def config_from_yaml(text: str, opts: list[str], *, source: str):
     return cfg
 
 
-def _flat(node, prefix: str) -> dict:
-    """``{"A.B.C": value}`` of a nested dict, tuples as lists (YAML's form)."""
-    if isinstance(node, dict):
-        return {k: v for key, sub in node.items() for k, v in _flat(sub, f"{prefix}.{key}").items()}
-    return {prefix: json.loads(json.dumps(node))}
-
-
 def model_differences(cfg, stored_yaml: str) -> list[str]:
     """``MODEL.*`` keys (but ``WEIGHTS`` and ``DEVICE``) whose values differ between ``cfg`` and
     the stored config text, as ``"KEY: stored A, used B"``."""
-    stored = _flat((yaml.safe_load(stored_yaml) or {}).get("MODEL", {}), "MODEL")
-    used = _flat(cfg.MODEL, "MODEL")
-    keys = sorted((set(stored) | set(used)) - {"MODEL.WEIGHTS", "MODEL.DEVICE"})
-    return [
-        f"{k}: stored {stored.get(k)!r}, used {used.get(k)!r}"
-        for k in keys
-        if stored.get(k) != used.get(k)
-    ]
+    stored = yaml.safe_load(stored_yaml) or {}
+    return [f"{k}: stored {a!r}, used {b!r}" for k, a, b in differing_model_keys(stored, cfg)]
 
 
 def config_from_args(args: argparse.Namespace, stored_config: str | None = None):
