@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--class-names", default="", metavar="FILE", help="JSON categories or text, one per line")
     add("--thing-ids", type=int, nargs="*", default=None, help="thing train ids (text names)")
     add("--device", default="cpu", help="cpu (default) or cuda")
+    add("--amp", action="store_true", help="mixed precision: bf16 on CPUs, fp16 on GPUs (TEST.AMP)")
     add("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     add("--port", type=int, default=7860, help="port (0: any free port)")
     add("--samples", nargs="*", default=DEFAULT_SAMPLES, metavar="DIR", help="sample photo folders")
