@@ -130,3 +130,17 @@ def test_infer_amp_flag_sets_test_amp_and_is_refused_with_exported_backends():
     args = infer_net.parse_args([*base, "--amp", "--backend", "onnxruntime"])
     with pytest.raises(ConfigError, match="no --amp"):
         infer_net.exported_predictor(args)
+
+
+def test_demo_amp_flag_loads_a_mixed_precision_predictor(tmp_path):
+    from axial_deeplab.checkpoint.io import save_checkpoint_file
+    from axial_deeplab.demo.app import DemoModel
+    from axial_deeplab.demo.server import parse_args
+
+    cfg = load_config(CONFIG)
+    weights = tmp_path / "model.pth"
+    save_checkpoint_file(weights, build_model(cfg).state_dict(), config=cfg)
+    for flags, wrapped in (([], False), (["--amp"], True)):
+        args = parse_args(["--weights", str(weights), "--samples", str(tmp_path), *flags])
+        model = DemoModel.load(args)
+        assert isinstance(model.predictor.model, MixedPrecision) is wrapped
