@@ -7,6 +7,7 @@ shortened quick start's model evaluated both ways).
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -144,3 +145,19 @@ def test_demo_amp_flag_loads_a_mixed_precision_predictor(tmp_path):
         args = parse_args(["--weights", str(weights), "--samples", str(tmp_path), *flags])
         model = DemoModel.load(args)
         assert isinstance(model.predictor.model, MixedPrecision) is wrapped
+
+
+def test_infer_says_which_precision_runs(tmp_path, capsys):
+    from axial_deeplab.checkpoint.io import save_checkpoint_file
+    from axial_deeplab.engine import infer_net
+
+    cfg = load_config(CONFIG)
+    weights = tmp_path / "model.pth"
+    save_checkpoint_file(weights, build_model(cfg).state_dict(), config=cfg)
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.full((40, 48, 3), 128, np.uint8))
+    base = ["--weights", str(weights), "--input", str(image), "--output", str(tmp_path / "out")]
+    infer_net.main([*base, "--amp"])
+    assert "mixed precision (TEST.AMP): bfloat16 on cpu" in capsys.readouterr().out
+    infer_net.main(base)
+    assert "mixed precision" not in capsys.readouterr().out

@@ -17,7 +17,7 @@ from ..evaluation.distributed import gather
 from ..evaluation.instance_ap import InstanceAPEvaluator
 from ..evaluation.panoptic import PanopticEvaluator
 from ..evaluation.semantic import SemanticEvaluator
-from ..layers.precision import warn_if_slow
+from ..layers.precision import autocast_name, warn_if_slow
 from ..modeling.fusion import inference_model
 from ..modeling.postprocessing import (
     class_probabilities,
@@ -297,7 +297,8 @@ def evaluate_panoptic(
     # page faults); see utils.host_memory.
     keep_freed_memory_for_models(device)
     with torch.no_grad():
-        for batch in tqdm(loader, desc="eval", unit="img", disable=not is_main_process()):
+        desc = f"eval ({autocast_name(device.type)})" if mixed_precision else "eval"
+        for batch in tqdm(loader, desc=desc, unit="img", disable=not is_main_process()):
             images = batch["image"].to(device).float()  # [N, 3, H, W]
             height, width = images.shape[-2:]
             outputs = net(pad_images(images, pad_to, pad_value))

@@ -39,6 +39,7 @@ from ..config import CfgNode, ConfigError, get_cfg, load_config
 from ..config.checks import check_config, differing_model_keys
 from ..config.config import drop_retired_keys
 from ..data.panoptic_io import write_panoptic_png
+from ..layers.precision import autocast_name
 from ..utils.atomic import write_json, write_rgb_png
 from ..utils.cli import add_debug_flag, run_cli
 from ..utils.visualize import compose, prediction_panels
@@ -396,6 +397,8 @@ def run(args: argparse.Namespace) -> dict:
     items = expand_inputs(args.input, skip_bad=args.skip_bad)
     metadata, source = choose_metadata(args, cfg, stored_metadata)
     print(f"class names: {source}")
+    if cfg.TEST.AMP:
+        print(f"mixed precision (TEST.AMP): {autocast_name(device.type)} on {device.type}")
     sem = cfg.MODEL.SEM_SEG_HEAD
     if len(metadata.class_names) != named_classes(cfg):
         void = (

@@ -29,6 +29,11 @@ def autocast_dtype(device_type: str) -> torch.dtype:
     return torch.float16 if device_type == "cuda" else torch.bfloat16
 
 
+def autocast_name(device_type: str) -> str:
+    """``"bfloat16"`` or ``"float16"``: ``autocast_dtype`` in words, for logs."""
+    return str(autocast_dtype(device_type)).removeprefix("torch.")
+
+
 def cpu_has_fast_bfloat16() -> bool:
     """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX); without it
     bfloat16 is emulated and slower than float32."""
