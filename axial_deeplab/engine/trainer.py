@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from ..checkpoint.io import describe_mismatch, load_torch_file, save_atomic
 from ..config.checks import flat_items
+from ..layers.precision import autocast_dtype
 from ..utils.atomic import remove_stale_temp_files, write_text
 from .distributed import all_gather_objects, is_main_process
 from .events import EventWriter, truncate_metrics
@@ -153,7 +154,7 @@ class Trainer:
         self.best: float | None = None
         amp_fp16 = options.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_fp16)
-        self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        self.amp_dtype = autocast_dtype(device.type)
 
     # ----------------------------------------------------------------------------- checkpoints
     @property

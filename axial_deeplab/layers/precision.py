@@ -4,9 +4,11 @@ parts that need float32 kept there.
 ``MixedPrecision`` runs a model under ``torch.autocast``: bfloat16 on CPUs (a CPU with
 AVX512-BF16 or AMX multiplies bfloat16 about twice as fast as float32), float16 on GPUs. Parts
 whose precision matters call ``autocast_enabled`` and run in float32: the axial attention's
-logits, softmax and logit batch norm (``layers.axial_attention``), and the heads' final 1x1
-convolutions (``modeling.heads``), so that offsets of hundreds of pixels keep sub-pixel precision.
-The model's outputs come back in float32, so post-processing is the same code.
+core (logits, softmax, logit batch norm, value products: ``layers.axial_attention``), and the
+heads' final 1x1 convolutions (``modeling.heads``), so that offsets of hundreds of pixels keep
+sub-pixel precision.
+The model's outputs come back in float32, so post-processing is the same code. Training's
+``SOLVER.AMP`` autocasts to the same ``autocast_dtype``.
 """
 
 from __future__ import annotations
