@@ -55,6 +55,8 @@ setup(
             "axial-deeplab-stats=axial_deeplab.utils.model_stats:main",
             "axial-deeplab-convert=axial_deeplab.checkpoint.authors:main",
             "axial-deeplab-convert-deeplab2=axial_deeplab.checkpoint.convert_deeplab2:main",
+            "axial-deeplab-convert-detectron2=axial_deeplab.checkpoint.detectron2:main",
+            "axial-deeplab-export=axial_deeplab.export.cli:main",
         ]
     },
 )
