@@ -76,7 +76,7 @@ def _reference_tool():
     path = os.path.join(REPO, "tools", "parity", "deeplab2_reference.py")
     spec = importlib.util.spec_from_file_location("deeplab2_reference", path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
+    sys.modules[spec.name] = module  # registered as an import would be (it imports its siblings)
     spec.loader.exec_module(module)
     return module
 
