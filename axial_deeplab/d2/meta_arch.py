@@ -28,7 +28,7 @@ from detectron2.structures import BitMasks, Instances
 
 from axial_deeplab.engine.build import build_criterion
 from axial_deeplab.engine.evaluate import PostProcessing, pad_stack, panoptic_prediction
-from axial_deeplab.layers.precision import autocast_call
+from axial_deeplab.layers.precision import autocast_call, warn_if_slow
 from axial_deeplab.modeling.build import panoptic_deeplab_modules
 from axial_deeplab.modeling.losses import PanopticDeepLabLoss
 from axial_deeplab.modeling.panoptic_deeplab import PanopticDeepLab, upsample, upsample_offsets
@@ -107,6 +107,7 @@ class AxialDeepLab(PanopticDeepLab):
         # padding with the pixel mean: zero after normalisation, as in our training crops
         batch = pad_stack(images, size, self.pixel_mean.view(-1))  # [N, 3, H, W]
         if self.mixed_precision and not self.training:
+            warn_if_slow(self.device)  # shown once (Python's default warning filter)
             outputs = autocast_call(self.predict_raw, batch)
         else:
             outputs = self.predict_raw(batch)
