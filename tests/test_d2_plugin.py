@@ -232,7 +232,6 @@ def test_meta_arch_eval_in_mixed_precision(cfg):
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-
 def test_meta_arch_warns_where_the_cpu_emulates_bfloat16(cfg, monkeypatch):
     """As the native paths do: TEST.AMP on a CPU without bfloat16 instructions warns (once the
     model runs, when its device is known); float32 inference does not."""
@@ -250,6 +249,7 @@ def test_meta_arch_warns_where_the_cpu_emulates_bfloat16(cfg, monkeypatch):
     mixed = build_model(cfg).eval()
     with pytest.warns(UserWarning, match="no bfloat16 instructions"), torch.no_grad():
         mixed(inputs)
+
 
 # ------------------------------------------------------------------ checkpoints, both ways
 def test_state_dict_keys_identical_and_outputs_equal(cfg, tmp_path):
