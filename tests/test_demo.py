@@ -72,6 +72,8 @@ def test_predict_returns_pictures_segments_and_timing(model):
         model.predict(image, {"threshold": "2"})
     with pytest.raises(DemoError, match="unknown setting 'sigma'"):
         model.predict(image, {"sigma": "1"})
+    with pytest.raises(DemoError, match="nms_kernel .* must be odd and positive, got 8"):  # in range, still bad
+        model.predict(image, {"nms_kernel": "8"})
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +94,21 @@ def test_http_api(url):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request)
     assert err.value.code == 400 and "not an image" in json.load(err.value)["error"]
+
+
+def test_busy_port_is_one_line(model, monkeypatch, capsys):
+    from axial_deeplab.demo import server as demo_server
+
+    taken = serve(model, "127.0.0.1", 0)  # holds a port
+    port = taken.server_address[1]
+    monkeypatch.setattr(demo_server.DemoModel, "load", classmethod(lambda cls, args: model))
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            demo_server.main(["--weights", "m.pth", "--port", str(port)])
+    finally:
+        taken.server_close()
+    message = str(exit_.value)
+    assert message.startswith(f"error: cannot serve on 127.0.0.1:{port}") and "--port" in message
 
 
 def _chromium() -> str:

@@ -97,7 +97,10 @@ class DemoModel:
             if not low <= number <= high:
                 raise DemoError(f"setting {name}: {number} outside [{low}, {high}]")
             changes[field] = number
-        return dataclasses.replace(self.defaults, **changes)
+        try:  # PostProcessing's own checks (e.g. an odd NMS kernel)
+            return dataclasses.replace(self.defaults, **changes)
+        except ValueError as exc:
+            raise DemoError(f"settings: {exc}") from None
 
     def predict(self, image: np.ndarray, settings: dict | None = None) -> dict:
         """Pictures (PNG data URLs), segments and timing of one photo (see the module doc)."""

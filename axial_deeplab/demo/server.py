@@ -134,7 +134,13 @@ def main(argv: list[str] | None = None) -> None:
         model = DemoModel.load(args)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    server = serve(model, args.host, args.port)
+    try:
+        server = serve(model, args.host, args.port)
+    except OSError as exc:  # e.g. a second demo on the default port
+        raise SystemExit(
+            f"error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}; "
+            "pick another port with --port (0: any free one)"
+        ) from None
     host, port = server.server_address[:2]
     print(f"{len(model.samples)} sample photos; demo page on http://{host}:{port}/ "
           "(Ctrl+C stops it)", flush=True)  # fmt: skip

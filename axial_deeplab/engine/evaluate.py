@@ -50,6 +50,13 @@ class PostProcessing:
     top_k: int = 200
     void_class: int = -1
 
+    def __post_init__(self) -> None:
+        if self.nms_kernel < 1 or self.nms_kernel % 2 != 1:  # a window centred on each pixel
+            raise ValueError(
+                "nms_kernel (MODEL.PANOPTIC_DEEPLAB.NMS_KERNEL) must be odd and positive, "
+                f"got {self.nms_kernel}"
+            )
+
     @classmethod
     def from_config(cls, cfg) -> PostProcessing:
         pd = cfg.MODEL.PANOPTIC_DEEPLAB
