@@ -72,7 +72,9 @@ def test_predict_returns_pictures_segments_and_timing(model):
         model.predict(image, {"threshold": "2"})
     with pytest.raises(DemoError, match="unknown setting 'sigma'"):
         model.predict(image, {"sigma": "1"})
-    with pytest.raises(DemoError, match="nms_kernel .* must be odd and positive, got 8"):  # in range, still bad
+    with pytest.raises(
+        DemoError, match="nms_kernel .* must be odd and positive, got 8"
+    ):  # in range, still bad
         model.predict(image, {"nms_kernel": "8"})
 
 
