@@ -76,3 +76,33 @@ def test_d2_train_net_trains_evaluates_and_resumes(tmp_path):
     assert resumed["iteration"] == 8
     factor = poly_warmup_factor(8, max_iter=9, power=0.9, warmup_iters=4, warmup_factor=0.001)
     assert resumed["lr"] == pytest.approx(0.002 * factor)
+
+
+def test_d2_train_net_user_errors_are_one_line(tmp_path):
+    """As tools/train_net.py: a misspelled key names the nearest one; --eval-only refuses to run
+    without weights (detectron2 would score a random model) and names missing weights."""
+    config = ["--config-file", os.path.join(REPO, "configs/quickstart/synthetic_axial.yaml")]
+    out = ["OUTPUT_DIR", str(tmp_path / "out"), "MODEL.DEVICE", "cpu"]
+    cases = [
+        (["SOLVER.MAX_ITERS", "10"], "unknown config key 'SOLVER.MAX_ITERS' (did you mean "
+         "'SOLVER.MAX_ITER'?)"),
+        (["--eval-only"], "--eval-only without MODEL.WEIGHTS would evaluate a randomly"),
+        (["--eval-only", "MODEL.WEIGHTS", str(tmp_path / "nope.pth")],
+         f"MODEL.WEIGHTS not found (or not a file): {tmp_path / 'nope.pth'}"),
+    ]  # fmt: skip
+    for extra, expected in cases:
+        flags = [a for a in extra if a.startswith("--")]
+        opts = [a for a in extra if not a.startswith("--")]
+        proc = subprocess.run(
+            [sys.executable, os.path.join(REPO, "tools/d2_train_net.py"), *flags, *config,
+             *out, *opts],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode != 0, extra
+        # (detectron2's environment report imports torch.utils.cpp_extension, whose logger warns
+        # on a CPU-only machine: not ours, not an error line)
+        lines = [x for x in proc.stderr.strip().splitlines() if "cpp_extension.py" not in x]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (
+            extra,
+            proc.stderr[-2000:],
+        )

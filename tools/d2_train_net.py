@@ -9,8 +9,12 @@ Needs detectron2 (README, "detectron2 plugin"); the logic lives in ``axial_deepl
 """
 
 import sys
+import warnings
 
 if __name__ == "__main__":
+    # detectron2 decorates a few functions with torch.jit.script, which torch 2.14 deprecates:
+    # two FutureWarnings at every start that a user of this command can do nothing about.
+    warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
     try:
         from axial_deeplab.d2.train import run
     except ImportError as exc:  # detectron2 missing: its install line, not two tracebacks

@@ -18,6 +18,7 @@ Python tag (``!!python/object/apply:...``) is refused instead of run.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from detectron2.config import get_cfg as d2_get_cfg
 
 from axial_deeplab.config import ConfigError
 from axial_deeplab.config import get_cfg as native_get_cfg
+from axial_deeplab.config.checks import flat_keys, suggest_key
 
 META_ARCHITECTURE = "AxialDeepLab"  # name of our model in detectron2's META_ARCH_REGISTRY
 _KEEP_DETECTRON2 = ("VERSION", "SOLVER.AMP", "SOLVER.CLIP_GRADIENTS")
@@ -113,7 +115,24 @@ def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> Cfg
                 f"{config_file}: not plain YAML (tags are refused): {message}"
             ) from None
         data = translate_native_yaml(loaded)
-        cfg.merge_from_other_cfg(CfgNode(data))
-    cfg.merge_from_list(translate_native_opts(opts))
+        with _named_unknown_keys(cfg, config_file):
+            cfg.merge_from_other_cfg(CfgNode(data))
+    with _named_unknown_keys(cfg, "command-line override"):
+        cfg.merge_from_list(translate_native_opts(opts))
     cfg.freeze()
     return cfg
+
+
+@contextlib.contextmanager
+def _named_unknown_keys(cfg: CfgNode, where: str):
+    """yacs' "Non-existent key" errors as one ConfigError line naming ``where`` and the nearest
+    known key, as the native config does."""
+    try:
+        yield
+    except (KeyError, AssertionError) as exc:
+        text = str(exc.args[0] if exc.args else exc)
+        if not text.startswith("Non-existent"):
+            raise
+        key = text.split(":", 1)[1].strip()
+        hint = suggest_key(key, flat_keys(cfg))
+        raise ConfigError(f"{where}: unknown config key '{key}'{hint}") from None

@@ -25,6 +25,7 @@ from detectron2.utils import comm
 
 from axial_deeplab.engine.build import build_config_optimizer
 from axial_deeplab.engine.optim import build_lr_scheduler
+from axial_deeplab.engine.train_net import check_weights
 from axial_deeplab.layers.batch_norm import batch_norm_for_devices
 
 from .checkpoint import UNSAFE_FLAG, SafeDetectionCheckpointer
@@ -111,6 +112,11 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic-train", type=int, default=96, help="synthetic train scenes")
     parser.add_argument("--synthetic-val", type=int, default=24, help="synthetic val scenes")
     parser.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="with --eval-only: evaluate even without MODEL.WEIGHTS (random weights)",
+    )
+    parser.add_argument(
         UNSAFE_FLAG,
         action="store_true",
         help="load MODEL.WEIGHTS with plain pickle (runs any code in the file; trusted files only)",
@@ -132,6 +138,11 @@ def setup(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> dict:
     """One process: register the data sets, then evaluate (``--eval-only``) or train."""
     cfg = setup(args)
+    check_weights(cfg, args)  # --eval-only needs weights, as in tools/train_net.py
+    weights = cfg.MODEL.WEIGHTS
+    if args.eval_only and weights and "://" not in weights and not os.path.isfile(weights):
+        # (detectron2's checkpointer would fail with an AssertionError, after the model printout)
+        raise FileNotFoundError(f"MODEL.WEIGHTS not found (or not a file): {weights}")
     register_datasets(cfg, synthetic_dir=args.synthetic_dir or None)
     if cfg.TEST.AUG.ENABLED:
         logger.warning("TEST.AUG is not applied under detectron2; tools/infer.py applies it")
