@@ -164,3 +164,53 @@ def test_class_names_from_coco_categories_and_config():
     city, _ = infer_net.metadata_from_config(cfg)
     # Cityscapes: 19 train ids, 8 thing classes (person ... bicycle = train ids 11-18)
     assert city.thing_ids == tuple(range(11, 19)) and city.class_names[13] == "car"
+
+
+class MeanModel(nn.Module):
+    """Every output pixel is a function of the whole input's mean: padding changes it."""
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        mean = x.mean(dim=(1, 2, 3), keepdim=True).expand(n, 1, h, w) / 255.0  # [N, 1, H, W]
+        ramp = torch.linspace(0, 1, w).expand(n, 1, h, w)
+        return {
+            "semantic": torch.cat([mean, ramp, 1 - mean], dim=1),
+            "center": mean * ramp,
+            "offset": torch.cat([mean, ramp], dim=1),
+        }
+
+
+def test_predictor_pads_as_evaluation_does():
+    """TEST.PAD_TO_CROP: the network sees the image padded (bottom, right, pixel mean) to the crop
+    size, as in evaluation, and the outputs are cropped back; without it tools/infer.py and the
+    demo predicted differently from --eval-only on the same checkpoint."""
+    image = _image(37, 50)
+    fill = (10.0, 20.0, 30.0)
+    padded = Predictor(MeanModel(), metadata=META, postprocessing=POST, pad_to=(64, 96),
+                       pad_value=fill).raw(image)  # fmt: skip
+    canvas = np.empty((64, 96, 3), dtype=np.uint8)
+    canvas[:] = np.array(fill, dtype=np.uint8)
+    canvas[:37, :50] = image
+    by_hand = Predictor(MeanModel(), metadata=META, postprocessing=POST).raw(canvas)
+    plain = Predictor(MeanModel(), metadata=META, postprocessing=POST).raw(image)
+    for key in ("semantic", "center", "offset"):
+        assert padded[key].shape[-2:] == (37, 50)
+        torch.testing.assert_close(padded[key], by_hand[key][..., :37, :50], rtol=0, atol=1e-6)
+    assert not torch.allclose(padded["semantic"], plain["semantic"])  # the padding mattered
+
+
+def test_build_predictor_reads_pad_to_crop():
+    from axial_deeplab.config import load_config
+    from axial_deeplab.engine.evaluate import PaddedModel
+    from axial_deeplab.engine.inference import build_predictor
+
+    config = os.path.join(
+        os.path.dirname(__file__), "..", "configs/quickstart/synthetic_axial.yaml"
+    )
+    for pad in (False, True):
+        cfg = load_config(config, ["TEST.PAD_TO_CROP", str(pad)])
+        predictor = build_predictor(cfg, META.generic(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES), torch.device("cpu"))
+        assert isinstance(predictor.model, PaddedModel) == pad
+        if pad:
+            assert predictor.model.size == tuple(cfg.INPUT.CROP.SIZE)
+            assert predictor.model.fill == tuple(cfg.MODEL.PIXEL_MEAN)

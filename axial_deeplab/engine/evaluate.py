@@ -177,6 +177,23 @@ def pad_images(
     return pad_stack(images, out_size, torch.as_tensor(fill))
 
 
+class PaddedModel(nn.Module):
+    """``model`` on its ``[N, 3, H, W]`` inputs padded at the bottom and right to at least
+    ``size`` ``(h, w)`` with the per-channel ``fill`` (``pad_images``), its outputs cropped back
+    to ``H x W``: ``TEST.PAD_TO_CROP``, the same in evaluation and in ``Predictor``."""
+
+    def __init__(self, model: nn.Module, size: tuple[int, int], fill: Sequence[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.size = tuple(size)
+        self.fill = tuple(float(v) for v in fill)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        height, width = images.shape[-2:]
+        outputs = self.model(pad_images(images, self.size, self.fill))
+        return {k: v[..., :height, :width] for k, v in outputs.items()}
+
+
 def pq_percent(pq_result: dict) -> dict[str, float]:
     """``PQ``, ``SQ``, ``RQ`` and their ``_th`` / ``_st`` forms, in percent, of a
     :meth:`PanopticEvaluator.evaluate` result."""
@@ -300,6 +317,8 @@ def evaluate_panoptic(
         channels_last=device.type == "cpu",
         mixed_precision=mixed_precision,
     )
+    if pad_to is not None:
+        net = PaddedModel(net, pad_to, pad_value)
     # On the CPU, glibc keeps freed activations for reuse (~25% of a full-resolution pass was
     # page faults); see utils.host_memory.
     keep_freed_memory_for_models(device)
@@ -307,9 +326,7 @@ def evaluate_panoptic(
         desc = f"eval ({autocast_name(device.type)})" if mixed_precision else "eval"
         for batch in tqdm(loader, desc=desc, unit="img", disable=not is_main_process()):
             images = batch["image"].to(device).float()  # [N, 3, H, W]
-            height, width = images.shape[-2:]
-            outputs = net(pad_images(images, pad_to, pad_value))
-            outputs = {k: v[..., :height, :width] for k, v in outputs.items()}
+            outputs = net(images)
             for i in range(images.shape[0]):
                 one = {k: v[i] for k, v in outputs.items()}  # [C, H, W] each
                 labels, centers = panoptic_prediction(

@@ -24,7 +24,7 @@ from ..modeling.fusion import inference_model
 from ..modeling.panoptic_deeplab import upsample, upsample_offsets
 from ..modeling.postprocessing import drop_void_channel, get_instances, semantic_prediction
 from ..utils.host_memory import keep_freed_memory_for_models
-from .evaluate import PostProcessing, labels_to_segments, panoptic_prediction
+from .evaluate import PaddedModel, PostProcessing, labels_to_segments, panoptic_prediction
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,9 @@ class Predictor:
         device: where the model runs.
         mixed_precision: run the network in bfloat16 (CPU) or float16 (GPU), as ``TEST.AMP``
             (see :mod:`axial_deeplab.layers.precision`); outputs and post-processing stay float32.
+        pad_to: ``(h, w)``: pad every network input at the bottom and right to at least this
+            size with ``pad_value`` (the pixel mean) and crop the outputs back, as evaluation
+            does with ``TEST.PAD_TO_CROP`` (``evaluate.PaddedModel``); None: no padding.
 
     The predictor runs an eval-mode copy of ``model`` on ``device`` with its batch norms folded
     into the convolutions, channels-last on the CPU
@@ -205,6 +208,8 @@ class Predictor:
         tta: TestTimeAugmentation | None = None,
         device: torch.device | str = "cpu",
         mixed_precision: bool = False,
+        pad_to: tuple[int, int] | None = None,
+        pad_value: Sequence[float] = (123.675, 116.28, 103.53),
     ) -> None:
         self.device = torch.device(device)
         cpu = self.device.type == "cpu"
@@ -213,6 +218,8 @@ class Predictor:
         self.model = inference_model(model, channels_last=cpu, mixed_precision=mixed_precision).to(
             self.device
         )
+        if pad_to is not None:
+            self.model = PaddedModel(self.model, pad_to, pad_value)
         keep_freed_memory_for_models(self.device)  # CPU: no page faults per large activation
         self.metadata = as_metadata(metadata)
         self.postprocessing = postprocessing or PostProcessing()
@@ -322,7 +329,8 @@ def build_predictor(
 ) -> Predictor:
     """Model from ``cfg`` (``MODEL.WEIGHTS`` loaded weights-only when set: all of the model's
     weights, see ``checkpoint.io.load_weights``), post-processing from
-    ``MODEL.PANOPTIC_DEEPLAB``, TTA from ``TEST.AUG``, mixed precision from ``TEST.AMP``."""
+    ``MODEL.PANOPTIC_DEEPLAB``, TTA from ``TEST.AUG``, mixed precision from ``TEST.AMP``, input
+    padding from ``TEST.PAD_TO_CROP`` (as evaluation pads)."""
     from ..modeling.build import build_model
     from .build import load_model_weights
 
@@ -336,4 +344,6 @@ def build_predictor(
         tta=build_tta(cfg),
         device=device,
         mixed_precision=cfg.TEST.AMP,
+        pad_to=tuple(cfg.INPUT.CROP.SIZE) if cfg.TEST.PAD_TO_CROP else None,
+        pad_value=tuple(cfg.MODEL.PIXEL_MEAN),
     )
