@@ -209,7 +209,9 @@ def test_build_predictor_reads_pad_to_crop():
     )
     for pad in (False, True):
         cfg = load_config(config, ["TEST.PAD_TO_CROP", str(pad)])
-        predictor = build_predictor(cfg, META.generic(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES), torch.device("cpu"))
+        predictor = build_predictor(
+            cfg, META.generic(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES), torch.device("cpu")
+        )
         assert isinstance(predictor.model, PaddedModel) == pad
         if pad:
             assert predictor.model.size == tuple(cfg.INPUT.CROP.SIZE)
