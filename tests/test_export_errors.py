@@ -288,3 +288,22 @@ def test_save_program_is_quiet_and_atomic(program, tmp_path, capfd, monkeypatch)
         assert json.loads(archive.read(f"archive/extra/{DESCRIPTION_FILE}")) == {
             "metadata": METADATA
         }
+
+
+def test_export_notes_the_config_parts_graphs_leave_out(tmp_path, capsys):
+    """TEST.AMP and TEST.PAD_TO_CROP apply to evaluation and tools/infer.py but not inside an
+    exported graph: the export says so instead of silently predicting differently."""
+    from axial_deeplab.checkpoint.io import save_checkpoint_file
+    from axial_deeplab.config import load_config
+    from axial_deeplab.modeling.build import build_model
+
+    config = os.path.join(
+        os.path.dirname(__file__), "..", "configs/quickstart/synthetic_axial.yaml"
+    )
+    cfg = load_config(config, ["TEST.PAD_TO_CROP", "True", "TEST.AMP", "True"])
+    weights = str(tmp_path / "model.pth")
+    save_checkpoint_file(weights, build_model(cfg).state_dict(), config=cfg)
+    cli.build_pipeline(weights, None, [])
+    out = capsys.readouterr().out
+    assert "note: TEST.AMP is not applied to exported graphs" in out
+    assert "note: TEST.PAD_TO_CROP is not applied to exported graphs" in out

@@ -52,6 +52,11 @@ def build_pipeline(weights: str, config_file: str = "", opts=()) -> PanopticPipe
         raise ConfigError(f"{weights} carries no config: pass --config-file with the model's YAML")
     if cfg.TEST.AMP:
         print("note: TEST.AMP is not applied to exported graphs: they compute in float32")
+    if cfg.TEST.PAD_TO_CROP:
+        print(
+            "note: TEST.PAD_TO_CROP is not applied to exported graphs: they run on the image as "
+            "it comes, not padded to INPUT.CROP.SIZE as evaluation and tools/infer.py do"
+        )
     model = build_model(cfg)
     load_model_weights(model, weights, whole=True, state=stored.state_dict)
     if stored.metadata is not None:
@@ -85,6 +90,7 @@ def _main(argv: list[str]) -> str:
     check_output_file(args.output)
     pipeline = build_pipeline(args.weights, args.config_file, args.opts)
     start = time.perf_counter()
+    print(f"{args.format}: tracing the model (minutes on a CPU)...", flush=True)
     FORMATS[args.format](pipeline, args.output)
     print(f"{args.format}: {args.output} ({time.perf_counter() - start:.0f} s)")
     return args.output
