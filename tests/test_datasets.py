@@ -242,6 +242,24 @@ def test_catalog_register_get_and_errors():
         catalog.get("nope")
 
 
+def test_empty_data_set_is_refused(tmp_path):
+    """An annotation file listing no image: an error naming it, not a PQ of 0 (evaluation) or
+    an error about sampling (training)."""
+    data = json.loads((COCO / "panoptic_examples.json").read_text())
+    data["annotations"], data["images"] = [], []
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps(data))
+    catalog = DatasetCatalog()
+    catalog.register_coco_panoptic(
+        "empty",
+        json_file=str(empty),
+        png_dir=str(COCO / "panoptic"),
+        image_dir=str(COCO / "images"),
+    )
+    with pytest.raises(ValueError, match=r"data set 'empty' is empty \(.*empty.json lists no"):
+        load_datasets(catalog, ["empty"])
+
+
 def test_builtin_catalog_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
     assert dataset_root() == str(tmp_path)

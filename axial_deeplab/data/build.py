@@ -39,6 +39,11 @@ def load_datasets(
     metadata: DatasetMetadata | None = None
     for name in names:
         recs, meta = catalog.get(name)
+        if not recs:  # a score of nothing would read as a result (PQ 0, mIoU NaN)
+            source = (
+                f" ({meta.panoptic_json} lists no annotated image)" if meta.panoptic_json else ""
+            )
+            raise ValueError(f"data set '{name}' is empty{source}: nothing to train or evaluate on")
         if metadata is not None and meta.categories != metadata.categories:
             raise ValueError(
                 f"data sets '{metadata.name}' and '{name}' have different categories; "
