@@ -26,6 +26,23 @@ def test_file_evaluation_is_the_streaming_result_bit_for_bit_for_any_worker_coun
         assert result == expected, workers
 
 
+def test_categories_from_the_prediction_when_the_ground_truth_has_none(tmp_path, capsys):
+    """A ground-truth JSON without 'categories' (the Cityscapes sample's): those of the
+    prediction JSON (ours writes them), with a note; neither: an error saying what to add."""
+    args, images, categories = _files(tmp_path)
+    gt_path, pred_path = Path(args[1]), Path(args[5])
+    gt, pred = json.loads(gt_path.read_text()), json.loads(pred_path.read_text())
+    del gt["categories"]
+    gt_path.write_text(json.dumps(gt))
+    paths = [args[i] for i in (1, 3, 5, 7)]
+    with pytest.raises(ValueError, match="no 'categories' list, and .*pred.json has none either"):
+        evaluate_panoptic_files(*paths, workers=1, progress=False)
+    pred_path.write_text(json.dumps({**pred, "categories": categories}))
+    result = evaluate_panoptic_files(*paths, workers=1, progress=False)
+    assert result == _ours(images, categories)
+    assert f"has no 'categories' list: using those of {pred_path}" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------

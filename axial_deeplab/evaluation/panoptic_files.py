@@ -134,9 +134,16 @@ def evaluate_panoptic_files(
     image by image in the gt JSON's order, whatever ``workers``.
     """
     gt, pred = load_json(gt_json, "ground-truth"), load_json(pred_json, "prediction")
-    if "categories" not in gt:
-        raise DatasetFormatError(f"{gt_json}: no 'categories' list")
-    evaluator = PanopticEvaluator(gt["categories"], source=gt_json)
+    categories, source = gt.get("categories"), gt_json
+    if categories is None:  # e.g. Cityscapes ground truth converted without them
+        if "categories" not in pred:
+            raise DatasetFormatError(
+                f"{gt_json}: no 'categories' list, and {pred_json} has none either: add the "
+                "data set's categories (id, name, isthing) to the ground-truth JSON"
+            )
+        categories, source = pred["categories"], pred_json
+        print(f"note: {gt_json} has no 'categories' list: using those of {pred_json}")
+    evaluator = PanopticEvaluator(categories, source=source)
     tasks = build_tasks(gt, gt_json, gt_dir, pred, pred_json, pred_dir)
     workers = workers or _available_cpus()
     batch_size = max(1, min(_BATCH_SIZE, len(tasks) // (4 * workers)))
