@@ -233,8 +233,24 @@ def test_infer_torch_export_with_pth_is_one_line(tmp_path, capfd):
             "--input", _png(tmp_path / "a.png", 40, 40), "--output", str(tmp_path / "out")]  # fmt: skip
     with pytest.raises(SystemExit) as info:
         infer_net.main(argv)
-    assert "not a .pt2 archive (a torch.save checkpoint; use --backend torch" in _error_line(info)
+    assert f"{pth}: a .pth file is run with --backend torch, not --backend torch-export" in (
+        _error_line(info)
+    )
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("suffix, backend", [(".pt2", "torch-export"), (".onnx", "onnxruntime")])
+def test_infer_names_the_backend_an_exported_file_needs(tmp_path, suffix, backend):
+    """An exported file given to the eager path (no --backend) used to be reported as a corrupt
+    checkpoint ("PytorchStreamReader failed ...") or as "not a PyTorch checkpoint"."""
+    exported = tmp_path / f"model{suffix}"
+    exported.write_bytes(b"\0" * 64)
+    argv = ["--weights", str(exported), "--input", _png(tmp_path / "a.png", 40, 40),
+            "--output", str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(SystemExit) as info:
+        infer_net.main(argv)
+    line = _error_line(info)
+    assert f"a {suffix} file is run with --backend {backend}, not --backend torch" in line
 
 
 def test_load_program_corrupt_pt2_is_one_line(archive, tmp_path, capfd):

@@ -44,7 +44,14 @@ from ..utils.atomic import write_json, write_rgb_png
 from ..utils.cli import add_debug_flag, run_cli
 from ..utils.visualize import compose, prediction_panels
 from .evaluate import VOID_LABEL
-from .inference import InferenceMetadata, Predictor, as_metadata, build_predictor, resolve_device
+from .inference import (
+    InferenceMetadata,
+    Predictor,
+    as_metadata,
+    build_predictor,
+    check_backend_suffix,
+    resolve_device,
+)
 from .inputs import BadInputError, InputItem, expand_inputs, iter_video, read_image, video_info
 
 BACKENDS = ("torch", "torch-export", "onnxruntime")  # eager, or a file of tools/export.py
@@ -146,6 +153,7 @@ def read_checkpoint_info(args: argparse.Namespace) -> tuple[str | None, dict | N
     that turn the defaults into its model; with neither this raises an error saying so."""
     if not args.weights:
         return None, None
+    check_backend_suffix(args.weights, "torch")
     stored = load_checkpoint_file(args.weights)
     if stored.config_yaml is None and not args.config_file:
         if not args.opts:

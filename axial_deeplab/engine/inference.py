@@ -10,6 +10,7 @@ heatmaps and offsets over the passes, and post-processes once. The CLI is
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -306,6 +307,26 @@ def prediction_dict(
         "segment_ids": ids,
         "segments_info": segments,
     }
+
+
+# The --backend that runs each kind of weights file, by suffix (tools/infer.py, the demo).
+BACKEND_OF_SUFFIX = {
+    ".pth": "torch",
+    ".pt": "torch",
+    ".pt2": "torch-export",
+    ".onnx": "onnxruntime",
+}
+
+
+def check_backend_suffix(path: str, backend: str) -> None:
+    """ValueError naming the right ``--backend`` when ``path``'s suffix says it is a file of
+    another one (an exported ``.pt2`` given to the eager path, a ``.pth`` to ONNX Runtime...)."""
+    suffix = os.path.splitext(path)[1].lower()
+    expected = BACKEND_OF_SUFFIX.get(suffix)
+    if expected is not None and expected != backend:
+        raise ValueError(
+            f"{path}: a {suffix} file is run with --backend {expected}, not --backend {backend}"
+        )
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -24,6 +24,7 @@ from ..engine.inference import (
     InferenceMetadata,
     TestTimeAugmentation,
     as_metadata,
+    check_backend_suffix,
     prediction_dict,
 )
 from ..engine.inputs import BadInputError
@@ -164,6 +165,7 @@ def load_exported(path: str, backend: str) -> tuple:
     """``(run, description)`` of an exported file for ``backend`` (one of :data:`BACKENDS`)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"exported file not found: {path}")
+    check_backend_suffix(path, backend)
     if backend == "torch-export":
         return load_program(path)
     if backend == "onnxruntime":
