@@ -1,4 +1,4 @@
-"""Predict images, folders, globs and videos: ``python tools/infer.py --weights W --input ...``.
+r"""Predict images, folders, globs and videos: ``python tools/infer.py --weights W --input ...``.
 
 Per image ``NAME`` in ``--output`` (its path without extension, relative to the folder common to
 all inputs, so that ``a/img.jpg`` and ``b/img.jpg`` give ``a/img*`` and ``b/img*``): ``NAME_panoptic.png`` (COCO panoptic
@@ -378,6 +378,11 @@ def exported_predictor(args: argparse.Namespace):
     return predictor
 
 
+def plural(count: int, noun: str) -> str:
+    """``"1 image"``, ``"2 images"``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def check_output_folder(path: str) -> None:
     """``--output`` must be a folder or creatable as one: checked before any model is loaded."""
     existing = os.path.abspath(path)
@@ -440,7 +445,8 @@ def run_predictor(args: argparse.Namespace, predictor, items: list[InputItem]) -
             tqdm.write(f"warning: skipping {item.path}: {exc}")
             summary["skipped"].append(item.path)
     print(
-        f"{summary['images']} images, {summary['frames']} video frames -> {args.output}"
+        f"{plural(summary['images'], 'image')}, {plural(summary['frames'], 'video frame')} "
+        f"-> {args.output}"
         + (
             f"; skipped {len(summary['skipped'])}: {summary['skipped']}"
             if summary["skipped"]
