@@ -135,6 +135,17 @@ def test_cli_builds_config_model_and_loads_weights(tmp_path):
     assert record["segments_info"] == json.loads(json.dumps(expected["segments_info"]))
 
 
+def test_cli_overrides_after_input_are_named(tmp_path):
+    """--input takes every value after it: a KEY VALUE override there was reported as a missing
+    input ("input not found: TEST.AMP")."""
+    image = tmp_path / "a.png"
+    _write_png(image, _image(20, 30))
+    argv = ["--allow-random-weights", "--output", str(tmp_path / "o"), "--input", str(image),
+            "TEST.AMP", "True"]  # fmt: skip
+    with pytest.raises(SystemExit, match="--input TEST.AMP: this looks like a KEY VALUE override"):
+        infer_net.main(argv)
+
+
 def test_cli_bad_input_fails_by_default_naming_the_file(tmp_path, tiny_cli):
     with pytest.raises(SystemExit, match="missing.jpg"):
         infer_net.main(["--allow-random-weights", "--input", str(tmp_path / "missing.jpg"),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from collections.abc import Iterator
 
 import cv2
@@ -393,9 +394,21 @@ def check_output_folder(path: str) -> None:
         raise ConfigError(f"--output {path} {where} a file; --output must be a folder")
 
 
+def check_inputs_are_not_overrides(inputs: list[str]) -> None:
+    """``--input`` takes several values, so ``KEY VALUE`` overrides written after it are taken
+    as inputs: say so rather than "input not found: TEST.AMP"."""
+    for token in inputs:
+        if re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+", token) and not os.path.exists(token):
+            raise ConfigError(
+                f"--input {token}: this looks like a KEY VALUE override; --input takes all the "
+                "values after it, so put overrides after a single-value option such as --output"
+            )
+
+
 def run(args: argparse.Namespace) -> dict:
     """Predict every input; returns ``{"images", "frames", "skipped"}`` counts and names."""
     check_output_folder(args.output)
+    check_inputs_are_not_overrides(args.input)
     if args.backend != "torch":
         predictor = exported_predictor(args)
         return run_predictor(args, predictor, expand_inputs(args.input, skip_bad=args.skip_bad))
