@@ -242,6 +242,16 @@ def test_catalog_register_get_and_errors():
         catalog.get("nope")
 
 
+def test_classes_without_colours_get_none_black():
+    """Black marks void in every picture: a class given no colour must not be drawn black (the
+    first class was, (37 i, 91 i, 173 i) mod 256 at i = 0)."""
+    from axial_deeplab.data.coco_panoptic import coco_metadata
+
+    categories = [{"id": 101 + i, "name": f"c{i}", "isthing": i % 2} for i in range(200)]
+    colors = [c["color"] for c in coco_metadata(categories, name="x", source="x").categories]
+    assert (0, 0, 0) not in colors and len(set(colors)) == len(colors)
+
+
 def test_empty_data_set_is_refused(tmp_path):
     """An annotation file listing no image: an error naming it, not a PQ of 0 (evaluation) or
     an error about sampling (training)."""

@@ -22,7 +22,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from axial_deeplab.data.build import build_catalog, build_test_transform, build_train_augmentation
 from axial_deeplab.data.catalog import DatasetCatalog as NativeCatalog
-from axial_deeplab.data.catalog import DatasetMetadata
+from axial_deeplab.data.catalog import DatasetMetadata, fallback_color
 from axial_deeplab.data.dataset import PanopticDataset, TargetGenerator, Transform
 from axial_deeplab.engine.build import build_target_generator
 
@@ -72,7 +72,7 @@ def native_metadata(name: str) -> DatasetMetadata:
     )
     colors = next(
         (c for c in (meta.get("stuff_colors"), meta.get("thing_colors")) if c and len(c) == count),
-        [((37 * i) % 256, (91 * i) % 256, (173 * i) % 256) for i in range(count)],
+        [fallback_color(i) for i in range(count)],
     )
     categories = tuple(
         {

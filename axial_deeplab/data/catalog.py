@@ -75,6 +75,13 @@ class DatasetMetadata:
         return {int(c["train_id"]): int(c["id"]) for c in self.categories}
 
 
+def fallback_color(train_id: int) -> tuple[int, int, int]:
+    """The colour of a class its data set gives none: spread over RGB by train id, and not black
+    (the pictures draw void black) below train id 255."""
+    i = train_id + 1
+    return ((37 * i) % 256, (91 * i) % 256, (173 * i) % 256)
+
+
 class DatasetCatalog:
     """Name -> loader of ``(records, metadata)``. Loading happens on :meth:`get`, not on register."""
 

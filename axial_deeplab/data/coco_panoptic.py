@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from .catalog import DatasetMetadata
+from .catalog import DatasetMetadata, fallback_color
 from .records import assert_files_exist, image_sizes, panoptic_record, read_json
 from .validation import DatasetFormatError, validate_annotations, validate_categories
 
@@ -25,7 +25,7 @@ def coco_metadata(categories: list[dict], *, name: str, source: str, **kwargs) -
             "train_id": i,
             "name": str(c["name"]),
             "isthing": int(c["isthing"]),
-            "color": tuple(c.get("color", ((37 * i) % 256, (91 * i) % 256, (173 * i) % 256))),
+            "color": tuple(c.get("color", fallback_color(i))),
         }
         for i, c in enumerate(categories)
     )

@@ -233,7 +233,7 @@ def offset_field(offset: np.ndarray, max_norm: float | None = None, *, wheel: bo
     if wheel and height >= 96 and width >= 96:
         fs = font_scale(out.shape)
         radius = max(16, min(height, width) // 9)
-        text = f"{scale:.2g} px"
+        text = f"{scale:.0f} px" if scale >= 10 else f"{scale:.2g} px"  # "350 px", not "3.5e+02"
         (tw, th), _ = cv2.getTextSize(text, FONT, fs, 1)
         cy, cx = height - radius - th - 12, width - radius - 6
         _backing(out, (min(cx - radius, width - tw - 6) - 4, cy - radius - 4, width, height))
