@@ -94,3 +94,10 @@ def test_train_net_resume_errors_are_one_line_user_errors(tmp_path):
     message = str(failure.value.code)
     assert message.startswith(f"error: cannot resume from {checkpoint}, which cannot be loaded")
     assert "unexpected" not in message and "\n" not in message
+
+
+def test_resume_without_a_checkpoint_says_it_starts_over(tmp_path, capsys):
+    """A mistyped OUTPUT_DIR with --resume used to start from scratch without a word."""
+    out = tmp_path / "typo"
+    main(["--resume", *_tiny_data(tmp_path), "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "1"])
+    assert f"--resume: no checkpoint in {out}: training from the start" in capsys.readouterr().out

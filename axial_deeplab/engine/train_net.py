@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         resumed = args.resume and trainer.resume()  # before config.yaml: a refused resume keeps it
         if is_main_process():
             save_config(cfg)
+        if args.resume and not resumed and is_main_process():  # e.g. a mistyped OUTPUT_DIR
+            print(f"--resume: no checkpoint in {cfg.OUTPUT_DIR}: training from the start")
         if resumed and is_main_process():
             print(f"resumed from iteration {trainer.iteration} of {cfg.OUTPUT_DIR}")
             if trainer.iteration >= cfg.SOLVER.MAX_ITER:
