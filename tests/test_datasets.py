@@ -252,6 +252,20 @@ def test_classes_without_colours_get_none_black():
     assert (0, 0, 0) not in colors and len(set(colors)) == len(colors)
 
 
+def test_missing_relative_json_names_the_folder_it_was_looked_for_from(tmp_path, monkeypatch):
+    """A config's relative data paths resolve from the current folder: the error says which."""
+    from axial_deeplab.data.records import read_json
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as missing:
+        read_json("data/panoptic_val.json")
+    assert str(missing.value) == (
+        f"panoptic JSON not found: data/panoptic_val.json (a relative path: from {tmp_path})"
+    )
+    with pytest.raises(FileNotFoundError, match=r"not found: /nowhere/p.json$"):
+        read_json("/nowhere/p.json")
+
+
 def test_empty_data_set_is_refused(tmp_path):
     """An annotation file listing no image: an error naming it, not a PQ of 0 (evaluation) or
     an error about sampling (training)."""

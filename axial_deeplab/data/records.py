@@ -11,7 +11,8 @@ from .validation import DatasetFormatError, validate_images, validate_segments_i
 def read_json(path: str, role: str = "panoptic") -> dict:
     """A COCO panoptic JSON object from ``path``, with errors that name the file (and ``role``)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{role} JSON not found: {path}")
+        where = "" if os.path.isabs(path) else f" (a relative path: from {os.getcwd()})"
+        raise FileNotFoundError(f"{role} JSON not found: {path}{where}")
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
