@@ -115,9 +115,11 @@ def config_differences(saved: Any, current: Any, section: str, limit: int = 3) -
     except (yaml.YAMLError, AttributeError, TypeError):
         return ""
     keys = sorted(k for k in set(old) | set(new) if k == section or k.startswith(f"{section}."))
-    diffs = [f"{k} {new.get(k)} (saved: {old.get(k)})" for k in keys if old.get(k) != new.get(k)]
-    more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
-    return ", ".join(diffs[:limit]) + more
+    changed = [k for k in keys if old.get(k) != new.get(k)]
+    diffs = [f"{k} {new.get(k)} (saved: {old.get(k)})" for k in changed[:limit]]
+    rest = changed[limit:]  # named, so that the one that matters is never hidden in a count
+    more = f" and {len(rest)} more: {', '.join(rest)}" if rest else ""
+    return ", ".join(diffs) + more
 
 
 class Trainer:
