@@ -155,3 +155,16 @@ def test_page_in_headless_chromium(url, tmp_path):
         assert page.inner_text("#status").startswith("000000142238.jpg: 320x214 px")
         browser.close()
     assert cv2.imread(shot) is not None
+
+
+def test_default_samples_follow_the_checkpoints_synthetic_data(tmp_path):
+    """The quick start's held-out scenes were looked for in output/quickstart/data whatever the
+    checkpoint's DATASETS.SYNTHETIC_DIR said."""
+    from axial_deeplab.demo.app import default_sample_folders
+
+    cfg = load_config(CONFIG, ["DATASETS.SYNTHETIC_DIR", str(tmp_path / "scenes")])
+    folders = default_sample_folders(cfg)
+    assert folders[0] == str(SAMPLES) and folders[1] == str(tmp_path / "scenes/coco/images/val")
+    assert default_sample_folders(load_config(CONFIG, ["DATASETS.SYNTHETIC_DIR", ""])) == [
+        str(SAMPLES)
+    ]

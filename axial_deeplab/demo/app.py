@@ -30,6 +30,7 @@ from ..engine.infer_net import (
 from ..engine.inference import Predictor, build_predictor, resolve_device
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SHARED_SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 # slider name -> (PostProcessing field, type, lowest, highest)
 SETTINGS = {
     "threshold": ("threshold", float, 0.0, 1.0),
@@ -79,7 +80,8 @@ class DemoModel:
         metadata, source = choose_metadata(args, cfg, stored_metadata)
         print(f"class names: {source}")
         predictor = build_predictor(cfg, metadata, resolve_device(cfg.MODEL.DEVICE))
-        return cls(predictor, find_samples(args.samples), args.max_size)
+        folders = default_sample_folders(cfg) if args.samples is None else args.samples
+        return cls(predictor, find_samples(folders), args.max_size)
 
     def settings(self, values: dict) -> PostProcessing:
         """The default post-processing with the request's slider values (checked)."""
@@ -135,6 +137,15 @@ class DemoModel:
 
 
 PANEL_KEYS = ("overlay", "semantic", "centers", "offsets")  # prediction_panels' order, no GT
+
+
+def default_sample_folders(cfg) -> list[str]:
+    """The COCO sample photos of ``../shared/data`` and, for a model trained on synthetic scenes
+    (the quick start's), the held-out scenes of its ``DATASETS.SYNTHETIC_DIR``."""
+    folders = [str(SHARED_SAMPLES / "coco_panoptic_sample" / "images")]
+    if cfg.DATASETS.SYNTHETIC_DIR:
+        folders.append(os.path.join(cfg.DATASETS.SYNTHETIC_DIR, "coco", "images", "val"))
+    return folders
 
 
 def find_samples(folders: list[str]) -> dict[str, Path]:

@@ -17,7 +17,6 @@ import dataclasses
 import json
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..config import ConfigError
@@ -25,11 +24,6 @@ from .app import SETTINGS, DemoError, DemoModel, decode_image
 from .page import PAGE
 
 MAX_UPLOAD = 20 * 1024 * 1024
-SHARED_SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-DEFAULT_SAMPLES = [
-    str(SHARED_SAMPLES / "coco_panoptic_sample" / "images"),
-    "output/quickstart/data/coco/images/val",
-]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,7 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--amp", action="store_true", help="mixed precision: bf16 on CPUs, fp16 on GPUs (TEST.AMP)")
     add("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     add("--port", type=int, default=7860, help="port (0: any free port)")
-    add("--samples", nargs="*", default=DEFAULT_SAMPLES, metavar="DIR", help="sample photo folders")
+    add("--samples", nargs="*", default=None, metavar="DIR",
+        help="sample photo folders (default: the COCO photos of ../shared/data and the held-out "
+             "scenes of the checkpoint's DATASETS.SYNTHETIC_DIR)")  # fmt: skip
     add("--max-size", type=int, default=1024, help="shrink photos whose long side exceeds this")
     add("opts", nargs=argparse.REMAINDER, default=[], help="config overrides as KEY VALUE pairs")
     args = parser.parse_args(argv)
