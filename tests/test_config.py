@@ -97,3 +97,78 @@ def test_stored_config_with_a_retired_key_still_loads(capsys):
     )
     with pytest.raises(ConfigError, match="BACKBON"):  # other unknown keys still refused
         config_from_yaml("MODEL:\n  BACKBON: {}\n", [], source="old.pth")
+
+
+def test_a_checkpoint_is_not_a_config(tmp_path):
+    checkpoint = tmp_path / "model.pth"
+    torch.save({"model": {"w": torch.zeros(2)}}, checkpoint)
+    with pytest.raises(ConfigError) as err:
+        load_config(str(checkpoint))
+    assert str(err.value) == (
+        f"{checkpoint}: not a YAML config (a binary file: a checkpoint? checkpoints go in "
+        "MODEL.WEIGHTS)"
+    )
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("SOLVER:\n  MAX_ITER: 5  # café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.yaml: not a YAML config \(not UTF-8 text\)$"):
+        load_config(str(latin))
+
+
+def test_options_after_overrides_are_named():
+    # argparse's REMAINDER leaves the options written after the first override among them
+    opts = ["OUTPUT_DIR", "X", "SOLVER.MAX_ITER", "6"]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [*opts, "--resume"])  # odd: was "KEY VALUE pairs, got an odd number"
+    assert str(err.value) == (
+        "option '--resume' after the KEY VALUE overrides: put options before them "
+        "(... --resume KEY VALUE ...)"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [*opts, "--resume", "--eval-only"])  # even: was "unknown config key"
+    assert str(err.value).startswith(
+        "options '--resume', '--eval-only' after the KEY VALUE overrides: put options before "
+        "them (... --resume --eval-only KEY VALUE ...)"
+    )
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (["SOLVER.MAX_ITER", "five"], "SOLVER.MAX_ITER: expected an integer, got 'five'"),
+        (["SOLVER.MAX_ITER", "True"], "SOLVER.MAX_ITER: expected an integer, got True"),
+        (
+            ["SOLVER.BASE_LR", "1"],
+            "SOLVER.BASE_LR: expected a floating-point number (e.g. 0.5 or 1.0), got 1",
+        ),
+        (["MODEL.AXIAL_RESNET.VARIANT", "[1]"], "expected a string, got [1]"),
+        (["INPUT.CROP.SIZE", "5"], "INPUT.CROP.SIZE: expected a list ([a, b, ...]), got 5"),
+        (["SOLVER", "5"], "SOLVER must be a section (set its keys: SOLVER.KEY VALUE), got 5"),
+        (["SOLVER.MAX_ITER.X", "5"], "unknown config key 'SOLVER.MAX_ITER.X'"),  # was TypeError
+    ],
+)
+def test_wrong_type_overrides_in_words(opts, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, opts)
+    assert message in str(err.value) and str(err.value).startswith("command-line override: ")
+
+
+def test_wrong_types_in_a_file_in_words(tmp_path):
+    section = _write(tmp_path / "section.yaml", "SOLVER: 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(section))  # was the whole SOLVER section, printed inside yacs' message
+    assert (
+        str(err.value) == f"{section}: SOLVER must be a section (KEY: value lines below it), got 5"
+    )
+    value = _write(tmp_path / "value.yaml", "SOLVER:\n  MAX_ITER: five\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(value))
+    assert str(err.value) == f"{value}: SOLVER.MAX_ITER: expected an integer, got 'five'"
+
+
+def test_missing_base_names_the_file_that_refers_to_it(tmp_path):
+    child = _write(tmp_path / "child.yaml", "_BASE_: nothere.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(child))
+    assert str(err.value) == (
+        f"config file not found: {tmp_path / 'nothere.yaml'} (the _BASE_ of {child})"
+    )

@@ -17,6 +17,7 @@ from axial_deeplab.config import ConfigError
 from axial_deeplab.data.images import ImageDecodeError, decode_image_file
 from axial_deeplab.engine import infer_net
 from axial_deeplab.engine.inputs import iter_video
+from axial_deeplab.utils.cli import check_output_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,9 +62,10 @@ def test_infer_refuses_a_file_as_output_before_loading(tmp_path):
     output = tmp_path / "out"
     output.write_text("")
     for path, said in ((output, "is a file"), (output / "sub", "lies under")):
-        with pytest.raises(ConfigError, match=f"--output .* {said}"):
-            infer_net.check_output_folder(str(path))
-    infer_net.check_output_folder(str(tmp_path / "new" / "folder"))  # created later: fine
+        with pytest.raises(NotADirectoryError, match=f"--output .* {said}"):
+            infer_net.run(infer_net.parse_args(["--weights", "w.pth", "--input", "x.png",
+                                                "--output", str(path)]))  # fmt: skip
+    check_output_folder(str(tmp_path / "new" / "folder"), "--output")  # created later: fine
 
 
 def test_odd_overrides_are_the_users_own(tmp_path):

@@ -9,6 +9,7 @@ from torch import nn
 from axial_deeplab.config import get_cfg, load_config
 from axial_deeplab.layers import AxialAttention
 from axial_deeplab.modeling.build import build_model
+from axial_deeplab.utils.cli import DEBUG_ENV
 from axial_deeplab.utils.model_stats import (
     breakdown_rows,
     build_on_meta,
@@ -125,6 +126,50 @@ def test_cli_prints_parameters_macs_and_table(capsys):
     assert lines[-1].startswith("total") and f"{params:,}" in lines[-1]
     with pytest.raises(SystemExit, match="no classifier head"):
         main(["--classifier", "axial_resnet_tiny"])
+
+
+QUICKSTART = "configs/quickstart/synthetic_axial.yaml"
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    checkpoint = tmp_path / "model.pth"
+    torch.save({"model": {}}, checkpoint)
+    cases = [
+        (
+            ["--config-file", QUICKSTART, "MODEL.AXIAL_RESNET.VARIANTS", "x"],
+            "error: command-line override: unknown config key 'MODEL.AXIAL_RESNET.VARIANTS' "
+            "(did you mean 'MODEL.AXIAL_RESNET.VARIANT'?)",
+        ),
+        (
+            ["--config-file", str(tmp_path / "nope.yaml")],
+            f"error: config file not found: {tmp_path / 'nope.yaml'}",
+        ),
+        (
+            ["--config-file", str(checkpoint)],
+            f"error: {checkpoint}: not a YAML config (a binary file: a checkpoint?",
+        ),
+        (["--backbone-variant", "nope"], "error: unknown variant 'nope'; known: ["),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert str(info.value.code).startswith(message), info.value.code
+        assert "\n" not in str(info.value.code) and "Traceback" not in capsys.readouterr().err
+
+
+def test_cli_refuses_an_empty_input_size(capsys):
+    # was a RuntimeError inside the stem's convolution; the models run on any size >= 1 x 1
+    with pytest.raises(SystemExit) as info:
+        main(["--backbone-variant", "axial_resnet_tiny", "--input-size", "0", "10"])
+    assert info.value.code == 2
+    assert "argument --input-size: expected an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_cli_counts_a_grouped_backbone(capsys):
+    # deeplab2-layout encoders take no num_classes (was: "unknown encoder options")
+    main(["--backbone-variant", "resnet50_deeplab2", "--input-size", "33", "33"])
+    assert capsys.readouterr().out.startswith("parameters: ")
 
 
 # The paper's Table (Cityscapes, 1025 x 2049, span 65): parameters (M) and multiply-adds (G).

@@ -18,6 +18,7 @@ from axial_deeplab.data.synthetic_writer import (
     scene_seed,
     write_synthetic_dataset,
 )
+from axial_deeplab.utils.cli import DEBUG_ENV
 
 
 def file_bytes(root: Path) -> dict[str, bytes]:
@@ -112,3 +113,26 @@ def test_cli_writes_both_formats(tmp_path):
     main(["--out", str(tmp_path), "--train", "1", "--val", "1", "--height", "32", "--width", "32"])
     assert (tmp_path / "coco" / "panoptic_train.json").is_file()
     assert (tmp_path / "cityscapes" / "gtFine" / "cityscapes_panoptic_val.json").is_file()
+
+
+def test_cli_refuses_bad_arguments_before_writing(tmp_path, capsys, monkeypatch):
+    from tools.generate_synthetic import main
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for out, said in ((a_file, "is"), (a_file / "sub", f"lies under {a_file}, which is")):
+        with pytest.raises(SystemExit) as info:  # was NotADirectoryError with a traceback
+            main(["--out", str(out), "--train", "1", "--val", "1"])
+        assert info.value.code == f"error: --out {out} {said} a file; --out must be a folder"
+    new = tmp_path / "new"
+    for flag, value, minimum in (("--train", "-2", 0), ("--val", "-1", 0), ("--height", "10", 16)):
+        with pytest.raises(SystemExit) as info:  # -2 wrote an empty split, 10 raised ValueError
+            main(["--out", str(new), flag, value])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {flag}: expected an integer >= {minimum}, got '{value}'" in err
+    assert not new.exists()
+    with pytest.raises(ValueError, match=r"splits: image counts must be >= 0, got \{'train': -2\}"):
+        write_synthetic_dataset(str(new), splits={"train": -2})
+    assert not new.exists()

@@ -28,6 +28,7 @@ from .panoptic_io import write_panoptic_png
 from .synthetic import SYNTHETIC_CLASSES, Scene, synthetic_scene
 
 FORMATS = ("coco", "cityscapes")
+MIN_SCENE_SIZE = 16  # pixels, height and width: the smallest scene synthetic_scene draws
 
 
 def coco_categories() -> list[dict]:
@@ -83,6 +84,9 @@ def write_synthetic_dataset(
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; expected some of {FORMATS}")
+    negative = {split: count for split, count in splits.items() if count < 0}
+    if negative:
+        raise ValueError(f"splits: image counts must be >= 0, got {negative}")
     paths: dict[str, dict] = {fmt: {} for fmt in formats}
     for split_index, (split, count) in enumerate(splits.items()):
         scenes = (

@@ -38,11 +38,11 @@ from tqdm import tqdm
 from ..checkpoint.io import load_checkpoint_file
 from ..config import CfgNode, ConfigError, get_cfg, load_config
 from ..config.checks import check_config, differing_model_keys
-from ..config.config import drop_retired_keys
+from ..config.config import check_overrides, drop_retired_keys
 from ..data.panoptic_io import write_panoptic_png
 from ..layers.precision import autocast_name
 from ..utils.atomic import write_json, write_rgb_png
-from ..utils.cli import add_debug_flag, run_cli
+from ..utils.cli import add_debug_flag, check_output_folder, run_cli
 from ..utils.visualize import compose, prediction_panels
 from .evaluate import VOID_LABEL
 from .inference import (
@@ -87,8 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _overrides(args: argparse.Namespace) -> list[str]:
     """``KEY VALUE`` overrides, then the CLI flags as overrides (which win)."""
     opts = list(args.opts)
-    if len(opts) % 2:
-        raise ConfigError(f"overrides must come in KEY VALUE pairs, got an odd number: {opts}")
+    check_overrides(opts)  # options after the overrides, an odd count: named
     if args.weights:
         opts += ["MODEL.WEIGHTS", args.weights]
     if args.device:
@@ -384,16 +383,6 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def check_output_folder(path: str) -> None:
-    """``--output`` must be a folder or creatable as one: checked before any model is loaded."""
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        where = "is" if existing == os.path.abspath(path) else f"lies under {existing}, which is"
-        raise ConfigError(f"--output {path} {where} a file; --output must be a folder")
-
-
 def check_inputs_are_not_overrides(inputs: list[str]) -> None:
     """``--input`` takes several values, so ``KEY VALUE`` overrides written after it are taken
     as inputs: say so rather than "input not found: TEST.AMP"."""
@@ -407,7 +396,7 @@ def check_inputs_are_not_overrides(inputs: list[str]) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Predict every input; returns ``{"images", "frames", "skipped"}`` counts and names."""
-    check_output_folder(args.output)
+    check_output_folder(args.output, "--output")  # before any model is loaded
     check_inputs_are_not_overrides(args.input)
     if args.backend != "torch":
         predictor = exported_predictor(args)

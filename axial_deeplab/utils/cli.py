@@ -4,11 +4,13 @@
 ``error: <message>``, on stderr with exit status 1 (an error outside the kinds raised for bad
 input, data, config, weights or files, is marked as unexpected). The traceback is printed only with
 ``--debug`` (taken out of ``argv`` wherever it is) or ``AXIAL_DEEPLAB_DEBUG=1`` in the environment.
-Ctrl-C outside training exits with 130 and one line.
+Ctrl-C outside training exits with 130 and one line. :func:`int_at_least` and
+:func:`check_output_folder` refuse bad numbers and output folders before any work is done.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import re
@@ -45,6 +47,32 @@ def add_debug_flag(parser) -> None:
     parser.add_argument(
         DEBUG_FLAG, action="store_true", help=f"on an error, print the traceback (or {DEBUG_ENV}=1)"
     )
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An ``argparse`` ``type``: an integer >= ``minimum`` (argparse's error names the flag:
+    ``argument --train: expected an integer >= 0, got '-2'``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value: int | None = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def check_output_folder(path: str, flag: str) -> None:
+    """The folder ``path`` given with ``flag`` must exist or be creatable (no file in the way)."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is" if existing == os.path.abspath(path) else f"lies under {existing}, which is"
+        raise NotADirectoryError(f"{flag} {path} {where} a file; {flag} must be a folder")
 
 
 def split_debug(argv: list[str] | None) -> tuple[list[str], bool]:

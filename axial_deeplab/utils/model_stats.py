@@ -38,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..layers import AxialAttention
 from ..layers.attention_core import plan_blocks, window_mask
+from .cli import add_debug_flag, int_at_least, run_cli
 
 
 @dataclass
@@ -216,13 +217,15 @@ def _builder(args: argparse.Namespace) -> Callable[[], nn.Module]:
 
     name = args.backbone_variant or args.classifier
     if name is not None and name not in VARIANTS:
-        raise SystemExit(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
+        raise ValueError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
     if args.backbone_variant:
         stages = ("res2", "res3", "res4", "res5")
-        return lambda: build_variant(name, num_classes=0, out_features=stages)
+        # the deeplab2-layout (grouped) encoders have no classifier head to remove
+        head = {} if VARIANTS[name].get("layout") == "grouped" else {"num_classes": 0}
+        return lambda: build_variant(name, out_features=stages, **head)
     if args.classifier:
         if not VARIANTS[name].get("num_classes"):
-            raise SystemExit(f"{name} has no classifier head; use --backbone-variant")
+            raise ValueError(f"{name} has no classifier head; use --backbone-variant")
         return lambda: build_variant(name)
     from ..config import load_config
 
@@ -238,6 +241,10 @@ def _builder(args: argparse.Namespace) -> Callable[[], nn.Module]:
 
 def main(argv: list[str] | None = None) -> None:
     """Print parameters and multiply-adds of a config's model, a backbone or a classifier."""
+    run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -246,13 +253,16 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--backbone-variant", help="an Axial-ResNet variant, no classifier head")
     source.add_argument("--classifier", help="an ImageNet variant with its head (e.g. axial26s)")
     parser.add_argument("--backbone-only", action="store_true", help="count the config's backbone")
-    parser.add_argument("--input-size", nargs=2, type=int, default=(1025, 2049), metavar=("H", "W"))
+    parser.add_argument(
+        "--input-size", nargs=2, type=int_at_least(1), default=(1025, 2049), metavar=("H", "W")
+    )
     parser.add_argument(
         "--attention",
         choices=("executed", "window"),
         default="window",
         help="attention products per query window (the paper's formula) or as executed",
     )
+    add_debug_flag(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.opts and not args.config_file:
