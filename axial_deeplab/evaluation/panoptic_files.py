@@ -251,8 +251,11 @@ def prepare_output(path: str) -> str | None:
 
 
 def cli(argv: list[str] | None = None) -> None:
+    command = os.path.basename(sys.argv[0])  # the installed axial-deeplab-eval-pq, or -m
     parser = argparse.ArgumentParser(
-        prog="python -m axial_deeplab.evaluation.panoptic",
+        prog=command
+        if command.startswith("axial-deeplab")
+        else ("python -m axial_deeplab.evaluation.panoptic"),
         description="Panoptic quality (PQ, SQ, RQ) of COCO-format panoptic predictions.",
     )
     parser.add_argument("--gt-json", required=True, help="ground-truth COCO panoptic JSON")
