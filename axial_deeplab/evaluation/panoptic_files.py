@@ -252,10 +252,10 @@ def prepare_output(path: str) -> str | None:
 
 def cli(argv: list[str] | None = None) -> None:
     command = os.path.basename(sys.argv[0])  # the installed axial-deeplab-eval-pq, or -m
+    if not command.startswith("axial-deeplab"):
+        command = "python -m axial_deeplab.evaluation.panoptic"
     parser = argparse.ArgumentParser(
-        prog=command
-        if command.startswith("axial-deeplab")
-        else ("python -m axial_deeplab.evaluation.panoptic"),
+        prog=command,
         description="Panoptic quality (PQ, SQ, RQ) of COCO-format panoptic predictions.",
     )
     parser.add_argument("--gt-json", required=True, help="ground-truth COCO panoptic JSON")
