@@ -16,9 +16,13 @@ deeplab2 checkout):
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import re
 import shutil
+import sys
 import tarfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -85,15 +89,30 @@ def test_converter_covers_every_variable_of_the_full_checkpoint(model):
     assert params == manifest["parameter_counts"]["trainable"] == model.parameters
 
 
+def _archive(folder: Path, key: str, name: str, flip: int | None = None) -> Path:
+    """The tiny fixture ``key`` as a user downloads it: ``folder/name.tar.gz`` holding the folder
+    ``name``; ``flip``: that byte of the data shard inverted (the gzip stays readable, the
+    shard's CRC fails)."""
+    archive = folder / f"{name}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for f in ("checkpoint", "ckpt-0.index", "ckpt-0.data-00000-of-00001"):
+            data = bytearray((FIXTURES / "tiny" / key / f).read_bytes())
+            if flip is not None and f.startswith("ckpt-0.data"):
+                data[flip] ^= 0xFF
+            member = tarfile.TarInfo(f"{name}/{f}")
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(bytes(data)))
+    return archive
+
+
 def test_cli_converts_the_zoo_tarball_into_a_self_describing_checkpoint(tmp_path, capsys):
     """The checkpoint as a user downloads it (a .tar.gz with one folder) -> a weights-only file
     with the config, the Cityscapes classes and the provenance."""
     key = "max_deeplab_s_backbone_os16_cityscapes"
     config = next(m.config for m in ZOO if m.key == key)
-    archive = tmp_path / "max_deeplab_s_backbone_os16_axial_deeplab_cityscapes_trainfine.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for f in ("checkpoint", "ckpt-0.index", "ckpt-0.data-00000-of-00001"):
-            tar.add(FIXTURES / "tiny" / key / f, arcname=f"{archive.name[:-7]}/{f}")
+    archive = _archive(
+        tmp_path, key, "max_deeplab_s_backbone_os16_axial_deeplab_cityscapes_trainfine"
+    )
     out = tmp_path / "converted.pth"
     opts = config_opts(_info(key)["overrides"])
     convert_main([str(archive), str(out), "--config-file", config, *opts])
@@ -114,10 +133,34 @@ def test_cli_fails_and_names_the_problems(tmp_path, capsys):
     key = "max_deeplab_s_backbone_os16_cityscapes"
     config = next(m.config for m in ZOO if m.key == key)
     out = tmp_path / "converted.pth"
-    with pytest.raises(SystemExit, match="failed"):
+    with pytest.raises(SystemExit, match="failed") as failed:
         convert_main([str(FIXTURES / "tiny" / key), str(out), "--config-file", config])
     assert "SHAPE mismatches" in capsys.readouterr().out
     assert not out.exists()
+    # the config is of the checkpoint's model: no other config is suggested
+    assert str(failed.value).endswith(f"the config {config} does not fit this checkpoint")
+
+
+def test_wrong_backbone_names_the_config_of_the_checkpoint(tmp_path, capsys):
+    """An Axial-SWideRNet checkpoint converted with a ResNet-50 config: the last line counts the
+    problems (the report above lists them) and names the zoo config whose variables the
+    checkpoint has, found from its variable names (axial-attention blocks, stem, stages)."""
+    key = "axial_swidernet_1_1_1_os16_cityscapes"
+    archive = _archive(tmp_path, key, "my_model")
+    config = "configs/cityscapes/deeplab2/resnet50_os32.yaml"
+    opts = config_opts(_info(key)["overrides"])  # the tiny fixture's widths
+    with pytest.raises(SystemExit) as failed:
+        convert_main([str(archive), str(tmp_path / "x.pth"), "--config-file", config, *opts])
+    assert capsys.readouterr().out.count("UNUSED source tensors") == 1
+    message = str(failed.value)
+    assert "\n" not in message
+    assert re.fullmatch(
+        rf"conversion of {re.escape(str(archive))} failed: \d+ source tensors unused, \d+ model "
+        rf"tensors unfilled, \d+ shape mismatches: the config {config} does not fit this "
+        r"checkpoint; its variables look like those of "
+        r"configs/cityscapes/deeplab2/axial_swidernet_1_1_1_os16\.yaml: use that --config-file",
+        message,
+    ), message
 
 
 def test_unused_and_missing_variables_are_reported(tmp_path, capsys):
@@ -128,10 +171,68 @@ def test_unused_and_missing_variables_are_reported(tmp_path, capsys):
     shutil.copytree(FIXTURES / "tiny" / source, folder)
     config = next(m.config for m in ZOO if m.key == "resnet50_beta_os32_cityscapes")
     opts = config_opts(_info(source)["overrides"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as failed:
         convert_main([str(folder), str(tmp_path / "x.pth"), "--config-file", config, *opts])
     printed = capsys.readouterr().out
     assert "UNUSED source tensors" in printed and "UNFILLED model tensors" in printed
+    assert str(failed.value).endswith(
+        "look like those of configs/cityscapes/deeplab2/resnet50_os32.yaml: use that --config-file"
+    )
+
+
+CORRUPT_KEY = "axial_swidernet_1_1_1_os16_cityscapes"
+
+
+def _convert_corrupt_archive(tmp_path, *extra: str) -> str:
+    """The one-line error of converting the tiny ``CORRUPT_KEY`` archive with a byte of its data
+    shard flipped."""
+    archive = _archive(tmp_path, CORRUPT_KEY, "my_model", flip=2000)
+    config = next(m.config for m in ZOO if m.key == CORRUPT_KEY)
+    opts = config_opts(_info(CORRUPT_KEY)["overrides"])
+    argv = [str(archive), str(tmp_path / "x.pth"), "--config-file", config, *extra, *opts]
+    with pytest.raises(SystemExit) as failed:
+        convert_main(argv)
+    assert not (tmp_path / "x.pth").exists()
+    return str(failed.value)
+
+
+def test_corrupt_archive_names_the_archive_and_its_member(tmp_path):
+    """The shard's CRC fails in the temporary folder the archive was unpacked into (deleted when
+    the message is read): the message names the user's archive and the member instead."""
+    message = _convert_corrupt_archive(tmp_path, "--reader", "builtin")
+    member = "my_model/ckpt-0.data-00000-of-00001"
+    assert re.fullmatch(
+        rf"error: CRC mismatch for \S+ in {re.escape(str(tmp_path / 'my_model.tar.gz'))} "
+        rf"\(member {member}\): the data file is corrupted: download it again",
+        message,
+    ), message
+
+
+def test_tensorflow_reader_errors_name_the_archive(tmp_path, monkeypatch):
+    """TensorFlow's reader (a stand-in raising as ``tf.train.load_checkpoint`` does on a bad
+    checksum) fails the same way, naming the archive rather than the unpacked files."""
+
+    class OpError(Exception):
+        def __init__(self, message: str) -> None:
+            super().__init__(message)
+            self.message = message
+
+    def load_checkpoint(prefix: str):
+        raise OpError(f"TensorBundle at {prefix} shard 0 (4072 bytes): Checksum does not match")
+
+    fake = types.SimpleNamespace(
+        __version__="0",
+        errors=types.SimpleNamespace(OpError=OpError),
+        train=types.SimpleNamespace(load_checkpoint=load_checkpoint),
+    )
+    monkeypatch.setitem(sys.modules, "tensorflow", fake)
+    message = _convert_corrupt_archive(tmp_path, "--reader", "tf")
+    archive = re.escape(f"{tmp_path / 'my_model.tar.gz'} (member my_model/ckpt-0)")
+    assert re.fullmatch(
+        rf"error: TensorFlow cannot read {archive}: TensorBundle at {archive} shard 0 \(4072 "
+        r"bytes\): Checksum does not match: download it again",
+        message,
+    ), message
 
 
 def _imagenet_encoder(backbone: ImageNetBackbone, info: dict):

@@ -163,7 +163,8 @@ def test_wrong_shape_unused_and_missing_are_named(tmp_path, capsys):
     ]
     assert "sem_seg_head.extra.weight" in report.unused
     assert any(m.startswith("offset_head.predictor.bias ") for m in report.missing)
-    with pytest.raises(ValueError, match=r"SHAPE mismatches \(1\):\n.*res3\.project_conv"):
+    assert len(report.unused) == len(report.missing) == 1  # the mis-shaped pair counted once
+    with pytest.raises(ValueError, match=r"^the checkpoint: 1 source tensors unused, 1 model "):
         check(report)
     # the command writes nothing and exits 1
     bad = tmp_path / "bad.pkl"
@@ -172,6 +173,23 @@ def test_wrong_shape_unused_and_missing_are_named(tmp_path, capsys):
     argv = [str(bad), str(out), "--config-file", str(REPO / info["our_config"])]
     assert main(argv + list(info["our_opts"])) == 1
     assert not out.exists() and "not written" in capsys.readouterr().out
+
+
+def test_mismatch_report_is_printed_once_then_summarised(tmp_path, capsys):
+    """A config that does not fit (COCO's 133 classes where the Cityscapes config has 19): the
+    report is printed once, then one line naming the file and the config, with the counts."""
+    info, _, _ = _fixture("cityscapes_r52_dc5_dsconv")
+    pkl = FIXTURES / "coco_r52_dc5_dsconv" / "model.pkl"
+    config = str(REPO / info["our_config"])
+    argv = [str(pkl), str(tmp_path / "out.pth"), "--config-file", config, *info["our_opts"]]
+    assert main(argv) == 1
+    printed = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("SHAPE mismatches") for line in printed) == 1
+    # semantic predictor weight and bias: [133, ...] in the file, [19, ...] in the model
+    assert printed[-1] == (
+        f"not written: {pkl}: 2 shape mismatches: the config {config} does not fit this checkpoint"
+    )
+    assert not (tmp_path / "out.pth").exists()
 
 
 def test_command_writes_weights_only_file(tmp_path):

@@ -8,7 +8,8 @@ Reads the checkpoint (a ``.tar.gz``, its folder, or a ``ckpt-N`` prefix) with Te
 reader when TensorFlow is installed (``pip install -e ".[deeplab2]"``), else with the built-in
 reader of ``tf_checkpoint.py`` (``--reader`` chooses); maps every variable onto the model of
 ``--config-file`` (``deeplab2.py``), prints a report and fails if a variable is unused or a model
-tensor unfilled (optimizer slots and step counters are ignored, and counted). deeplab2 keeps no
+tensor unfilled (optimizer slots and step counters are ignored, and counted), on a last line that
+names the zoo configs whose variables fit the checkpoint better, if any. deeplab2 keeps no
 moving-average copy of the weights (its trainer has no EMA); if a checkpoint holds one anyway
 (``ExponentialMovingAverage`` names), the raw weights are converted, as deeplab2's own evaluator
 restores them, and the report says so. ``--backbone-only`` converts an ImageNet encoder checkpoint
@@ -30,10 +31,15 @@ from ..config import load_config
 from ..data.metadata import config_class_metadata
 from ..modeling.build import build_model
 from ..utils.cli import run_cli
-from .deeplab2 import deeplab2_entries, ignore_reason
+from .deeplab2 import better_zoo_models, deeplab2_entries, ignore_reason
 from .io import file_sha256, save_checkpoint_file
 from .mapping import ConversionReport, apply_mapping
-from .tf_checkpoint import read_checkpoint, resolve_checkpoint
+from .tf_checkpoint import (
+    CorruptCheckpointError,
+    archive_errors,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 from .zoo import differences_from_zoo_config
 
 EMA_MARKERS = ("ExponentialMovingAverage", "/average/")
@@ -51,9 +57,13 @@ def read_variables(prefix: str, reader: str = "auto") -> tuple[dict[str, np.ndar
                     "(or use --reader builtin)"
                 ) from None
         else:
-            ckpt = tf.train.load_checkpoint(prefix)
-            names = [n for n, t in ckpt.get_variable_to_dtype_map().items() if t != tf.string]
-            return {n: ckpt.get_tensor(n) for n in names}, f"tensorflow {tf.__version__}"
+            try:
+                ckpt = tf.train.load_checkpoint(prefix)
+                names = [n for n, t in ckpt.get_variable_to_dtype_map().items() if t != tf.string]
+                return {n: ckpt.get_tensor(n) for n in names}, f"tensorflow {tf.__version__}"
+            except tf.errors.OpError as exc:  # e.g. "Checksum does not match"
+                message = f"TensorFlow cannot read {prefix}: {exc.message}"
+                raise CorruptCheckpointError(message) from None
     return read_checkpoint(prefix), "builtin"
 
 
@@ -92,16 +102,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Convert, print the report, write the file; returns a summary (raises on failure)."""
+    from ..utils.cli import check_output_file
+
     if not any(os.path.exists(p) for p in (args.checkpoint, f"{args.checkpoint}.index")):
         raise FileNotFoundError(
             f"checkpoint not found: {args.checkpoint} (a .tar.gz, its folder or a ckpt-N prefix)"
         )
+    check_output_file(args.output, "output", "model.pth")
     cfg = load_config(args.config_file, args.opts)
     warning = differences_from_zoo_config(args.checkpoint, cfg, args.opts)
     if warning:
         print(warning)
     model = build_model(cfg)
-    with tempfile.TemporaryDirectory(prefix="deeplab2-") as work:
+    with (
+        tempfile.TemporaryDirectory(prefix="deeplab2-") as work,
+        archive_errors(args.checkpoint, work),
+    ):
         prefix = resolve_checkpoint(args.checkpoint, work)
         variables, reader = read_variables(prefix, args.reader)
         state, report = convert(variables, model, backbone_only=args.backbone_only)
@@ -109,7 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"read {len(variables)} variables from {args.checkpoint} ({reader} reader)")
     print("\n".join(report.lines()))
     if not report.ok:
-        raise SystemExit(f"conversion of {args.checkpoint} failed: see the report above")
+        raise SystemExit(failure_line(args, cfg, variables, report))
     source = {
         "format": "deeplab2",
         "file": os.path.basename(os.fspath(args.checkpoint)),
@@ -127,6 +143,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     print(f"wrote {args.output} ({sum(v.numel() for v in state.values()):,} values)")
     return {"report": report, "output": args.output, "tensors": len(state)}
+
+
+def failure_line(
+    args: argparse.Namespace, cfg, variables: dict[str, np.ndarray], report: ConversionReport
+) -> str:
+    """The last line of a failed conversion: its counts, and the zoo configs whose variables
+    fit the checkpoint better than ``--config-file``'s (``better_zoo_models``), if any."""
+    line = (
+        f"conversion of {args.checkpoint} failed: {report.summary()}: the config "
+        f"{args.config_file} does not fit this checkpoint"
+    )
+    shapes = {name: np.shape(value) for name, value in variables.items()}
+    better = [m.config for m in better_zoo_models(shapes, cfg, backbone_only=args.backbone_only)]
+    if not better:
+        return line
+    return f"{line}; its variables look like those of {' or '.join(better)}: use that --config-file"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

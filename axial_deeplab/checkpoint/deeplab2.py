@@ -17,20 +17,26 @@ tensor, its deeplab2 name and the layout change:
 - the decoder's fusion conv reads ``concat[upsampled, projected]`` in deeplab2 and
   ``concat[projected, upsampled]`` here: its depthwise kernel, batch norm and pointwise input
   channels are permuted.
+
+``better_zoo_models`` tells, from a checkpoint's variable names and shapes, which zoo configs
+fit it better than the one given (a failed conversion names them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..modeling.backbone.axial_blocks import AxialBottleneckBlock
 from ..modeling.backbone.conv_blocks import BasicBlock, BottleneckBlock
 from ..modeling.backbone.grouped_resnet import GroupedResNet
 from ..modeling.decoder import ASPP, PanopticDeepLabDecoder
-from .mapping import Entry, identity
+from .mapping import Entry, identity, shape_report
+from .zoo import ZOO, ZooModel, config_file_of
 
 SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 BN_NAMES = (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"))
@@ -219,3 +225,46 @@ def deeplab2_entries(model: nn.Module) -> list[Entry]:
     for tf, last, ours in HEADS:
         entries += _head_entries(tf, last, ours)
     return entries
+
+
+def name_pattern(name: str) -> str:
+    """A deeplab2 variable name without its block number (``_block3`` -> ``_block``): the same
+    for every depth of a model family."""
+    return re.sub(r"_block\d+", "_block", name)
+
+
+def fit(
+    shapes: Mapping[str, tuple[int, ...]], cfg, *, backbone_only: bool = False
+) -> tuple[float, float]:
+    """How well checkpoint variables (name -> shape) fit the model of ``cfg`` (built on the meta
+    device; its backbone with ``backbone_only``): the Jaccard index of the block-less variable
+    names (the architecture), then the share of tensors that convert (names and shapes)."""
+    from ..modeling.build import build_model
+
+    with torch.device("meta"):
+        model = build_model(cfg)
+    target = model.backbone if backbone_only else model
+    entries = deeplab2_entries(target)
+    ours = {name_pattern(e.source) for e in entries}
+    theirs = {name_pattern(n) for n in shapes if ignore_reason(n) is None}
+    report = shape_report(shapes, entries, target, ignore=ignore_reason)
+    tried = report.used + len(report.unused) + len(report.missing) + len(report.shape_errors)
+    return len(ours & theirs) / max(len(ours | theirs), 1), report.used / max(tried, 1)
+
+
+def better_zoo_models(
+    shapes: Mapping[str, tuple[int, ...]], cfg, *, backbone_only: bool = False
+) -> list[ZooModel]:
+    """The ``ZOO`` models (the table behind the published-name warning) whose configs ``fit``
+    checkpoint variables ``shapes`` best, when better than ``cfg``; else ``[]``. Several when
+    the tensors cannot tell them apart (e.g. output strides, layer multipliers of a tiny copy)."""
+    from ..config import load_config
+
+    given = fit(shapes, cfg, backbone_only=backbone_only)
+    scores = [
+        (fit(shapes, load_config(path), backbone_only=backbone_only), model)
+        for model in ZOO
+        if (path := config_file_of(model))
+    ]
+    best = max((score for score, _ in scores), default=given)
+    return [model for score, model in scores if score == best] if best > given else []

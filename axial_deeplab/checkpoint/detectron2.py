@@ -4,7 +4,8 @@ ImageNet ``R-52.pkl`` backbone) onto our ``PanopticDeepLab``.
 Reading: a zoo ``.pkl`` is ``{"model": {name: np.ndarray}, "__author__": ..., ...}``; it is read
 by :class:`SafeUnpickler`, which rebuilds numpy arrays and plain containers and refuses every other
 global (a pickle that names one raises :class:`pickle.UnpicklingError` naming it). A ``.pth`` is
-read with ``torch.load(weights_only=True)``.
+read with ``torch.load(weights_only=True)``. A file of another kind fails on one line naming it
+and why (a deeplab2 ``.tar.gz``, folder or ``.index``: with the deeplab2 converter to run).
 
 Naming (detectron2 -> ours). detectron2 calls a conv unit ``P.weight`` + ``P.norm.*`` and a
 depthwise-separable one ``P.depthwise`` + ``P.pointwise``; ours are ``Sequential`` s:
@@ -40,7 +41,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .io import file_sha256
+from ..utils.cli import one_line
+from .io import (
+    DEEPLAB2_FILES,
+    DEEPLAB2_HINT,
+    file_sha256,
+    opens_like_torch_file,
+    weights_only_reason,
+)
 from .mapping import ConversionReport, Entry, apply_mapping
 
 try:  # numpy >= 2 (numpy.core is its deprecated alias)
@@ -69,6 +77,14 @@ _NUMPY_GLOBALS = {
 HEADS = {"sem_seg_head": "semantic", "ins_embed_head": "instance"}
 CLASSIFIER = re.compile(r"(fc|fc1000|linear)\.(weight|bias)")
 _SUB = r"(\.\d|\.depthwise|\.pointwise)?"
+NOT_DETECTRON2 = (
+    "not a detectron2 checkpoint (a pickled dict of numpy arrays, .pkl, or a torch .pth)"
+)
+GZIP_MAGIC = b"\x1f\x8b"  # a .tar.gz: deeplab2's downloads
+
+
+class RefusedGlobalError(pickle.UnpicklingError):
+    """A ``.pkl`` names a global other than numpy's array reconstruction (it could run code)."""
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -77,7 +93,7 @@ class SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _NUMPY_GLOBALS:
             return _NUMPY_GLOBALS[(module, name)]
-        raise pickle.UnpicklingError(
+        raise RefusedGlobalError(
             f"refusing to load global '{module}.{name}': a detectron2 .pkl may only hold numpy "
             "arrays in plain dicts/lists (this file could run code when unpickled)"
         )
@@ -91,26 +107,50 @@ def _to_tensor(name: str, value) -> torch.Tensor:
     raise ValueError(f"{name}: expected an array, got {type(value).__name__}")
 
 
+def _not_detectron2(
+    path: str, reason: str, *, deeplab2: bool = False, error: type[Exception] = ValueError
+) -> Exception:
+    """The one-line error for ``path``, which is no detectron2 checkpoint because of ``reason``;
+    it points to the deeplab2 converter for a TensorFlow checkpoint (``deeplab2``, or by name)."""
+    hint = f"; {DEEPLAB2_HINT}" if deeplab2 or DEEPLAB2_FILES.search(path) else ""
+    return error(f"{path}: {NOT_DETECTRON2}: {reason}{hint}")
+
+
+def _read_object(path: str) -> object:
+    """What the file ``path`` holds: a ``.pkl`` through :class:`SafeUnpickler`, anything else
+    through ``torch.load(weights_only=True)``; raises :func:`_not_detectron2` errors."""
+    if os.path.isdir(path):
+        raise _not_detectron2(path, "it is a folder", deeplab2=True)
+    with open(path, "rb") as f:
+        if f.read(2) == GZIP_MAGIC:
+            raise _not_detectron2(path, "it is a gzip archive", deeplab2=True)
+        if path.endswith(".pkl"):
+            try:
+                return SafeUnpickler(f, encoding="latin1").load()
+            except RefusedGlobalError as exc:
+                raise RefusedGlobalError(f"{path}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - truncated or not a pickle: name the file
+                raise _not_detectron2(path, f"it does not unpickle ({one_line(exc)})") from None
+    if not opens_like_torch_file(path):
+        raise _not_detectron2(path, "it is neither a pickle nor the zip archive torch.save writes")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = (
+            "it holds objects besides tensors and plain values, not loaded as they could run "
+            f"code ({weights_only_reason(exc)})"
+        )
+        raise _not_detectron2(path, reason, error=pickle.UnpicklingError) from None
+    except Exception as exc:  # noqa: BLE001 - truncated torch file: name the file
+        raise _not_detectron2(path, f"torch cannot read it ({one_line(exc)})") from None
+
+
 def load_detectron2_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict of a detectron2 ``.pkl`` (safe unpickling) or ``.pth`` (weights only)."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.endswith(".pkl"):
-        with open(path, "rb") as f:
-            try:
-                obj = SafeUnpickler(f, encoding="latin1").load()
-            except pickle.UnpicklingError as exc:
-                raise pickle.UnpicklingError(f"{path}: {exc}") from None
-            except Exception as exc:  # noqa: BLE001 - truncated or not a pickle: name the file
-                raise ValueError(f"{path}: not a readable pickle ({exc!r})") from None
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise pickle.UnpicklingError(f"{path}: not a weights-only file: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - truncated or not a torch file: name the file
-            raise ValueError(f"{path}: not a readable torch checkpoint ({exc!r})") from None
+    obj = _read_object(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping):
@@ -229,11 +269,13 @@ def our_name(name: str, ctx: dict) -> str | None:
     return None
 
 
-def check(report: ConversionReport) -> None:
-    """Raise ``ValueError`` with the report when a conversion is not complete."""
+def check(report: ConversionReport, src: str = "the checkpoint", config: str = "given") -> None:
+    """Raise a one-line ``ValueError`` naming ``src``, counting the problems of ``report`` and
+    blaming ``config`` when the conversion is not complete (``report.lines()`` lists them)."""
     if not report.ok:
-        lines = "\n".join(report.lines())
-        raise ValueError(f"detectron2 checkpoint does not match the model:\n{lines}")
+        raise ValueError(
+            f"{src}: {report.summary()}: the config {config} does not fit this checkpoint"
+        )
 
 
 def decoder_context(model: nn.Module) -> dict:
@@ -309,14 +351,16 @@ def convert_file(
     ``dst``; prints the report and raises ``ValueError`` (writing nothing) when it is incomplete."""
     from ..config import load_config
     from ..modeling.build import build_model
+    from ..utils.cli import check_output_file
     from .zoo import differences_from_zoo_config
 
+    check_output_file(dst, "output", "model.pth")
+    source_state = load_detectron2_file(src)
     cfg = load_config(config_file, list(opts))
     warning = differences_from_zoo_config(src, cfg, opts)
     if warning:
         print(warning)
     model = build_model(cfg)
-    source_state = load_detectron2_file(src)
     state, report = convert_state_dict(source_state, model)
     print("\n".join(report.lines()))
     if verbose:
@@ -325,7 +369,7 @@ def convert_file(
                 f"{e.source} -> {e.target}" for e in mapping_entries(list(source_state), model)
             )
         )
-    check(report)
+    check(report, src, config_file)
     source = {
         "format": "detectron2",
         "file": os.path.basename(src),
@@ -365,6 +409,6 @@ def _main(argv: list[str]) -> int:
             verbose=args.verbose,
         )
     except (ValueError, pickle.UnpicklingError) as exc:
-        print(f"not written: {exc}")
+        print(f"not written: {one_line(exc)}")
         return 1
     return 0

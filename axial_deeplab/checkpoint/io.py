@@ -190,10 +190,13 @@ def save_checkpoint_file(
 
 # Files of the checkpoints users download that must be converted before they load:
 # deeplab2's TensorFlow checkpoints and detectron2's model-zoo pickles.
+DEEPLAB2_FILES = re.compile(r"(\.index|\.data-\d+-of-\d+|\.tar\.gz|\.tgz)$")
+DEEPLAB2_HINT = (
+    "a deeplab2 (TensorFlow) checkpoint? Convert it first: python tools/convert_deeplab2.py "
+    "CKPT OUT.pth --config-file configs/.../X.yaml"
+)
 _CONVERT_FIRST = (
-    (re.compile(r"(\.index|\.data-\d+-of-\d+|\.tar\.gz|\.tgz)$"), "a deeplab2 (TensorFlow) "
-     "checkpoint? Convert it first: python tools/convert_deeplab2.py CKPT OUT.pth --config-file "
-     "configs/.../X.yaml"),
+    (DEEPLAB2_FILES, DEEPLAB2_HINT),
     (re.compile(r"\.pkl$"), "a detectron2 model-zoo pickle? Convert it first: python "
      "tools/convert_detectron2.py MODEL.pkl OUT.pth --config-file configs/.../X.yaml"),
 )  # fmt: skip
@@ -204,6 +207,20 @@ def _convert_first_hint(path: str) -> str:
         if pattern.search(path):
             return f" ({hint})"
     return ""
+
+
+def weights_only_reason(exc: pickle.UnpicklingError) -> str:
+    """The reason in ``torch.load(weights_only=True)``'s refusal, on one line: torch's message
+    around it suggests ``weights_only=False``, which would let the file run code."""
+    return str(exc).rsplit("WeightsUnpickler error:", 1)[-1].strip().split("\n")[0]
+
+
+def opens_like_torch_file(path: str) -> bool:
+    """Whether the file ``path`` starts as ``torch.save`` writes: a zip archive or (before
+    PyTorch 1.6) a pickle of protocol 2+, which opens with 0x80."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def load_torch_file(path: str | os.PathLike) -> Any:
@@ -217,10 +234,7 @@ def load_torch_file(path: str | os.PathLike) -> Any:
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    # torch.save writes a zip archive (or, before PyTorch 1.6, pickles: protocol 2+ opens with 0x80)
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+    if not opens_like_torch_file(path):
         raise ValueError(
             f"{path} is not a PyTorch checkpoint (neither the zip archive torch.save writes nor "
             f"a pickle){_convert_first_hint(path)}"
@@ -228,13 +242,10 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch's message suggests weights_only=False, which would let the file run code:
-        # keep only its reason.
-        reason = str(exc).rsplit("WeightsUnpickler error:", 1)[-1].strip().split("\n")[0]
         raise ValueError(
             f"cannot load {path} as a weights-only checkpoint: it holds more than tensors and "
-            f"plain values ({reason}); such files are not loaded, as unpickling them could run "
-            f"code{_convert_first_hint(path)}"
+            f"plain values ({weights_only_reason(exc)}); such files are not loaded, as "
+            f"unpickling them could run code{_convert_first_hint(path)}"
         ) from None
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(

@@ -47,6 +47,16 @@ class ConversionReport:
     def ok(self) -> bool:
         return not (self.unused or self.missing or self.shape_errors)
 
+    def summary(self) -> str:
+        """The failures in one phrase, for the final line under ``lines()``, e.g. ``"3 source
+        tensors unused, 2 model tensors unfilled"`` (``""`` when ``ok``)."""
+        counts = (
+            (len(self.unused), "source tensors unused"),
+            (len(self.missing), "model tensors unfilled"),
+            (len(self.shape_errors), "shape mismatches"),
+        )
+        return ", ".join(f"{n} {what}" for n, what in counts if n)
+
     def lines(self) -> list[str]:
         out = [f"converted tensors: {self.used}"]
         for reason, names in self.ignored.items():
@@ -70,6 +80,23 @@ class ConversionReport:
         return out
 
 
+def _converted(e: Entry, array: np.ndarray, out: Mapping[str, torch.Tensor]) -> np.ndarray | str:
+    """``e.transform(array)`` in the shape of ``out[e.target]``, else the shape error (a line)."""
+    if e.target not in out:
+        return f"{e.source}: target {e.target} is not in the model"
+    shape, expected = list(np.shape(array)), list(out[e.target].shape)
+    try:
+        value = np.asarray(e.transform(np.asarray(array)))
+    except (IndexError, ValueError) as err:  # a layout the model's shape cannot take
+        return f"{e.source} {shape} -> {e.target} {expected}: {err}"
+    if list(value.shape) != expected:
+        return (
+            f"{e.source} {shape} -> {e.target}: converted shape {list(value.shape)}, model "
+            f"expects {expected}"
+        )
+    return value
+
+
 def apply_mapping(
     source: Mapping[str, np.ndarray],
     entries: Iterable[Entry],
@@ -81,38 +108,27 @@ def apply_mapping(
     """Fill a copy of ``state`` (the target model's state dict) from ``source`` through
     ``entries``. ``ignore(name)`` returns a reason for a source tensor that is deliberately not
     converted (else None); ``defaults(key)`` is True for model tensors that keep their value.
-    Raises nothing: the caller decides from ``report.ok``."""
+    Each problem is reported once: a mis-shaped pair as a shape error, not also as an unused
+    source and an unfilled target. Raises nothing: the caller decides from ``report.ok``."""
     report = ConversionReport()
     out = {k: v.clone() for k, v in state.items()}
     filled: set[str] = set()
-    consumed: set[str] = set()
-    absent: set[str] = set()  # targets whose source tensor does not exist
+    consumed: set[str] = set()  # sources used or reported as shape errors
+    reported: set[str] = set()  # targets whose source is absent or reported as a shape error
     for e in entries:
         if e.source not in source:
             report.missing.append(f"{e.target} (expected source {e.source})")
-            absent.add(e.target)
+            reported.add(e.target)
             continue
-        if e.target not in out:
-            report.shape_errors.append(f"{e.source}: target {e.target} is not in the model")
-            continue
-        try:
-            value = np.asarray(e.transform(np.asarray(source[e.source])))
-        except (IndexError, ValueError) as err:  # a layout the model's shape cannot take
-            report.shape_errors.append(
-                f"{e.source} {list(np.shape(source[e.source]))} -> {e.target} "
-                f"{list(out[e.target].shape)}: {err}"
-            )
-            continue
-        if tuple(value.shape) != tuple(out[e.target].shape):
-            report.shape_errors.append(
-                f"{e.source} {list(np.shape(source[e.source]))} -> {e.target}: converted shape "
-                f"{list(value.shape)}, model expects {list(out[e.target].shape)}"
-            )
+        value = _converted(e, source[e.source], out)
+        consumed.add(e.source)
+        if isinstance(value, str):
+            report.shape_errors.append(value)
+            reported.add(e.target)
             continue
         if not out[e.target].is_meta:  # meta targets: a shape-only check (``shape_report``)
             out[e.target] = torch.from_numpy(np.ascontiguousarray(value)).to(out[e.target].dtype)
         filled.add(e.target)
-        consumed.add(e.source)
         report.used += 1
     for name in sorted(set(source) - consumed):
         reason = ignore(name)
@@ -123,7 +139,7 @@ def apply_mapping(
     for key in sorted(set(out) - filled):
         if defaults(key):
             report.defaulted.append(key)
-        elif key not in absent:
+        elif key not in reported:
             report.missing.append(f"{key} (no source mapped to it)")
     return out, report
 

@@ -21,6 +21,7 @@ import struct
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import cache
 
 import numpy as np
@@ -157,18 +158,22 @@ class _Entry:
 _TABLE_MAGIC = 0xDB4775248B80FB57
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file whose bytes are damaged: a CRC mismatch, a truncated file."""
+
+
 def _block(index: bytes, handle: bytes, path: str) -> bytes:
     """Contents of the block at ``handle`` (varint offset, varint size), trailer checked."""
     offset, pos = _varint(handle, 0)
     size, _ = _varint(handle, pos)
     end = offset + size
     if end + 5 > len(index):
-        raise ValueError(f"{path}: block [{offset}, {end}) runs past the file end")
+        raise CorruptCheckpointError(f"{path}: block [{offset}, {end}) runs past the file end")
     if index[end] != 0:
         raise ValueError(f"{path}: block compression type {index[end]} (1 = snappy) unsupported")
     stored = int.from_bytes(index[end + 1 : end + 5], "little")  # covers the type byte too
     if crc32c(index[offset : end + 1]) != unmask_crc(stored):
-        raise ValueError(f"{path}: CRC mismatch in the table block at offset {offset}")
+        raise CorruptCheckpointError(f"{path}: CRC mismatch in the table block at offset {offset}")
     return index[offset:end]
 
 
@@ -197,7 +202,7 @@ class TFCheckpointReader:
         with open(path, "rb") as f:
             index = f.read()
         if len(index) < 48 or int.from_bytes(index[-8:], "little") != _TABLE_MAGIC:
-            raise ValueError(f"{path} is not a TF checkpoint index (no SSTable footer)")
+            raise CorruptCheckpointError(f"{path} is not a TF checkpoint index (no SSTable footer)")
         footer = index[-48:]
         _, pos = _varint(footer, _varint(footer, 0)[1])  # skip the metaindex handle
         self.entries: dict[str, _Entry] = {}
@@ -228,18 +233,24 @@ class TFCheckpointReader:
             raise FileNotFoundError(f"data shard {path} (needed for {name}) not found")
         end, have = entry.offset + entry.size, os.path.getsize(path)
         if end > have:
-            raise ValueError(f"{path} is truncated: {name} needs bytes up to {end}, has {have}")
+            raise CorruptCheckpointError(
+                f"{path} is truncated: {name} needs bytes up to {end}, has {have}"
+            )
         with open(path, "rb") as f:
             f.seek(entry.offset)
             raw = np.fromfile(f, np.uint8, entry.size)
         strings = _strings(raw.tobytes(), entry.shape, name) if dtype == "string" else None
         if verify and crc32c(raw if strings is None else strings[1]) != unmask_crc(entry.crc):
-            raise ValueError(f"CRC mismatch for {name} in {path}: the data file is corrupted")
+            raise CorruptCheckpointError(
+                f"CRC mismatch for {name} in {path}: the data file is corrupted"
+            )
         if strings is not None:
             return strings[0]
         item = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
         if entry.size != item * int(np.prod(entry.shape)):
-            raise ValueError(f"{name}: {entry.size} bytes do not fit shape {entry.shape}")
+            raise CorruptCheckpointError(
+                f"{name} in {path}: {entry.size} bytes do not fit shape {entry.shape}"
+            )
         if dtype == "bfloat16":
             return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(entry.shape)
         little = raw.view(np.dtype(dtype).newbyteorder("<"))
@@ -348,14 +359,42 @@ def _prefix_in_dir(folder: str) -> str | None:
     return os.path.join(folder, prefixes[0]) if prefixes else None
 
 
+_ARCHIVE = re.compile(r"\.(tar|tar\.gz|tgz)$")
+
+
+def _extract_dir(archive: str, work_dir: str) -> str:
+    """Where ``resolve_checkpoint`` extracts ``archive``: ``work_dir/NAME``."""
+    return os.path.join(work_dir, _ARCHIVE.sub("", os.path.basename(archive)))
+
+
+@contextmanager
+def archive_errors(path: str | os.PathLike, work_dir: str) -> Iterator[None]:
+    """Around ``resolve_checkpoint(path, work_dir)`` and the reading of what it extracted: a
+    ``ValueError``/``OSError`` naming an extracted file (in ``work_dir``, a temporary folder gone
+    when the user reads the message) names the archive ``path`` and the member instead, and a
+    damaged member (:class:`CorruptCheckpointError`) adds the advice to download it again."""
+    path = os.fspath(path)
+    try:
+        yield
+    except (ValueError, OSError) as exc:
+        if not _ARCHIVE.search(path):
+            raise
+        member = re.escape(os.path.join(_extract_dir(path, work_dir), "")) + r"([^\s:,)'\"]+)"
+        text = re.sub(member, lambda m: f"{path} (member {m[1]})", str(exc))
+        advice = ": download it again" if isinstance(exc, CorruptCheckpointError) else ""
+        if text == str(exc) and not advice:
+            raise
+        raise ValueError(text + advice) from None
+
+
 def resolve_checkpoint(path: str | os.PathLike, work_dir: str) -> str:
     """Checkpoint prefix for a tarball (.tar/.tar.gz/.tgz, extracted into ``work_dir/NAME``),
     a folder, a prefix (``.../ckpt-N``) or a ``.index``/``.data-*`` file of one."""
     path = os.fspath(path)
-    if re.search(r"\.(tar|tar\.gz|tgz)$", path):
+    if _ARCHIVE.search(path):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint archive not found: {path}")
-        dest = os.path.join(work_dir, re.sub(r"\.(tar|tar\.gz|tgz)$", "", os.path.basename(path)))
+        dest = _extract_dir(path, work_dir)
         _safe_extract(path, dest)
         found = [p for d, _, _ in sorted(os.walk(dest)) if (p := _prefix_in_dir(d))]
         if len(found) != 1:

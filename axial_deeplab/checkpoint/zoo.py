@@ -173,6 +173,13 @@ def zoo_model_of_file(path: str | os.PathLike) -> ZooModel | None:
     return None
 
 
+def config_file_of(model: ZooModel) -> str | None:
+    """The path of ``model``'s config in this checkout (or the working folder); None when it is
+    not at hand (an installed package)."""
+    checkout = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, model.config)
+    return next((c for c in (checkout, model.config) if os.path.isfile(c)), None)
+
+
 def differences_from_zoo_config(path: str | os.PathLike, cfg, opts=()) -> str:
     """A warning when ``path`` is a published checkpoint (``zoo_model_of_file``) and ``cfg``'s
     ``MODEL`` settings differ from those of its config here (with the same ``opts``): settings
@@ -185,8 +192,7 @@ def differences_from_zoo_config(path: str | os.PathLike, cfg, opts=()) -> str:
     model = zoo_model_of_file(path)
     if model is None:
         return ""
-    checkout = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, model.config)
-    config = next((c for c in (checkout, model.config) if os.path.isfile(c)), None)
+    config = config_file_of(model)
     if config is None:
         return ""
     differ = differing_model_keys(cfg, load_config(config, list(opts)))

@@ -10,14 +10,13 @@ else the config's data set). Run it with ``tools/infer.py --backend torch-export
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 from ..checkpoint.io import load_checkpoint_file
 from ..config import ConfigError, load_config
 from ..engine.evaluate import PostProcessing
 from ..engine.inference import as_metadata
-from ..utils.cli import run_cli
+from ..utils.cli import check_output_file, run_cli
 from .pipeline import PanopticPipeline, save_onnx, save_program
 
 FORMATS = {"torch-export": save_program, "onnx": save_onnx}
@@ -69,20 +68,6 @@ def build_pipeline(weights: str, config_file: str = "", opts=()) -> PanopticPipe
         postprocessing=PostProcessing.from_config(cfg),
         num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
     )
-
-
-def check_output_file(path: str) -> None:
-    """Refuse an ``--output`` that is a folder, and create its missing parent folders, before
-    the export's minute of tracing (ConfigError naming the path)."""
-    if os.path.isdir(path):
-        raise ConfigError(f"--output {path} is a folder: give the file to write, e.g. {path}/m.pt2")
-    parent = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"--output {path}: cannot create its folder ({err.strerror})") from None
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"--output {path}: its folder {parent} is not writable")
 
 
 def _main(argv: list[str]) -> str:

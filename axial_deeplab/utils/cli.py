@@ -75,6 +75,23 @@ def check_output_folder(path: str, flag: str) -> None:
         raise NotADirectoryError(f"{flag} {path} {where} a file; {flag} must be a folder")
 
 
+def check_output_file(path: str, flag: str = "--output", example: str = "m.pt2") -> None:
+    """The file ``path`` given with ``flag`` can be written: not a folder, its missing parent
+    folders created, that folder writable; checked before minutes of work (an export's trace, a
+    conversion) rather than after. ``example``: a file name the message suggests."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            f"{flag} {path} is a folder: give the file to write, e.g. {os.path.join(path, example)}"
+        )
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"{flag} {path}: cannot create its folder ({err.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"{flag} {path}: its folder {parent} is not writable")
+
+
 def split_debug(argv: list[str] | None) -> tuple[list[str], bool]:
     """``argv`` (default ``sys.argv[1:]``) without ``--debug``, and whether debugging is on."""
     args = list(sys.argv[1:] if argv is None else argv)

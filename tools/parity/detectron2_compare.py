@@ -51,6 +51,8 @@ def our_model(out_dir: str, info: dict):
     model = build_model(cfg).eval()
     source = load_detectron2_file(os.path.join(out_dir, "model.pkl"))
     state, report = convert_state_dict(source, model)
+    if not report.ok:  # the tensors by name; check's error counts them
+        print("\n".join(report.lines()))
     check(report)
     model.load_state_dict(state, strict=not MODELS[info["model"]].get("backbone_only", False))
     return model, report

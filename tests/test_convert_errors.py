@@ -1,0 +1,101 @@
+"""The converters' user errors: one line naming the file and what was expected, before any
+conversion work (an output path that cannot be written, an input of another kind)."""
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from axial_deeplab.checkpoint import detectron2 as cd2
+from axial_deeplab.checkpoint.convert_deeplab2 import main as convert_deeplab2_main
+
+ROOT = Path(__file__).resolve().parents[1]
+D2_CONFIG = str(ROOT / "configs" / "coco" / "panoptic_deeplab_r52_dc5_dsconv_d2.yaml")
+D2_PKL = ROOT / "tests" / "fixtures" / "detectron2" / "coco_r52_dc5_dsconv" / "model.pkl"
+DEEPLAB2_KEY = "resnet50_os32_coco"
+DEEPLAB2_CKPT = ROOT / "tests" / "fixtures" / "deeplab2" / "tiny" / DEEPLAB2_KEY
+DEEPLAB2_CONFIG = str(ROOT / "configs" / "coco" / "deeplab2" / "resnet50_os32.yaml")
+NOT_D2 = "not a detectron2 checkpoint (a pickled dict of numpy arrays, .pkl, or a torch .pth)"
+CONVERT_DEEPLAB2 = "Convert it first: python tools/convert_deeplab2.py"
+
+
+@pytest.fixture
+def unwritable(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Output paths that cannot be written, with the end of the expected message."""
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "a_file").write_text("")
+    return {
+        "folder": (tmp_path / "exp", "is a folder: give the file to write, e.g. "),
+        "under a file": (tmp_path / "a_file" / "x.pth", ": cannot create its folder (File exists)"),
+    }
+
+
+@pytest.mark.parametrize("case", ["folder", "under a file"])
+def test_deeplab2_output_is_checked_before_converting(unwritable, case, capsys):
+    out, expected = unwritable[case]
+    argv = [str(DEEPLAB2_CKPT), str(out), "--config-file", DEEPLAB2_CONFIG]
+    with pytest.raises(SystemExit) as failed:
+        convert_deeplab2_main(argv)
+    assert str(failed.value).startswith(f"error: output {out}")
+    assert expected in str(failed.value) and "Errno" not in str(failed.value)
+    assert capsys.readouterr().out == ""  # nothing read, nothing converted
+
+
+@pytest.mark.parametrize("case", ["folder", "under a file"])
+def test_detectron2_output_is_checked_before_converting(unwritable, case, capsys):
+    out, expected = unwritable[case]
+    with pytest.raises(SystemExit) as failed:
+        cd2.main([str(D2_PKL), str(out), "--config-file", D2_CONFIG])
+    assert str(failed.value).startswith(f"error: output {out}")
+    assert expected in str(failed.value) and "Errno" not in str(failed.value)
+    assert capsys.readouterr().out == ""  # nothing read, nothing converted
+
+
+def _jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _tar_gz() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(DEEPLAB2_CKPT / "ckpt-0.index", arcname="ckpt/ckpt-0.index")
+    return buffer.getvalue()
+
+
+# (file name, contents, the reason the message gives, whether it points to convert_deeplab2.py)
+NOT_DETECTRON2 = [
+    ("junk.pkl", b"hello world\nthis is text\n" * 50, "it does not unpickle (", False),
+    ("photo.pkl", _jpeg(), "it does not unpickle (invalid load key, '\\xff'.)", False),
+    ("text.pth", b"hello world\n" * 50, "it is neither a pickle nor the zip archive", False),
+    ("model.tar.gz", _tar_gz(), "it is a gzip archive", True),
+    ("renamed.pkl", _tar_gz(), "it is a gzip archive", True),
+    ("ckpt-0.index", (DEEPLAB2_CKPT / "ckpt-0.index").read_bytes(), "it is neither", True),
+]
+
+
+@pytest.mark.parametrize(
+    "name, data, reason, deeplab2", NOT_DETECTRON2, ids=[c[0] for c in NOT_DETECTRON2]
+)
+def test_detectron2_input_of_another_kind_is_one_line(tmp_path, name, data, reason, deeplab2):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(ValueError) as err:
+        cd2.load_detectron2_file(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {NOT_D2}: {reason}"), message
+    assert "\n" not in message
+    assert (CONVERT_DEEPLAB2 in message) == deeplab2
+
+
+def test_detectron2_command_on_a_deeplab2_archive(tmp_path, capsys):
+    path = tmp_path / "resnet50_os32_panoptic_deeplab_coco_train_2.tar.gz"
+    path.write_bytes(_tar_gz())
+    assert cd2.main([str(path), str(tmp_path / "out.pth"), "--config-file", D2_CONFIG]) == 1
+    printed = capsys.readouterr().out.splitlines()
+    hint = f"a deeplab2 (TensorFlow) checkpoint? {CONVERT_DEEPLAB2} CKPT OUT.pth --config-file"
+    expected = f"not written: {path}: {NOT_D2}: it is a gzip archive; {hint} configs/.../X.yaml"
+    assert printed == [expected]  # one line, before the published-name warning or the config
