@@ -14,7 +14,7 @@ from inference_toys import META, POST, _image, _write_png, _write_video
 from sample_data import DATA, require
 from torch import nn
 
-from axial_deeplab.engine import infer_net
+from axial_deeplab.engine import class_names
 from axial_deeplab.engine.inference import Predictor, resolve_device
 from axial_deeplab.engine.inputs import (
     BadInputError,
@@ -154,14 +154,14 @@ def test_resolve_device_falls_back_to_cpu(capsys):
 def test_class_names_from_coco_categories_and_config():
     path = DATA / "coco_panoptic_sample" / "panoptic_coco_categories.json"
     require(path)
-    meta = infer_net.load_class_names(str(path), None)
+    meta = class_names.load_class_names(str(path), None)
     # COCO panoptic: 133 categories, 80 things, first "person" (a thing), colours from the file
     assert len(meta.class_names) == 133 and len(meta.thing_ids) == 80
     assert meta.class_names[0] == "person" and meta.class_colors[0] == (220, 20, 60)
     from axial_deeplab.config import load_config
 
     cfg = load_config(None, ["DATASETS.TEST", "('cityscapes_fine_panoptic_val',)"])
-    city, _ = infer_net.metadata_from_config(cfg)
+    city, _ = class_names.metadata_from_config(cfg)
     # Cityscapes: 19 train ids, 8 thing classes (person ... bicycle = train ids 11-18)
     assert city.thing_ids == tuple(range(11, 19)) and city.class_names[13] == "car"
 

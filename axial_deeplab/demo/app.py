@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 
 from ..data.images import ImageDecodeError, decode_image_bytes
+from ..engine.class_names import choose_metadata
 from ..engine.evaluate import PostProcessing
 from ..engine.infer_net import (
-    choose_metadata,
     config_from_args,
     read_checkpoint_info,
     render,

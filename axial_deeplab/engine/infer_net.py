@@ -25,7 +25,6 @@ Examples (``KEY VALUE`` overrides last, after a single-value option such as ``--
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -44,11 +43,11 @@ from ..layers.precision import autocast_name
 from ..utils.atomic import write_json, write_rgb_png
 from ..utils.cli import add_debug_flag, check_output_folder, run_cli
 from ..utils.visualize import compose, prediction_panels
+from .class_names import choose_metadata, named_classes
 from .evaluate import VOID_LABEL
 from .inference import (
     InferenceMetadata,
     Predictor,
-    as_metadata,
     build_predictor,
     check_backend_suffix,
     resolve_device,
@@ -165,76 +164,6 @@ def read_checkpoint_info(args: argparse.Namespace) -> tuple[str | None, dict | N
         print(f"notice: {args.weights} carries no config: the defaults with your KEY VALUE "
               "overrides describe its model")  # fmt: skip
     return stored.config_yaml, stored.metadata
-
-
-def load_class_names(path: str, thing_ids: list[int] | None) -> InferenceMetadata:
-    """Metadata from a JSON file (a list of COCO-style categories ``id, name, isthing[, color]``,
-    a COCO panoptic JSON with ``categories``, or ``{"class_names": [...], "thing_ids": [...]}``)
-    or from a text file with one class name per line (things given by ``thing_ids``)."""
-    from ..data.coco_panoptic import coco_metadata
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--class-names file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if not path.lower().endswith(".json"):
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-        return InferenceMetadata(tuple(names), tuple(thing_ids or ()))
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--class-names {path}: not valid JSON: {exc}") from None
-    if isinstance(data, dict) and "class_names" in data:
-        return as_metadata(data)
-    categories = data.get("categories") if isinstance(data, dict) else data
-    if not isinstance(categories, list):
-        raise ValueError(
-            f"--class-names {path}: expected a categories list, a JSON with 'categories' or "
-            f"'class_names', got {type(data).__name__}"
-        )
-    return InferenceMetadata.from_dataset(coco_metadata(categories, name=path, source=path))
-
-
-def named_classes(cfg) -> int:
-    """The classes the model's outputs name: ``NUM_CLASSES``, less a void output channel
-    (``MODEL.SEM_SEG_HEAD.VOID_CLASS``), which is no class."""
-    sem = cfg.MODEL.SEM_SEG_HEAD
-    return sem.NUM_CLASSES - int(sem.VOID_CLASS >= 0)
-
-
-def metadata_from_config(cfg) -> tuple[InferenceMetadata, str]:
-    """Metadata of the config's first data set (``DATASETS.TEST``, else ``TRAIN``) and where it
-    came from: the built-in table for the built-in Cityscapes and COCO splits, else the data set's
-    files; generic names when there is none or it cannot be loaded."""
-    from ..data.build import build_catalog
-    from ..data.catalog import builtin_catalog
-    from ..data.metadata import metadata_for_dataset
-
-    names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
-    if names and names[0] in builtin_catalog():
-        return as_metadata(metadata_for_dataset(names[0])), f"data set {names[0]}"
-    if names:
-        try:
-            _, meta = build_catalog(cfg).get(names[0])
-            return InferenceMetadata.from_dataset(meta), f"data set {names[0]}"
-        except (KeyError, ValueError, OSError) as exc:
-            print(f"notice: cannot load data set {names[0]} for class names ({exc})")
-    num_classes = named_classes(cfg)
-    print(f"notice: generic class names class_0..class_{num_classes - 1}, no thing classes "
-          "(pass --class-names for names and instances)")  # fmt: skip
-    return InferenceMetadata.generic(num_classes), "generic names"
-
-
-def choose_metadata(
-    args: argparse.Namespace, cfg, stored: dict | None
-) -> tuple[InferenceMetadata, str]:
-    """Class metadata and its origin: ``--class-names``, else the metadata stored in the
-    checkpoint, else the config's data set, else generic names."""
-    if args.class_names:
-        return load_class_names(args.class_names, args.thing_ids), args.class_names
-    if stored is not None:
-        return as_metadata(stored), f"metadata stored in {args.weights}"
-    return metadata_from_config(cfg)
 
 
 def shrink(image: np.ndarray, max_size: int) -> np.ndarray:
