@@ -27,6 +27,8 @@ def test_pq_of_a_perfect_prediction_is_100(data, capsys):
 @pytest.mark.parametrize("name,edit,named", JSON_CASES, ids=[c[0] for c in JSON_CASES])
 def test_pq_command_refuses_broken_gt_json(data, capsys, name, edit, named):
     _edit_json(data["json"], edit)
+    if name == "no_categories":  # else the prediction's categories serve (a note says so)
+        _edit_json(data["pred_json"], lambda d: d.pop("categories", None))
     _pq_error(data, capsys, named)
 
 
