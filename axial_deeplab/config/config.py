@@ -97,9 +97,10 @@ def check_overrides(opts: Sequence[str]) -> None:
 def _message(exc: Exception, given: Callable[[str], Any], section_hint: str) -> str:
     """yacs' error ``exc`` in words; ``given(key)`` is the value that the file or override gave
     ``key``, ``section_hint`` how to set a section's keys there."""
+    key = missing_key(exc)
+    if key is not None:
+        return _unknown_key(key)
     text = str(exc.args[0] if exc.args else exc)
-    if text.startswith("Non-existent"):
-        return _unknown_key(text.split(":", 1)[1].strip())
     mismatch = TYPE_MISMATCH.match(text)
     if mismatch:
         expected, key = mismatch.groups()
@@ -107,6 +108,13 @@ def _message(exc: Exception, given: Callable[[str], Any], section_hint: str) -> 
             return f"{key} must be a section {section_hint}, got {given(key)!r}"
         return f"{key}: expected {TYPE_WORDS.get(expected, expected)}, got {given(key)!r}"
     return " ".join(text.split())
+
+
+def missing_key(exc: Exception) -> str | None:
+    """The key of yacs' "Non-existent (config) key: KEY" error ``exc`` (a KeyError from a file's
+    merge, an AssertionError from overrides), else None."""
+    text = str(exc.args[0] if exc.args else exc)
+    return text.split(":", 1)[1].strip() if text.startswith("Non-existent") else None
 
 
 def _unknown_key(key: str) -> str:

@@ -29,6 +29,7 @@ from detectron2.config import get_cfg as d2_get_cfg
 from axial_deeplab.config import ConfigError
 from axial_deeplab.config import get_cfg as native_get_cfg
 from axial_deeplab.config.checks import flat_keys, suggest_key
+from axial_deeplab.config.config import missing_key
 
 META_ARCHITECTURE = "AxialDeepLab"  # name of our model in detectron2's META_ARCH_REGISTRY
 _KEEP_DETECTRON2 = ("VERSION", "SOLVER.AMP", "SOLVER.CLIP_GRADIENTS")
@@ -130,9 +131,8 @@ def _named_unknown_keys(cfg: CfgNode, where: str):
     try:
         yield
     except (KeyError, AssertionError) as exc:
-        text = str(exc.args[0] if exc.args else exc)
-        if not text.startswith("Non-existent"):
+        key = missing_key(exc)
+        if key is None:
             raise
-        key = text.split(":", 1)[1].strip()
         hint = suggest_key(key, flat_keys(cfg))
         raise ConfigError(f"{where}: unknown config key '{key}'{hint}") from None

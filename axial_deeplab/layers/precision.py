@@ -13,6 +13,7 @@ The model's outputs come back in float32, so post-processing is the same code. T
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -36,6 +37,7 @@ def autocast_name(device_type: str) -> str:
     return str(autocast_dtype(device_type)).removeprefix("torch.")
 
 
+@functools.cache  # a fact of the machine; asked on every forward of the detectron2 plugin
 def cpu_has_fast_bfloat16() -> bool:
     """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX); without it
     bfloat16 is emulated and slower than float32."""
