@@ -22,6 +22,7 @@ import numbers
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -240,7 +241,11 @@ def load_torch_file(path: str | os.PathLike) -> Any:
             f"a pickle){_convert_first_hint(path)}"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about any pickle protocol but 2 (e.g. detectron2's .pkl files) before
+            # refusing or reading the file; the refusal below says what matters.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ValueError(
             f"cannot load {path} as a weights-only checkpoint: it holds more than tensors and "
