@@ -59,3 +59,17 @@ def test_model_stats_script_prints_one_line_for_a_checkpoint(tmp_path):
         f"error: {checkpoint}: not a YAML config (a binary file: a checkpoint? checkpoints go in "
         "MODEL.WEIGHTS)\n"
     )
+
+
+@pytest.mark.parametrize(("rank", "said"), [(None, True), ("0", True), ("1", False)])
+def test_cpu_fallback_notice_once_across_processes(monkeypatch, capsys, rank, said):
+    """--num-gpus N on a machine without a GPU: only the first process says it runs on the CPU."""
+    monkeypatch.setattr(train_net, "torch_cuda_available", lambda: False)
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    train_net.notice_cpu_fallback("cuda")
+    assert ("no GPU is available" in capsys.readouterr().out) is said
+    train_net.notice_cpu_fallback("cpu")
+    assert capsys.readouterr().out == ""

@@ -64,14 +64,21 @@ def eval_config(args: argparse.Namespace):
     return config_from_yaml(stored, list(args.opts), source=weights)
 
 
+def notice_cpu_fallback(device: str) -> None:
+    """Say that a CUDA ``MODEL.DEVICE`` runs on the CPU for want of a GPU: once, from the first
+    process (``--num-gpus N`` starts N of them)."""
+    if device.startswith("cuda") and not torch_cuda_available():
+        if os.environ.get("RANK", "0") == "0":
+            print(f"MODEL.DEVICE={device} but no GPU is available: running on the CPU.")
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     if args.eval_only and not args.config_file:
         cfg = eval_config(args)
     else:
         cfg = load_config(args.config_file or None, args.opts)
     check_weights(cfg, args)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch_cuda_available():
-        print(f"MODEL.DEVICE={cfg.MODEL.DEVICE} but no GPU is available: running on the CPU.")
+    notice_cpu_fallback(cfg.MODEL.DEVICE)
     device = init_from_env(cfg.MODEL.DEVICE)
     if args.eval_only:
         from ..data.build import build_catalog
