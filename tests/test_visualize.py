@@ -79,6 +79,30 @@ def test_heatmap_marks_centres_at_their_pixels_and_tile_shapes():
         tile({"a": hm}, footer=np.zeros((5, 7, 3), np.uint8))
 
 
+def test_heatmap_scale_moves_off_the_centres():
+    """The colour bar takes the first corner without a centre, and every cross stays visible."""
+    zero = np.zeros((128, 128))
+
+    def red(picture: np.ndarray) -> np.ndarray:
+        return (picture[..., 0] > 200) & (picture[..., 2] < 60)
+
+    def corner_of_bar(picture: np.ndarray) -> tuple[bool, bool]:  # (top, right)
+        ys, xs = np.nonzero(red(picture))
+        return bool(ys.max() < 64), bool(xs.min() >= 64)
+
+    top_right = np.array([[10, 120]])  # (y, x), under the default place of the bar
+    pic = heatmap(zero, centers=top_right)
+    assert corner_of_bar(pic) == (True, False)  # moved to the top left
+    assert np.array_equal(pic[10, 120], [255, 255, 255])
+    busy = np.array([[10, 120], [10, 5], [120, 120]])  # three corners taken
+    assert corner_of_bar(heatmap(zero, centers=busy)) == (False, False)
+    everywhere = np.array([[10, 120], [10, 5], [120, 120], [120, 5]])
+    pic = heatmap(zero, centers=everywhere)  # no free corner: the first, crosses on top
+    assert corner_of_bar(pic) == (True, True)
+    for y, x in everywhere:
+        assert np.array_equal(pic[y, x], [255, 255, 255]), (y, x)
+
+
 def test_labels_never_overlap():
     # Ten labels wanted at the same spot: five places (the spot, then 1 and 2 box heights below
     # and above) are free, the other five labels are left out.

@@ -185,30 +185,47 @@ def _backing(canvas: np.ndarray, box: tuple[int, int, int, int]) -> None:
 
 def heatmap(center: np.ndarray, centers: np.ndarray | None = None, *, scale: bool = True):
     """``center [H, W]`` scores in [0, 1] as a colour map; ``centers [K, 2] (y, x)`` marked with
-    white crosses; ``scale``: a colour bar 0..1 in the top-right corner (if the picture has room).
+    white crosses; ``scale``: a colour bar 0..1 (if the picture has room) in the first corner,
+    of top-right, top-left, bottom-right and bottom-left, that holds the fewest centres (the
+    crosses are drawn over it, so none is hidden).
     """
     gray = (np.clip(center, 0, 1) * 255).astype(np.uint8)
     out = cv2.applyColorMap(gray, cv2.COLORMAP_JET)[..., ::-1].copy()
-    if centers is not None:
-        size = max(7, min(out.shape[:2]) // 30)
-        for y, x in np.asarray(centers).reshape(-1, 2):
-            cv2.drawMarker(out, (int(x), int(y)), (255, 255, 255), cv2.MARKER_CROSS, size, 2)
+    points = np.zeros((0, 2)) if centers is None else np.asarray(centers).reshape(-1, 2)
     height, width = out.shape[:2]
     if scale and height >= 96 and width >= 96:
-        fs = font_scale(out.shape)
-        bar_h, bar_w = height // 3, max(8, width // 40)
-        (tw, th), _ = cv2.getTextSize("0.5", FONT, fs, 1)
-        x1, y0 = width - 6, 6 + th // 2
-        x0 = x1 - bar_w
-        _backing(out, (x0 - tw - 10, 2, width - 2, y0 + bar_h + th // 2 + 6))
-        ramp = np.linspace(255, 0, bar_h).astype(np.uint8)[:, None].repeat(bar_w, 1)
-        out[y0 : y0 + bar_h, x0:x1] = cv2.applyColorMap(ramp, cv2.COLORMAP_JET)[..., ::-1]
-        for value in (1.0, 0.5, 0.0):
-            y = y0 + round((1 - value) * (bar_h - 1)) + th // 2
-            cv2.putText(
-                out, f"{value:g}", (x0 - tw - 5, y), FONT, fs, (255, 255, 255), 1, cv2.LINE_AA
-            )
+        _color_bar(out, points)
+    size = max(7, min(out.shape[:2]) // 30)
+    for y, x in points:
+        cv2.drawMarker(out, (int(x), int(y)), (255, 255, 255), cv2.MARKER_CROSS, size, 2)
     return out
+
+
+def _color_bar(out: np.ndarray, points: np.ndarray) -> None:
+    """Draw :func:`heatmap`'s colour bar with its labels in the corner of ``out`` with the
+    fewest ``points [K, 2] (y, x)``."""
+    height, width = out.shape[:2]
+    fs = font_scale(out.shape)
+    bar_h, bar_w = height // 3, max(8, width // 40)
+    (tw, th), _ = cv2.getTextSize("0.5", FONT, fs, 1)
+    box_w, box_h = bar_w + tw + 14, bar_h + th + 10  # backing box, from its corner at 2 px
+    corners = [(width - 2 - box_w, 2), (2, 2), (width - 2 - box_w, height - 2 - box_h),
+               (2, height - 2 - box_h)]  # fmt: skip
+
+    def inside(corner: tuple[int, int]) -> int:
+        bx, by = corner
+        ys, xs = points[:, 0], points[:, 1]
+        return int(((xs >= bx) & (xs < bx + box_w) & (ys >= by) & (ys < by + box_h)).sum())
+
+    bx, by = min(corners, key=inside)  # the first of the emptiest
+    _backing(out, (bx, by, bx + box_w, by + box_h))
+    x1, y0 = bx + box_w - 4, by + 4 + th // 2
+    x0 = x1 - bar_w
+    ramp = np.linspace(255, 0, bar_h).astype(np.uint8)[:, None].repeat(bar_w, 1)
+    out[y0 : y0 + bar_h, x0:x1] = cv2.applyColorMap(ramp, cv2.COLORMAP_JET)[..., ::-1]
+    for value in (1.0, 0.5, 0.0):
+        y = y0 + round((1 - value) * (bar_h - 1)) + th // 2
+        cv2.putText(out, f"{value:g}", (x0 - tw - 5, y), FONT, fs, (255, 255, 255), 1, cv2.LINE_AA)
 
 
 def _offset_colors(dy: np.ndarray, dx: np.ndarray, scale: float) -> np.ndarray:
