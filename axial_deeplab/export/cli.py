@@ -52,11 +52,6 @@ def build_pipeline(weights: str, config_file: str = "", opts=()) -> PanopticPipe
         raise ConfigError(f"{weights} carries no config: pass --config-file with the model's YAML")
     if cfg.TEST.AMP:
         print("note: TEST.AMP is not applied to exported graphs: they compute in float32")
-    if cfg.TEST.PAD_TO_CROP:
-        print(
-            "note: TEST.PAD_TO_CROP is not applied to exported graphs: they run on the image as "
-            "it comes, not padded to INPUT.CROP.SIZE as evaluation and tools/infer.py do"
-        )
     model = build_model(cfg)
     load_model_weights(model, weights, whole=True, state=stored.state_dict)
     if stored.metadata is not None:
@@ -68,6 +63,8 @@ def build_pipeline(weights: str, config_file: str = "", opts=()) -> PanopticPipe
         metadata=metadata,
         postprocessing=PostProcessing.from_config(cfg),
         num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        pad_to=tuple(cfg.INPUT.CROP.SIZE) if cfg.TEST.PAD_TO_CROP else None,
+        pad_value=tuple(cfg.MODEL.PIXEL_MEAN),
     )
 
 

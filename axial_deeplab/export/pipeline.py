@@ -13,15 +13,18 @@ argmax, centre NMS and top-k, grouping, majority vote and stuff area. Outputs, i
 - ``semantic_prob`` ``[K, H, W]``, ``center`` ``[1, H, W]`` and ``offset`` ``[2, H, W]`` ``(dy, dx)``
   float32: the raw predictions the panoptic map was made from.
 
-There is no padding step: the networks take any input size (strided convolutions round up and the
-outputs are resized back to ``H x W``), and eager prediction (``engine.inference.Predictor``) does
-not pad either, so padding would change the numbers. Test-time augmentation is not in the graph.
+The networks take any input size (strided convolutions round up and the outputs are resized back
+to ``H x W``). A model evaluated with ``TEST.PAD_TO_CROP`` (``pad_to``) gets its input padded at the
+bottom and right to at least ``INPUT.CROP.SIZE`` with the pixel mean, and its outputs cropped back
+to ``H x W``, in the graph, as evaluation and ``engine.inference.Predictor`` do
+(``engine.evaluate.PaddedModel``). Test-time augmentation is not in the graph.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 
 import torch
@@ -51,6 +54,19 @@ def class_softmax(logits: torch.Tensor) -> torch.Tensor:
     return exp / exp.sum(dim=1, keepdim=True)
 
 
+def pad_bottom_right(x: torch.Tensor, size: tuple[int, int], fill: torch.Tensor) -> torch.Tensor:
+    """``[1, C, H, W]`` padded at the bottom and right to ``(max(H, h), max(W, w))`` with ``fill
+    [C]``: the values of ``engine.evaluate.pad_images``, written with symbolic sizes (padding by
+    zero where the image is already large enough), so that one graph serves every input size."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = torch.sym_max(size[0] - height, 0), torch.sym_max(size[1] - width, 0)
+    padded = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))  # zeros, replaced below
+    rows = torch.arange(padded.shape[2], device=x.device) < height
+    cols = torch.arange(padded.shape[3], device=x.device) < width
+    inside = rows[:, None] & cols[None, :]  # [H', W'] the image's pixels
+    return torch.where(inside, padded, fill.view(1, -1, 1, 1))
+
+
 class PanopticPipeline(nn.Module):
     """Image ``[H, W, 3]`` uint8 RGB -> :data:`OUTPUT_NAMES` (see the module docstring).
 
@@ -60,6 +76,9 @@ class PanopticPipeline(nn.Module):
         metadata: thing ids and label divisor.
         postprocessing: threshold, NMS kernel, top-k and stuff area.
         num_classes: the model's number of semantic classes.
+        pad_to: ``(h, w)``: pad the input at the bottom and right to at least this size with
+            ``pad_value`` (per channel, 0-255 RGB) before the model, and crop its outputs back
+            (``TEST.PAD_TO_CROP``); None: the model sees the image as it comes.
     """
 
     def __init__(
@@ -69,6 +88,8 @@ class PanopticPipeline(nn.Module):
         metadata: InferenceMetadata,
         postprocessing: PostProcessing,
         num_classes: int,
+        pad_to: tuple[int, int] | None = None,
+        pad_value: Sequence[float] = (0.0, 0.0, 0.0),
     ) -> None:
         if postprocessing.void_class >= 0:
             raise ConfigError(
@@ -81,6 +102,8 @@ class PanopticPipeline(nn.Module):
         self.metadata = metadata
         self.postprocessing = postprocessing
         self.register_buffer("is_thing", thing_table(metadata.thing_ids, num_classes), False)
+        self.pad_to = None if pad_to is None else (int(pad_to[0]), int(pad_to[1]))
+        self.register_buffer("pad_value", torch.tensor(pad_value, dtype=torch.float32), False)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         prob, center, offset = self.network(image)
@@ -93,8 +116,13 @@ class PanopticPipeline(nn.Module):
             raise ValueError(
                 f"image: expected [H, W, 3] uint8 RGB, got {list(image.shape)} {image.dtype}"
             )
+        height, width = image.shape[:2]
         x = image.permute(2, 0, 1)[None].float()  # [H, W, 3] -> [1, 3, H, W]
+        if self.pad_to is not None:
+            x = pad_bottom_right(x, self.pad_to, self.pad_value)
         out = self.model(x)
+        if self.pad_to is not None:
+            out = {k: v[..., :height, :width] for k, v in out.items()}
         prob = class_softmax(out["semantic"].float())[0]  # [K, H, W]
         return prob, out["center"].float()[0], out["offset"].float()[0]
 
@@ -132,6 +160,7 @@ class PanopticPipeline(nn.Module):
                 else [list(c) for c in meta.class_colors],
             },  # fmt: skip
             "postprocessing": asdict(self.postprocessing),
+            "pad_to": None if self.pad_to is None else list(self.pad_to),
             "void_label": VOID_LABEL,
         }
 
