@@ -216,3 +216,69 @@ def test_build_predictor_reads_pad_to_crop():
         if pad:
             assert predictor.model.size == tuple(cfg.INPUT.CROP.SIZE)
             assert predictor.model.fill == tuple(cfg.MODEL.PIXEL_MEAN)
+
+
+class ShapeRecorder(MeanModel):
+    """MeanModel that records the input sizes it is run on (in the class: Predictor runs a copy)."""
+
+    sizes: list[tuple[int, int]] = []
+
+    def forward(self, x):
+        ShapeRecorder.sizes.append(tuple(x.shape[-2:]))
+        return super().forward(x)
+
+
+def test_predictor_resizes_as_evaluation_does():
+    """INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST: the network sees the image at the evaluation size
+    (short side 40, long side at most 60 here) and the prediction comes back at the image's size,
+    the maps by nearest neighbour as evaluation writes them; without it tools/infer.py ran a 2x
+    enlarged photo at 2x and found 104 things where evaluation's size finds 15."""
+    from axial_deeplab.data.transforms import resize_image
+    from axial_deeplab.engine.evaluate import resize_nearest
+
+    image = _image(90, 160)
+    ShapeRecorder.sizes = []
+    got = Predictor(
+        ShapeRecorder(), metadata=META, postprocessing=POST, test_size=(40, 60)
+    ).predict(image)
+    assert ShapeRecorder.sizes == [(34, 60)]  # 40 / 90 would make the long side 71 > 60: 60 / 160
+    small = Predictor(MeanModel(), metadata=META, postprocessing=POST).predict(
+        resize_image(image, (34, 60))
+    )
+    assert got["panoptic"].shape == got["semantic"].shape == got["center"].shape == (90, 160)
+    assert got["offset"].shape == (2, 90, 160)
+    np.testing.assert_array_equal(got["panoptic"], resize_nearest(small["panoptic"], (90, 160)))
+    np.testing.assert_array_equal(got["semantic"], resize_nearest(small["semantic"], (90, 160)))
+    for segment in got["segments_info"]:  # areas counted at the image's size, scores kept
+        assert segment["area"] == int((got["segment_ids"] == segment["id"]).sum())
+        (before,) = [s for s in small["segments_info"] if s["label"] == segment["label"]]
+        assert segment["score"] == before["score"]
+    # offsets in pixels of the image: the ramp channel (0..1 across the width) scaled by
+    # (160 - 1) / (60 - 1), pixel centres aligned at the corners (the model's align_corners)
+    scaled = small["offset"][1].max() * 159 / 59
+    assert got["offset"][1].max() == pytest.approx(scaled, rel=1e-5)
+    ShapeRecorder.sizes = []
+    Predictor(ShapeRecorder(), metadata=META, postprocessing=POST, test_size=(0, 60)).predict(image)
+    assert ShapeRecorder.sizes == [
+        (90, 160)
+    ]  # a short side of 0 keeps the size, as EvalResize does
+
+
+def test_build_predictor_reads_the_test_size():
+    from axial_deeplab.config import load_config
+    from axial_deeplab.engine.inference import build_predictor
+
+    config = os.path.join(
+        os.path.dirname(__file__), "..", "configs/quickstart/overfit_coco_samples.yaml"
+    )
+    cfg = load_config(config)
+    predictor = build_predictor(
+        cfg, META.generic(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES), torch.device("cpu")
+    )
+    assert predictor.test_size == (1000, 640)
+
+
+def test_predictor_names_a_tensor_given_as_image():
+    predictor = Predictor(MeanModel(), metadata=META, postprocessing=POST)
+    with pytest.raises(ValueError, match=r"numpy array, got Tensor \(convert it with \.numpy"):
+        predictor.predict(torch.zeros(8, 8, 3, dtype=torch.uint8))

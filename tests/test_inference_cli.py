@@ -95,8 +95,9 @@ def test_cli_folder_glob_video_outputs(tmp_path, tiny_cli):
     )
     assert record["segments_info"] == json.loads(json.dumps(expected["segments_info"]))
     assert len(record["segments_info"]) >= 3
-    big = _check_image_outputs(out, "big", (30, 60))  # long side 100 -> 60
-    assert big["original_size"] == [50, 100]
+    # --max-size: predicted with the long side 100 -> 60, written at the file's size
+    big = _check_image_outputs(out, "big", (50, 100))
+    assert big["shrunk_to"] == [30, 60]
     video = json.loads((out / "clip.json").read_text())
     assert [f["frame"] for f in video["frames"]] == [0, 1, 2]
     frames = list(iter_video(str(out / "clip_overlay.avi")))

@@ -53,6 +53,7 @@ from .inference import (
     resolve_device,
 )
 from .inputs import BadInputError, InputItem, expand_inputs, iter_video, read_image, video_info
+from .prediction_size import prediction_at_size
 
 BACKENDS = ("torch", "torch-export", "onnxruntime")  # eager, or a file of tools/export.py
 
@@ -221,10 +222,14 @@ def write_image_outputs(
 def _settings(predictor: Predictor) -> dict:
     """What a JSON record states of how it was predicted."""
     tta = predictor.tta
-    return {
+    settings = {
         "label_divisor": predictor.metadata.label_divisor,
         "test_time_augmentation": {"scales": list(tta.scales), "flip": tta.flip},
     }
+    test_size = getattr(predictor, "test_size", None)
+    if test_size is not None and test_size[0] > 0:  # INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST
+        settings["test_size"] = {"min_size": test_size[0], "max_size": test_size[1]}
+    return settings
 
 
 def _predict_video(
@@ -279,10 +284,15 @@ def _predict_image(predictor: Predictor, item: InputItem, out_dir: str, max_size
     image = shrink(original, max_size)
     prediction = predictor.predict(image)
     info = {"file_name": item.path, **_settings(predictor)}
-    if image.shape != original.shape:
-        info["original_size"] = list(original.shape[:2])
-    pictures = render(image, prediction, predictor.metadata)
-    write_image_outputs(out_dir, item.name, image, prediction, info, pictures)
+    if image.shape != original.shape:  # --max-size: predicted smaller, written at the file's size
+        info["shrunk_to"] = list(image.shape[:2])
+        meta = predictor.metadata
+        prediction = prediction_at_size(
+            prediction, original.shape[:2], label_divisor=meta.label_divisor,
+            thing_ids=meta.thing_ids, align_corners=getattr(predictor, "align_corners", True),
+        )  # fmt: skip
+    pictures = render(original, prediction, predictor.metadata)
+    write_image_outputs(out_dir, item.name, original, prediction, info, pictures)
 
 
 def exported_predictor(args: argparse.Namespace):

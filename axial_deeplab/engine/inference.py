@@ -20,12 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.catalog import DatasetMetadata
+from ..data.transforms import resize_image
 from ..layers.precision import warn_if_slow
 from ..modeling.fusion import inference_model
 from ..modeling.panoptic_deeplab import upsample, upsample_offsets
 from ..modeling.postprocessing import drop_void_channel, get_instances, semantic_prediction
 from ..utils.host_memory import keep_freed_memory_for_models
 from .evaluate import PaddedModel, PostProcessing, labels_to_segments, panoptic_prediction
+from .prediction_size import network_size, prediction_at_size
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,10 @@ class Predictor:
         pad_to: ``(h, w)``: pad every network input at the bottom and right to at least this
             size with ``pad_value`` (the pixel mean) and crop the outputs back, as evaluation
             does with ``TEST.PAD_TO_CROP`` (``evaluate.PaddedModel``); None: no padding.
+        test_size: ``(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``: :meth:`predict` resizes the
+            image as evaluation does (short side to the first, long side at most the second)
+            and returns the prediction at the image's own size
+            (:mod:`.prediction_size`); None or a short side of 0: the image's own size.
 
     The predictor runs an eval-mode copy of ``model`` on ``device`` with its batch norms folded
     into the convolutions, channels-last on the CPU
@@ -211,8 +217,10 @@ class Predictor:
         mixed_precision: bool = False,
         pad_to: tuple[int, int] | None = None,
         pad_value: Sequence[float] = (123.675, 116.28, 103.53),
+        test_size: tuple[int, int] | None = None,
     ) -> None:
         self.device = torch.device(device)
+        self.test_size = None if test_size is None else (int(test_size[0]), int(test_size[1]))
         cpu = self.device.type == "cpu"
         if mixed_precision:
             warn_if_slow(self.device)
@@ -231,9 +239,13 @@ class Predictor:
     def raw(self, image: np.ndarray) -> dict[str, torch.Tensor]:
         """TTA-averaged ``"semantic"`` probabilities ``[K, H, W]``, ``"center"`` ``[1, H, W]`` and
         ``"offset"`` ``[2, H, W]`` of an ``[H, W, 3]`` uint8 RGB image."""
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-            shape = getattr(image, "shape", type(image).__name__)
-            raise ValueError(f"image: expected an [H, W, 3] RGB array, got {shape}")
+        if not isinstance(image, np.ndarray):
+            raise ValueError(
+                f"image: expected an [H, W, 3] uint8 RGB numpy array, got {type(image).__name__}"
+                + (" (convert it with .numpy())" if isinstance(image, torch.Tensor) else "")
+            )
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image: expected an [H, W, 3] RGB array, got {image.shape}")
         if image.dtype != np.uint8:
             raise ValueError(f"image: expected uint8 pixels (0-255), got {image.dtype}")
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
@@ -260,12 +272,21 @@ class Predictor:
         dict per segment with ``id``, ``category_id`` (train id), ``category_name``, ``isthing``,
         ``iscrowd`` (0), ``area``, ``score`` and ``label`` (its panoptic label).
         """
-        raw = self.raw(image)
+        size = None
+        if isinstance(image, np.ndarray) and image.ndim == 3:  # else raw() says what is wrong
+            size = network_size(*image.shape[:2], self.test_size)
+        raw = self.raw(image if size is None else resize_image(image, size))
         meta, post = self.metadata, self.postprocessing
         panoptic, centers = panoptic_prediction(
             raw, post, thing_ids=meta.thing_ids, label_divisor=meta.label_divisor
         )
-        return prediction_dict(panoptic, centers, raw, meta, void_class=post.void_class)
+        prediction = prediction_dict(panoptic, centers, raw, meta, void_class=post.void_class)
+        if size is None:
+            return prediction
+        return prediction_at_size(
+            prediction, image.shape[:2], label_divisor=meta.label_divisor,
+            thing_ids=meta.thing_ids, align_corners=self.align_corners,
+        )  # fmt: skip
 
 
 def prediction_dict(
@@ -352,7 +373,8 @@ def build_predictor(
     """Model from ``cfg`` (``MODEL.WEIGHTS`` loaded weights-only when set: all of the model's
     weights, see ``checkpoint.io.load_weights``), post-processing from
     ``MODEL.PANOPTIC_DEEPLAB``, TTA from ``TEST.AUG``, mixed precision from ``TEST.AMP``, input
-    padding from ``TEST.PAD_TO_CROP`` (as evaluation pads)."""
+    padding from ``TEST.PAD_TO_CROP`` (as evaluation pads) and the network's input size from
+    ``INPUT.MIN_SIZE_TEST`` / ``INPUT.MAX_SIZE_TEST`` (as evaluation resizes)."""
     from ..modeling.build import build_model
     from .build import load_model_weights
 
@@ -368,4 +390,5 @@ def build_predictor(
         mixed_precision=cfg.TEST.AMP,
         pad_to=tuple(cfg.INPUT.CROP.SIZE) if cfg.TEST.PAD_TO_CROP else None,
         pad_value=tuple(cfg.MODEL.PIXEL_MEAN),
+        test_size=(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST),
     )
