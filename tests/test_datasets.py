@@ -318,7 +318,7 @@ def test_custom_datasets_from_config():
     catalog = build_catalog(cfg)
     records, meta = load_datasets(catalog, ["my_coco", "my_coco"], full_validation=True)
     assert len(records) == 4 and meta.num_classes == 133
-    with pytest.raises(ValueError, match="different categories"):
+    with pytest.raises(ValueError, match="number their classes differently: 133 against"):
         load_datasets(catalog, ["my_coco", "my_city"])
     bad = get_cfg()
     bad.merge_from_list(["DATASETS.CUSTOM", repr([{"NAME": "x", "JSON_FILE": "j"}])])

@@ -44,16 +44,35 @@ def load_datasets(
                 f" ({meta.panoptic_json} lists no annotated image)" if meta.panoptic_json else ""
             )
             raise ValueError(f"data set '{name}' is empty{source}: nothing to train or evaluate on")
-        if metadata is not None and meta.categories != metadata.categories:
-            raise ValueError(
-                f"data sets '{metadata.name}' and '{name}' have different categories; "
-                "they cannot be trained or evaluated together"
-            )
+        difference = None if metadata is None else category_difference(metadata, meta)
+        if difference:
+            raise ValueError(f"{difference}; they cannot be trained or evaluated together")
         if full_validation:
             validate_dataset(recs, meta).raise_if_problems()
         records.extend(recs)
         metadata = metadata or meta
     return records, metadata
+
+
+def category_difference(a: DatasetMetadata, b: DatasetMetadata) -> str | None:
+    """None if data sets ``a`` and ``b`` number the same classes the same way (class ``i`` is
+    the ``i``-th category of each: same id, name and ``isthing``; colours may differ), else
+    what differs first, naming both data sets."""
+    fields = ("id", "name", "isthing")
+    ours = [tuple(c.get(k) for k in fields) for c in a.categories]
+    theirs = [tuple(c.get(k) for k in fields) for c in b.categories]
+    if ours == theirs:
+        return None
+    head = f"data sets '{a.name}' and '{b.name}' number their classes differently"
+    if len(ours) != len(theirs):
+        return f"{head}: {len(ours)} against {len(theirs)} categories"
+    i = next(i for i, (x, y) in enumerate(zip(ours, theirs)) if x != y)
+    shown = ", ".join(f"{k} {v!r}" for k, v in zip(fields, ours[i]))
+    other = ", ".join(f"{k} {v!r}" for k, v in zip(fields, theirs[i]))
+    order = ""
+    if sorted(ours) == sorted(theirs):
+        order = " (the same categories in another order: classes follow the JSON's list)"
+    return f"{head}: class {i} is ({shown}) in the first and ({other}) in the second{order}"
 
 
 def build_train_augmentation(cfg) -> TrainAugmentation:

@@ -11,7 +11,13 @@ from torch import nn
 
 from ..checkpoint.io import checkpoint_entries
 from ..config import ConfigError
-from ..data.build import build_catalog, build_test_dataset, build_train_batches, build_train_dataset
+from ..data.build import (
+    build_catalog,
+    build_test_dataset,
+    build_train_batches,
+    build_train_dataset,
+    category_difference,
+)
 from ..data.catalog import DatasetCatalog
 from ..data.loader import build_test_loader
 from ..data.metadata import metadata_dict
@@ -227,6 +233,13 @@ def build_trainer(cfg, device: torch.device, catalog: DatasetCatalog | None = No
         raise ConfigError("DATASETS.TRAIN is empty: name at least one training data set")
     _, metadata = catalog.get(cfg.DATASETS.TRAIN[0])
     check_num_classes(cfg, metadata, cfg.DATASETS.TRAIN[0], training=True)
+    for name in cfg.DATASETS.TEST:  # evaluated during training: class i must mean the same
+        difference = category_difference(metadata, catalog.get(name)[1])
+        if difference:
+            raise ConfigError(
+                f"DATASETS.TRAIN and DATASETS.TEST: {difference}; the periodic evaluation would "
+                "score every class against another one"
+            )
     torch.manual_seed(cfg.SEED)
     model = prepare_model(cfg, device)
     targets = build_target_generator(cfg, metadata.thing_train_ids)

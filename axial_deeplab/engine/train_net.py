@@ -64,6 +64,33 @@ def eval_config(args: argparse.Namespace):
     return config_from_yaml(stored, list(args.opts), source=weights)
 
 
+def check_checkpoint_classes(cfg, catalog) -> None:
+    """``--eval-only``: the classes stored in ``MODEL.WEIGHTS`` (when it stores them) against
+    those of ``DATASETS.TEST[0]``. The same names in another order would score every class
+    against another one: refused. Other differences (renamed classes) get a note."""
+    from ..checkpoint.io import load_checkpoint_file
+
+    stored = load_checkpoint_file(cfg.MODEL.WEIGHTS).metadata if cfg.MODEL.WEIGHTS else None
+    if not stored or not cfg.DATASETS.TEST or "class_names" not in stored:
+        return
+    name = cfg.DATASETS.TEST[0]
+    ours = list(stored["class_names"])
+    theirs = [str(n) for n in catalog.get(name)[1].class_names]
+    if ours == theirs or len(ours) != len(theirs):  # a count mismatch is refused elsewhere
+        return
+    i = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+    where = f"class {i} is {ours[i]!r} in {cfg.MODEL.WEIGHTS} but {theirs[i]!r} in data set {name}"
+    if sorted(ours) == sorted(theirs):
+        raise ConfigError(
+            f"--eval-only: the checkpoint and the data set order their classes differently "
+            f"({where}): every class would be scored against another one; list the data set's "
+            "categories in the order the model was trained with"
+        )
+    if is_main_process():
+        print(f"note: the checkpoint's class names differ from the data set's ({where}); "
+              "classes are scored by position")  # fmt: skip
+
+
 def notice_cpu_fallback(device: str) -> None:
     """Say that a CUDA ``MODEL.DEVICE`` runs on the CPU for want of a GPU: once, from the first
     process (``--num-gpus N`` starts N of them)."""
@@ -89,10 +116,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             raise ConfigError(
                 f"--eval-only: {exc}; or pass --allow-random-weights to evaluate it anyway"
             ) from None
+        catalog = build_catalog(cfg)
+        check_checkpoint_classes(cfg, catalog)
         save_dir = os.path.join(cfg.OUTPUT_DIR, "inference") if cfg.TEST.SAVE_PREDICTIONS else ""
         pictures = os.path.join(cfg.OUTPUT_DIR, "eval_pictures")
         metrics = build_evaluate_fn(
-            cfg, build_catalog(cfg), device, save_dir=save_dir, pictures_dir=pictures, verbose=True
+            cfg, catalog, device, save_dir=save_dir, pictures_dir=pictures, verbose=True
         )(model)
         if save_dir and is_main_process():
             write_json(os.path.join(save_dir, "metrics.json"), metrics, indent=1)
