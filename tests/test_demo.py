@@ -7,6 +7,7 @@ plumbing, not segmentation quality.
 """
 
 import base64
+import http.client
 import json
 import os
 import shutil
@@ -96,6 +97,20 @@ def test_http_api(url):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request)
     assert err.value.code == 400 and "not an image" in json.load(err.value)["error"]
+    host, port = url.removeprefix("http://").split(":")
+    bad_requests = [
+        ({"Content-Length": "abc"}, b"", "Content-Length 'abc' is not a byte count"),
+        ({"Content-Type": "multipart/form-data; boundary=x"}, b"--x\r\n", "--data-binary"),
+    ]
+    for headers, body, said in bad_requests:  # a 400 with the reason, not a dropped connection
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.putrequest("POST", "/api/predict")
+        for key, value in {"Content-Length": str(len(body)), **headers}.items():
+            connection.putheader(key, value)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        assert response.status == 400 and said in json.load(response)["error"], headers
+        connection.close()
 
 
 def test_busy_port_is_one_line(model, monkeypatch, capsys):

@@ -5,6 +5,7 @@ TTA math is in ``test_inference_tta.py``, the CLI end to end in ``test_inference
 
 import math
 import os
+import warnings
 
 import cv2
 import numpy as np
@@ -282,3 +283,12 @@ def test_predictor_names_a_tensor_given_as_image():
     predictor = Predictor(MeanModel(), metadata=META, postprocessing=POST)
     with pytest.raises(ValueError, match=r"numpy array, got Tensor \(convert it with \.numpy"):
         predictor.predict(torch.zeros(8, 8, 3, dtype=torch.uint8))
+
+
+def test_predictor_takes_a_read_only_array_quietly():
+    """np.asarray of a PIL image is read-only; torch warned about it on every prediction."""
+    image = _image(20, 24)
+    image.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Predictor(MeanModel(), metadata=META, postprocessing=POST).predict(image)

@@ -218,3 +218,12 @@ def test_eval_pictures_score_segments_by_probabilities(tmp_path, monkeypatch):
     (segment,) = drawn[0]["segments_info"]
     assert segment["score"] == pytest.approx(1 / (1 + np.exp(-10.0)), abs=1e-6)
     assert (tmp_path / "scene_vis.png").exists()
+
+
+def test_enlarge_factor_caps_the_long_side():
+    """Small pictures are enlarged to a readable short side, but a thin strip is not drawn
+    hundreds of thousands of pixels long (a 2 x 3000 input made libpng refuse the picture)."""
+    assert enlarge_factor((32, 48)) == 12  # 384 x 576
+    assert enlarge_factor((20, 2000)) == 1 and enlarge_factor((2, 3000)) == 1
+    assert enlarge_factor((1, 900)) == 2  # long side 1800 <= 2048
+    assert enlarge_factor((500, 700)) == 1

@@ -99,10 +99,18 @@ def make_handler(model: DemoModel) -> type[BaseHTTPRequestHandler]:
                 self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
 
         def _predict(self, query: dict) -> dict:
-            length = int(self.headers.get("Content-Length") or 0)
+            header = self.headers.get("Content-Length") or "0"
+            if not header.strip().isdigit():
+                raise DemoError(f"Content-Length {header!r} is not a byte count")
+            length = int(header)
             if length > MAX_UPLOAD:
                 raise DemoError(f"upload of {length} bytes exceeds {MAX_UPLOAD}")
             body = self.rfile.read(length) if length else b""
+            if self.headers.get_content_type().startswith("multipart/"):
+                raise DemoError(
+                    "a form upload: send the photo's bytes as the request body instead "
+                    "(curl --data-binary @photo.jpg URL/api/predict)"
+                )
             sample = query.pop("sample", "")
             if sample:
                 if sample not in model.samples:

@@ -248,6 +248,8 @@ class Predictor:
             raise ValueError(f"image: expected an [H, W, 3] RGB array, got {image.shape}")
         if image.dtype != np.uint8:
             raise ValueError(f"image: expected uint8 pixels (0-255), got {image.dtype}")
+        if not image.flags.writeable:  # np.asarray(PIL image): torch warns on read-only memory
+            image = image.copy()
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
         x = x.permute(2, 0, 1)[None].float()  # [H, W, 3] -> [1, 3, H, W]
         out = run_with_tta(self.model, x, self.tta, align_corners=self.align_corners)

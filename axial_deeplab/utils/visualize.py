@@ -45,7 +45,8 @@ _BASE_COLORS = np.array(
     dtype=np.uint8,
 )
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-READABLE_SIDE = 384  # pictures are enlarged until their short side reaches this
+READABLE_SIDE = 384  # pictures are enlarged until their short side reaches this...
+MAX_ENLARGED_SIDE = 2048  # ...unless their long side would pass this
 TITLE_HEIGHT = 26
 
 
@@ -324,9 +325,13 @@ def _percent(share: float) -> str:
     return "<1%" if 0 < share < 0.01 else f"{100 * share:.0f}%"
 
 
-def enlarge_factor(shape: tuple[int, ...], min_side: int = READABLE_SIDE) -> int:
-    """The integer factor that brings the short side of ``shape`` to at least ``min_side``."""
-    return max(1, -(-min_side // max(1, min(shape[:2]))))
+def enlarge_factor(
+    shape: tuple[int, ...], min_side: int = READABLE_SIDE, max_side: int = MAX_ENLARGED_SIDE
+) -> int:
+    """The integer factor that brings the short side of ``shape`` to at least ``min_side``, but
+    the long side to no more than ``max_side`` (a 2 x 3000 strip is not drawn 576,000 wide)."""
+    factor = max(1, -(-min_side // max(1, min(shape[:2]))))
+    return max(1, min(factor, max_side // max(1, max(shape[:2]))))
 
 
 def enlarge(image: np.ndarray, prediction: Mapping, factor: int) -> tuple[np.ndarray, dict]:
