@@ -380,3 +380,46 @@ def test_builtin_cityscapes_skips_an_unfinished_conversion(tmp_path):
     catalog = builtin_catalog(str(tmp_path))
     with pytest.raises(Exception, match="cityscapes_panoptic_val_trainId"):
         catalog.get("cityscapes_fine_panoptic_val")  # the complete pair is the one opened
+
+
+def test_guessed_image_name_and_unannotated_images_are_said(tmp_path, capsys):
+    """Without an 'images' entry the image is taken to be the PNG's name with .jpg (COCO): a
+    missing file says so. Images listed without annotation are left out with a note."""
+    root = coco_copy(tmp_path)
+    (root / "images" / "000000439180.jpg").rename(root / "images" / "000000439180.png")
+    edit_json(root / "panoptic_examples.json", lambda d: d.pop("images"))
+    with pytest.raises(FileNotFoundError, match=r"000000439180\.jpg \(the JSON's 'images' list"):
+        load_coco(root)
+    root = coco_copy(tmp_path / "again")
+    edit_json(root / "panoptic_examples.json", lambda d: d["annotations"].pop())
+    records, _ = load_coco(root)
+    assert len(records) == 1
+    assert (
+        "1 image(s) of its 'images' list have no entry in 'annotations'" in capsys.readouterr().out
+    )
+
+
+def test_grayscale_panoptic_png_is_named_as_such(tmp_path):
+    """A label map saved as an 8-bit grey PNG: said so, instead of 'segment ids [4605510, ...]
+    are in the PNG but not in segments_info'."""
+    import cv2
+
+    path = tmp_path / "gray.png"
+    cv2.imwrite(str(path), np.full((6, 8), 3, np.uint8))
+    with pytest.raises(
+        DatasetFormatError, match=r"gray\.png: a grayscale PNG; panoptic PNGs are RGB"
+    ):
+        read_panoptic_png(path)
+
+
+def test_full_validation_finds_a_truncated_jpeg(tmp_path):
+    """Training stops on a truncated JPEG when it reaches it; full validation now lists it."""
+    root = coco_copy(tmp_path)
+    photo = root / "images" / "000000439180.jpg"
+    photo.write_bytes(photo.read_bytes()[: photo.stat().st_size // 2])
+    records, meta = load_coco(root)
+    problems = validate_dataset(records, meta).problems
+    assert [(Path(p.file).name, p.message) for p in problems] == [
+        ("000000439180.jpg", "cannot read: corrupt JPEG: truncated: no end-of-image marker after "
+         "the image data")
+    ]  # fmt: skip

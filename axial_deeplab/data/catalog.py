@@ -216,7 +216,9 @@ def register_custom(catalog: DatasetCatalog, entries: list[dict]) -> None:
             raise ValueError(f"DATASETS.CUSTOM[{i}] ({entry}): missing {missing}")
         unknown = sorted(set(entry) - set(required) - {"FORMAT"})
         if unknown:
-            raise ValueError(f"DATASETS.CUSTOM[{i}]: unknown keys {unknown}; allowed {required}")
+            raise ValueError(
+                f"DATASETS.CUSTOM[{i}]: unknown keys {unknown}; allowed {[*required, 'FORMAT']}"
+            )
         fmt = entry.get("FORMAT", "coco_panoptic")
         if fmt == "coco_panoptic":
             catalog.register_coco_panoptic(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .catalog import DatasetMetadata
+from .images import jpeg_problem
 from .panoptic_io import read_panoptic_png
 from .validation import DatasetFormatError, validate_segments_info
 
@@ -54,10 +56,20 @@ def distinct_ids(ids: np.ndarray) -> np.ndarray:
 
 
 def image_size(path: str) -> tuple[int, int]:
-    """``(height, width)`` read from the image header (no decoding)."""
+    """``(height, width)`` read from the image header (no decoding); a JPEG's structure is
+    checked too (``images.jpeg_problem``: a truncated file lacks its end-of-image marker), so that
+    full validation finds what training would stop on."""
     from PIL import Image  # a torchvision dependency
 
-    with Image.open(path) as img:
+    with open(path, "rb") as f:
+        data = f.read()
+    if data.startswith(b"\xff\xd8"):
+        problem, size = jpeg_problem(data)
+        if problem:
+            raise ValueError(f"corrupt JPEG: {problem}")
+        if size is not None:
+            return size
+    with Image.open(io.BytesIO(data)) as img:
         width, height = img.size
     return height, width
 
@@ -81,9 +93,13 @@ def record_problems(
         return
     try:
         ids = read_panoptic_png(png)
-        size = image_size(image)
     except (OSError, ValueError) as exc:
         yield Problem(png, image_id, f"cannot read: {exc}")
+        return
+    try:
+        size = image_size(image)
+    except (OSError, ValueError) as exc:
+        yield Problem(image, image_id, f"cannot read: {exc}")
         return
     if ids.shape != size:
         yield Problem(png, image_id, f"PNG size (H, W) = {ids.shape}, image {image} has {size}")

@@ -61,11 +61,13 @@ def load_coco_panoptic(
     categories = {c["id"]: c for c in meta.categories}
     id_to_train = meta.dataset_id_to_train_id
     sizes = image_sizes(data, json_file)
-    records = []
-    for image_id, ann in validate_annotations(data["annotations"], json_file).items():
+    records, guessed = [], set()
+    annotations = validate_annotations(data["annotations"], json_file)
+    for image_id, ann in annotations.items():
         height, width, image_name = sizes.get(image_id, (None, None, None))
         if image_name is None:  # COCO convention: the image is the PNG's name with .jpg
             image_name = os.path.splitext(ann["file_name"])[0] + ".jpg"
+            guessed.add(image_id)
         png_path = os.path.join(png_dir, ann["file_name"])
         records.append(
             panoptic_record(
@@ -78,6 +80,17 @@ def load_coco_panoptic(
                 f"{png_path} (image_id {image_id!r} in {json_file})",
             )
         )
+    unannotated = len(set(sizes) - set(annotations))
+    if unannotated:
+        print(f"note: {json_file}: {unannotated} image(s) of its 'images' list have no entry in "
+              "'annotations' and are left out")  # fmt: skip
     if check_files:
+        for rec in records:
+            if rec["image_id"] in guessed and not os.path.isfile(rec["file_name"]):
+                raise FileNotFoundError(
+                    f"{json_file}: image of image_id {rec['image_id']!r} not found: "
+                    f"{rec['file_name']} (the JSON's 'images' list gives no file name for it, so "
+                    "the PNG's name with .jpg was assumed, as in COCO: list it under 'images')"
+                )
         assert_files_exist(records, json_file)
     return records, meta

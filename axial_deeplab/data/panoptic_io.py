@@ -6,7 +6,9 @@ import os
 
 import numpy as np
 
-from .panoptic_png import read_png_ids
+from .panoptic_png import png_header, read_png_ids
+
+GRAY_COLOR_TYPES = (0, 4)  # PNG colour types: grey, grey + alpha
 
 MAX_SEGMENT_ID = 256**3 - 1
 
@@ -49,6 +51,11 @@ def read_panoptic_png(path: str | os.PathLike) -> np.ndarray:
         ids = read_png_ids(blob, path)
         if ids is not None:
             return ids.astype(np.int64)
+        if png_header(blob, path)[3] in GRAY_COLOR_TYPES:
+            raise DatasetFormatError(
+                f"{path}: a grayscale PNG; panoptic PNGs are RGB, segment id = R + 256 G + "
+                "256^2 B (is this a semantic or label-id map?)"
+            )
         bgr = decode_image_bytes(blob, path)  # other PNGs: libpng through OpenCV
     except (ImageDecodeError, ValueError) as exc:
         raise DatasetFormatError(f"panoptic PNG: {exc}") from None
