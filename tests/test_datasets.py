@@ -423,3 +423,24 @@ def test_full_validation_finds_a_truncated_jpeg(tmp_path):
         ("000000439180.jpg", "cannot read: corrupt JPEG: truncated: no end-of-image marker after "
          "the image data")
     ]  # fmt: skip
+
+
+def test_png_with_exif_orientation_is_turned_upright_like_a_jpeg(tmp_path):
+    """OpenCV turns JPEGs and PNGs upright by their EXIF orientation; the fast PNG path ignored a
+    PNG's eXIf chunk, so tools/infer.py predicted such a photo sideways (the demo did not)."""
+    import cv2
+    from PIL import Image
+
+    from axial_deeplab.data.images import decode_image_file
+
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rotated.png"
+    Image.fromarray(pixels).save(path, exif=exif.tobytes())
+    upright = decode_image_file(path)
+    assert upright.shape == (10, 6, 3)
+    np.testing.assert_array_equal(upright, cv2.imread(str(path))[..., ::-1])
+    plain = tmp_path / "plain.png"
+    Image.fromarray(pixels).save(plain)
+    np.testing.assert_array_equal(decode_image_file(plain), pixels)

@@ -102,7 +102,9 @@ def decode_image_file(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"image not found: {path}")
     with open(path, "rb") as f:
         data = f.read()
-    if data.startswith(_PNG_MAGIC):  # 8-bit RGB(A): every chunk's CRC checked, then libspng
+    # 8-bit RGB(A) PNGs: every chunk's CRC checked, then libspng; one with an eXIf chunk (before
+    # its image data) goes to OpenCV, which turns it upright by its orientation as it does JPEGs.
+    if data.startswith(_PNG_MAGIC) and data.find(b"eXIf", 0, max(0, data.find(b"IDAT"))) < 0:
         from .panoptic_png import read_png_rgb
 
         try:
