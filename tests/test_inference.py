@@ -292,3 +292,28 @@ def test_predictor_takes_a_read_only_array_quietly():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Predictor(MeanModel(), metadata=META, postprocessing=POST).predict(image)
+
+
+def test_load_predictor_is_what_infer_runs(tmp_path):
+    """One call from a checkpoint to a Predictor: its stored config (test size, padding), class
+    names and overrides, as tools/infer.py reads them."""
+    from axial_deeplab.checkpoint.io import save_checkpoint_file
+    from axial_deeplab.config import load_config
+    from axial_deeplab.engine.evaluate import PaddedModel
+    from axial_deeplab.engine.infer_net import load_predictor
+    from axial_deeplab.modeling.build import build_model
+
+    config = os.path.join(
+        os.path.dirname(__file__), "..", "configs/quickstart/overfit_coco_samples.yaml"
+    )
+    cfg = load_config(config, ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"])
+    names = [f"c{i}" for i in range(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)]
+    weights = tmp_path / "model.pth"
+    metadata = {"class_names": names, "thing_ids": [0], "label_divisor": 1000}
+    save_checkpoint_file(str(weights), build_model(cfg).state_dict(), config=cfg, metadata=metadata)
+    predictor = load_predictor(weights, ["MODEL.PANOPTIC_DEEPLAB.CENTER_THRESHOLD", "0.2"])
+    assert predictor.metadata.class_names == tuple(names)
+    assert predictor.test_size == (64, 96) and isinstance(predictor.model, PaddedModel)
+    assert predictor.postprocessing.threshold == pytest.approx(0.2)
+    prediction = predictor.predict(_image(50, 70))
+    assert prediction["panoptic"].shape == (50, 70)

@@ -19,15 +19,15 @@ import cv2
 import numpy as np
 
 from ..data.images import ImageDecodeError, decode_image_bytes
-from ..engine.class_names import choose_metadata
 from ..engine.evaluate import PostProcessing
 from ..engine.infer_net import (
     config_from_args,
+    predictor_from_config,
     read_checkpoint_info,
     render,
     shrink,
 )
-from ..engine.inference import Predictor, build_predictor, resolve_device
+from ..engine.inference import Predictor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SHARED_SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -77,9 +77,7 @@ class DemoModel:
         ``KEY VALUE`` overrides) as parsed by :func:`.server.parse_args`."""
         stored_config, stored_metadata = read_checkpoint_info(args)
         cfg = config_from_args(args, stored_config)
-        metadata, source = choose_metadata(args, cfg, stored_metadata)
-        print(f"class names: {source}")
-        predictor = build_predictor(cfg, metadata, resolve_device(cfg.MODEL.DEVICE))
+        predictor = predictor_from_config(args, cfg, stored_metadata)
         folders = default_sample_folders(cfg) if args.samples is None else args.samples
         return cls(predictor, find_samples(folders), args.max_size)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -347,8 +347,15 @@ def run(args: argparse.Namespace) -> dict:
             "no weights: pass --weights path/to/model.pth (or MODEL.WEIGHTS); "
             "--allow-random-weights predicts with a randomly initialised model"
         )
-    device = resolve_device(cfg.MODEL.DEVICE)
     items = expand_inputs(args.input, skip_bad=args.skip_bad)
+    return run_predictor(args, predictor_from_config(args, cfg, stored_metadata), items)
+
+
+def predictor_from_config(args: argparse.Namespace, cfg, stored_metadata: dict | None) -> Predictor:
+    """The predictor of ``cfg`` with the class names ``choose_metadata`` picks (printed), checked
+    against the model's class count: what ``tools/infer.py``, the demo and :func:`load_predictor`
+    run."""
+    device = resolve_device(cfg.MODEL.DEVICE)
     metadata, source = choose_metadata(args, cfg, stored_metadata)
     print(f"class names: {source}")
     if cfg.TEST.AMP:
@@ -362,7 +369,30 @@ def run(args: argparse.Namespace) -> dict:
             f"{source} names {len(metadata.class_names)} classes but "
             f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {sem.NUM_CLASSES}{void}"
         )
-    return run_predictor(args, build_predictor(cfg, metadata, device), items)
+    return build_predictor(cfg, metadata, device)
+
+
+def load_predictor(
+    weights: str | os.PathLike,
+    opts: Sequence[str] = (),
+    *,
+    config_file: str = "",
+    class_names: str = "",
+    device: str = "",
+) -> Predictor:
+    """The :class:`Predictor` that ``tools/infer.py --weights WEIGHTS`` runs: the config stored in
+    the checkpoint (or ``config_file``) with ``KEY VALUE`` ``opts``, its class names (or those of
+    the ``class_names`` file), post-processing, TTA, test size and padding from the config::
+
+        predictor = load_predictor("model_final.pth")
+        prediction = predictor.predict(rgb)  # [H, W, 3] uint8 RGB numpy array
+    """
+    args = argparse.Namespace(
+        weights=os.fspath(weights), config_file=config_file, opts=list(opts), device=device,
+        tta_flip=False, tta_scales=None, amp=False, class_names=class_names, thing_ids=None,
+    )  # fmt: skip
+    stored_config, stored_metadata = read_checkpoint_info(args)
+    return predictor_from_config(args, config_from_args(args, stored_config), stored_metadata)
 
 
 def run_predictor(args: argparse.Namespace, predictor, items: list[InputItem]) -> dict:
