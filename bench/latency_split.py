@@ -33,7 +33,7 @@ import torch
 from axial_deeplab.config.config import load_config
 from axial_deeplab.data.dataset import read_image
 from axial_deeplab.data.panoptic_io import write_panoptic_png
-from axial_deeplab.engine.infer_net import metadata_from_config
+from axial_deeplab.engine.class_names import metadata_from_config
 from axial_deeplab.engine.inference import build_predictor, resolve_device
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")

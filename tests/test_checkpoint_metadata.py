@@ -22,7 +22,7 @@ from axial_deeplab.data.cityscapes_panoptic import CITYSCAPES_CLASSES
 from axial_deeplab.data.metadata import metadata_for_dataset
 from axial_deeplab.data.panoptic_io import read_panoptic_png
 from axial_deeplab.data.synthetic import SYNTHETIC_CLASSES
-from axial_deeplab.engine import infer_net
+from axial_deeplab.engine import infer_net, predictor_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "quickstart" / "synthetic_axial.yaml")
@@ -69,7 +69,7 @@ def test_round_trip_and_weights_only_layout(tmp_path):
     assert list(loaded.state_dict) == list(state)
     assert all(torch.equal(loaded.state_dict[k], v) for k, v in state.items())
     # the stored YAML rebuilds the same config
-    assert infer_net.config_from_yaml(loaded.config_yaml, [], source=str(path)) == cfg
+    assert predictor_setup.config_from_yaml(loaded.config_yaml, [], source=str(path)) == cfg
     assert list(load_state_dict_file(path)) == list(state)  # the plain loader still works
     assert [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")] == []
     # absent entries are left out; a bare state dict loads with none of them
@@ -177,7 +177,7 @@ def test_training_checkpoint_carries_config_and_metadata(tmp_path, capsys):
     build_trainer(cfg, torch.device("cpu"), catalog).train()
     path = tmp_path / "run" / "model_0000002.pth"
     stored = load_checkpoint_file(path)
-    assert infer_net.config_from_yaml(stored.config_yaml, [], source="run") == cfg
+    assert predictor_setup.config_from_yaml(stored.config_yaml, [], source="run") == cfg
     assert stored.metadata["class_names"] == [c[0] for c in SYNTHETIC_CLASSES]
     assert stored.metadata["thing_ids"] == [0, 1, 2]  # disc, square, triangle
     assert stored.metadata["label_divisor"] == 1000
@@ -256,7 +256,7 @@ def test_checkpoint_without_config_needs_a_config_file(tmp_path, capsys):
         infer_net.main(argv)
     # KEY VALUE overrides of the defaults may describe the model instead (a notice says so)
     args = infer_net.parse_args([*argv, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"])
-    assert infer_net.read_checkpoint_info(args) == (None, None)
+    assert predictor_setup.read_checkpoint_info(args) == (None, None)
     assert "the defaults with your KEY VALUE overrides" in capsys.readouterr().out
     save_atomic({"model": {}, "config": "MODEL:\n  NO_SUCH_KEY: 1\n"}, tmp_path / "odd.pth")
     argv[1] = str(tmp_path / "odd.pth")

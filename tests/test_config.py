@@ -87,7 +87,7 @@ def test_freeze_at_is_not_a_key():
 
 def test_stored_config_with_a_retired_key_still_loads(capsys):
     # A checkpoint written before FREEZE_AT was removed stores it; its config loads without it.
-    from axial_deeplab.engine.infer_net import config_from_yaml
+    from axial_deeplab.engine.predictor_setup import config_from_yaml
 
     stored = "MODEL:\n  BACKBONE:\n    FREEZE_AT: 0\n    NAME: resnet\n"
     cfg = config_from_yaml(stored, [], source="old.pth")

@@ -300,7 +300,7 @@ def test_load_predictor_is_what_infer_runs(tmp_path):
     from axial_deeplab.checkpoint.io import save_checkpoint_file
     from axial_deeplab.config import load_config
     from axial_deeplab.engine.evaluate import PaddedModel
-    from axial_deeplab.engine.infer_net import load_predictor
+    from axial_deeplab.engine.predictor_setup import load_predictor
     from axial_deeplab.modeling.build import build_model
 
     config = os.path.join(

@@ -11,7 +11,7 @@ import torch
 from inference_toys import POST, FlipEquivariantModel, _image, _write_png, _write_video
 
 from axial_deeplab.data.panoptic_io import read_panoptic_png
-from axial_deeplab.engine import infer_net
+from axial_deeplab.engine import infer_net, predictor_setup
 from axial_deeplab.engine.evaluate import PostProcessing
 from axial_deeplab.engine.inference import Predictor
 from axial_deeplab.engine.inputs import iter_video, read_image
@@ -63,7 +63,7 @@ def tiny_cli(monkeypatch):
         calls.append((cfg.TEST.AUG.ENABLED, cfg.TEST.AUG.FLIP, list(cfg.TEST.AUG.SCALES)))
         return Predictor(FlipEquivariantModel(), metadata=metadata, postprocessing=POST)
 
-    monkeypatch.setattr(infer_net, "build_predictor", tiny_predictor)
+    monkeypatch.setattr(predictor_setup, "build_predictor", tiny_predictor)
     return calls
 
 

@@ -15,7 +15,7 @@ import pytest
 from axial_deeplab.checkpoint.io import load_state_dict_file
 from axial_deeplab.config import ConfigError
 from axial_deeplab.data.images import ImageDecodeError, decode_image_file
-from axial_deeplab.engine import infer_net
+from axial_deeplab.engine import infer_net, predictor_setup
 from axial_deeplab.engine.inputs import iter_video
 from axial_deeplab.utils.cli import check_output_folder
 
@@ -73,7 +73,7 @@ def test_odd_overrides_are_the_users_own(tmp_path):
         ["--weights", "w.pth", "--input", "x.png", "--output", str(tmp_path), "MODEL.DEVICE"]
     )
     with pytest.raises(ConfigError, match=r"odd number: \['MODEL.DEVICE'\]$"):
-        infer_net._overrides(args)
+        predictor_setup._overrides(args)
 
 
 def test_slurm_without_sbatch_is_refused(tmp_path, monkeypatch):

@@ -122,12 +122,12 @@ def test_warns_where_the_cpu_emulates_bfloat16(monkeypatch):
 
 def test_infer_amp_flag_sets_test_amp_and_is_refused_with_exported_backends():
     from axial_deeplab.config import ConfigError
-    from axial_deeplab.engine import infer_net
+    from axial_deeplab.engine import infer_net, predictor_setup
 
     base = ["--weights", "m.pth", "--input", "a.png", "--output", "out"]
-    opts = infer_net._overrides(infer_net.parse_args([*base, "--amp"]))
+    opts = predictor_setup._overrides(infer_net.parse_args([*base, "--amp"]))
     assert opts[opts.index("TEST.AMP") + 1] == "True"
-    assert "TEST.AMP" not in infer_net._overrides(infer_net.parse_args(base))
+    assert "TEST.AMP" not in predictor_setup._overrides(infer_net.parse_args(base))
     args = infer_net.parse_args([*base, "--amp", "--backend", "onnxruntime"])
     with pytest.raises(ConfigError, match="no --amp"):
         infer_net.exported_predictor(args)

@@ -20,14 +20,9 @@ import numpy as np
 
 from ..data.images import ImageDecodeError, decode_image_bytes
 from ..engine.evaluate import PostProcessing
-from ..engine.infer_net import (
-    config_from_args,
-    predictor_from_config,
-    read_checkpoint_info,
-    render,
-    shrink,
-)
+from ..engine.infer_net import render, shrink
 from ..engine.inference import Predictor
+from ..engine.predictor_setup import config_from_args, predictor_from_config, read_checkpoint_info
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SHARED_SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data"

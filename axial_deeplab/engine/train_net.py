@@ -52,7 +52,7 @@ def eval_config(args: argparse.Namespace):
     """``--eval-only`` without ``--config-file``: the config stored in ``MODEL.WEIGHTS`` (our
     checkpoints and converted ones carry it), then the ``KEY VALUE`` overrides."""
     from ..checkpoint.io import load_checkpoint_file
-    from .infer_net import config_from_yaml
+    from .predictor_setup import config_from_yaml
 
     weights = load_config(None, args.opts).MODEL.WEIGHTS
     if not weights:

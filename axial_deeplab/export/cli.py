@@ -39,7 +39,7 @@ def build_pipeline(weights: str, config_file: str = "", opts=()) -> PanopticPipe
     """The pipeline of a checkpoint: its model with its weights, metadata and post-processing."""
     from ..engine.build import load_model_weights
     from ..engine.class_names import metadata_from_config
-    from ..engine.infer_net import config_from_yaml
+    from ..engine.predictor_setup import config_from_yaml
     from ..modeling.build import build_model
 
     stored = load_checkpoint_file(weights)
