@@ -324,3 +324,28 @@ def test_export_notes_the_config_parts_graphs_leave_out(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "note: TEST.AMP is not applied to exported graphs" in out
     assert "PAD_TO_CROP" not in out
+
+
+def test_exported_predictor_resizes_to_the_stored_test_size(program, tmp_path, monkeypatch):
+    """A file exported with INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST: the graph runs on the image
+    resized as Predictor resizes it, and the prediction comes back at the image's size."""
+
+    class Described:
+        def description(self) -> dict:
+            return {"metadata": METADATA, "test_size": [40, 60], "align_corners": True}
+
+    path = str(tmp_path / "sized.pt2")
+    save_program(Described(), path, program=program)
+    predictor = ExportedPredictor(path, "torch-export")
+    seen = []
+    run = predictor._run
+    monkeypatch.setattr(predictor, "_run", lambda image: seen.append(image.shape) or run(image))
+    prediction = predictor.predict(np.full((90, 160, 3), 7, np.uint8))
+    assert seen == [(34, 60, 3)]  # short side 40 would make the long side 71 > 60: 60 / 160
+    assert prediction["panoptic"].shape == prediction["center"].shape == (90, 160)
+    assert [s["area"] for s in prediction["segments_info"]] == [90 * 160]
+    plain = str(tmp_path / "plain.pt2")  # no test size stored: the image's own size
+    save_program(_Described(), plain, program=program)
+    unsized = ExportedPredictor(plain, "torch-export")
+    assert unsized.test_size is None
+    assert unsized.predict(np.full((50, 64, 3), 7, np.uint8))["panoptic"].shape == (50, 64)

@@ -76,6 +76,7 @@ def test_pipeline_pads_as_predictor(weights):
     pipeline = cli.build_pipeline(weights)
     assert pipeline.pad_to == CROP
     assert pipeline.description()["pad_to"] == list(CROP)
+    assert pipeline.description()["test_size"] == [0, 0]  # the quick start's: the image's size
     cfg = load_config(CONFIG)
     assert pipeline.pad_value.tolist() == pytest.approx(list(cfg.MODEL.PIXEL_MEAN))
     image = np.random.default_rng(0).integers(0, 256, (25, 37, 3), dtype=np.uint8)

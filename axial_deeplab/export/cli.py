@@ -65,6 +65,7 @@ def build_pipeline(weights: str, config_file: str = "", opts=()) -> PanopticPipe
         num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         pad_to=tuple(cfg.INPUT.CROP.SIZE) if cfg.TEST.PAD_TO_CROP else None,
         pad_value=tuple(cfg.MODEL.PIXEL_MEAN),
+        test_size=(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST),
     )
 
 

@@ -79,6 +79,9 @@ class PanopticPipeline(nn.Module):
         pad_to: ``(h, w)``: pad the input at the bottom and right to at least this size with
             ``pad_value`` (per channel, 0-255 RGB) before the model, and crop its outputs back
             (``TEST.PAD_TO_CROP``); None: the model sees the image as it comes.
+        test_size: ``(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``, recorded in the description:
+            ``export.runtime.ExportedPredictor`` resizes images to it on the host, as
+            ``Predictor`` does (the graph runs at whatever size it is given).
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class PanopticPipeline(nn.Module):
         num_classes: int,
         pad_to: tuple[int, int] | None = None,
         pad_value: Sequence[float] = (0.0, 0.0, 0.0),
+        test_size: tuple[int, int] | None = None,
     ) -> None:
         if postprocessing.void_class >= 0:
             raise ConfigError(
@@ -103,6 +107,7 @@ class PanopticPipeline(nn.Module):
         self.postprocessing = postprocessing
         self.register_buffer("is_thing", thing_table(metadata.thing_ids, num_classes), False)
         self.pad_to = None if pad_to is None else (int(pad_to[0]), int(pad_to[1]))
+        self.test_size = None if test_size is None else (int(test_size[0]), int(test_size[1]))
         self.register_buffer("pad_value", torch.tensor(pad_value, dtype=torch.float32), False)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -161,6 +166,8 @@ class PanopticPipeline(nn.Module):
             },  # fmt: skip
             "postprocessing": asdict(self.postprocessing),
             "pad_to": None if self.pad_to is None else list(self.pad_to),
+            "test_size": None if self.test_size is None else list(self.test_size),
+            "align_corners": bool(getattr(self.model, "align_corners", True)),
             "void_label": VOID_LABEL,
         }
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.export.pt2_archive.constants import ARCHIVE_FORMAT_PATH, ARCHIVE_FORMAT_VALUE
 
+from ..data.transforms import resize_image
 from ..engine.inference import (
     InferenceMetadata,
     TestTimeAugmentation,
@@ -28,6 +29,7 @@ from ..engine.inference import (
     prediction_dict,
 )
 from ..engine.inputs import BadInputError
+from ..engine.prediction_size import network_size, prediction_at_size
 from .pipeline import DESCRIPTION_FILE, INPUT_NAME, MAX_SIZE, MIN_SIZE, OUTPUT_NAMES
 
 BACKENDS = ("torch-export", "onnxruntime")
@@ -181,6 +183,9 @@ class ExportedPredictor:
         self.metadata: InferenceMetadata = as_metadata(description["metadata"])
         self.description = description
         self.tta = TestTimeAugmentation()  # the graph holds one plain pass
+        test_size = description.get("test_size")  # absent from files exported before it was
+        self.test_size = None if test_size is None else tuple(test_size)
+        self.align_corners = bool(description.get("align_corners", True))
 
     def outputs(self, image: np.ndarray) -> dict[str, torch.Tensor]:
         """The graph's outputs by name, centres cut to the kept ones ``[M, 2]``."""
@@ -190,7 +195,18 @@ class ExportedPredictor:
         return out
 
     def predict(self, image: np.ndarray) -> dict:
-        """The same dict as ``Predictor.predict``, from the exported graph."""
-        out = self.outputs(image)
+        """The same dict as ``Predictor.predict``, from the exported graph (the image resized to
+        the evaluation size on the host, and the prediction brought back, as ``Predictor``
+        does)."""
+        image = _check_image(image)
+        size = network_size(*image.shape[:2], self.test_size)
+        out = self.outputs(image if size is None else resize_image(image, size))
         raw = {"semantic": out["semantic_prob"], "center": out["center"], "offset": out["offset"]}
-        return prediction_dict(out["panoptic"], out["centers"], raw, self.metadata)
+        prediction = prediction_dict(out["panoptic"], out["centers"], raw, self.metadata)
+        if size is None:
+            return prediction
+        meta = self.metadata
+        return prediction_at_size(
+            prediction, image.shape[:2], label_divisor=meta.label_divisor,
+            thing_ids=meta.thing_ids, align_corners=self.align_corners,
+        )  # fmt: skip
