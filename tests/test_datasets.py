@@ -136,6 +136,15 @@ def test_duplicate_category_id(tmp_path):
         load_coco(root)
 
 
+def test_duplicate_category_name(tmp_path):
+    root = coco_copy(tmp_path)
+    edit_json(root / "panoptic_examples.json", lambda d: d["categories"][3].update(name="person"))
+    with pytest.raises(
+        DatasetFormatError, match=r"category name 'person' is used by ids 1 and \d+; names must"
+    ):
+        load_coco(root)
+
+
 def test_unknown_category_id(tmp_path):
     root = coco_copy(tmp_path)
     edit_json(

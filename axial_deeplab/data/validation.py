@@ -52,6 +52,12 @@ def validate_categories(categories: list[dict], source: str) -> dict[int, dict]:
             )
         if int(cat_id) in out:
             raise DatasetFormatError(f"{source}: duplicate category id {cat_id}")
+        same = [c["id"] for c in out.values() if c["name"] == cat["name"]]
+        if same:  # two table rows, two legend entries, one name: a copy-paste slip
+            raise DatasetFormatError(
+                f"{source}: category name {cat['name']!r} is used by ids {same[0]} and {cat_id}; "
+                "names must be unique"
+            )
         out[int(cat_id)] = cat
     return out
 
