@@ -291,6 +291,12 @@ def test_class_count_check_knows_the_void_channel():
         check_num_classes(load_config(CONFIG), coco, "coco_2017_train_panoptic", training=True)
     with pytest.raises(ConfigError, match="VOID_CLASS must be -1"):
         load_config(CONFIG, ["MODEL.SEM_SEG_HEAD.VOID_CLASS", "134"])
+    # Evaluating weights: their class count is fixed, so no NUM_CLASSES advice (it would not load)
+    weighted = load_config(
+        CONFIG, ["MODEL.SEM_SEG_HEAD.VOID_CLASS", "-1", "MODEL.WEIGHTS", "m.pth"]
+    )
+    with pytest.raises(ConfigError, match=r"the weights m.pth predict 134 classes: evaluate them"):
+        check_num_classes(weighted, coco, "coco_2017_val_panoptic")
 
 
 @pytest.fixture(scope="module")

@@ -121,10 +121,15 @@ def check_num_classes(cfg, metadata, name: str, *, training: bool = False) -> No
             if sem.NUM_CLASSES == metadata.num_classes + 1
             else ""
         )
+        fix = f"set MODEL.SEM_SEG_HEAD.NUM_CLASSES {metadata.num_classes}{hint}"
+        if not training and cfg.MODEL.WEIGHTS:  # its weights fix the count: another NUM_CLASSES
+            fix = (  # would not load them
+                f"the weights {cfg.MODEL.WEIGHTS} predict {sem.NUM_CLASSES} classes: evaluate "
+                f"them on a data set with those classes{hint}"
+            )
         raise ConfigError(
             f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {sem.NUM_CLASSES} but data set {name} has "
-            f"{metadata.num_classes} classes ({where}): set MODEL.SEM_SEG_HEAD.NUM_CLASSES "
-            f"{metadata.num_classes}{hint}"
+            f"{metadata.num_classes} classes ({where}): {fix}"
         )
 
 
