@@ -2,6 +2,8 @@
 and with a model built from the config."""
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import cv2
@@ -14,7 +16,7 @@ from axial_deeplab.data.panoptic_io import read_panoptic_png
 from axial_deeplab.engine import infer_net, predictor_setup
 from axial_deeplab.engine.evaluate import PostProcessing
 from axial_deeplab.engine.inference import Predictor
-from axial_deeplab.engine.inputs import iter_video, read_image
+from axial_deeplab.engine.inputs import expand_inputs, iter_video, read_image
 from axial_deeplab.utils.visualize import TITLE_HEIGHT, enlarge_factor
 
 # ------------------------------------------------------------------------------------------------
@@ -168,3 +170,33 @@ def test_cli_bad_input_fails_by_default_naming_the_file(tmp_path, tiny_cli):
         SystemExit, match="names 3 classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES is 19"
     ):
         infer_net.main(argv)  # one line, no traceback: the CLI's handler
+
+
+def test_sigterm_stops_a_video_cleanly(tmp_path, monkeypatch, capsys):
+    """SIGTERM (timeout, a scheduler) during a video: exit 143 with one line and no temporary
+    overlay file left (it used to kill the process with a 0-byte .tmp.avi in --output)."""
+    from axial_deeplab.utils.cli import run_cli, sigterm_raises
+
+    _write_video(tmp_path / "clip.avi", [_image(32, 48, seed=i) for i in range(4)])
+    predictor = Predictor(FlipEquivariantModel(), metadata=NAMES, postprocessing=POST)
+    calls = []
+
+    def predict(frame):
+        calls.append(1)
+        if len(calls) == 2:  # the overlay video has been started by now
+            os.kill(os.getpid(), signal.SIGTERM)
+        return Predictor.predict(predictor, frame)
+
+    monkeypatch.setattr(predictor, "predict", predict)
+    out = tmp_path / "out"
+
+    def main(argv):
+        with sigterm_raises():
+            item = expand_inputs([str(tmp_path / "clip.avi")])[0]
+            infer_net._predict_video(predictor, item, str(out), 0, False)
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [])
+    assert exit_.value.code == 143 and "terminated (SIGTERM)" in capsys.readouterr().err
+    assert len(calls) == 2 and not list(out.rglob("*.avi"))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back

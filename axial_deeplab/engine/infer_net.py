@@ -36,7 +36,7 @@ from tqdm import tqdm
 from ..config import ConfigError
 from ..data.panoptic_io import write_panoptic_png
 from ..utils.atomic import write_json, write_rgb_png
-from ..utils.cli import add_debug_flag, check_output_folder, run_cli
+from ..utils.cli import add_debug_flag, check_output_folder, run_cli, sigterm_raises
 from ..utils.visualize import compose, prediction_panels
 from .evaluate import VOID_LABEL
 from .inference import InferenceMetadata, Predictor
@@ -292,7 +292,8 @@ def run_predictor(args: argparse.Namespace, predictor, items: list[InputItem]) -
 def _main(argv: list[str]) -> dict:
     args = parse_args(argv)
     try:
-        return run(args)
+        with sigterm_raises():  # a killed run removes its temporary files, as Ctrl-C does
+            return run(args)
     except BadInputError as exc:
         raise BadInputError(f"{exc} (use --skip-bad to skip bad inputs)") from None
 

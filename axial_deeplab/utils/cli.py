@@ -11,12 +11,15 @@ Ctrl-C outside training exits with 130 and one line. :func:`int_at_least` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pickle
 import re
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 DEBUG_FLAG = "--debug"
@@ -99,11 +102,40 @@ def split_debug(argv: list[str] | None) -> tuple[list[str], bool]:
     return [a for a in args if a != DEBUG_FLAG], debug
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received inside :func:`sigterm_raises` (``timeout``, a scheduler)."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block (main thread), SIGTERM raises :class:`Terminated` instead of killing the
+    process at once, so that the cleanup Ctrl-C runs (temporary files of atomic writes) runs for
+    it too; :func:`run_cli` then exits with 143. Elsewhere, or outside the block, nothing
+    changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> Any:
     """``main(argv)`` with the handling of the module docstring."""
     args, debug = split_debug(argv)
     try:
         return main(args)
+    except Terminated:
+        if debug:
+            raise
+        print("terminated (SIGTERM)", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
     except KeyboardInterrupt:
         if debug:
             raise
