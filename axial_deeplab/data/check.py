@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -55,6 +54,13 @@ def distinct_ids(ids: np.ndarray) -> np.ndarray:
     return np.unique(flat)
 
 
+# A JPEG's header segments are checked in its first JPEG_HEAD bytes and its end-of-image marker
+# looked for in its last JPEG_TAIL, so that full validation reads little more than headers; a file
+# that fails either (long metadata, data after the marker, damage) is read whole and decides.
+JPEG_HEAD = 1 << 16
+JPEG_TAIL = 1 << 12
+
+
 def image_size(path: str) -> tuple[int, int]:
     """``(height, width)`` read from the image header (no decoding); a JPEG's structure is
     checked too (``images.jpeg_problem``: a truncated file lacks its end-of-image marker), so that
@@ -62,16 +68,36 @@ def image_size(path: str) -> tuple[int, int]:
     from PIL import Image  # a torchvision dependency
 
     with open(path, "rb") as f:
-        data = f.read()
+        data = f.read(JPEG_HEAD)
+        if data.startswith(b"\xff\xd8"):
+            size = _jpeg_size(f, data)
+            if size is not None:
+                return size
+            f.seek(0)
+            data = f.read()
     if data.startswith(b"\xff\xd8"):
         problem, size = jpeg_problem(data)
         if problem:
             raise ValueError(f"corrupt JPEG: {problem}")
         if size is not None:
             return size
-    with Image.open(io.BytesIO(data)) as img:
+    with Image.open(path) as img:
         width, height = img.size
     return height, width
+
+
+def _jpeg_size(f, head: bytes) -> tuple[int, int] | None:
+    """The frame size of a JPEG whose first bytes ``head`` hold sound header segments and whose
+    last ``JPEG_TAIL`` bytes (read from ``f``) end its data with the end-of-image marker; None
+    when either is not so (then the whole file decides)."""
+    problem, size = jpeg_problem(head)
+    if size is None or problem is None:  # no frame header yet / the marker is in the head
+        return size
+    if not problem.startswith("truncated: no end-of-image"):
+        return None
+    f.seek(0, os.SEEK_END)
+    f.seek(max(len(head), f.tell() - JPEG_TAIL))
+    return size if f.read().rstrip(b"\x00").endswith(b"\xff\xd9") else None
 
 
 def record_problems(
