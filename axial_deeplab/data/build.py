@@ -66,13 +66,20 @@ def category_difference(a: DatasetMetadata, b: DatasetMetadata) -> str | None:
     head = f"data sets '{a.name}' and '{b.name}' number their classes differently"
     if len(ours) != len(theirs):
         return f"{head}: {len(ours)} against {len(theirs)} categories"
-    i = next(i for i, (x, y) in enumerate(zip(ours, theirs)) if x != y)
+    i, reordered = first_difference(ours, theirs)
     shown = ", ".join(f"{k} {v!r}" for k, v in zip(fields, ours[i]))
     other = ", ".join(f"{k} {v!r}" for k, v in zip(fields, theirs[i]))
-    order = ""
-    if sorted(ours) == sorted(theirs):
-        order = " (the same categories in another order: classes follow the JSON's list)"
-    return f"{head}: class {i} is ({shown}) in the first and ({other}) in the second{order}"
+    order = " (the same categories in another order: classes follow the JSON's list)"
+    return f"{head}: class {i} is ({shown}) in the first and ({other}) in the second" + (
+        order if reordered else ""
+    )
+
+
+def first_difference(ours: Sequence, theirs: Sequence) -> tuple[int, bool]:
+    """Of two different class lists of one length: the first position where they differ, and
+    whether they hold the same entries in another order (every class scored as another one)."""
+    i = next(i for i, (x, y) in enumerate(zip(ours, theirs)) if x != y)
+    return i, sorted(ours) == sorted(theirs)
 
 
 def build_train_augmentation(cfg) -> TrainAugmentation:

@@ -192,11 +192,12 @@ def _predict_image(predictor: Predictor, item: InputItem, out_dir: str, max_size
     info = {"file_name": item.path, **_settings(predictor)}
     if image.shape != original.shape:  # --max-size: predicted smaller, written at the file's size
         info["shrunk_to"] = list(image.shape[:2])
-        meta = predictor.metadata
         prediction = prediction_at_size(
-            prediction, original.shape[:2], label_divisor=meta.label_divisor,
-            thing_ids=meta.thing_ids, align_corners=getattr(predictor, "align_corners", True),
-        )  # fmt: skip
+            prediction,
+            original.shape[:2],
+            predictor.metadata,
+            align_corners=getattr(predictor, "align_corners", True),
+        )
     pictures = render(original, prediction, predictor.metadata)
     write_image_outputs(out_dir, item.name, original, prediction, info, pictures)
 

@@ -20,14 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.catalog import DatasetMetadata
-from ..data.transforms import resize_image
 from ..layers.precision import warn_if_slow
 from ..modeling.fusion import inference_model
 from ..modeling.panoptic_deeplab import upsample, upsample_offsets
 from ..modeling.postprocessing import drop_void_channel, get_instances, semantic_prediction
 from ..utils.host_memory import keep_freed_memory_for_models
 from .evaluate import PaddedModel, PostProcessing, labels_to_segments, panoptic_prediction
-from .prediction_size import network_size, prediction_at_size
+from .prediction_size import predict_at_evaluation_size
 
 
 @dataclass(frozen=True)
@@ -274,21 +273,19 @@ class Predictor:
         dict per segment with ``id``, ``category_id`` (train id), ``category_name``, ``isthing``,
         ``iscrowd`` (0), ``area``, ``score`` and ``label`` (its panoptic label).
         """
-        size = None
-        if isinstance(image, np.ndarray) and image.ndim == 3:  # else raw() says what is wrong
-            size = network_size(*image.shape[:2], self.test_size)
-        raw = self.raw(image if size is None else resize_image(image, size))
+        return predict_at_evaluation_size(
+            self._predict_as_given, image, self.test_size, self.metadata,
+            align_corners=self.align_corners,
+        )  # fmt: skip
+
+    def _predict_as_given(self, image: np.ndarray) -> dict:
+        """:meth:`predict` at the size ``image`` has."""
+        raw = self.raw(image)
         meta, post = self.metadata, self.postprocessing
         panoptic, centers = panoptic_prediction(
             raw, post, thing_ids=meta.thing_ids, label_divisor=meta.label_divisor
         )
-        prediction = prediction_dict(panoptic, centers, raw, meta, void_class=post.void_class)
-        if size is None:
-            return prediction
-        return prediction_at_size(
-            prediction, image.shape[:2], label_divisor=meta.label_divisor,
-            thing_ids=meta.thing_ids, align_corners=self.align_corners,
-        )  # fmt: skip
+        return prediction_dict(panoptic, centers, raw, meta, void_class=post.void_class)
 
 
 def prediction_dict(

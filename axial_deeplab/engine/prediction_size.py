@@ -9,10 +9,12 @@ size of the image they are given.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
-from ..data.transforms import resize_shortest_edge_size
+from ..data.transforms import resize_image, resize_shortest_edge_size
 from ..modeling.panoptic_deeplab import upsample, upsample_offsets
 from .evaluate import labels_to_segments, resize_nearest
 
@@ -29,17 +31,40 @@ def network_size(
     return None if size == (height, width) else size
 
 
+def predict_at_evaluation_size(
+    predict: Callable[[np.ndarray], dict],
+    image: np.ndarray,
+    test_size: tuple[int, int] | None,
+    metadata,
+    *,
+    align_corners: bool,
+) -> dict:
+    """``predict(image)`` (a ``Predictor.predict``-style dict at its input's size) run on
+    ``image`` resized to :func:`network_size`, and the result brought back to ``image``'s size
+    (:func:`prediction_at_size`); ``predict(image)`` itself when no resize is due (or ``image``
+    is not an ``[H, W, C]`` array: ``predict`` says what is wrong)."""
+    size = None
+    if isinstance(image, np.ndarray) and image.ndim == 3:
+        size = network_size(*image.shape[:2], test_size)
+    if size is None:
+        return predict(image)
+    prediction = predict(resize_image(image, size))
+    return prediction_at_size(prediction, image.shape[:2], metadata, align_corners=align_corners)
+
+
 def prediction_at_size(
-    prediction: dict, size: tuple[int, int], *, label_divisor: int, thing_ids, align_corners: bool
+    prediction: dict, size: tuple[int, int], metadata, *, align_corners: bool
 ) -> dict:
     """``Predictor.predict``'s result at ``size`` ``(H, W)``: the panoptic and semantic maps by
     nearest neighbour (as evaluation writes them), the centre heatmap and the offsets bilinear
     (offsets rescaled to pixels of the new size), the centres scaled; segments and their areas
     are counted again at the new size and keep their scores (a segment that no pixel keeps is
-    left out)."""
+    left out). ``metadata``: the predictor's (label divisor, thing ids)."""
     height, width = prediction["panoptic"].shape
     labels = resize_nearest(prediction["panoptic"], size)
-    ids, segments = labels_to_segments(labels, label_divisor=label_divisor, thing_ids=thing_ids)
+    ids, segments = labels_to_segments(
+        labels, label_divisor=metadata.label_divisor, thing_ids=metadata.thing_ids
+    )
     before = {s["label"]: s for s in prediction["segments_info"]}
     kept = [int(v) for v in np.unique(labels) if v >= 0]  # the order of labels_to_segments
     for segment, label in zip(segments, kept, strict=True):

@@ -69,6 +69,7 @@ def check_checkpoint_classes(cfg, catalog) -> None:
     those of ``DATASETS.TEST[0]``. The same names in another order would score every class
     against another one: refused. Other differences (renamed classes) get a note."""
     from ..checkpoint.io import load_checkpoint_file
+    from ..data.build import first_difference
 
     stored = load_checkpoint_file(cfg.MODEL.WEIGHTS).metadata if cfg.MODEL.WEIGHTS else None
     if not stored or not cfg.DATASETS.TEST or "class_names" not in stored:
@@ -78,9 +79,9 @@ def check_checkpoint_classes(cfg, catalog) -> None:
     theirs = [str(n) for n in catalog.get(name)[1].class_names]
     if ours == theirs or len(ours) != len(theirs):  # a count mismatch is refused elsewhere
         return
-    i = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+    i, reordered = first_difference(ours, theirs)
     where = f"class {i} is {ours[i]!r} in {cfg.MODEL.WEIGHTS} but {theirs[i]!r} in data set {name}"
-    if sorted(ours) == sorted(theirs):
+    if reordered:
         raise ConfigError(
             f"--eval-only: the checkpoint and the data set order their classes differently "
             f"({where}): every class would be scored against another one; list the data set's "

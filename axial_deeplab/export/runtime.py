@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch.export.pt2_archive.constants import ARCHIVE_FORMAT_PATH, ARCHIVE_FORMAT_VALUE
 
-from ..data.transforms import resize_image
 from ..engine.inference import (
     InferenceMetadata,
     TestTimeAugmentation,
@@ -29,7 +28,7 @@ from ..engine.inference import (
     prediction_dict,
 )
 from ..engine.inputs import BadInputError
-from ..engine.prediction_size import network_size, prediction_at_size
+from ..engine.prediction_size import predict_at_evaluation_size
 from .pipeline import DESCRIPTION_FILE, INPUT_NAME, MAX_SIZE, MIN_SIZE, OUTPUT_NAMES
 
 BACKENDS = ("torch-export", "onnxruntime")
@@ -198,15 +197,13 @@ class ExportedPredictor:
         """The same dict as ``Predictor.predict``, from the exported graph (the image resized to
         the evaluation size on the host, and the prediction brought back, as ``Predictor``
         does)."""
-        image = _check_image(image)
-        size = network_size(*image.shape[:2], self.test_size)
-        out = self.outputs(image if size is None else resize_image(image, size))
-        raw = {"semantic": out["semantic_prob"], "center": out["center"], "offset": out["offset"]}
-        prediction = prediction_dict(out["panoptic"], out["centers"], raw, self.metadata)
-        if size is None:
-            return prediction
-        meta = self.metadata
-        return prediction_at_size(
-            prediction, image.shape[:2], label_divisor=meta.label_divisor,
-            thing_ids=meta.thing_ids, align_corners=self.align_corners,
+        return predict_at_evaluation_size(
+            self._predict_as_given, _check_image(image), self.test_size, self.metadata,
+            align_corners=self.align_corners,
         )  # fmt: skip
+
+    def _predict_as_given(self, image: np.ndarray) -> dict:
+        """:meth:`predict` at the size ``image`` has."""
+        out = self.outputs(image)
+        raw = {"semantic": out["semantic_prob"], "center": out["center"], "offset": out["offset"]}
+        return prediction_dict(out["panoptic"], out["centers"], raw, self.metadata)
