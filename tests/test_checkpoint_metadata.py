@@ -78,6 +78,12 @@ def test_round_trip_and_weights_only_layout(tmp_path):
     torch.save(state, tmp_path / "bare.pth")
     bare = load_checkpoint_file(tmp_path / "bare.pth")
     assert (bare.config_yaml, bare.metadata, bare.source) == (None, None, None)
+    # mapped (to read a large file's config) or, for the old pickle format, read whole: the same
+    torch.save(state, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    for name in ("c.pth", "old.pth"):
+        mapped, whole = (load_checkpoint_file(tmp_path / name, mmap=m) for m in (True, False))
+        assert (mapped.config_yaml, mapped.metadata) == (whole.config_yaml, whole.metadata)
+        assert all(torch.equal(mapped.state_dict[k], v) for k, v in whole.state_dict.items())
 
 
 @pytest.mark.parametrize(

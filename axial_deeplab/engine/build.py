@@ -145,7 +145,7 @@ def matching_config_hint(weights: str) -> str:
     from ..config import load_config
 
     try:
-        stored = load_checkpoint_file(weights).config_yaml
+        stored = load_checkpoint_file(weights, mmap=True).config_yaml
         model = (yaml.safe_load(stored or "") or {}).get("MODEL")
     except (ValueError, OSError, yaml.YAMLError):
         return ""

@@ -93,7 +93,7 @@ def read_checkpoint_info(args: argparse.Namespace) -> tuple[str | None, dict | N
     if not args.weights:
         return None, None
     check_backend_suffix(args.weights, "torch")
-    stored = load_checkpoint_file(args.weights)
+    stored = load_checkpoint_file(args.weights, mmap=True)
     if stored.config_yaml is None and not args.config_file:
         if not args.opts:
             raise ConfigError(

@@ -57,7 +57,7 @@ def eval_config(args: argparse.Namespace):
     weights = load_config(None, args.opts).MODEL.WEIGHTS
     if not weights:
         return load_config(None, args.opts)
-    stored = load_checkpoint_file(weights).config_yaml
+    stored = load_checkpoint_file(weights, mmap=True).config_yaml
     if stored is None:
         raise SystemExit(f"error: {weights} carries no config: pass --config-file")
     print(f"config: stored in {weights}")
@@ -71,7 +71,7 @@ def check_checkpoint_classes(cfg, catalog) -> None:
     from ..checkpoint.io import load_checkpoint_file
     from ..data.build import first_difference
 
-    stored = load_checkpoint_file(cfg.MODEL.WEIGHTS).metadata if cfg.MODEL.WEIGHTS else None
+    stored = load_checkpoint_file(cfg.MODEL.WEIGHTS, mmap=True).metadata if cfg.MODEL.WEIGHTS else None
     if not stored or not cfg.DATASETS.TEST or "class_names" not in stored:
         return
     name = cfg.DATASETS.TEST[0]
