@@ -116,6 +116,23 @@ def test_eval_only_coco_predictions_score_as_in_memory(trained, monkeypatch):
     _no_temp_files(folder)
 
 
+def test_eval_only_evaluates_every_test_set(trained):
+    """As detectron2: each DATASETS.TEST set is evaluated; the first one's metrics keep their
+    names (the same numbers as alone), another's are prefixed with its name; files per set."""
+    out = str(trained["root"] / "eval_two_sets")
+    weights = os.path.join(trained["out"], "model_0000020.pth")
+    common = [*trained["common"], "MODEL.WEIGHTS", weights, "TEST.NUM_PICTURES", "0"]
+    alone = _run(*common, "OUTPUT_DIR", out + "_alone", "DATASETS.TEST", "('synth_train',)",
+                 eval_only=True)  # fmt: skip
+    both = _run(*common, "OUTPUT_DIR", out, "DATASETS.TEST", "('synth_val', 'synth_train')",
+                "TEST.SAVE_PREDICTIONS", "True", eval_only=True)  # fmt: skip
+    assert {k: both[f"synth_train/{k}"] for k in alone} == alone
+    assert "PQ" in both and both["PQ"] != alone["PQ"]  # synth_val's, not synth_train's
+    for name, count in (("synth_val", 4), ("synth_train", 8)):
+        with open(f"{out}/inference/{name}/panoptic.json", encoding="utf-8") as f:
+            assert len(json.load(f)["annotations"]) == count
+
+
 def _as_cityscapes_19_classes(weights: str, path: str) -> str:
     """The trained 6-class weights as a 19-class Cityscapes model: each synthetic class's semantic
     logit goes to the Cityscapes train id it stands in for (SYNTHETIC_CLASSES: disc = person 11,

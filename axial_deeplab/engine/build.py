@@ -26,7 +26,7 @@ from ..modeling.build import build_model
 from ..modeling.losses import PanopticDeepLabLoss
 from ..modeling.targets import PanopticTargetGenerator
 from ..utils.atomic import write_text
-from .distributed import get_rank, get_world_size, is_distributed
+from .distributed import get_rank, get_world_size, is_distributed, is_main_process
 from .eval_pictures import EvalPictureWriter
 from .evaluate import PostProcessing, evaluate_panoptic
 from .optim import build_lr_scheduler, build_optimizer, param_groups
@@ -179,16 +179,48 @@ def build_evaluate_fn(
     pictures_dir: str = "",
     verbose: bool = False,
 ) -> Callable[[nn.Module], dict[str, float]]:
-    """``model -> metrics`` on ``DATASETS.TEST[0]`` (this rank's shard, gathered).
+    """``model -> metrics`` on every data set of ``DATASETS.TEST`` in turn (this rank's shard,
+    gathered), as detectron2 evaluates all of them. The first set's metrics keep their names
+    (``PQ``...: ``model_best.pth`` follows its PQ); another set's are named ``NAME/PQ``...
 
     ``save_dir``: also write the predictions there in the official formats
     (:mod:`.predictions`). ``pictures_dir``: also draw the first ``TEST.NUM_PICTURES`` images
-    there, prediction beside ground truth (:mod:`.eval_pictures`). ``verbose``: print the
-    per-class PQ table."""
+    there, prediction beside ground truth (:mod:`.eval_pictures`). With several sets, each writes
+    to a subfolder named after it. ``verbose``: print the per-class PQ table."""
     if not cfg.DATASETS.TEST:
         raise ConfigError("DATASETS.TEST is empty: name the data set to evaluate on")
-    dataset = build_test_dataset(cfg, catalog, cfg.DATASETS.TEST[0])
-    check_num_classes(cfg, dataset.metadata, cfg.DATASETS.TEST[0])
+    names = list(cfg.DATASETS.TEST)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"DATASETS.TEST names a data set twice: {names}")
+
+    def folder(root: str, name: str) -> str:
+        return os.path.join(root, name) if root and len(names) > 1 else root
+
+    evaluators = [
+        _evaluate_one_fn(cfg, catalog, name, device, folder(save_dir, name),
+                         folder(pictures_dir, name), verbose)
+        for name in names
+    ]  # fmt: skip
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for i, (name, evaluate_one) in enumerate(zip(names, evaluators)):
+            if len(names) > 1 and verbose and is_main_process():
+                print(f"evaluation on {name}:")
+            prefix = f"{name}/" if i else ""
+            metrics.update({prefix + k: v for k, v in evaluate_one(model).items()})
+        return metrics
+
+    return evaluate
+
+
+def _evaluate_one_fn(
+    cfg, catalog: DatasetCatalog, name: str, device: torch.device, save_dir: str,
+    pictures_dir: str, verbose: bool,
+) -> Callable[[nn.Module], dict[str, float]]:  # fmt: skip
+    """``model -> metrics`` on data set ``name`` (see :func:`build_evaluate_fn`)."""
+    dataset = build_test_dataset(cfg, catalog, name)
+    check_num_classes(cfg, dataset.metadata, name)
     loader = build_test_loader(dataset, rank=get_rank(), world_size=get_world_size())
     settings = PostProcessing.from_config(cfg)
     pad_to = tuple(cfg.INPUT.CROP.SIZE) if cfg.TEST.PAD_TO_CROP else None

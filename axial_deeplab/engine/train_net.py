@@ -2,12 +2,14 @@
 
 detectron2-style options: ``--num-gpus N`` spawns N local processes (DistributedDataParallel;
 NCCL on GPUs, gloo on CPUs), ``--resume`` continues from ``OUTPUT_DIR``'s last checkpoint,
-``--eval-only`` evaluates ``MODEL.WEIGHTS`` on ``DATASETS.TEST[0]`` (without weights it refuses
-unless ``--allow-random-weights``); with ``TEST.SAVE_PREDICTIONS True`` it also writes the
-predictions in the official formats (COCO panoptic PNG + JSON with the data set's category ids;
-Cityscapes label-id PNGs and instance txt + masks for Cityscapes-format data) and ``metrics.json``
-to ``OUTPUT_DIR/inference``; it draws the first ``TEST.NUM_PICTURES`` images (prediction beside
-ground truth) to ``OUTPUT_DIR/eval_pictures``. Multi-node: launch this with ``torchrun``, or submit
+``--eval-only`` evaluates ``MODEL.WEIGHTS`` on each ``DATASETS.TEST`` set (without weights it
+refuses unless ``--allow-random-weights``); with ``TEST.SAVE_PREDICTIONS True`` it also writes
+the predictions in the official formats (COCO panoptic PNG + JSON with the data set's category
+ids; Cityscapes label-id PNGs and instance txt + masks for Cityscapes-format data) and
+``metrics.json`` to ``OUTPUT_DIR/inference``; it draws the first ``TEST.NUM_PICTURES`` images
+(prediction beside ground truth) to ``OUTPUT_DIR/eval_pictures``. With several test sets, each
+writes to a subfolder named after it, and the metrics of every set but the first are named
+``SET/PQ``... Multi-node: launch this with ``torchrun``, or submit
 it to Slurm with ``--slurm`` (see :mod:`.slurm`).
 
 Ctrl-C, SIGTERM, SIGUSR1 or SIGUSR2 during training saves a checkpoint and exits with
@@ -66,30 +68,34 @@ def eval_config(args: argparse.Namespace):
 
 def check_checkpoint_classes(cfg, catalog) -> None:
     """``--eval-only``: the classes stored in ``MODEL.WEIGHTS`` (when it stores them) against
-    those of ``DATASETS.TEST[0]``. The same names in another order would score every class
+    those of each ``DATASETS.TEST`` set. The same names in another order would score every class
     against another one: refused. Other differences (renamed classes) get a note."""
     from ..checkpoint.io import load_checkpoint_file
     from ..data.build import first_difference
 
-    stored = load_checkpoint_file(cfg.MODEL.WEIGHTS, mmap=True).metadata if cfg.MODEL.WEIGHTS else None
-    if not stored or not cfg.DATASETS.TEST or "class_names" not in stored:
+    stored = (
+        load_checkpoint_file(cfg.MODEL.WEIGHTS, mmap=True).metadata if cfg.MODEL.WEIGHTS else None
+    )
+    if not stored or "class_names" not in stored:
         return
-    name = cfg.DATASETS.TEST[0]
     ours = list(stored["class_names"])
-    theirs = [str(n) for n in catalog.get(name)[1].class_names]
-    if ours == theirs or len(ours) != len(theirs):  # a count mismatch is refused elsewhere
-        return
-    i, reordered = first_difference(ours, theirs)
-    where = f"class {i} is {ours[i]!r} in {cfg.MODEL.WEIGHTS} but {theirs[i]!r} in data set {name}"
-    if reordered:
-        raise ConfigError(
-            f"--eval-only: the checkpoint and the data set order their classes differently "
-            f"({where}): every class would be scored against another one; list the data set's "
-            "categories in the order the model was trained with"
+    for name in cfg.DATASETS.TEST:
+        theirs = [str(n) for n in catalog.get(name)[1].class_names]
+        if ours == theirs or len(ours) != len(theirs):  # a count mismatch is refused elsewhere
+            continue
+        i, reordered = first_difference(ours, theirs)
+        where = (
+            f"class {i} is {ours[i]!r} in {cfg.MODEL.WEIGHTS} but {theirs[i]!r} in data set {name}"
         )
-    if is_main_process():
-        print(f"note: the checkpoint's class names differ from the data set's ({where}); "
-              "classes are scored by position")  # fmt: skip
+        if reordered:
+            raise ConfigError(
+                f"--eval-only: the checkpoint and the data set order their classes differently "
+                f"({where}): every class would be scored against another one; list the data "
+                "set's categories in the order the model was trained with"
+            )
+        if is_main_process():
+            print(f"note: the checkpoint's class names differ from the data set's ({where}); "
+                  "classes are scored by position")  # fmt: skip
 
 
 def notice_cpu_fallback(device: str) -> None:
