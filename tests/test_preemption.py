@@ -17,7 +17,7 @@ from test_trainer import _batches, _trainer
 from axial_deeplab.data import loader
 from axial_deeplab.data.synthetic_writer import write_synthetic_dataset
 from axial_deeplab.engine.events import read_metrics
-from axial_deeplab.engine.preemption import TrainingInterrupted
+from axial_deeplab.engine.preemption import StopSignals, TrainingInterrupted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,6 +55,19 @@ def test_stop_signal_saves_and_resume_matches_uninterrupted(tmp_path, signum):
     # one metrics record per iteration, none replayed
     iterations = [r["iteration"] for r in read_metrics(tmp_path / "split" / "metrics.json")]
     assert iterations == list(range(1, 9))
+
+
+def test_stop_signal_is_acknowledged_and_a_second_ctrl_c_stops_at_once(capsys):
+    """A stop signal waits for the iteration (and an evaluation, which may take many minutes):
+    it used to be silent, and repeating Ctrl-C did nothing."""
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # a repeat: nothing more
+        assert stop.signum == signal.SIGTERM
+        assert capsys.readouterr().err.count("SIGTERM: stopping after this iteration") == 1
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs at the next bytecode boundary
 
 
 def test_loader_failing_after_stop_signal_abandons_iteration(tmp_path):

@@ -2,6 +2,7 @@
 and what does not fit (the tensors, the optimizer, the config keys that changed), never PyTorch's
 raw error; ``tools/train_net.py`` prints it as a user error."""
 
+import os
 import re
 
 import pytest
@@ -11,6 +12,8 @@ from test_trainer import _trainer
 from torch import nn
 
 from axial_deeplab.checkpoint.io import save_checkpoint_file
+from axial_deeplab.config import ConfigError
+from axial_deeplab.engine.launch import launch
 from axial_deeplab.engine.train_net import main
 
 
@@ -62,9 +65,50 @@ def test_another_optimizer_in_the_config_is_refused(tmp_path):
     resumed = _trainer(tmp_path, 6)
     resumed.checkpoint_info = {"config": "SOLVER:\n  OPTIMIZER: adam\n"}
     with pytest.raises(
-        ValueError, match=r"another optimizer: SOLVER.OPTIMIZER adam \(saved: radam"
+        ValueError, match=r"other optimizer settings: SOLVER.OPTIMIZER adam \(saved: radam"
     ):
         resumed.resume()
+
+
+@pytest.mark.parametrize("key, value", [("BASE_LR", "0.02"), ("WEIGHT_DECAY", "0.1")])
+def test_a_setting_the_optimizer_state_overrides_is_refused(tmp_path, key, value):
+    """The resumed optimizer and schedule keep the saved learning rate and decay (as in
+    detectron2): a new value would be ignored while config.yaml recorded it."""
+    trainer = _trainer(tmp_path, 3)
+    trainer.checkpoint_info = {"config": "SOLVER:\n  BASE_LR: 0.002\n  WEIGHT_DECAY: 0.0\n"}
+    trainer.train()
+    resumed = _trainer(tmp_path, 6)
+    resumed.checkpoint_info = {"config": trainer.checkpoint_info["config"].replace(
+        f"{key}: {'0.002' if key == 'BASE_LR' else '0.0'}", f"{key}: {value}")}  # fmt: skip
+    with pytest.raises(ValueError, match=rf"settings: SOLVER.{key} {value} \(saved: "):
+        resumed.resume()
+
+
+def test_classes_in_another_order_are_refused(tmp_path):
+    names = {"class_names": ["sky", "car", "person"], "thing_ids": [1, 2], "label_divisor": 1000}
+    trainer = _trainer(tmp_path, 3)
+    trainer.checkpoint_info = {"metadata": names}
+    trainer.train()
+    resumed = _trainer(tmp_path, 6)
+    resumed.checkpoint_info = {"metadata": {**names, "class_names": ["car", "sky", "person"]}}
+    with pytest.raises(ValueError, match=r"ordered differently \(class 0 is 'sky' in .*'car' in"):
+        resumed.resume()
+    resumed.checkpoint_info = {"metadata": {**names, "class_names": ["sky", "auto", "person"]}}
+    assert resumed.resume()  # a renamed class: a note, not an error
+
+
+def test_last_checkpoint_written_by_detectron2_or_missing(tmp_path, capsys):
+    _trainer(tmp_path, 6).train()  # checkpoints at 3 and 6
+    (tmp_path / "last_checkpoint").write_text("model_0000003.pth")  # detectron2's form
+    resumed = _trainer(tmp_path, 8)
+    assert resumed.resume() and resumed.iteration == 3
+    (tmp_path / "last_checkpoint").unlink()  # lost: the last numbered checkpoint serves
+    resumed = _trainer(tmp_path, 8)
+    assert resumed.resume() and resumed.iteration == 6
+    assert "no last_checkpoint file" in capsys.readouterr().out
+    (tmp_path / "last_checkpoint").write_text("")
+    with pytest.raises(FileNotFoundError, match=r"names no checkpoint.*e.g. model_0000006, into"):
+        _trainer(tmp_path, 8).resume()
 
 
 def test_weights_only_checkpoint_is_no_training_state(tmp_path):
@@ -114,3 +158,37 @@ def test_config_differences_name_every_changed_key():
         "MODEL.A 2 (saved: 1), MODEL.B 2 (saved: 1), MODEL.C 2 (saved: 1) and 1 more: "
         "MODEL.NUM_CLASSES"
     )
+
+
+def test_a_new_run_over_an_earlier_one_is_refused_and_seed_minus_one_resumes_alike(
+    tmp_path, capsys
+):
+    """Without --resume, a run in a folder holding another one's checkpoints used to cut its
+    metrics.json to nothing and overwrite its checkpoints; SEED -1 drew a new seed on resume (a
+    new data order for the rest of the run)."""
+    argv = [*_tiny_data(tmp_path), "OUTPUT_DIR", str(tmp_path / "out"), "SEED", "-1"]
+    main([*argv, "SOLVER.MAX_ITER", "1"])
+    drawn = re.search(r"using the random seed (\d+)", capsys.readouterr().out).group(1)
+    records = (tmp_path / "out" / "metrics.json").read_text()
+    with pytest.raises(SystemExit) as failure:
+        main([*argv, "SOLVER.MAX_ITER", "2"])
+    assert str(failure.value.code) == (
+        f"error: OUTPUT_DIR {tmp_path / 'out'} holds an earlier run (model_0000001.pth): pass "
+        "--resume to continue it, or give another OUTPUT_DIR (or delete that one) to start a new run"
+    )
+    assert (tmp_path / "out" / "metrics.json").read_text() == records  # untouched
+    main(["--resume", *argv, "SOLVER.MAX_ITER", "2"])
+    assert f"resuming with the run's seed, {drawn}" in capsys.readouterr().out
+    assert f"SEED: {drawn}\n" in (tmp_path / "out" / "config.yaml").read_text()
+
+
+def _fails_on_rank_1() -> None:
+    if os.environ["RANK"] == "1":
+        raise ConfigError("SOLVER.IMS_PER_BATCH 3 is not divisible by 2 processes")
+
+
+def test_an_error_in_a_worker_process_is_raised_as_itself():
+    """--num-gpus 2: a worker's bad-config error reached the user as torch's wrapper of its
+    traceback, cut to 600 characters before the reason."""
+    with pytest.raises(ConfigError, match=r"^SOLVER.IMS_PER_BATCH 3 is not divisible by 2"):
+        launch(_fails_on_rank_1, 2)

@@ -96,8 +96,27 @@ def test_resume_without_checkpoint_and_best_tracking(tmp_path):
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000006"
 
 
+def test_resume_keeps_the_best_of_model_best(tmp_path):
+    """The periodic checkpoint of an iteration is written before its evaluation: a run resumed
+    from it takes the best from model_best.pth, so a worse later score does not replace it."""
+    scores = iter([0.7, 0.5, 0.6])
+    trainer = _trainer(tmp_path, 3, evaluate=lambda model: {"PQ": next(scores)})
+    trainer.options.eval_period = 3
+    trainer.train()  # checkpoint at 3 (best None in it), then PQ 0.7: model_best.pth
+    assert torch.load(tmp_path / "model_0000003.pth", weights_only=True)["best"] is None
+    resumed = _trainer(tmp_path, 6, evaluate=lambda model: {"PQ": next(scores)})
+    resumed.options.eval_period = 3
+    assert resumed.resume() and resumed.best == 0.7
+    resumed.train()  # PQ 0.5 at 6: not better
+    best = torch.load(tmp_path / "model_best.pth", weights_only=True)
+    assert best["iteration"] == 3 and best["best"] == 0.7
+
+
 def test_non_finite_loss_raises_with_iteration(tmp_path):
     trainer = _trainer(tmp_path, 2)
     trainer.criterion = lambda o, b: {"loss_bad": o["pred"].sum() * float("nan")}
-    with pytest.raises(FloatingPointError, match="iteration 0.*loss_bad=nan"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"iteration 1 \(loss_bad=nan\): training diverged; lower SOLVER.BASE_LR",
+    ):
         trainer.train()

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 
 import torch
+import yaml
 from torch import nn
 
 from ..checkpoint.io import checkpoint_entries
@@ -32,7 +33,7 @@ from .evaluate import PostProcessing, evaluate_panoptic
 from .optim import build_lr_scheduler, build_optimizer, param_groups
 from .predictions import PredictionSaver
 from .summaries import BatchPictures
-from .trainer import Trainer, TrainerOptions, resolve_seed
+from .trainer import Trainer, TrainerOptions, resolve_seed, stored_config
 
 logger = logging.getLogger(__name__)
 
@@ -316,11 +317,19 @@ def build_trainer(cfg, device: torch.device, catalog: DatasetCatalog | None = No
     )
 
 
-def resolve_config_seed(cfg):
+def resolve_config_seed(cfg, resume_from: str | None = None):
     """``cfg`` with ``SEED < 0`` replaced by a random seed (``trainer.resolve_seed``); unchanged
     (the same object) when ``SEED >= 0``. Call it before ``save_config``, so that the file holds
-    the seed."""
-    seed = resolve_seed(cfg.SEED)
+    the seed. ``resume_from``: the checkpoint a run resumes; ``SEED < 0`` then takes the seed
+    saved in it (a new draw would change the data order of the rest of the run)."""
+    seed = cfg.SEED
+    if seed < 0 and resume_from:
+        saved = (yaml.safe_load(stored_config(resume_from) or "") or {}).get("SEED")
+        if isinstance(saved, int) and saved >= 0:
+            seed = saved
+            if is_main_process():
+                print(f"SEED is {cfg.SEED} (< 0): resuming with the run's seed, {seed}")
+    seed = resolve_seed(seed)
     if seed == cfg.SEED:
         return cfg
     cfg = cfg.clone()

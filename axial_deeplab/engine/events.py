@@ -17,7 +17,10 @@ class EventWriter:
     TensorBoard is optional (``pip install tensorboard``); without it only the JSON file is written.
     """
 
-    def __init__(self, output_dir: str, *, tensorboard: bool = True) -> None:
+    def __init__(self, output_dir: str, *, tensorboard: bool = True, start: int = 0) -> None:
+        """``start``: the iteration a resumed run continues from; TensorBoard's points after it,
+        left by the interrupted run, are dropped (``metrics.json`` is cut back by
+        :func:`truncate_metrics`)."""
         os.makedirs(output_dir, exist_ok=True)
         self.path = os.path.join(output_dir, "metrics.json")
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
@@ -28,7 +31,9 @@ class EventWriter:
             except ImportError:
                 self._tb = None
             else:
-                self._tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+                self._tb = SummaryWriter(
+                    os.path.join(output_dir, "tensorboard"), purge_step=start + 1 if start else None
+                )
 
     def write(self, iteration: int, scalars: dict[str, float]) -> None:
         record = {"iteration": iteration, **{k: float(v) for k, v in scalars.items()}}

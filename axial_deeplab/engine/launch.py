@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import signal
 import socket
 from collections.abc import Callable
 from typing import Any
 
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
 from ..utils.cli import add_debug_flag
 from .preemption import TrainingInterrupted
@@ -67,9 +69,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling (to reach the parent), else a RuntimeError saying it."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - any exception that cannot travel
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
 def _worker(
-    local_rank: int, world_size: int, port: int, main: Callable, args: tuple, stops: Any
-) -> None:
+    local_rank: int, world_size: int, port: int, main: Callable, args: tuple, stops: Any,
+    errors: Any,
+) -> None:  # fmt: skip
     os.environ.update(
         RANK=str(local_rank),
         LOCAL_RANK=str(local_rank),
@@ -82,6 +94,9 @@ def _worker(
     except TrainingInterrupted as exc:  # handed to the parent, which raises it
         if local_rank == 0:
             stops.put((exc.signum, exc.iteration, exc.checkpoint))
+    except (Exception, KeyboardInterrupt) as exc:  # the parent raises the first one it gets
+        errors.put(_portable(exc))  # (a bad config: one line, as with one process)
+        raise
 
 
 def launch(main: Callable[..., Any], num_processes: int, args: tuple = ()) -> None:
@@ -89,16 +104,17 @@ def launch(main: Callable[..., Any], num_processes: int, args: tuple = ()) -> No
 
     With several processes, SIGTERM, SIGUSR1 and SIGUSR2 sent to this process are passed on to
     the workers, Ctrl-C reaches them from the terminal, and a worker's
-    :class:`.preemption.TrainingInterrupted` is raised here once all have stopped."""
+    :class:`.preemption.TrainingInterrupted` is raised here once all have stopped; so is the
+    first error a worker raised (a bad config...), rather than torch's wrapper of its traceback."""
     if num_processes < 1:
         raise ValueError(f"--num-gpus must be >= 1, got {num_processes}")
     if num_processes == 1:
         main(*args)
         return
-    stops = mp.get_context("spawn").SimpleQueue()
+    stops, errors = mp.get_context("spawn").SimpleQueue(), mp.get_context("spawn").SimpleQueue()
     context = mp.start_processes(
         _worker,
-        args=(num_processes, _free_port(), main, args, stops),
+        args=(num_processes, _free_port(), main, args, stops, errors),
         nprocs=num_processes,
         start_method="spawn",
         join=False,
@@ -116,8 +132,14 @@ def launch(main: Callable[..., Any], num_processes: int, args: tuple = ()) -> No
     try:
         while not context.join():
             pass
+    except ProcessException as exc:  # a worker failed: its own error, if it sent one
+        if not errors.empty():
+            raise errors.get() from exc
+        raise
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if not errors.empty():  # a second Ctrl-C: the workers stopped at once
+        raise errors.get()
     if not stops.empty():
         raise TrainingInterrupted(*stops.get())

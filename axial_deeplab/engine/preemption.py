@@ -5,8 +5,9 @@
 :meth:`StopSignals.requested` between iterations, saves a checkpoint and raises
 :class:`TrainingInterrupted`; the previous handlers come back on exit, so a launcher's own handler
 (submitit's requeue) can be given the signal afterwards. Repeats of a signal change nothing (a
-terminal and a scheduler may both deliver one); ``kill -9`` stops at once (checkpoints are
-written atomically, so the previous one survives).
+terminal and a scheduler may both deliver one), except a second Ctrl-C, which stops at once
+(KeyboardInterrupt) for a user who will not wait for an evaluation to end; ``kill -9`` stops at
+once too (checkpoints are written atomically, so the previous one survives).
 
 With several processes, :meth:`requested` agrees across ranks (an all-reduce of the flag), so that
 every rank stops after the same iteration even when only one received the signal.
@@ -14,7 +15,9 @@ every rank stops after the same iteration even when only one received the signal
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -51,6 +54,14 @@ class StopSignals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:
             self.signum = signum
+            if os.environ.get("RANK", "0") == "0":  # once, not from every process
+                sys.stderr.write(
+                    f"\n{signal.Signals(signum).name}: stopping after this iteration (and the "
+                    "evaluation under way, if any) with a checkpoint; Ctrl-C again stops at once, "
+                    "without one\n"
+                )
+        elif signum == signal.SIGINT:  # a second Ctrl-C: the user will not wait
+            raise KeyboardInterrupt
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():

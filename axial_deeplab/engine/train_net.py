@@ -28,7 +28,7 @@ import sys
 from ..checkpoint.io import BackboneOnlyError
 from ..config import ConfigError, load_config
 from ..utils.atomic import write_json
-from ..utils.cli import run_cli
+from ..utils.cli import check_output_folder, run_cli
 from .build import (
     build_evaluate_fn,
     build_trainer,
@@ -39,6 +39,7 @@ from .build import (
 from .distributed import init_from_env, is_main_process
 from .launch import default_argument_parser, launch
 from .preemption import TrainingInterrupted
+from .trainer import LAST_CHECKPOINT, checkpoint_to_resume, numbered_checkpoints
 
 
 def check_weights(cfg, args: argparse.Namespace) -> None:
@@ -134,7 +135,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             write_json(os.path.join(save_dir, "metrics.json"), metrics, indent=1)
             print(f"predictions in the official formats written to {save_dir}")
     else:
-        cfg = resolve_config_seed(cfg)
+        check_output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+        resume_from = checkpoint_to_resume(cfg.OUTPUT_DIR) if args.resume else None
+        if not args.resume:
+            check_no_earlier_run(cfg.OUTPUT_DIR)
+        cfg = resolve_config_seed(cfg, resume_from)
         trainer = build_trainer(cfg, device)
         resumed = args.resume and trainer.resume()  # before config.yaml: a refused resume keeps it
         if is_main_process():
@@ -153,6 +158,18 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     return metrics
 
 
+def check_no_earlier_run(output_dir: str) -> None:
+    """A new run (no ``--resume``) must not start in a folder holding another run's checkpoints:
+    it would cut that run's ``metrics.json`` and overwrite its checkpoints one by one."""
+    found = numbered_checkpoints(output_dir)
+    if found or os.path.isfile(os.path.join(output_dir, LAST_CHECKPOINT)):
+        names = ", ".join(os.path.basename(p) for p in found[-2:]) or LAST_CHECKPOINT
+        raise ConfigError(
+            f"OUTPUT_DIR {output_dir} holds an earlier run ({names}): pass --resume to continue "
+            "it, or give another OUTPUT_DIR (or delete that one) to start a new run"
+        )
+
+
 def torch_cuda_available() -> bool:
     import torch
 
@@ -160,9 +177,14 @@ def torch_cuda_available() -> bool:
 
 
 def resume_command(argv: list[str]) -> str:
-    """The command line that resumes an interrupted run (``--resume`` added once)."""
+    """The command line that resumes an interrupted run (``--resume`` added once): this script
+    as it was started (``tools/train_net.py`` when not run as a script)."""
     args = [a for a in argv if a != "--resume"]
-    return shlex.join([sys.executable, "tools/train_net.py", "--resume", *args])
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "tools/train_net.py"
+    command = shlex.join([sys.executable, script, "--resume", *args])
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # started by torchrun: rerun it the same way
+        return f"your torchrun command with --resume added ({command.split(' ', 1)[1]})"
+    return command
 
 
 def _main(argv: list[str]) -> None:
@@ -175,7 +197,8 @@ def _main(argv: list[str]) -> None:
     try:
         launch(run, args.num_gpus, (args,))
     except TrainingInterrupted as exc:
-        print(f"{exc}\nresume with: {resume_command(argv)}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per process
+            print(f"{exc}\nresume with: {resume_command(argv)}", file=sys.stderr)
         raise SystemExit(128 + exc.signum) from None
 
 

@@ -122,6 +122,53 @@ def config_differences(saved: Any, current: Any, section: str, limit: int = 3) -
     return ", ".join(diffs) + more
 
 
+# Settings the resumed optimizer and schedule state override (detectron2 keeps the saved ones
+# silently): a change to them at resume would be ignored while the new config records it.
+_SAVED_IN_STATE = ("SOLVER.OPTIMIZER", "SOLVER.BASE_LR", "SOLVER.BETAS", "SOLVER.WEIGHT_DECAY")
+
+
+def numbered_checkpoints(output_dir: str) -> list[str]:
+    """The ``model_XXXXXXX.pth`` files of ``output_dir``, by iteration."""
+    found = glob.glob(os.path.join(glob.escape(output_dir), "model_[0-9]*.pth"))
+    return sorted(p for p in found if os.path.basename(p)[6:-4].isdigit())
+
+
+def _other_checkpoints(output_dir: str, path: str) -> str:
+    """How to resume from another ``model_*.pth`` of ``output_dir`` than ``path``, if any."""
+    names = [os.path.basename(p)[:-4] for p in numbered_checkpoints(output_dir) if p != path]
+    if not names:
+        return ""
+    marker = os.path.join(output_dir, LAST_CHECKPOINT)
+    return f" (to resume from an earlier one, write its name, e.g. {names[-1]}, into {marker})"
+
+
+def checkpoint_to_resume(output_dir: str) -> str | None:
+    """The checkpoint ``--resume`` continues from: the one ``output_dir/last_checkpoint`` names
+    (with or without ``.pth``: detectron2 writes the extension), else the last
+    ``model_XXXXXXX.pth``; None when there is neither. A name whose file is missing raises."""
+    marker = os.path.join(output_dir, LAST_CHECKPOINT)
+    if not os.path.isfile(marker):
+        numbered = numbered_checkpoints(output_dir)
+        return numbered[-1] if numbered else None
+    with open(marker, encoding="utf-8") as f:
+        name = f.read().strip()
+    name = name[: -len(".pth")] if name.endswith(".pth") else name
+    path = os.path.join(output_dir, f"{name}.pth")
+    if not name or not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{marker} names {path if name else 'no checkpoint'}, which does not exist"
+            f"{_other_checkpoints(output_dir, path)}"
+        )
+    return path
+
+
+def stored_config(path: str) -> str | None:
+    """The config YAML saved in checkpoint ``path`` (read mapped), or None."""
+    from ..checkpoint.io import load_checkpoint_file
+
+    return load_checkpoint_file(path, mmap=True).config_yaml
+
+
 class Trainer:
     """Runs ``options.max_iter`` iterations from the last checkpoint in ``output_dir`` (if resuming)."""
 
@@ -189,19 +236,19 @@ class Trainer:
         """Load the last checkpoint of ``output_dir``; False when there is none. A checkpoint that
         cannot be read, or whose state does not fit this run (another model, optimizer...), raises
         a one-line ``ValueError`` naming it (and, for the model, the tensors that differ)."""
-        marker = os.path.join(self.options.output_dir, LAST_CHECKPOINT)
-        if not os.path.isfile(marker):
+        output_dir = self.options.output_dir
+        path = checkpoint_to_resume(output_dir)
+        if path is None:
             return False
-        with open(marker, encoding="utf-8") as f:
-            path = os.path.join(self.options.output_dir, f"{f.read().strip()}.pth")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{marker} names {path}, which does not exist")
+        if not os.path.isfile(os.path.join(output_dir, LAST_CHECKPOINT)) and is_main_process():
+            print(f"--resume: no {LAST_CHECKPOINT} file in {output_dir}: resuming from its last "
+                  f"numbered checkpoint, {os.path.basename(path)}")  # fmt: skip
         try:
             state = load_torch_file(path)  # ValueError naming the file
         except ValueError as exc:
             raise ValueError(
                 f"cannot resume from {path}, which cannot be loaded"
-                f"{self._earlier_checkpoints(path)}: {exc}"
+                f"{_other_checkpoints(output_dir, path)}: {exc}"
             ) from None
         missing = [k for k in STATE_KEYS if not isinstance(state, Mapping) or k not in state]
         if missing:
@@ -217,13 +264,16 @@ class Trainer:
                 f"cannot resume from {path}: its weights do not fit the model"
                 f"{self._config_hint(state, 'MODEL')}: {detail}"
             ) from None
-        optimizer = config_differences(state.get("config"), self.checkpoint_info.get("config"),
-                                       "SOLVER.OPTIMIZER")  # fmt: skip
-        if optimizer:  # another optimizer's state may load without an error, and be wrong
+        saved = [config_differences(state.get("config"), self.checkpoint_info.get("config"), key)
+                 for key in _SAVED_IN_STATE]  # fmt: skip
+        if any(saved):  # another optimizer's state may load without an error, and be wrong
             raise ValueError(
-                f"cannot resume from {path}: it was trained with another optimizer: {optimizer}; "
-                "resume with its optimizer, or train in a new OUTPUT_DIR from its weights"
+                f"cannot resume from {path}: it was trained with other optimizer settings: "
+                f"{', '.join(d for d in saved if d)}; its optimizer state would not fit yours, or "
+                "override them while the config records them: resume with the saved settings, or "
+                "train in a new OUTPUT_DIR from its weights (MODEL.WEIGHTS)"
             )
+        self._check_classes(state.get("metadata"), path)
         for name in ("optimizer", "scheduler", "scaler"):
             try:
                 getattr(self, name).load_state_dict(state[name])
@@ -233,9 +283,44 @@ class Trainer:
                     f"{self._config_hint(state, 'SOLVER')}: {' '.join(str(exc).split())}"
                 ) from None
         self.iteration = int(state["iteration"])
-        self.best = state["best"]
+        self.best = self._best_so_far(state["best"])
         set_rng_state(state["rng"])
         return True
+
+    def _check_classes(self, saved: Any, path: str) -> None:
+        """The classes a resumed checkpoint was trained on against this run's: the same names in
+        another order would retrain every class as another one (refused); renamed ones get a
+        note."""
+        from ..data.build import first_difference
+
+        ours = (self.checkpoint_info.get("metadata") or {}).get("class_names")
+        theirs = (saved or {}).get("class_names") if isinstance(saved, Mapping) else None
+        if not ours or not theirs or list(ours) == list(theirs) or len(ours) != len(theirs):
+            return  # a count mismatch fails on the head's shape, with its own message
+        i, reordered = first_difference(list(theirs), list(ours))
+        where = f"class {i} is {theirs[i]!r} in {path} but {ours[i]!r} in this run's data"
+        if reordered:
+            raise ValueError(
+                f"cannot resume from {path}: its classes are ordered differently ({where}): every "
+                "class would be trained as another one; list the categories in the saved order"
+            )
+        if is_main_process():
+            print(f"note: the class names differ from the checkpoint's ({where})")
+
+    def _best_so_far(self, saved: float | None) -> float | None:
+        """The best metric of the run: a periodic checkpoint is written before the evaluation of
+        its iteration, so ``model_best.pth`` (written after) may hold a newer best."""
+        path = os.path.join(self.options.output_dir, "model_best.pth")
+        if not os.path.isfile(path):
+            return saved
+        try:
+            best = load_torch_file(path, mmap=True)
+        except ValueError:  # a damaged file: the next better evaluation rewrites it
+            return saved
+        value = best.get("best") if isinstance(best, Mapping) else None
+        if value is None or int(best.get("iteration", self.iteration + 1)) > self.iteration:
+            return saved
+        return value if saved is None else max(saved, value)
 
     def _config_hint(self, state: Mapping[str, Any], section: str) -> str:
         """What differs in ``section`` between this run's config and the one saved in ``state``."""
@@ -246,15 +331,6 @@ class Trainer:
             f" (this run's config differs from the one saved in it: {diffs}; resume with that "
             "config, or train in a new OUTPUT_DIR from its weights)"
         )
-
-    def _earlier_checkpoints(self, path: str) -> str:
-        """How to resume from another ``model_*.pth`` of ``output_dir`` than ``path``, if any."""
-        found = glob.glob(os.path.join(glob.escape(self.options.output_dir), "model_[0-9]*.pth"))
-        names = sorted(os.path.basename(p)[: -len(".pth")] for p in found if p != path)
-        if not names:
-            return ""
-        marker = os.path.join(self.options.output_dir, LAST_CHECKPOINT)
-        return f" (to resume from an earlier one, write its name, e.g. {names[-1]}, into {marker})"
 
     # ----------------------------------------------------------------------------- the loop
     def train(self) -> dict[str, float]:
@@ -269,7 +345,7 @@ class Trainer:
             for path in remove_stale_temp_files(opts.output_dir):
                 print(f"removed {path}, left by a process killed while writing it")
             truncate_metrics(os.path.join(opts.output_dir, "metrics.json"), self.iteration)
-        writer = EventWriter(opts.output_dir) if main else None
+        writer = EventWriter(opts.output_dir, start=self.iteration) if main else None
         bar = tqdm(
             total=opts.max_iter, initial=self.iteration, disable=not main, desc="train", unit="it"
         )
@@ -306,11 +382,12 @@ class Trainer:
                 raise self._interrupted(stop.signum, saved) from None
             data_time = time.perf_counter() - start
             inspect = self._pictures_writer(writer)
+            lr = self.optimizer.param_groups[0]["lr"]  # the step's (the scheduler steps after it)
             losses = self.step(batch, inspect=inspect)
             self.iteration += 1
             bar.update(1)
             scalars = {k: v.item() for k, v in losses.items()}
-            scalars.update(lr=self.optimizer.param_groups[0]["lr"], data_time=data_time)
+            scalars.update(lr=lr, data_time=data_time)
             bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)
             if writer and (self.iteration % opts.log_period == 0 or self.iteration == 1):
                 writer.write(self.iteration, scalars)
@@ -350,8 +427,10 @@ class Trainer:
         total = sum(losses.values())
         if not torch.isfinite(total):
             raise FloatingPointError(
-                f"loss became {total.item()} at iteration {self.iteration}: "
+                f"loss became {total.item()} at iteration {self.iteration + 1} ("
                 + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                + "): training diverged; lower SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS or "
+                "set SOLVER.CLIP_GRADIENTS"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -386,6 +465,10 @@ class Trainer:
         self.model.train()
         if writer:
             writer.write(self.iteration, {f"eval/{k}": v for k, v in metrics.items()})
+        if is_main_process():
+            shown = [k for k in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "mIoU", "AP") if k in metrics]
+            tqdm.write(f"evaluation at iteration {self.iteration}: "
+                       + ", ".join(f"{k} {metrics[k]:.2f}" for k in shown))  # fmt: skip
         value = metrics.get(self.options.best_metric)
         if value is not None and (self.best is None or value > self.best):
             self.best = value

@@ -28,6 +28,7 @@ DEBUG_ENV = "AXIAL_DEEPLAB_DEBUG"
 # optional package (the message says what to install).
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError, KeyError, OSError, pickle.UnpicklingError, ImportError,
+    FloatingPointError,  # a diverging training loss: its message names the settings to change
 )  # fmt: skip
 MAX_MESSAGE = 600  # characters of a message kept on its line
 
