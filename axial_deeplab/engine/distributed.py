@@ -61,6 +61,17 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def mean_over_ranks(values: dict[str, torch.Tensor], due: bool = True) -> dict[str, torch.Tensor]:
+    """Scalar tensors averaged over all ranks (logged losses are the whole batch's, as
+    detectron2 logs them); ``values`` as they are on one process or when not ``due`` (every rank
+    must agree on ``due``)."""
+    if not is_distributed() or not due:
+        return values
+    stacked = torch.stack([v.detach().float().reshape(()) for v in values.values()])
+    dist.all_reduce(stacked)
+    return dict(zip(values, stacked / get_world_size(), strict=True))
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

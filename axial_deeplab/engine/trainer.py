@@ -45,7 +45,7 @@ from ..checkpoint.io import describe_mismatch, load_torch_file, save_atomic
 from ..config.checks import flat_items
 from ..layers.precision import autocast_dtype
 from ..utils.atomic import remove_stale_temp_files, write_text
-from .distributed import all_gather_objects, is_main_process
+from .distributed import all_gather_objects, is_main_process, mean_over_ranks
 from .events import EventWriter, truncate_metrics
 from .preemption import StopSignals, TrainingInterrupted
 
@@ -386,10 +386,11 @@ class Trainer:
             losses = self.step(batch, inspect=inspect)
             self.iteration += 1
             bar.update(1)
-            scalars = {k: v.item() for k, v in losses.items()}
+            log = self.iteration % opts.log_period == 0 or self.iteration == 1
+            scalars = {k: v.item() for k, v in mean_over_ranks(losses, log).items()}
             scalars.update(lr=lr, data_time=data_time)
             bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()}, refresh=False)
-            if writer and (self.iteration % opts.log_period == 0 or self.iteration == 1):
+            if writer and log:
                 writer.write(self.iteration, scalars)
             if self.iteration % opts.checkpoint_period == 0 or self.iteration == opts.max_iter:
                 self.save(f"model_{self.iteration:07d}")
