@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import shutil
+import struct
 import threading
 import urllib.error
 import urllib.request
@@ -111,6 +112,33 @@ def test_http_api(url):
         response = connection.getresponse()
         assert response.status == 400 and said in json.load(response)["error"], headers
         connection.close()
+
+
+def test_http_api_refuses_bombs_and_answers_every_failure(url, model):
+    """A 48 KB PNG declaring 20000 x 20000 pixels cost the server 2.3 GB per upload; an
+    unexpected error (a sample file deleted, Content-Length "²") dropped the connection."""
+    header = struct.pack(">IIBBBBB", 20000, 20000, 1, 0, 0, 0, 0)  # 1-bit grey, as a bomb is
+    bomb = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + header + b"\0" * 4
+    request = urllib.request.Request(f"{url}/api/predict", data=bomb, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request)
+    assert err.value.code == 400
+    assert "20000x20000 pixels, more than the 100000000" in json.load(err.value)["error"]
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.putrequest("POST", "/api/predict")
+    connection.putheader("Content-Length", "\u00b2")  # isdigit(), but no int()
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 400 and "is not a byte count" in json.load(response)["error"]
+    connection.close()
+    model.samples["gone.jpg"] = Path("/nonexistent/gone.jpg")  # deleted while serving
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{url}/api/sample/gone.jpg")
+    finally:
+        del model.samples["gone.jpg"]
+    assert err.value.code == 500 and "gone.jpg" in json.load(err.value)["error"]
 
 
 def test_busy_port_is_one_line(model, monkeypatch, capsys):

@@ -69,9 +69,12 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode_image_bytes(data: bytes, path: str, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+def decode_image_bytes(
+    data: bytes, path: str, flags: int = cv2.IMREAD_COLOR, *, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
     """OpenCV's decoding of ``data`` (``[H, W, 3]`` BGR with the default ``flags``) after the
-    checks of the module docstring; raises :class:`ImageDecodeError` naming ``path``."""
+    checks of the module docstring; raises :class:`ImageDecodeError` naming ``path``.
+    ``max_pixels``: a lower limit on the size a PNG or JPEG header may claim (a server's)."""
     if not data:
         raise ImageDecodeError(f"{path}: empty file (0 bytes), not an image")
     size = header_size(data)
@@ -79,9 +82,10 @@ def decode_image_bytes(data: bytes, path: str, flags: int = cv2.IMREAD_COLOR) ->
         problem, size = jpeg_problem(data)
         if problem:
             raise ImageDecodeError(f"{path}: corrupt JPEG: {problem}")
-    if size is not None and size[0] * size[1] > MAX_PIXELS:
+    max_pixels = min(max_pixels, MAX_PIXELS)
+    if size is not None and size[0] * size[1] > max_pixels:
         raise ImageDecodeError(
-            f"{path}: header claims {size[0]}x{size[1]} pixels, more than the {MAX_PIXELS} "
+            f"{path}: header claims {size[0]}x{size[1]} pixels, more than the {max_pixels} "
             "an image may have here"
         )
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import io
 import os
 import threading
 import time
@@ -46,13 +47,46 @@ def _png_data_url(picture: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(data.tobytes()).decode("ascii")
 
 
+# An upload's decode holds about 6 bytes a pixel (BGR, then RGB) before it is shrunk to
+# --max-size: a 100-megapixel photo is accepted, a small PNG declaring 400 megapixels (a
+# decompression bomb: 48 KB for 2.3 GB) is not; and two uploads at most are decoded at once.
+MAX_UPLOAD_PIXELS = 100_000_000
+_DECODES = threading.BoundedSemaphore(2)
+
+
 def decode_image(data: bytes) -> np.ndarray:
     """``[H, W, 3]`` uint8 RGB of encoded image bytes (JPEG, PNG, ...), with the checks of
-    :func:`.data.images.decode_image_bytes` (truncation, oversized headers); DemoError if bad."""
+    :func:`.data.images.decode_image_bytes` (truncation, oversized headers) and at most
+    :data:`MAX_UPLOAD_PIXELS` pixels (read from the header; for formats other than PNG and JPEG,
+    by Pillow); DemoError if bad."""
+    size = _header_size_by_pillow(data)
+    if size is not None and size[0] * size[1] > MAX_UPLOAD_PIXELS:
+        raise DemoError(
+            f"the upload: {size[1]}x{size[0]} pixels, more than the {MAX_UPLOAD_PIXELS} this "
+            "demo decodes"
+        )
     try:
-        return np.ascontiguousarray(decode_image_bytes(data, "the upload")[..., ::-1])
+        with _DECODES:
+            image = decode_image_bytes(data, "the upload", max_pixels=MAX_UPLOAD_PIXELS)
+            return np.ascontiguousarray(image[..., ::-1])
     except ImageDecodeError as exc:
         raise DemoError(str(exc)) from None
+
+
+def _header_size_by_pillow(data: bytes) -> tuple[int, int] | None:
+    """``(height, width)`` of a GIF, TIFF, BMP, WebP... read from its header by Pillow (which
+    decodes nothing yet); None for PNG and JPEG (checked by ``decode_image_bytes``) or when
+    Pillow cannot tell."""
+    if data.startswith((b"\x89PNG", b"\xff\xd8")):
+        return None
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - not Pillow's format: OpenCV decides
+        return None
+    return height, width
 
 
 class DemoModel:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -53,6 +54,8 @@ def make_handler(model: DemoModel) -> type[BaseHTTPRequestHandler]:
     """A request handler class bound to ``model``."""
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 30  # seconds a stalled client may hold its thread (the socket's timeout)
+
         def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base's signature
             pass  # quiet: the page shows timing and errors
 
@@ -68,6 +71,24 @@ def make_handler(model: DemoModel) -> type[BaseHTTPRequestHandler]:
             self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self._answer(self._get)
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            self._answer(self._post)
+
+        def _answer(self, respond) -> None:
+            """``respond()``; a bad request is a 400, anything else a 500, both with the message
+            as JSON (the page shows it), and the traceback on the server's console."""
+            try:
+                respond()
+            except DemoError as exc:
+                self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
+            except Exception as exc:  # noqa: BLE001 - any failure answers, never a dropped socket
+                traceback.print_exc()
+                message = " ".join(str(exc).split()) or type(exc).__name__
+                self._json({"error": f"server error: {message}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+
+        def _get(self) -> None:
             path = urlsplit(self.path).path
             if path in ("/", "/index.html"):
                 self._send(HTTPStatus.OK, PAGE.encode("utf-8"), "text/html; charset=utf-8")
@@ -88,19 +109,16 @@ def make_handler(model: DemoModel) -> type[BaseHTTPRequestHandler]:
             else:
                 self._json({"error": f"not found: {path}"}, HTTPStatus.NOT_FOUND)
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def _post(self) -> None:
             url = urlsplit(self.path)
             if url.path != "/api/predict":
                 self._json({"error": f"not found: {url.path}"}, HTTPStatus.NOT_FOUND)
                 return
-            try:
-                self._json(self._predict(dict(parse_qsl(url.query))))
-            except DemoError as exc:
-                self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
+            self._json(self._predict(dict(parse_qsl(url.query))))
 
         def _predict(self, query: dict) -> dict:
             header = self.headers.get("Content-Length") or "0"
-            if not header.strip().isdigit():
+            if not (header.strip().isascii() and header.strip().isdigit()):  # not "²"
                 raise DemoError(f"Content-Length {header!r} is not a byte count")
             length = int(header)
             if length > MAX_UPLOAD:
