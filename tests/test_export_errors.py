@@ -170,6 +170,12 @@ def test_export_output_checked_before_loading_anything(tmp_path, monkeypatch):
     target = tmp_path / "new" / "deeper" / "m.onnx"
     cli.check_output_file(str(target))
     assert target.parent.is_dir() and not target.exists()
+    # a .pt2 archive named .onnx (or the reverse) could not be run by tools/infer.py afterwards
+    for fmt, name, right in (("torch-export", "m.onnx", "m.pt2"), ("onnx", "m.pt2", "m.onnx")):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["--weights", "w.pth", "--format", fmt, "--output", str(tmp_path / name)])
+        assert f"is not what --format {fmt} writes" in _error_line(info)
+        assert f"name it {tmp_path / right}" in _error_line(info)
 
 
 def test_onnx_written_atomically_through_a_named_temporary(tmp_path, monkeypatch):
@@ -344,6 +350,13 @@ def test_exported_predictor_resizes_to_the_stored_test_size(program, tmp_path, m
     assert seen == [(34, 60, 3)]  # short side 40 would make the long side 71 > 60: 60 / 160
     assert prediction["panoptic"].shape == prediction["center"].shape == (90, 160)
     assert [s["area"] for s in prediction["segments_info"]] == [90 * 160]
+    # the graph's size range applies to the resized image: 20 x 30 runs at 40 x 60
+    assert predictor.predict(np.full((20, 30, 3), 7, np.uint8))["panoptic"].shape == (20, 30)
+    assert seen[-1] == (40, 60, 3)
+    for bad, said in ((np.zeros((20, 30, 3), np.int64), r"expected uint8 pixels \(0-255\), got int64"),
+                      (np.zeros((20, 30, 4), np.uint8), r"RGB array, got \(20, 30, 4\)")):  # fmt: skip
+        with pytest.raises(ValueError, match=said):  # the caller's array, not the resized one
+            predictor.predict(bad)
     plain = str(tmp_path / "plain.pt2")  # no test size stored: the image's own size
     save_program(_Described(), plain, program=program)
     unsized = ExportedPredictor(plain, "torch-export")

@@ -26,7 +26,7 @@ from ..modeling.panoptic_deeplab import upsample, upsample_offsets
 from ..modeling.postprocessing import drop_void_channel, get_instances, semantic_prediction
 from ..utils.host_memory import keep_freed_memory_for_models
 from .evaluate import PaddedModel, PostProcessing, labels_to_segments, panoptic_prediction
-from .prediction_size import predict_at_evaluation_size
+from .prediction_size import check_rgb_image, predict_at_evaluation_size
 
 
 @dataclass(frozen=True)
@@ -238,15 +238,7 @@ class Predictor:
     def raw(self, image: np.ndarray) -> dict[str, torch.Tensor]:
         """TTA-averaged ``"semantic"`` probabilities ``[K, H, W]``, ``"center"`` ``[1, H, W]`` and
         ``"offset"`` ``[2, H, W]`` of an ``[H, W, 3]`` uint8 RGB image."""
-        if not isinstance(image, np.ndarray):
-            raise ValueError(
-                f"image: expected an [H, W, 3] uint8 RGB numpy array, got {type(image).__name__}"
-                + (" (convert it with .numpy())" if isinstance(image, torch.Tensor) else "")
-            )
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image: expected an [H, W, 3] RGB array, got {image.shape}")
-        if image.dtype != np.uint8:
-            raise ValueError(f"image: expected uint8 pixels (0-255), got {image.dtype}")
+        check_rgb_image(image)
         if not image.flags.writeable:  # np.asarray(PIL image): torch warns on read-only memory
             image = image.copy()
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)

@@ -31,6 +31,21 @@ def network_size(
     return None if size == (height, width) else size
 
 
+def check_rgb_image(image: np.ndarray) -> np.ndarray:
+    """``image`` if it is an ``[H, W, 3]`` uint8 RGB numpy array (checked before any resize, so
+    that errors describe the caller's array), else a ValueError saying what it is."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(
+            f"image: expected an [H, W, 3] uint8 RGB numpy array, got {type(image).__name__}"
+            + (" (convert it with .numpy())" if isinstance(image, torch.Tensor) else "")
+        )
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image: expected an [H, W, 3] RGB array, got {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image: expected uint8 pixels (0-255), got {image.dtype}")
+    return image
+
+
 def predict_at_evaluation_size(
     predict: Callable[[np.ndarray], dict],
     image: np.ndarray,
@@ -40,12 +55,10 @@ def predict_at_evaluation_size(
     align_corners: bool,
 ) -> dict:
     """``predict(image)`` (a ``Predictor.predict``-style dict at its input's size) run on
-    ``image`` resized to :func:`network_size`, and the result brought back to ``image``'s size
-    (:func:`prediction_at_size`); ``predict(image)`` itself when no resize is due (or ``image``
-    is not an ``[H, W, C]`` array: ``predict`` says what is wrong)."""
-    size = None
-    if isinstance(image, np.ndarray) and image.ndim == 3:
-        size = network_size(*image.shape[:2], test_size)
+    ``image`` (:func:`check_rgb_image`) resized to :func:`network_size`, and the result brought
+    back to ``image``'s size (:func:`prediction_at_size`); ``predict(image)`` itself when no
+    resize is due."""
+    size = network_size(*check_rgb_image(image).shape[:2], test_size)
     if size is None:
         return predict(image)
     prediction = predict(resize_image(image, size))

@@ -10,12 +10,13 @@ else the config's data set). Run it with ``tools/infer.py --backend torch-export
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from ..checkpoint.io import load_checkpoint_file
 from ..config import ConfigError, load_config
 from ..engine.evaluate import PostProcessing
-from ..engine.inference import as_metadata
+from ..engine.inference import BACKEND_OF_SUFFIX, as_metadata
 from ..utils.cli import check_output_file, run_cli
 from .pipeline import PanopticPipeline, save_onnx, save_program
 
@@ -69,8 +70,26 @@ def build_pipeline(weights: str, config_file: str = "", opts=()) -> PanopticPipe
     )
 
 
+SUFFIX_OF_FORMAT = {"torch-export": ".pt2", "onnx": ".onnx"}
+
+
+def check_output_suffix(path: str, fmt: str) -> None:
+    """``--output``'s suffix must not name another format's file: ``tools/infer.py`` picks the
+    backend by suffix, so a ``.pt2`` archive named ``m.onnx`` could not be run (refused before
+    minutes of tracing). Other suffixes are the user's choice."""
+    suffix = os.path.splitext(path)[1].lower()
+    wanted = SUFFIX_OF_FORMAT[fmt]
+    if suffix in BACKEND_OF_SUFFIX and suffix != wanted:
+        raise ValueError(
+            f"--output {path}: a {suffix} file is not what --format {fmt} writes (a {wanted} "
+            f"file): name it {os.path.splitext(path)[0]}{wanted}, or pick the --format of "
+            f"{suffix} files"
+        )
+
+
 def _main(argv: list[str]) -> str:
     args = parse_args(argv)
+    check_output_suffix(args.output, args.format)
     check_output_file(args.output)
     pipeline = build_pipeline(args.weights, args.config_file, args.opts)
     start = time.perf_counter()

@@ -28,19 +28,15 @@ from ..engine.inference import (
     prediction_dict,
 )
 from ..engine.inputs import BadInputError
-from ..engine.prediction_size import predict_at_evaluation_size
+from ..engine.prediction_size import check_rgb_image, predict_at_evaluation_size
 from .pipeline import DESCRIPTION_FILE, INPUT_NAME, MAX_SIZE, MIN_SIZE, OUTPUT_NAMES
 
 BACKENDS = ("torch-export", "onnxruntime")
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-        shape = getattr(image, "shape", type(image).__name__)
-        raise ValueError(f"image: expected an [H, W, 3] RGB array, got {shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image: expected uint8 pixels (0-255), got {image.dtype}")
-    height, width = image.shape[:2]
+    """``image`` as the graph takes it: an ``[H, W, 3]`` uint8 array of a size in its range."""
+    height, width = check_rgb_image(image).shape[:2]
     if not (MIN_SIZE <= height <= MAX_SIZE and MIN_SIZE <= width <= MAX_SIZE):
         hint = " (--max-size shrinks larger inputs)" if max(height, width) > MAX_SIZE else ""
         raise BadInputError(
@@ -197,8 +193,9 @@ class ExportedPredictor:
         """The same dict as ``Predictor.predict``, from the exported graph (the image resized to
         the evaluation size on the host, and the prediction brought back, as ``Predictor``
         does)."""
+        # the size is checked once resized to the evaluation size (in outputs), not before
         return predict_at_evaluation_size(
-            self._predict_as_given, _check_image(image), self.test_size, self.metadata,
+            self._predict_as_given, image, self.test_size, self.metadata,
             align_corners=self.align_corners,
         )  # fmt: skip
 
