@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 from panoptic_cases import _files, _ours
 
@@ -106,3 +107,39 @@ def test_cli_errors_name_the_missing_image_or_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(args + ["--workers", "2"])
     assert f"panoptic PNG not found: {tmp_path / 'pred' / '2.png'}" in capsys.readouterr().err
+
+
+def test_cli_errors_for_an_empty_ground_truth_retyped_ids_and_a_wrong_images_size(tmp_path, capsys):
+    """No gt annotation printed PQ 0.0 with exit 0 (panopticapi divides by zero); image ids
+    given as strings on one side only, and a wrong 'images' size, were not pointed at."""
+    from axial_deeplab.evaluation.panoptic import main
+
+    args, _, _ = _files(tmp_path)
+    gt = json.loads((tmp_path / "gt.json").read_text())
+    pred = json.loads((tmp_path / "pred.json").read_text())
+
+    def fails_with(gt_data: dict, pred_data: dict) -> str:
+        (tmp_path / "gt.json").write_text(json.dumps(gt_data))
+        (tmp_path / "pred.json").write_text(json.dumps(pred_data))
+        with pytest.raises(SystemExit) as exit_info:
+            main(args + ["--workers", "1"])
+        assert exit_info.value.code == 2
+        return capsys.readouterr().err
+
+    said = fails_with({**gt, "annotations": []}, pred)
+    assert f"{tmp_path / 'gt.json'}: no annotations: no image to evaluate on" in said
+    retyped = [{**a, "image_id": str(a["image_id"])} for a in pred["annotations"]]
+    first = gt["annotations"][0]["image_id"]
+    said = fails_with(gt, {**pred, "annotations": retyped})
+    assert (
+        f"gives them as str ('{first}'), {tmp_path / 'gt.json'} as int ({first}): use one" in said
+    )
+    first_ann = gt["annotations"][0]
+    png = os.path.join(args[args.index("--gt-dir") + 1], first_ann["file_name"])
+    height, width = cv2.imread(png).shape[:2]
+    image = {"id": first, "file_name": "a.jpg", "height": height + 1, "width": width}
+    said = fails_with({**gt, "images": [image]}, pred)
+    assert (
+        f"differs from the image size ({height + 1}, {width}) given in {tmp_path / 'gt.json'}: "
+        f"'images' entry of image_id {first!r}: one of the two is wrong"
+    ) in said

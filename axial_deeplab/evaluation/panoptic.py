@@ -242,15 +242,17 @@ class RunsImage(NamedTuple):
     image_size: tuple[int, int] | None = None  # (H, W) both maps must have, if given
     gt_listing: str | None = None  # names gt_segments in their errors (default: gt_source)
     pred_listing: str | None = None  # e.g. the JSON and the image of pred_segments
+    size_source: str | None = None  # where image_size comes from (the gt JSON's images entry)
 
 
 def _check_sizes(image: RunsImage) -> None:
     """Raise unless the gt and predicted maps have one shape, the image's size if it is given."""
     for runs, source in ((image.gt, image.gt_source), (image.pred, image.pred_source)):
         if image.image_size is not None and runs.shape != tuple(image.image_size):
+            given = f" given in {image.size_source}" if image.size_source else ""
             raise DatasetFormatError(
                 f"{source}: PNG size (H, W) = {runs.shape} differs from the image size "
-                f"{tuple(image.image_size)}"
+                f"{tuple(image.image_size)}{given}: one of the two is wrong"
             )
     if image.gt.shape != image.pred.shape:
         raise DatasetFormatError(

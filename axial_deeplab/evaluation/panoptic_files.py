@@ -52,12 +52,21 @@ def build_tasks(
     for folder, role in ((gt_dir, "ground-truth"), (pred_dir, "prediction")):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{role} PNG folder not found: {folder}")
+    if not gt["annotations"]:  # PQ over no image is no number (panopticapi divides by 0)
+        raise DatasetFormatError(f"{gt_json}: no annotations: no image to evaluate on")
     predictions = {ann["image_id"]: ann for ann in pred["annotations"]}
     missing = [a["image_id"] for a in gt["annotations"] if a["image_id"] not in predictions]
     if missing:
+        as_text = {str(k): k for k in predictions}
+        retyped = [(m, as_text[str(m)]) for m in missing if str(m) in as_text]
+        hint = (
+            f"; {pred_json} gives them as {type(retyped[0][1]).__name__} ({retyped[0][1]!r}), "
+            f"{gt_json} as {type(retyped[0][0]).__name__} ({retyped[0][0]!r}): use one type"
+            if retyped else ""
+        )  # fmt: skip
         raise DatasetFormatError(
             f"{pred_json}: no prediction for {len(missing)} ground-truth image(s) of {gt_json}, "
-            f"e.g. image_id {missing[:_IDS_SHOWN]}"
+            f"e.g. image_id {missing[:_IDS_SHOWN]}{hint}"
         )
     if len(predictions) > len(gt["annotations"]):  # gt image ids are unique, all predicted
         _warn_unmatched(predictions, gt["annotations"], pred_json, gt_json)
@@ -100,6 +109,7 @@ class _BatchStats:
             self._read(g), gt_ann["segments_info"], self._read(p), pred_ann["segments_info"],
             g, p, size,
             gt_listing=f"{gt_json}: segments_info of image_id {image_id!r} ({g_name})",
+            size_source=f"{gt_json}: 'images' entry of image_id {image_id!r}",
             pred_listing=f"{pred_json}: segments_info of image_id {image_id!r} ({p_name})",
         )  # fmt: skip
 
