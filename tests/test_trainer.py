@@ -120,3 +120,17 @@ def test_non_finite_loss_raises_with_iteration(tmp_path):
         match=r"iteration 1 \(loss_bad=nan\): training diverged; lower SOLVER.BASE_LR",
     ):
         trainer.train()
+
+
+def test_resumed_finished_run_runs_the_evaluation_it_lacks(tmp_path):
+    """Stopped during the evaluation after the last iteration, a resumed run said it had
+    finished and never evaluated; when that evaluation is logged, it is not run again."""
+    trainer = _trainer(tmp_path, 3)  # trained without evaluating: as if stopped during it
+    trainer.train()
+    calls = []
+    resumed = _trainer(tmp_path, 3, evaluate=lambda model: calls.append(1) or {"PQ": 0.4})
+    assert resumed.resume() and resumed.iteration == 3
+    assert resumed.train() == {"PQ": 0.4} and calls == [1]
+    assert (tmp_path / "model_best.pth").exists()
+    again = _trainer(tmp_path, 3, evaluate=lambda model: calls.append(1) or {"PQ": 0.4})
+    assert again.resume() and again.train() == {} and calls == [1]

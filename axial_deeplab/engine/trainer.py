@@ -46,7 +46,7 @@ from ..config.checks import flat_items
 from ..layers.precision import autocast_dtype
 from ..utils.atomic import remove_stale_temp_files, write_text
 from .distributed import all_gather_objects, is_main_process, mean_over_ranks
-from .events import EventWriter, truncate_metrics
+from .events import EventWriter, read_metrics, truncate_metrics
 from .preemption import StopSignals, TrainingInterrupted
 
 LAST_CHECKPOINT = "last_checkpoint"
@@ -397,7 +397,23 @@ class Trainer:
                 saved = self.iteration
             if self._eval_due():
                 metrics = self._run_eval(writer)
+        if saved < 0 and self._final_evaluation_missing():  # resumed at max_iter: no iteration
+            if is_main_process():
+                print(f"the evaluation at iteration {self.iteration} did not finish: running it")
+            metrics = self._run_eval(writer)
         return metrics
+
+    def _final_evaluation_missing(self) -> bool:
+        """Whether a run resumed at ``max_iter`` lacks the evaluation that ends it (stopped while
+        it ran): no ``eval/`` record for that iteration in ``metrics.json``."""
+        if self.evaluate is None or self.iteration != self.options.max_iter:
+            return False
+        path = os.path.join(self.options.output_dir, "metrics.json")
+        records = read_metrics(path) if os.path.isfile(path) else []
+        return not any(
+            r.get("iteration") == self.iteration and any(k.startswith("eval/") for k in r)
+            for r in records
+        )
 
     def _interrupted(self, signum: int, saved: int) -> TrainingInterrupted:
         """Save the state of this iteration boundary (unless the loop did: ``saved``)."""
