@@ -66,8 +66,14 @@ def test_running_stats_cumulative_momentum():
     for _ in range(2):
         x = torch.randn(2, 6, 7, 3, dtype=DTYPE, generator=gen)
         torch.testing.assert_close(layer(x), ref(x), atol=1e-5, rtol=0)
-    for (name, buf), ref_buf in zip(layer.named_buffers(), ref.buffers()):
-        torch.testing.assert_close(buf, ref_buf, atol=1e-10, rtol=0, msg=name)
+    # by name: the reference holds the layer itself (as ``cfg``), whose buffers come first in
+    # ref.buffers(); zipping the two lists compared each buffer with itself
+    ref_buffers = dict(ref.named_buffers())
+    compared = [name for name, _ in layer.named_buffers() if name.endswith(("_mean", "_var"))]
+    assert len(compared) == 6, compared  # running mean and variance of the three norms
+    for name, buf in layer.named_buffers():
+        assert ref_buffers[name] is not buf, name
+        torch.testing.assert_close(buf, ref_buffers[name], atol=1e-10, rtol=0, msg=name)
     assert int(layer.logits_norm.num_batches_tracked) == 2
 
 

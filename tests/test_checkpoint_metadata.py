@@ -244,7 +244,7 @@ def test_class_names_and_config_file_win_over_the_checkpoint(tmp_path, random_ch
     (tmp_path / "names.txt").write_text("water\nboat\nswimmer\n")
     explicit = tmp_path / "explicit.yaml"
     explicit.write_text(cfg.dump().replace("STUFF_AREA: 1\n", "STUFF_AREA: 2\n"))
-    infer_net.main(["--config-file", str(explicit), "--weights", str(path), "--thing-ids", "2",
+    infer_net.main(["--config-file", str(explicit), "--weights", str(path), "--thing-ids", "1",
                     "--input", str(tmp_path / "a.png"), "--class-names", str(tmp_path / "names.txt"),
                     "--output", str(tmp_path / "out")])  # fmt: skip
     printed = capsys.readouterr().out
@@ -252,7 +252,9 @@ def test_class_names_and_config_file_win_over_the_checkpoint(tmp_path, random_ch
     assert "differ in 1 keys: MODEL.PANOPTIC_DEEPLAB.STUFF_AREA: stored 1, used 2" in printed
     assert f"class names: {tmp_path / 'names.txt'}" in printed
     record = _check_outputs(tmp_path / "out", "a", (40, 56), ["water", "boat", "swimmer"])
-    assert all(s["isthing"] == int(s["category_id"] == 2) for s in record["segments_info"])
+    # --thing-ids 1, not the stored (1, 2): class 2, which this model predicts, is stuff now
+    assert any(s["category_id"] == 2 for s in record["segments_info"])
+    assert all(s["isthing"] == int(s["category_id"] == 1) for s in record["segments_info"])
 
 
 def test_checkpoint_without_config_needs_a_config_file(tmp_path, capsys):

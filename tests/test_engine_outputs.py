@@ -207,9 +207,10 @@ def test_two_processes_train_and_evaluate_as_one(trained):
 
     root, common = trained["root"], trained["common"]
     two = str(root / "two_train")
+    start = os.path.join(trained["out"], "model_0000020.pth")  # so that PQ is not 0 == 0 below
     main(["--config-file", CONFIG, "--num-gpus", "2", *common, "OUTPUT_DIR", two,
           "DATASETS.TRAIN", "('synth_train',)", "DATASETS.TEST", "('synth_val',)",
-          "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "4"])  # fmt: skip
+          "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "4", "MODEL.WEIGHTS", start])  # fmt: skip
     final = [r for r in read_metrics(os.path.join(two, "metrics.json")) if "eval/PQ" in r][-1]
     weights = os.path.join(two, "model_0000004.pth")
     outputs = {}
@@ -222,6 +223,7 @@ def test_two_processes_train_and_evaluate_as_one(trained):
             metrics = json.load(f)
         with open(os.path.join(out, "inference", "panoptic.json"), encoding="utf-8") as f:
             outputs[n] = (metrics, json.load(f))
+    assert outputs["1"][0]["PQ"] > 0 and outputs["1"][0]["mIoU"] > 0  # not vacuous
     assert outputs["2"][0] == pytest.approx(outputs["1"][0], abs=1e-9)
     assert outputs["2"][1] == outputs["1"][1]  # same annotations, in data set order
     assert final["eval/PQ"] == pytest.approx(outputs["1"][0]["PQ"], abs=1e-9)
@@ -242,7 +244,8 @@ def test_torchrun_two_processes_train_and_evaluate_as_one(trained):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          tool, "--config-file", CONFIG, *common, "OUTPUT_DIR", out,
          "DATASETS.TRAIN", "('synth_train',)", "DATASETS.TEST", "('synth_val',)",
-         "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.CHECKPOINT_PERIOD", "4"],
+         "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.CHECKPOINT_PERIOD", "4",
+         "MODEL.WEIGHTS", os.path.join(trained["out"], "model_0000020.pth")],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -252,5 +255,6 @@ def test_torchrun_two_processes_train_and_evaluate_as_one(trained):
     final = [r for r in records if "eval/PQ" in r][-1]
     one = _run(*common, "OUTPUT_DIR", str(root / "torchrun_eval"), "DATASETS.TEST", "('synth_val',)",
                "MODEL.WEIGHTS", os.path.join(out, "model_0000004.pth"), eval_only=True)  # fmt: skip
+    assert one["PQ"] > 0 and one["mIoU"] > 0  # the comparison below is not 0 == 0
     for key in ("PQ", "SQ", "RQ", "mIoU", "AP"):
         assert final[f"eval/{key}"] == pytest.approx(one[key], abs=1e-9), key

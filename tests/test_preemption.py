@@ -44,13 +44,14 @@ def test_stop_signal_saves_and_resume_matches_uninterrupted(tmp_path, signum):
     _trainer(tmp_path / "full", 8).train()
     trainer = _trainer(tmp_path / "split", 8)
     trainer.batches = _signalling_batches(signum, at=4)
+    before = signal.getsignal(signum)
     # checkpoint period 3: the stop at 5 (batch 4 is the 5th) is between two periodic checkpoints
     with pytest.raises(
         TrainingInterrupted, match=f"{signal.Signals(signum).name} after iteration 5"
     ):
         trainer.train()
     assert (tmp_path / "split" / "last_checkpoint").read_text() == "model_0000005"
-    assert signal.getsignal(signum) is not None  # the previous handler is back
+    assert signal.getsignal(signum) == before  # the previous handler is back
     _assert_resume_matches_full(tmp_path, 5)
     # one metrics record per iteration, none replayed
     iterations = [r["iteration"] for r in read_metrics(tmp_path / "split" / "metrics.json")]
@@ -100,6 +101,7 @@ def _assert_resume_matches_full(tmp_path, iteration: int) -> None:
         _weights(tmp_path / "full" / "model_0000008.pth"),
         _weights(tmp_path / "split" / "model_0000008.pth"),
     )
+    assert full.keys() == split.keys() and full  # the same tensors, and some
     assert all(torch.equal(full[k], split[k]) for k in full)
 
 
@@ -307,6 +309,7 @@ def test_submitit_job_preempted_and_requeued_ends_as_uninterrupted(tmp_path):
         _weights(tmp_path / "full" / "model_0000008.pth"),
         _weights(out / "model_0000008.pth"),
     )
+    assert full.keys() == job_weights.keys() and full  # the same tensors, and some
     assert all(torch.equal(full[k], job_weights[k]) for k in full)
     iterations = [r["iteration"] for r in read_metrics(str(out / "metrics.json"))]
     assert iterations == list(range(1, 9))
