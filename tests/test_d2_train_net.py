@@ -106,3 +106,13 @@ def test_d2_train_net_user_errors_are_one_line(tmp_path):
             extra,
             proc.stderr[-2000:],
         )
+
+
+def test_d2_train_net_two_cpu_processes(tmp_path):
+    """``--num-gpus 2`` without GPUs (gloo): detectron2 wrapped the CPU model in DDP with
+    ``device_ids=[rank]``, which PyTorch refuses; it trains and evaluates now."""
+    log = _run_tool(_args(tmp_path, 2, "--num-gpus", "2"))
+    assert "Starting training from iteration 0" in log
+    train, final = _metrics(tmp_path / "out")
+    assert train["iteration"] == 1 and train["total_loss"] < 1e3
+    assert "panoptic_seg/PQ" in final

@@ -8,10 +8,11 @@ clipping from ``SOLVER.CLIP_GRADIENTS``), our mapper in the data loaders and our
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from detectron2.data import (
@@ -20,6 +21,7 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import defaults as d2_defaults
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 
@@ -36,11 +38,31 @@ from .evaluation import build_evaluator
 logger = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _ddp_on_cpus() -> Iterator[None]:
+    """Within the block, detectron2's ``create_ddp_model`` wraps a CPU model without
+    ``device_ids``: it passes the local rank always, which DistributedDataParallel refuses for a
+    CPU module, so ``--num-gpus N`` (gloo processes) failed on a machine without GPUs."""
+    original = d2_defaults.create_ddp_model
+
+    def create(model: torch.nn.Module, **kwargs):
+        if next(model.parameters()).device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
 class Trainer(DefaultTrainer):
     """detectron2's ``DefaultTrainer`` with our optimizer, schedule, mapper and evaluators."""
 
     def __init__(self, cfg, *, allow_pickle: bool = False) -> None:
-        super().__init__(cfg)
+        with _ddp_on_cpus():
+            super().__init__(cfg)
         # Weights are loaded weights-only (detectron2 unpickles .pkl files, which can run code).
         self.checkpointer = SafeDetectionCheckpointer(
             self.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), allow_pickle=allow_pickle
