@@ -192,3 +192,17 @@ def test_an_error_in_a_worker_process_is_raised_as_itself():
     traceback, cut to 600 characters before the reason."""
     with pytest.raises(ConfigError, match=r"^SOLVER.IMS_PER_BATCH 3 is not divisible by 2"):
         launch(_fails_on_rank_1, 2)
+
+
+def test_one_line_of_an_error_wrapped_by_torch_multiprocessing():
+    """detectron2's launch (tools/d2_train_net.py --num-gpus N) re-raises a worker's error as
+    torch's ProcessRaisedException holding the traceback text: the last line is the message."""
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    from axial_deeplab.utils.cli import one_line
+
+    text = ("\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call "
+            'last):\n  File "x.py", line 1, in f\n    g()\naxial_deeplab.config.ConfigError: '
+            "SOLVER.IMS_PER_BATCH 3 is not divisible by 2 processes\n")  # fmt: skip
+    wrapped = ProcessRaisedException(text, 1, 123)
+    assert one_line(wrapped) == "SOLVER.IMS_PER_BATCH 3 is not divisible by 2 processes"

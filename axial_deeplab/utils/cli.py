@@ -36,9 +36,12 @@ MAX_MESSAGE = 600  # characters of a message kept on its line
 def one_line(exc: BaseException) -> str:
     """The message of ``exc`` on one line (whitespace runs collapsed, long text cut). An error
     re-raised by a PyTorch data-loader worker (``Caught X in DataLoader worker process N``
-    followed by the worker's traceback) gives the worker's own message."""
+    followed by the worker's traceback) or by a process of ``torch.multiprocessing`` (detectron2's
+    ``launch``: ``Process N terminated with the following error`` and its traceback) gives the
+    worker's own message."""
     text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
-    if text.startswith("Caught ") and "Original Traceback" in text:
+    wrapped = text.startswith("Caught ") and "Original Traceback" in text
+    if wrapped or ("terminated with the following error" in text and "Traceback" in text):
         last = [line for line in text.splitlines() if line.strip()][-1]
         text = re.sub(r"^[\w.]+(Error|Exception|Interrupt): ", "", last.strip())
     text = " ".join(text.split()) or type(exc).__name__
