@@ -180,6 +180,11 @@ def test_a_new_run_over_an_earlier_one_is_refused_and_seed_minus_one_resumes_ali
     main(["--resume", *argv, "SOLVER.MAX_ITER", "2"])
     assert f"resuming with the run's seed, {drawn}" in capsys.readouterr().out
     assert f"SEED: {drawn}\n" in (tmp_path / "out" / "config.yaml").read_text()
+    # OUTPUT_DIR/log.txt holds what the three runs printed, a bar's last state, and the refusal
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert log.count("] ") >= 3 and f"using the random seed {drawn}" in log
+    assert "ended by ConfigError: OUTPUT_DIR" in log and "train: 100%" in log
+    assert "\r" not in log
 
 
 def _fails_on_rank_1() -> None:

@@ -24,11 +24,13 @@ import json
 import os
 import shlex
 import sys
+from contextlib import nullcontext
 
 from ..checkpoint.io import BackboneOnlyError
 from ..config import ConfigError, load_config
 from ..utils.atomic import write_json
 from ..utils.cli import check_output_folder, run_cli
+from ..utils.log_file import log_to_file
 from .build import (
     build_evaluate_fn,
     build_trainer,
@@ -115,47 +117,57 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     check_weights(cfg, args)
     notice_cpu_fallback(cfg.MODEL.DEVICE)
     device = init_from_env(cfg.MODEL.DEVICE)
-    if args.eval_only:
-        from ..data.build import build_catalog
-
-        try:
-            model = prepare_model(cfg, device, whole=not args.allow_random_weights)
-        except BackboneOnlyError as exc:
-            raise ConfigError(
-                f"--eval-only: {exc}; or pass --allow-random-weights to evaluate it anyway"
-            ) from None
-        catalog = build_catalog(cfg)
-        check_checkpoint_classes(cfg, catalog)
-        save_dir = os.path.join(cfg.OUTPUT_DIR, "inference") if cfg.TEST.SAVE_PREDICTIONS else ""
-        pictures = os.path.join(cfg.OUTPUT_DIR, "eval_pictures")
-        metrics = build_evaluate_fn(
-            cfg, catalog, device, save_dir=save_dir, pictures_dir=pictures, verbose=True
-        )(model)
-        if save_dir and is_main_process():
-            write_json(os.path.join(save_dir, "metrics.json"), metrics, indent=1)
-            print(f"predictions in the official formats written to {save_dir}")
-    else:
-        check_output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
-        resume_from = checkpoint_to_resume(cfg.OUTPUT_DIR) if args.resume else None
-        if not args.resume:
-            check_no_earlier_run(cfg.OUTPUT_DIR)
-        cfg = resolve_config_seed(cfg, resume_from)
-        trainer = build_trainer(cfg, device)
-        resumed = args.resume and trainer.resume()  # before config.yaml: a refused resume keeps it
-        if is_main_process():
-            save_config(cfg)
-        if args.resume and not resumed and is_main_process():  # e.g. a mistyped OUTPUT_DIR
-            print(f"--resume: no checkpoint in {cfg.OUTPUT_DIR}: training from the start")
-        if resumed and is_main_process():
-            print(f"resumed from iteration {trainer.iteration} of {cfg.OUTPUT_DIR}")
-            if trainer.iteration >= cfg.SOLVER.MAX_ITER:
-                print(f"this run already finished (SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}): nothing "
-                      "to train; raise SOLVER.MAX_ITER to continue, or evaluate with --eval-only "
-                      f"MODEL.WEIGHTS {cfg.OUTPUT_DIR}/model_{trainer.iteration:07d}.pth")  # fmt: skip
-        metrics = trainer.train()
-    if is_main_process() and metrics:
-        print(json.dumps({k: round(v, 3) for k, v in metrics.items()}, indent=1))
+    check_output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    logged = is_main_process() and cfg.OUTPUT_DIR  # what was printed, in OUTPUT_DIR/log.txt
+    with log_to_file(os.path.join(cfg.OUTPUT_DIR, "log.txt")) if logged else nullcontext():
+        metrics = _evaluate(cfg, args, device) if args.eval_only else _train(cfg, args, device)
+        if is_main_process() and metrics:
+            print(json.dumps({k: round(v, 3) for k, v in metrics.items()}, indent=1))
     return metrics
+
+
+def _evaluate(cfg, args: argparse.Namespace, device) -> dict[str, float]:
+    """``--eval-only``: MODEL.WEIGHTS on every DATASETS.TEST set."""
+    from ..data.build import build_catalog
+
+    try:
+        model = prepare_model(cfg, device, whole=not args.allow_random_weights)
+    except BackboneOnlyError as exc:
+        raise ConfigError(
+            f"--eval-only: {exc}; or pass --allow-random-weights to evaluate it anyway"
+        ) from None
+    catalog = build_catalog(cfg)
+    check_checkpoint_classes(cfg, catalog)
+    save_dir = os.path.join(cfg.OUTPUT_DIR, "inference") if cfg.TEST.SAVE_PREDICTIONS else ""
+    pictures = os.path.join(cfg.OUTPUT_DIR, "eval_pictures")
+    metrics = build_evaluate_fn(
+        cfg, catalog, device, save_dir=save_dir, pictures_dir=pictures, verbose=True
+    )(model)
+    if save_dir and is_main_process():
+        write_json(os.path.join(save_dir, "metrics.json"), metrics, indent=1)
+        print(f"predictions in the official formats written to {save_dir}")
+    return metrics
+
+
+def _train(cfg, args: argparse.Namespace, device) -> dict[str, float]:
+    """Training, new or resumed (``--resume``)."""
+    resume_from = checkpoint_to_resume(cfg.OUTPUT_DIR) if args.resume else None
+    if not args.resume:
+        check_no_earlier_run(cfg.OUTPUT_DIR)
+    cfg = resolve_config_seed(cfg, resume_from)
+    trainer = build_trainer(cfg, device)
+    resumed = args.resume and trainer.resume()  # before config.yaml: a refused resume keeps it
+    if is_main_process():
+        save_config(cfg)
+    if args.resume and not resumed and is_main_process():  # e.g. a mistyped OUTPUT_DIR
+        print(f"--resume: no checkpoint in {cfg.OUTPUT_DIR}: training from the start")
+    if resumed and is_main_process():
+        print(f"resumed from iteration {trainer.iteration} of {cfg.OUTPUT_DIR}")
+        if trainer.iteration >= cfg.SOLVER.MAX_ITER:
+            print(f"this run already finished (SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}): nothing "
+                  "to train; raise SOLVER.MAX_ITER to continue, or evaluate with --eval-only "
+                  f"MODEL.WEIGHTS {cfg.OUTPUT_DIR}/model_{trainer.iteration:07d}.pth")  # fmt: skip
+    return trainer.train()
 
 
 def check_no_earlier_run(output_dir: str) -> None:
