@@ -72,6 +72,16 @@ def mean_over_ranks(values: dict[str, torch.Tensor], due: bool = True) -> dict[s
     return dict(zip(values, stacked / get_world_size(), strict=True))
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Every buffer of ``module`` (batch-norm statistics) set to rank 0's, on every rank. Between
+    training steps each rank holds the statistics of its own last batch (DDP copies rank 0's at
+    the start of a forward pass, then each rank updates them); rank 0's are the ones saved."""
+    if not is_distributed():
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

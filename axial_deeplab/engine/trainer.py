@@ -45,7 +45,12 @@ from ..checkpoint.io import describe_mismatch, load_torch_file, save_atomic
 from ..config.checks import flat_items
 from ..layers.precision import autocast_dtype
 from ..utils.atomic import remove_stale_temp_files, write_text
-from .distributed import all_gather_objects, is_main_process, mean_over_ranks
+from .distributed import (
+    all_gather_objects,
+    broadcast_buffers,
+    is_main_process,
+    mean_over_ranks,
+)
 from .events import EventWriter, read_metrics, truncate_metrics
 from .preemption import StopSignals, TrainingInterrupted
 
@@ -476,6 +481,9 @@ class Trainer:
         return last or (period > 0 and self.iteration % period == 0)
 
     def _run_eval(self, writer: EventWriter | None) -> dict[str, float]:
+        # every rank evaluates the model the checkpoint holds: rank 0's batch-norm statistics
+        # (on CPUs, where SyncBN falls back to per-rank BN, each rank's were its own)
+        broadcast_buffers(self.unwrapped)
         self.model.eval()
         with torch.no_grad():
             metrics = self.evaluate(self.model)
