@@ -1,5 +1,7 @@
 """Decoders, heads, the ResNet baseline backbone and the meta-architecture."""
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -190,3 +192,26 @@ def test_build_model_every_variant(backbone, variant):
         "center": (2, 1, 65, 97),
         "offset": (2, 2, 65, 97),
     }
+
+
+def test_every_trainable_parameter_of_max_deeplab_l_gets_a_gradient():
+    """The MaX-DeepLab-L config builds the backbone's stacked decoder (its converted weights
+    load) but reads res2/res3/res5: its 56 tensors got no gradient, and DistributedDataParallel
+    (find_unused_parameters False) stopped at the second iteration. They are frozen now."""
+    from axial_deeplab.config import load_config
+    from axial_deeplab.modeling.build import build_model
+
+    cfg = load_config(
+        os.path.join(
+            os.path.dirname(__file__), "..", "configs/cityscapes/deeplab2/max_deeplab_l_backbone_os16.yaml"
+        ),
+        ["MODEL.AXIAL_RESNET.WIDTH_MULTIPLIER", "0.125", "MODEL.AXIAL_RESNET.LAYER_MULTIPLIER",
+         "0.34"],
+    )  # fmt: skip
+    model = build_model(cfg).train()
+    assert model.backbone.stacked_decoder is not None  # kept, for the converted weights
+    outputs = model(torch.rand(2, 3, 33, 33) * 255)
+    sum(v.float().mean() for v in outputs.values()).backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []
+    assert not any(p.requires_grad for p in model.backbone.stacked_decoder.parameters())

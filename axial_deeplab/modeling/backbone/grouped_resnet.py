@@ -238,6 +238,10 @@ class GroupedResNet(Backbone):
         if unknown:
             raise ValueError(f"out_features {unknown} not among {list(self._feature_specs)}")
         self._out_features = list(out_features)
+        if stacked_decoder is not None and STACKED not in self._out_features:
+            # kept for its converted weights, but never run: frozen, so that DistributedDataParallel
+            # (find_unused_parameters False, as detectron2's) does not wait for its gradients
+            stacked_decoder.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``[N, 3, H, W]`` normalised images -> the requested features (after ReLU)."""
