@@ -266,8 +266,30 @@ def build_variant(name: str, **overrides: Any) -> Backbone:
     return LAYOUTS[row.pop("layout", "axial")](name, **row)
 
 
+# MODEL.AXIAL_RESNET keys that only one layout reads -> the values that mean "not set" (the
+# defaults; for the spans also Base-AxialDeepLab.yaml's 65 / hybrid, which the deeplab2 configs
+# and the checkpoints converted with them inherit)
+_AXIAL_ONLY = {"SPAN": (0, 65), "SPAN_MODE": ("", "hybrid"), "STEM": ("",), "STRIDE_MODE": ("",)}
+_GROUPED_ONLY = {"LAYER_MULTIPLIER": (0.0,), "DROP_PATH_KEEP_PROB": (0.0,),
+                 "DROP_PATH_SCHEDULE": ("",)}  # fmt: skip
+
+
+def _check_layout_keys(c, grouped: bool) -> None:
+    """A key the variant's layout does not read, set to another value, is an error: it would be
+    ignored without a word (a span ablation on a deeplab2 encoder would train the same model)."""
+    names = sorted(k for k, row in VARIANTS.items() if (row.get("layout") == "grouped") != grouped)
+    other = _AXIAL_ONLY if grouped else _GROUPED_ONLY
+    bad = [f"{k} {c[k]!r}" for k, unset in other.items() if c[k] not in unset]
+    if bad:
+        raise ValueError(
+            f"{', '.join(bad)}: variant {c.VARIANT} does not read "
+            f"{'them' if len(bad) > 1 else 'it'}; only {', '.join(names)} do"
+        )
+
+
 def _config_overrides(c, grouped: bool) -> dict[str, Any]:
     """The ``MODEL.AXIAL_RESNET`` keys that override a variant row (empty/0: keep the row's)."""
+    _check_layout_keys(c, grouped)
     overrides: dict[str, Any] = dict(
         output_stride=c.OUTPUT_STRIDE,
         num_heads=c.NUM_HEADS,
@@ -295,7 +317,9 @@ def build_axial_resnet_backbone(cfg) -> Backbone:
     """The backbone of ``cfg.MODEL.AXIAL_RESNET``: its ``VARIANT`` row with the config's output
     stride, heads, output features and checkpointing, and every other key that is set (an empty
     string or 0 keeps the row's value: ``SPAN``, ``SPAN_MODE``, ``STEM``, ``STRIDE_MODE``, the width
-    / layer multipliers, drop path). No classifier head."""
+    / layer multipliers, drop path). No classifier head. A key the variant's layout does not
+    read (the spans and stem for deeplab2's variants, drop path and the layer multiplier for
+    ours) set to a value is refused rather than ignored."""
     c = cfg.MODEL.AXIAL_RESNET
     grouped = VARIANTS.get(c.VARIANT, {}).get("layout") == "grouped"
     try:
