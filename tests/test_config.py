@@ -172,3 +172,23 @@ def test_missing_base_names_the_file_that_refers_to_it(tmp_path):
     assert str(err.value) == (
         f"config file not found: {tmp_path / 'nothere.yaml'} (the _BASE_ of {child})"
     )
+
+
+@pytest.mark.parametrize(
+    "opts, said",
+    [
+        (["INPUT.FORMAT", "BGR"], "INPUT.FORMAT 'BGR': this engine feeds RGB images"),
+        (["INPUT.GAUSSIAN_SIGMA", "0.0"], "INPUT.GAUSSIAN_SIGMA must be > 0"),
+        (["MODEL.PANOPTIC_DEEPLAB.TOP_K_INSTANCE", "0"],
+         "MODEL.PANOPTIC_DEEPLAB.TOP_K_INSTANCE must be an integer >= 1, got 0"),
+        (["MODEL.PIXEL_MEAN", "[1.0, 2.0]"], "MODEL.PIXEL_MEAN must be 3 values (R, G, B), got"),
+        (["MODEL.PIXEL_STD", "[1.0, 0.0, 1.0]"], "MODEL.PIXEL_STD must be 3 values (R, G, B), > 0"),
+    ],
+)  # fmt: skip
+def test_values_that_failed_late_or_silently_are_refused_at_load(opts, said):
+    """INPUT.FORMAT was read by the detectron2 plugin only (the native engine fed RGB whatever
+    it said); sigma 0 gave NaN centre targets; top-k 0 an IndexError at the first evaluation;
+    a two-value PIXEL_MEAN an error at the first forward that blamed the images."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, opts)
+    assert said in str(err.value)

@@ -108,3 +108,27 @@ def check_config(cfg) -> None:
             f"INPUT.MIN_SCALE and INPUT.MAX_SCALE must satisfy 0 < MIN <= MAX, got "
             f"{cfg.INPUT.MIN_SCALE} and {cfg.INPUT.MAX_SCALE}"
         )
+    _check_inputs_and_centres(cfg)
+
+
+def _check_inputs_and_centres(cfg) -> None:
+    """Values that loaded but failed late or silently: a channel order this engine does not
+    feed, a normalisation that is not per RGB channel, a zero-width centre Gaussian (NaN
+    targets), no centre kept (an IndexError at the first evaluation)."""
+    if cfg.INPUT.FORMAT != "RGB":
+        raise ConfigError(
+            f"INPUT.FORMAT {cfg.INPUT.FORMAT!r}: this engine feeds RGB images (and "
+            "MODEL.PIXEL_MEAN / PIXEL_STD in RGB order); BGR is for detectron2 models under "
+            "tools/d2_train_net.py"
+        )
+    for key in ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"):
+        values = list(cfg.MODEL.PIXEL_MEAN if key.endswith("MEAN") else cfg.MODEL.PIXEL_STD)
+        if len(values) != 3 or (key.endswith("STD") and min(values) <= 0):
+            raise ConfigError(f"{key} must be 3 values (R, G, B){', > 0' if 'STD' in key else ''}, "
+                              f"got {values}")  # fmt: skip
+    if not cfg.INPUT.GAUSSIAN_SIGMA > 0:
+        raise ConfigError(
+            f"INPUT.GAUSSIAN_SIGMA must be > 0 (the centre heatmap's width in pixels), got "
+            f"{cfg.INPUT.GAUSSIAN_SIGMA!r}"
+        )
+    _positive_int(cfg, "MODEL.PANOPTIC_DEEPLAB.TOP_K_INSTANCE")

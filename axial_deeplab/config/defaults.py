@@ -105,7 +105,7 @@ _C.MODEL.PANOPTIC_DEEPLAB.ALIGN_CORNERS = True  # bilinear upsampling convention
 _C.MODEL.PANOPTIC_DEEPLAB.STUFF_AREA = 2048  # stuff regions smaller than this become void
 _C.MODEL.PANOPTIC_DEEPLAB.CENTER_THRESHOLD = 0.1  # minimum centre heatmap score
 _C.MODEL.PANOPTIC_DEEPLAB.NMS_KERNEL = 7  # max-pool window of centre NMS
-_C.MODEL.PANOPTIC_DEEPLAB.TOP_K_INSTANCE = 200  # centres kept (scores above the k-th best)
+_C.MODEL.PANOPTIC_DEEPLAB.TOP_K_INSTANCE = 200  # centres kept: scores above the k-th best (< k)
 
 # ---------------------------------------------------------------------------------------------
 # Input

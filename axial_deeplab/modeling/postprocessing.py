@@ -5,7 +5,8 @@ detectron2's ``projects/Panoptic-DeepLab/panoptic_deeplab/post_processing.py``):
 
 1. centres: heatmap values above ``threshold`` that equal their ``nms_kernel x nms_kernel`` max
    pool; with ``top_k``, only those scoring *strictly above* the ``top_k``-th best survivor
-   (so at most ``top_k - 1`` when more than ``top_k`` survive, as in detectron2 and deeplab2);
+   (so at most ``top_k - 1`` when at least ``top_k`` survive, as in detectron2 and deeplab2:
+   ``top_k`` 1 keeps none);
    returned in row-major order, which fixes the instance numbering;
 2. every thing pixel (semantic class in ``thing_ids``) goes to the centre nearest to
    ``pixel + offset`` (ties to the lower centre index);
