@@ -187,6 +187,19 @@ def test_bad_input_names_the_shape():
         layer(torch.zeros(2, 5, 4, 4, dtype=DTYPE))
 
 
+@pytest.mark.parametrize(
+    "change, said",
+    [({"num_heads": 0}, "num_heads must be an integer >= 1, got 0"),
+     ({"stride": 0}, "stride must be an integer >= 1, got 0"),
+     ({"out_channels": 0}, "out_channels must be an integer >= 1, got 0")],
+)  # fmt: skip
+def test_bad_sizes_are_refused_when_built(change, said):
+    """num_heads 0 raised ZeroDivisionError; stride 0 failed only at the first forward."""
+    settings = {"in_channels": 8, "out_channels": 8, "axis": "height", "num_heads": 2, **change}
+    with pytest.raises(ValueError, match=f"^{said}$"):
+        AxialAttention(settings.pop("in_channels"), settings.pop("out_channels"), **settings)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_autocast_runs_the_attention_in_float32(monkeypatch, training):
     """Mixed precision: projections may run in bfloat16, the logits and softmax in float32."""

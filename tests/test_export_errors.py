@@ -354,7 +354,8 @@ def test_exported_predictor_resizes_to_the_stored_test_size(program, tmp_path, m
     assert predictor.predict(np.full((20, 30, 3), 7, np.uint8))["panoptic"].shape == (20, 30)
     assert seen[-1] == (40, 60, 3)
     for bad, said in ((np.zeros((20, 30, 3), np.int64), r"expected uint8 pixels \(0-255\), got int64"),
-                      (np.zeros((20, 30, 4), np.uint8), r"RGB array, got \(20, 30, 4\)")):  # fmt: skip
+                      (np.zeros((20, 30, 4), np.uint8), r"RGB array, got \(20, 30, 4\)"),
+                      (np.zeros((0, 30, 3), np.uint8), r"RGB array, got \(0, 30, 3\)")):  # fmt: skip
         with pytest.raises(ValueError, match=said):  # the caller's array, not the resized one
             predictor.predict(bad)
     plain = str(tmp_path / "plain.pt2")  # no test size stored: the image's own size

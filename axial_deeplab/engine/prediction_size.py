@@ -39,7 +39,7 @@ def check_rgb_image(image: np.ndarray) -> np.ndarray:
             f"image: expected an [H, W, 3] uint8 RGB numpy array, got {type(image).__name__}"
             + (" (convert it with .numpy())" if isinstance(image, torch.Tensor) else "")
         )
-    if image.ndim != 3 or image.shape[2] != 3:
+    if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f"image: expected an [H, W, 3] RGB array, got {image.shape}")
     if image.dtype != np.uint8:
         raise ValueError(f"image: expected uint8 pixels (0-255), got {image.dtype}")

@@ -100,6 +100,10 @@ class AxialAttention(nn.Module):
         super().__init__()
         if axis not in AXES:
             raise ValueError(f"axis must be one of {tuple(AXES)}, got {axis!r}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("num_heads", num_heads), ("stride", stride)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if out_channels % (2 * num_heads):
             raise ValueError(
                 f"out_channels ({out_channels}) must be divisible by 2 * num_heads ({2 * num_heads})"
