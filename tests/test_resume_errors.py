@@ -150,7 +150,7 @@ def test_resume_without_a_checkpoint_says_it_starts_over(tmp_path, capsys):
 def test_config_differences_name_every_changed_key():
     """Past the first three, the changed keys were a count ("and 1 more"), which hid the one
     that made the weights not fit (NUM_CLASSES, after three loss weights)."""
-    from axial_deeplab.engine.trainer import config_differences
+    from axial_deeplab.engine.resume import config_differences
 
     saved = "MODEL:\n  A: 1\n  B: 1\n  C: 1\n  NUM_CLASSES: 19\nSOLVER:\n  LR: 1\n"
     current = "MODEL:\n  A: 2\n  B: 2\n  C: 2\n  NUM_CLASSES: 133\nSOLVER:\n  LR: 2\n"

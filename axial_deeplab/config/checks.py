@@ -121,11 +121,12 @@ def _check_inputs_and_centres(cfg) -> None:
             "MODEL.PIXEL_MEAN / PIXEL_STD in RGB order); BGR is for detectron2 models under "
             "tools/d2_train_net.py"
         )
-    for key in ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD"):
-        values = list(cfg.MODEL.PIXEL_MEAN if key.endswith("MEAN") else cfg.MODEL.PIXEL_STD)
-        if len(values) != 3 or (key.endswith("STD") and min(values) <= 0):
-            raise ConfigError(f"{key} must be 3 values (R, G, B){', > 0' if 'STD' in key else ''}, "
-                              f"got {values}")  # fmt: skip
+    for key, positive in (("MODEL.PIXEL_MEAN", False), ("MODEL.PIXEL_STD", True)):
+        values = list(_get(cfg, key))
+        if len(values) != 3 or (positive and min(values) <= 0):
+            raise ConfigError(
+                f"{key} must be 3 values (R, G, B){', > 0' if positive else ''}, got {values}"
+            )
     if not cfg.INPUT.GAUSSIAN_SIGMA > 0:
         raise ConfigError(
             f"INPUT.GAUSSIAN_SIGMA must be > 0 (the centre heatmap's width in pixels), got "

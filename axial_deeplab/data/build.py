@@ -75,6 +75,20 @@ def category_difference(a: DatasetMetadata, b: DatasetMetadata) -> str | None:
     )
 
 
+def class_name_difference(
+    saved: Sequence[str], current: Sequence[str], saved_in: str, current_in: str
+) -> tuple[str, bool] | None:
+    """Where a checkpoint's class names ``saved`` (from ``saved_in``) and the data's ``current``
+    (from ``current_in``) first differ, ``"class i is A in SAVED_IN but B in CURRENT_IN"``, and
+    whether they are one list in another order (every class taken for another one); None when
+    they agree, or differ in length (refused elsewhere, on the head's shape)."""
+    saved, current = list(saved), list(current)
+    if saved == current or len(saved) != len(current):
+        return None
+    i, reordered = first_difference(saved, current)
+    return f"class {i} is {saved[i]!r} in {saved_in} but {current[i]!r} in {current_in}", reordered
+
+
 def first_difference(ours: Sequence, theirs: Sequence) -> tuple[int, bool]:
     """Of two different class lists of one length: the first position where they differ, and
     whether they hold the same entries in another order (every class scored as another one)."""

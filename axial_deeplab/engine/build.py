@@ -32,8 +32,9 @@ from .eval_pictures import EvalPictureWriter
 from .evaluate import PostProcessing, evaluate_panoptic
 from .optim import build_lr_scheduler, build_optimizer, param_groups
 from .predictions import PredictionSaver
+from .resume import stored_config
 from .summaries import BatchPictures
-from .trainer import Trainer, TrainerOptions, resolve_seed, stored_config
+from .trainer import Trainer, TrainerOptions, resolve_seed
 
 logger = logging.getLogger(__name__)
 

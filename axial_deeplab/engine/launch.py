@@ -111,7 +111,8 @@ def launch(main: Callable[..., Any], num_processes: int, args: tuple = ()) -> No
     if num_processes == 1:
         main(*args)
         return
-    stops, errors = mp.get_context("spawn").SimpleQueue(), mp.get_context("spawn").SimpleQueue()
+    spawn = mp.get_context("spawn")
+    stops, errors = spawn.SimpleQueue(), spawn.SimpleQueue()
     context = mp.start_processes(
         _worker,
         args=(num_processes, _free_port(), main, args, stops, errors),

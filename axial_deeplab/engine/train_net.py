@@ -41,7 +41,7 @@ from .build import (
 from .distributed import init_from_env, is_main_process
 from .launch import default_argument_parser, launch
 from .preemption import TrainingInterrupted
-from .trainer import LAST_CHECKPOINT, checkpoint_to_resume, numbered_checkpoints
+from .resume import LAST_CHECKPOINT, checkpoint_to_resume, numbered_checkpoints
 
 
 def check_weights(cfg, args: argparse.Namespace) -> None:
@@ -74,7 +74,7 @@ def check_checkpoint_classes(cfg, catalog) -> None:
     those of each ``DATASETS.TEST`` set. The same names in another order would score every class
     against another one: refused. Other differences (renamed classes) get a note."""
     from ..checkpoint.io import load_checkpoint_file
-    from ..data.build import first_difference
+    from ..data.build import class_name_difference
 
     stored = (
         load_checkpoint_file(cfg.MODEL.WEIGHTS, mmap=True).metadata if cfg.MODEL.WEIGHTS else None
@@ -84,12 +84,10 @@ def check_checkpoint_classes(cfg, catalog) -> None:
     ours = list(stored["class_names"])
     for name in cfg.DATASETS.TEST:
         theirs = [str(n) for n in catalog.get(name)[1].class_names]
-        if ours == theirs or len(ours) != len(theirs):  # a count mismatch is refused elsewhere
+        difference = class_name_difference(ours, theirs, cfg.MODEL.WEIGHTS, f"data set {name}")
+        if difference is None:
             continue
-        i, reordered = first_difference(ours, theirs)
-        where = (
-            f"class {i} is {ours[i]!r} in {cfg.MODEL.WEIGHTS} but {theirs[i]!r} in data set {name}"
-        )
+        where, reordered = difference
         if reordered:
             raise ConfigError(
                 f"--eval-only: the checkpoint and the data set order their classes differently "

@@ -26,7 +26,6 @@ before the one it starts from, so that a resumed run's log has one record per lo
 
 from __future__ import annotations
 
-import glob
 import os
 import random
 import secrets
@@ -37,12 +36,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint.io import describe_mismatch, load_torch_file, save_atomic
-from ..config.checks import flat_items
 from ..layers.precision import autocast_dtype
 from ..utils.atomic import remove_stale_temp_files, write_text
 from .distributed import (
@@ -53,8 +50,14 @@ from .distributed import (
 )
 from .events import EventWriter, read_metrics, truncate_metrics
 from .preemption import StopSignals, TrainingInterrupted
+from .resume import (
+    LAST_CHECKPOINT,
+    SAVED_IN_STATE,
+    checkpoint_to_resume,
+    config_differences,
+    other_checkpoints,
+)
 
-LAST_CHECKPOINT = "last_checkpoint"
 STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "iteration", "best", "rng")
 
 
@@ -109,69 +112,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _to_tuple(x: Any) -> Any:
     return tuple(_to_tuple(v) for v in x) if isinstance(x, list | tuple) else x
-
-
-def config_differences(saved: Any, current: Any, section: str, limit: int = 3) -> str:
-    """``"KEY A (saved: B), ..."``: the keys of ``section`` (e.g. ``"MODEL"``) whose values differ
-    between the config YAML texts ``current`` and ``saved`` (a checkpoint's); ``""`` when they
-    agree, or when either is missing or unreadable."""
-    try:
-        old, new = flat_items(yaml.safe_load(saved)), flat_items(yaml.safe_load(current))
-    except (yaml.YAMLError, AttributeError, TypeError):
-        return ""
-    keys = sorted(k for k in set(old) | set(new) if k == section or k.startswith(f"{section}."))
-    changed = [k for k in keys if old.get(k) != new.get(k)]
-    diffs = [f"{k} {new.get(k)} (saved: {old.get(k)})" for k in changed[:limit]]
-    rest = changed[limit:]  # named, so that the one that matters is never hidden in a count
-    more = f" and {len(rest)} more: {', '.join(rest)}" if rest else ""
-    return ", ".join(diffs) + more
-
-
-# Settings the resumed optimizer and schedule state override (detectron2 keeps the saved ones
-# silently): a change to them at resume would be ignored while the new config records it.
-_SAVED_IN_STATE = ("SOLVER.OPTIMIZER", "SOLVER.BASE_LR", "SOLVER.BETAS", "SOLVER.WEIGHT_DECAY")
-
-
-def numbered_checkpoints(output_dir: str) -> list[str]:
-    """The ``model_XXXXXXX.pth`` files of ``output_dir``, by iteration."""
-    found = glob.glob(os.path.join(glob.escape(output_dir), "model_[0-9]*.pth"))
-    return sorted(p for p in found if os.path.basename(p)[6:-4].isdigit())
-
-
-def _other_checkpoints(output_dir: str, path: str) -> str:
-    """How to resume from another ``model_*.pth`` of ``output_dir`` than ``path``, if any."""
-    names = [os.path.basename(p)[:-4] for p in numbered_checkpoints(output_dir) if p != path]
-    if not names:
-        return ""
-    marker = os.path.join(output_dir, LAST_CHECKPOINT)
-    return f" (to resume from an earlier one, write its name, e.g. {names[-1]}, into {marker})"
-
-
-def checkpoint_to_resume(output_dir: str) -> str | None:
-    """The checkpoint ``--resume`` continues from: the one ``output_dir/last_checkpoint`` names
-    (with or without ``.pth``: detectron2 writes the extension), else the last
-    ``model_XXXXXXX.pth``; None when there is neither. A name whose file is missing raises."""
-    marker = os.path.join(output_dir, LAST_CHECKPOINT)
-    if not os.path.isfile(marker):
-        numbered = numbered_checkpoints(output_dir)
-        return numbered[-1] if numbered else None
-    with open(marker, encoding="utf-8") as f:
-        name = f.read().strip()
-    name = name[: -len(".pth")] if name.endswith(".pth") else name
-    path = os.path.join(output_dir, f"{name}.pth")
-    if not name or not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{marker} names {path if name else 'no checkpoint'}, which does not exist"
-            f"{_other_checkpoints(output_dir, path)}"
-        )
-    return path
-
-
-def stored_config(path: str) -> str | None:
-    """The config YAML saved in checkpoint ``path`` (read mapped), or None."""
-    from ..checkpoint.io import load_checkpoint_file
-
-    return load_checkpoint_file(path, mmap=True).config_yaml
 
 
 class Trainer:
@@ -253,7 +193,7 @@ class Trainer:
         except ValueError as exc:
             raise ValueError(
                 f"cannot resume from {path}, which cannot be loaded"
-                f"{_other_checkpoints(output_dir, path)}: {exc}"
+                f"{other_checkpoints(output_dir, path)}: {exc}"
             ) from None
         missing = [k for k in STATE_KEYS if not isinstance(state, Mapping) or k not in state]
         if missing:
@@ -270,7 +210,7 @@ class Trainer:
                 f"{self._config_hint(state, 'MODEL')}: {detail}"
             ) from None
         saved = [config_differences(state.get("config"), self.checkpoint_info.get("config"), key)
-                 for key in _SAVED_IN_STATE]  # fmt: skip
+                 for key in SAVED_IN_STATE]  # fmt: skip
         if any(saved):  # another optimizer's state may load without an error, and be wrong
             raise ValueError(
                 f"cannot resume from {path}: it was trained with other optimizer settings: "
@@ -296,14 +236,16 @@ class Trainer:
         """The classes a resumed checkpoint was trained on against this run's: the same names in
         another order would retrain every class as another one (refused); renamed ones get a
         note."""
-        from ..data.build import first_difference
+        from ..data.build import class_name_difference
 
         ours = (self.checkpoint_info.get("metadata") or {}).get("class_names")
         theirs = (saved or {}).get("class_names") if isinstance(saved, Mapping) else None
-        if not ours or not theirs or list(ours) == list(theirs) or len(ours) != len(theirs):
-            return  # a count mismatch fails on the head's shape, with its own message
-        i, reordered = first_difference(list(theirs), list(ours))
-        where = f"class {i} is {theirs[i]!r} in {path} but {ours[i]!r} in this run's data"
+        difference = (
+            ours and theirs and class_name_difference(theirs, ours, path, "this run's data")
+        )
+        if not difference:
+            return
+        where, reordered = difference
         if reordered:
             raise ValueError(
                 f"cannot resume from {path}: its classes are ordered differently ({where}): every "

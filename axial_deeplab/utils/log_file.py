@@ -30,10 +30,19 @@ class _Tee(io.TextIOBase):
         self.stream.write(text)
         *lines, self.pending = (self.pending + text).split("\n")
         for line in lines:
-            shown = line.rsplit("\r", 1)[-1]  # a redrawn line: its last state
-            if shown.strip():
-                self.file.write(shown + "\n")
+            self._log(line)
         return len(text)
+
+    def _log(self, line: str) -> None:
+        """``line``, as the terminal last shows it (a redrawn line: its last state), unless blank."""
+        shown = line.rsplit("\r", 1)[-1]
+        if shown.strip():
+            self.file.write(shown + "\n")
+
+    def finish(self) -> None:
+        """Log the unfinished last line, if any (a progress bar left without its newline)."""
+        self._log(self.pending)
+        self.pending = ""
 
     def flush(self) -> None:
         self.stream.flush()
@@ -67,6 +76,6 @@ def log_to_file(path: str) -> Iterator[None]:
             raise
         finally:
             for tee in (sys.stdout, sys.stderr):
-                if isinstance(tee, _Tee) and tee.pending.rsplit("\r", 1)[-1].strip():
-                    file.write(tee.pending.rsplit("\r", 1)[-1] + "\n")
+                if isinstance(tee, _Tee):
+                    tee.finish()
             sys.stdout, sys.stderr = out, err
