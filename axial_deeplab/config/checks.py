@@ -79,8 +79,11 @@ def _get(cfg, key: str):
     return node
 
 
-def check_config(cfg) -> None:
-    """Raise :class:`ConfigError` for the first value no run can use (see the module docstring)."""
+def check_config(cfg, *, input_formats: tuple[str, ...] = ("RGB",)) -> None:
+    """Raise :class:`ConfigError` for the first value no run can use (see the module docstring).
+
+    ``input_formats``: the ``INPUT.FORMAT`` values the engine feeds (the detectron2 plugin reads
+    BGR too)."""
     for key in ("SOLVER.MAX_ITER", "SOLVER.CHECKPOINT_PERIOD", "SOLVER.IMS_PER_BATCH",
                 "LOG_PERIOD", "MODEL.SEM_SEG_HEAD.NUM_CLASSES"):  # fmt: skip
         _positive_int(cfg, key)
@@ -108,14 +111,30 @@ def check_config(cfg) -> None:
             f"INPUT.MIN_SCALE and INPUT.MAX_SCALE must satisfy 0 < MIN <= MAX, got "
             f"{cfg.INPUT.MIN_SCALE} and {cfg.INPUT.MAX_SCALE}"
         )
-    _check_inputs_and_centres(cfg)
+    _check_inputs_and_centres(cfg, input_formats)
 
 
-def _check_inputs_and_centres(cfg) -> None:
+def check_loaded_config(
+    cfg, config_file: str | None, opts, *, input_formats: tuple[str, ...] = ("RGB",)
+) -> None:
+    """:func:`check_config` on a config just read from ``config_file`` and ``opts``; the error
+    names where the values came from."""
+    where = f"{config_file} with overrides" if config_file and opts else config_file or "overrides"
+    try:
+        check_config(cfg, input_formats=input_formats)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_inputs_and_centres(cfg, input_formats: tuple[str, ...]) -> None:
     """Values that loaded but failed late or silently: a channel order this engine does not
     feed, a normalisation that is not per RGB channel, a zero-width centre Gaussian (NaN
     targets), no centre kept (an IndexError at the first evaluation)."""
-    if cfg.INPUT.FORMAT != "RGB":
+    if cfg.INPUT.FORMAT not in input_formats:
+        if input_formats != ("RGB",):
+            raise ConfigError(
+                f"INPUT.FORMAT must be one of {list(input_formats)}, got {cfg.INPUT.FORMAT!r}"
+            )
         raise ConfigError(
             f"INPUT.FORMAT {cfg.INPUT.FORMAT!r}: this engine feeds RGB images (and "
             "MODEL.PIXEL_MEAN / PIXEL_STD in RGB order); BGR is for detectron2 models under "

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode as _YacsNode
 
-from .checks import ConfigError, check_config, flat_keys, suggest_key
+from .checks import ConfigError, check_loaded_config, flat_keys, suggest_key
 
 BASE_KEY = "_BASE_"
 
@@ -194,10 +194,6 @@ def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> Cfg
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(opts)
-    where = f"{config_file} with overrides" if config_file and opts else config_file or "overrides"
-    try:
-        check_config(cfg)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    check_loaded_config(cfg, config_file, opts)
     cfg.freeze()
     return cfg

@@ -28,11 +28,12 @@ from detectron2.config import get_cfg as d2_get_cfg
 
 from axial_deeplab.config import ConfigError
 from axial_deeplab.config import get_cfg as native_get_cfg
-from axial_deeplab.config.checks import flat_keys, suggest_key
+from axial_deeplab.config.checks import check_loaded_config, flat_keys, suggest_key
 from axial_deeplab.config.config import missing_key
 
 META_ARCHITECTURE = "AxialDeepLab"  # name of our model in detectron2's META_ARCH_REGISTRY
 _KEEP_DETECTRON2 = ("VERSION", "SOLVER.AMP", "SOLVER.CLIP_GRADIENTS")
+INPUT_FORMATS = ("RGB", "BGR")  # what the plugin's dataset mapper feeds
 
 
 def _merge_defaults(dst: CfgNode, src, prefix: str = "") -> None:
@@ -104,7 +105,8 @@ def translate_native_opts(opts: Sequence[str]) -> list[str]:
 
 def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> CfgNode:
     """detectron2's defaults + ours, then ``config_file`` (one of ``configs/``, or any file in
-    detectron2's own form), then ``opts``; frozen."""
+    detectron2's own form), then ``opts``; checked as the native config is (a bad value is a
+    :class:`ConfigError` naming the key); frozen."""
     cfg = d2_get_cfg()
     add_axial_deeplab_config(cfg)
     if config_file:
@@ -120,6 +122,7 @@ def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> Cfg
             cfg.merge_from_other_cfg(CfgNode(data))
     with _named_unknown_keys(cfg, "command-line override"):
         cfg.merge_from_list(translate_native_opts(opts))
+    check_loaded_config(cfg, config_file, opts, input_formats=INPUT_FORMATS)
     cfg.freeze()
     return cfg
 
