@@ -108,6 +108,23 @@ def test_d2_train_net_user_errors_are_one_line(tmp_path):
         )
 
 
+def test_d2_train_net_worker_error_is_its_own_line(tmp_path):
+    """With ``--num-gpus 2`` a worker's user error reaches the user as with one process; torch
+    handed detectron2's launcher only its traceback's text ("unexpected
+    ProcessRaisedException")."""
+    weights = str(tmp_path / "nope.pth")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools/d2_train_net.py"), "--num-gpus", "2",
+         "--eval-only", "--config-file", os.path.join(REPO, "configs/quickstart/synthetic_axial.yaml"),
+         "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", weights],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"error: MODEL.WEIGHTS not found (or not a file): {weights}", proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "unexpected" not in proc.stderr
+
+
 def test_d2_train_net_two_cpu_processes(tmp_path):
     """``--num-gpus 2`` without GPUs (gloo): detectron2 wrapped the CPU model in DDP with
     ``device_ids=[rank]``, which PyTorch refuses; it trains and evaluates now."""

@@ -11,6 +11,8 @@ import argparse
 import contextlib
 import logging
 import os
+import pickle
+import tempfile
 import weakref
 from collections.abc import Iterator, Sequence
 
@@ -24,8 +26,10 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.engine import defaults as d2_defaults
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
+from torch.multiprocessing.spawn import ProcessRaisedException
 
 from axial_deeplab.engine.build import build_config_optimizer
+from axial_deeplab.engine.launch import portable
 from axial_deeplab.engine.optim import build_lr_scheduler
 from axial_deeplab.engine.train_net import check_weights
 from axial_deeplab.layers.batch_norm import batch_norm_for_devices
@@ -201,11 +205,39 @@ def _run(argv: Sequence[str]) -> None:
             seed=0,
             size=tuple(cfg.INPUT.CROP.SIZE),
         )
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    with tempfile.TemporaryDirectory(prefix="axial_deeplab_errors_") as errors:
+        try:
+            launch(
+                _main_keeping_errors,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(errors, args),
+            )
+        except ProcessRaisedException as exc:  # the worker's own error, as with one process
+            kept = _kept_error(errors, exc.error_index)
+            if kept is None:
+                raise
+            raise kept from exc
+
+
+def _main_keeping_errors(errors: str, args: argparse.Namespace) -> dict:
+    """:func:`main` in a worker of detectron2's ``launch``; an error it raises is also pickled
+    to ``errors/LOCAL_RANK.pkl`` (torch hands the parent only its traceback's text)."""
+    try:
+        return main(args)
+    except Exception as exc:
+        path = os.path.join(errors, f"{comm.get_local_rank()}.pkl")
+        with contextlib.suppress(OSError), open(path, "wb") as f:  # read once we have failed
+            pickle.dump(portable(exc), f)
+        raise
+
+
+def _kept_error(errors: str, local_rank: int) -> BaseException | None:
+    """The error that worker ``local_rank`` kept in ``errors``; None if it kept none."""
+    try:
+        with open(os.path.join(errors, f"{local_rank}.pkl"), "rb") as f:
+            return pickle.load(f)  # written by our own worker just now
+    except (OSError, pickle.UnpicklingError, EOFError):
+        return None

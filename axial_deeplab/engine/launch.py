@@ -69,7 +69,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _portable(exc: BaseException) -> BaseException:
+def portable(exc: BaseException) -> BaseException:
     """``exc`` if it survives pickling (to reach the parent), else a RuntimeError saying it."""
     try:
         pickle.loads(pickle.dumps(exc))
@@ -95,7 +95,7 @@ def _worker(
         if local_rank == 0:
             stops.put((exc.signum, exc.iteration, exc.checkpoint))
     except (Exception, KeyboardInterrupt) as exc:  # the parent raises the first one it gets
-        errors.put(_portable(exc))  # (a bad config: one line, as with one process)
+        errors.put(portable(exc))  # (a bad config: one line, as with one process)
         raise
 
 
