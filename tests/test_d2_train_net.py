@@ -80,7 +80,8 @@ def test_d2_train_net_trains_evaluates_and_resumes(tmp_path):
 
 def test_d2_train_net_user_errors_are_one_line(tmp_path):
     """As tools/train_net.py: a misspelled key names the nearest one; --eval-only refuses to run
-    without weights (detectron2 would score a random model) and names missing weights."""
+    without weights (detectron2 would score a random model) and names missing weights; a name
+    that detectron2's registry lacks names the registered ones."""
     config = ["--config-file", os.path.join(REPO, "configs/quickstart/synthetic_axial.yaml")]
     out = ["OUTPUT_DIR", str(tmp_path / "out"), "MODEL.DEVICE", "cpu"]
     cases = [
@@ -89,6 +90,9 @@ def test_d2_train_net_user_errors_are_one_line(tmp_path):
         (["--eval-only"], "--eval-only without MODEL.WEIGHTS would evaluate a randomly"),
         (["--eval-only", "MODEL.WEIGHTS", str(tmp_path / "nope.pth")],
          f"MODEL.WEIGHTS not found (or not a file): {tmp_path / 'nope.pth'}"),
+        (["--eval-only", "--allow-random-weights", "MODEL.META_ARCHITECTURE", "AxialDeeplab"],
+         "MODEL.META_ARCHITECTURE 'AxialDeeplab' is not in detectron2's META_ARCH registry (did "
+         "you mean 'AxialDeepLab'?); registered: AxialDeepLab, "),
     ]  # fmt: skip
     for extra, expected in cases:
         flags = [a for a in extra if a.startswith("--")]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
 import os
 import pickle
+import re
 import tempfile
 import weakref
 from collections.abc import Iterator, Sequence
@@ -26,6 +28,7 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.engine import defaults as d2_defaults
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
+from detectron2.utils.registry import Registry
 from torch.multiprocessing.spawn import ProcessRaisedException
 
 from axial_deeplab.engine.build import build_config_optimizer
@@ -40,6 +43,14 @@ from .data import AxialDeepLabDatasetMapper, register_datasets
 from .evaluation import build_evaluator
 
 logger = logging.getLogger(__name__)
+
+# detectron2's registries' error for a name they do not hold, and the config key naming each
+_REGISTRY_MISS = re.compile(r"No object named '(.*)' found in '(\w+)' registry!")
+_REGISTRY_KEYS = {
+    "META_ARCH": "MODEL.META_ARCHITECTURE",
+    "BACKBONE": "MODEL.BACKBONE.NAME",
+    "SEM_SEG_HEADS": "MODEL.SEM_SEG_HEAD.NAME",
+}
 
 
 @contextlib.contextmanager
@@ -163,6 +174,39 @@ def setup(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> dict:
     """One process: register the data sets, then evaluate (``--eval-only``) or train."""
+    with _registered_names_in_errors():
+        return _main(args)
+
+
+@contextlib.contextmanager
+def _registered_names_in_errors() -> Iterator[None]:
+    """detectron2's "No object named 'X' found in 'R' registry!" as a KeyError that names the
+    config key, the nearest registered name and all of them."""
+    try:
+        yield
+    except KeyError as exc:
+        miss = _REGISTRY_MISS.fullmatch(str(exc.args[0]) if exc.args else "")
+        if miss is None:
+            raise
+        import detectron2.modeling
+
+        registries = {
+            r._name: r for r in vars(detectron2.modeling).values() if isinstance(r, Registry)
+        }
+        name, registry = miss.groups()
+        if registry not in registries:
+            raise
+        names = sorted(dict(registries[registry]))
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        key = _REGISTRY_KEYS.get(registry, "name")
+        raise KeyError(
+            f"{key} '{name}' is not in detectron2's {registry} registry{hint}; registered: "
+            f"{', '.join(names)}"
+        ) from None
+
+
+def _main(args: argparse.Namespace) -> dict:
     cfg = setup(args)
     check_weights(cfg, args)  # --eval-only needs weights, as in tools/train_net.py
     weights = cfg.MODEL.WEIGHTS
