@@ -10,7 +10,6 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..data.catalog import DatasetMetadata
 from ..evaluation.distributed import gather
@@ -27,6 +26,7 @@ from ..modeling.postprocessing import (
     semantic_prediction,
 )
 from ..utils.host_memory import keep_freed_memory_for_models
+from ..utils.progress import progress
 from .distributed import is_main_process
 
 VOID_LABEL = -1
@@ -324,7 +324,7 @@ def evaluate_panoptic(
     keep_freed_memory_for_models(device)
     with torch.no_grad():
         desc = f"eval ({autocast_name(device.type)})" if mixed_precision else "eval"
-        for batch in tqdm(loader, desc=desc, unit="img", disable=not is_main_process()):
+        for batch in progress(loader, desc=desc, unit="img", disable=not is_main_process()):
             images = batch["image"].to(device).float()  # [N, 3, H, W]
             outputs = net(images)
             for i in range(images.shape[0]):

@@ -37,6 +37,7 @@ from ..config import ConfigError
 from ..data.panoptic_io import write_panoptic_png
 from ..utils.atomic import write_json, write_rgb_png
 from ..utils.cli import add_debug_flag, check_output_folder, run_cli, sigterm_raises
+from ..utils.progress import progress
 from ..utils.visualize import compose, prediction_panels
 from .evaluate import VOID_LABEL
 from .inference import InferenceMetadata, Predictor
@@ -153,7 +154,7 @@ def _predict_video(
     frames: Iterator[np.ndarray] = iter_video(item.path)
     try:
         try:
-            bar = tqdm(
+            bar = progress(
                 frames, total=info.num_frames or None, desc=item.name, unit="frame", leave=False
             )
             for index, frame in enumerate(bar):
@@ -262,7 +263,7 @@ def run_predictor(args: argparse.Namespace, predictor, items: list[InputItem]) -
     """Predict ``items`` with ``predictor`` into ``args.output`` (see :func:`run`)."""
     os.makedirs(args.output, exist_ok=True)
     summary: dict = {"images": 0, "frames": 0, "skipped": []}
-    for item in tqdm(items, desc="infer", unit="input"):
+    for item in progress(items, desc="infer", unit="input"):
         try:
             if item.kind == "video":
                 summary["frames"] += _predict_video(

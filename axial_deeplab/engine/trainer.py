@@ -42,6 +42,7 @@ from tqdm import tqdm
 from ..checkpoint.io import describe_mismatch, load_torch_file, save_atomic
 from ..layers.precision import autocast_dtype
 from ..utils.atomic import remove_stale_temp_files, write_text
+from ..utils.progress import progress
 from .distributed import (
     all_gather_objects,
     broadcast_buffers,
@@ -293,7 +294,7 @@ class Trainer:
                 print(f"removed {path}, left by a process killed while writing it")
             truncate_metrics(os.path.join(opts.output_dir, "metrics.json"), self.iteration)
         writer = EventWriter(opts.output_dir, start=self.iteration) if main else None
-        bar = tqdm(
+        bar = progress(
             total=opts.max_iter, initial=self.iteration, disable=not main, desc="train", unit="it"
         )
         if writer and opts.vis_period > 0 and self.visualize and not writer.has_tensorboard:

@@ -189,9 +189,9 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(len(stats.tp))
         elif time.perf_counter() - self.start >= _PROGRESS_AFTER_S:
-            from tqdm import tqdm
+            from axial_deeplab.utils.progress import progress
 
-            self.bar = tqdm(total=self.total, initial=self.done, unit="img", file=sys.stderr)
+            self.bar = progress(total=self.total, initial=self.done, unit="img")
 
     def close(self) -> None:
         if self.bar is not None:
