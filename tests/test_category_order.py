@@ -25,7 +25,8 @@ CATEGORIES = (
 
 
 def _meta(name: str, categories) -> DatasetMetadata:
-    return DatasetMetadata(name=name, categories=tuple(categories))
+    numbered = ({**c, "train_id": i} for i, c in enumerate(categories))
+    return DatasetMetadata(name=name, categories=tuple(numbered))
 
 
 def test_category_difference_names_the_class_and_ignores_colours():
@@ -77,3 +78,37 @@ def test_eval_only_refuses_a_checkpoint_ordered_differently(tmp_path, capsys):
                                                    for c in CATEGORIES]))  # fmt: skip
     train_net.check_checkpoint_classes(cfg, renamed)
     assert "note: the checkpoint's class names differ" in capsys.readouterr().out
+
+
+def test_eval_only_notes_thing_classes_that_the_data_set_marks_as_stuff(tmp_path, capsys):
+    # An audit's case: the same weights scored 0 or 1 person segments per image as the data set
+    # marked person a thing or stuff, without a word.
+    weights = str(tmp_path / "model.pth")
+    names = [c["name"] for c in CATEGORIES]
+    metadata = {"class_names": names, "thing_ids": [0, 1], "label_divisor": 1000}
+    save_checkpoint_file(weights, {}, metadata=metadata)
+    cfg = load_config(CONFIG, ["DATASETS.TEST", "('mine_val',)", "MODEL.WEIGHTS", weights])
+    train_net.check_checkpoint_classes(cfg, _Catalog(mine_val=_meta("mine_val", CATEGORIES)))
+    assert capsys.readouterr().out == ""
+    stuff_ball = [{**c, "isthing": 0} if c["name"] == "ball" else c for c in CATEGORIES]
+    train_net.check_checkpoint_classes(cfg, _Catalog(mine_val=_meta("mine_val", stuff_ball)))
+    out = capsys.readouterr().out
+    assert (
+        "mark different classes as things (things in it but stuff in the data set: 1 (ball))" in out
+    )
+
+
+def test_eval_only_with_a_config_file_names_the_stored_config_differences(tmp_path, capsys):
+    # The same tensors run at another output stride give other predictions: an audit's
+    # --eval-only with OS32's config on OS16 weights scored them without a word.
+    weights = str(tmp_path / "model.pth")
+    stored = load_config(CONFIG)
+    save_checkpoint_file(weights, {}, config=stored)
+    cfg = load_config(CONFIG, ["MODEL.WEIGHTS", weights])
+    train_net.notice_stored_config(cfg, CONFIG)
+    assert capsys.readouterr().out == ""
+    cfg = load_config(CONFIG, ["MODEL.WEIGHTS", weights, "MODEL.AXIAL_RESNET.OUTPUT_STRIDE", "32"])
+    train_net.notice_stored_config(cfg, CONFIG)
+    out = capsys.readouterr().out
+    assert f"notice: --config-file {CONFIG} is used, not the config stored in {weights}" in out
+    assert "MODEL.AXIAL_RESNET.OUTPUT_STRIDE: stored 16, used 32" in out

@@ -69,17 +69,25 @@ def model_differences(cfg, stored_yaml: str) -> list[str]:
     return [f"{k}: stored {a!r}, used {b!r}" for k, a, b in differing_model_keys(stored, cfg)]
 
 
+def notice_config_differences(cfg, stored_yaml: str, config_file: str, weights: str) -> None:
+    """Print which ``MODEL`` keys of ``cfg`` (read from ``config_file``) differ from the config
+    stored in ``weights``: some (output stride, ASPP rates) change the outputs of the same
+    tensors, so nothing else would tell."""
+    diffs = model_differences(cfg, stored_yaml)
+    if diffs:
+        print(f"notice: --config-file {config_file} is used, not the config stored in {weights}; "
+              f"their MODEL sections differ in {len(diffs)} keys: "
+              + "; ".join(diffs[:5]) + ("; ..." if len(diffs) > 5 else ""))  # fmt: skip
+
+
 def config_from_args(args: argparse.Namespace, stored_config: str | None = None):
     """``--config-file`` (else ``stored_config``, the config inside ``--weights``, else the
     defaults), then ``KEY VALUE`` overrides, then the CLI flags (which win)."""
     opts = _overrides(args)
     if stored_config is None or args.config_file:
         cfg = load_config(args.config_file or None, opts)
-        diffs = model_differences(cfg, stored_config) if stored_config else []
-        if diffs:
-            print(f"notice: --config-file {args.config_file} is used, not the config stored in "
-                  f"{args.weights}; their MODEL sections differ in {len(diffs)} keys: "
-                  + "; ".join(diffs[:5]) + ("; ..." if len(diffs) > 5 else ""))  # fmt: skip
+        if stored_config:
+            notice_config_differences(cfg, stored_config, args.config_file, args.weights)
         return cfg
     print(f"config: stored in {args.weights}")
     return config_from_yaml(stored_config, opts, source=args.weights)

@@ -69,6 +69,20 @@ def eval_config(args: argparse.Namespace):
     return config_from_yaml(stored, list(args.opts), source=weights)
 
 
+def notice_stored_config(cfg, config_file: str) -> None:
+    """``--eval-only --config-file``: say where the config stored in ``MODEL.WEIGHTS`` (if any)
+    describes another model (``predictor_setup.notice_config_differences``)."""
+    from ..checkpoint.io import load_checkpoint_file
+    from .predictor_setup import notice_config_differences
+
+    weights = cfg.MODEL.WEIGHTS
+    if not os.path.isfile(weights):
+        return  # the model's preparation names the missing file
+    stored = load_checkpoint_file(weights, mmap=True).config_yaml
+    if stored:
+        notice_config_differences(cfg, stored, config_file, weights)
+
+
 def check_checkpoint_classes(cfg, catalog) -> None:
     """``--eval-only``: the classes stored in ``MODEL.WEIGHTS`` (when it stores them) against
     those of each ``DATASETS.TEST`` set. The same names in another order would score every class
@@ -83,7 +97,9 @@ def check_checkpoint_classes(cfg, catalog) -> None:
         return
     ours = list(stored["class_names"])
     for name in cfg.DATASETS.TEST:
-        theirs = [str(n) for n in catalog.get(name)[1].class_names]
+        metadata = catalog.get(name)[1]
+        _notice_thing_difference(stored, metadata, cfg.MODEL.WEIGHTS)
+        theirs = [str(n) for n in metadata.class_names]
         difference = class_name_difference(ours, theirs, cfg.MODEL.WEIGHTS, f"data set {name}")
         if difference is None:
             continue
@@ -99,6 +115,33 @@ def check_checkpoint_classes(cfg, catalog) -> None:
                   "classes are scored by position")  # fmt: skip
 
 
+def _notice_thing_difference(stored: dict, metadata, weights: str) -> None:
+    """Note the classes that are things in the checkpoint's metadata and stuff in the data set,
+    or the other way round: evaluation follows the data set's ``isthing`` (instances are only
+    grouped for its things), so those classes score differently than in training."""
+    if "thing_ids" not in stored or not is_main_process():
+        return
+    ours, theirs = set(stored["thing_ids"]), set(metadata.thing_train_ids)
+    if ours == theirs:
+        return
+    names = list(metadata.class_names)
+
+    def listed(ids: set[int]) -> str:
+        shown = [f"{i} ({names[i]})" if 0 <= i < len(names) else str(i) for i in sorted(ids)]
+        return ", ".join(shown[:5]) + (", ..." if len(shown) > 5 else "")
+
+    parts = [
+        f"{what} {listed(ids)}"
+        for what, ids in (
+            ("things in it but stuff in the data set:", ours - theirs),
+            ("stuff in it but things in the data set:", theirs - ours),
+        )
+        if ids
+    ]
+    print(f"note: {weights} and data set {metadata.name} mark different classes as things "
+          f"({'; '.join(parts)}); the data set's isthing is used")  # fmt: skip
+
+
 def notice_cpu_fallback(device: str) -> None:
     """Say that a CUDA ``MODEL.DEVICE`` runs on the CPU for want of a GPU: once, from the first
     process (``--num-gpus N`` starts N of them)."""
@@ -112,6 +155,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         cfg = eval_config(args)
     else:
         cfg = load_config(args.config_file or None, args.opts)
+        if args.eval_only and cfg.MODEL.WEIGHTS and is_main_process():
+            notice_stored_config(cfg, args.config_file)
     check_weights(cfg, args)
     notice_cpu_fallback(cfg.MODEL.DEVICE)
     device = init_from_env(cfg.MODEL.DEVICE)
