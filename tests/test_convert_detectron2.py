@@ -171,8 +171,9 @@ def test_wrong_shape_unused_and_missing_are_named(tmp_path, capsys):
     bad.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in source.items()}}))
     out = tmp_path / "out.pth"
     argv = [str(bad), str(out), "--config-file", str(REPO / info["our_config"])]
-    assert main(argv + list(info["our_opts"])) == 1
-    assert not out.exists() and "not written" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"^error: .*bad.pkl: 1 source tensors unused"):
+        main(argv + list(info["our_opts"]))
+    assert not out.exists()
 
 
 def test_mismatch_report_is_printed_once_then_summarised(tmp_path, capsys):
@@ -182,12 +183,13 @@ def test_mismatch_report_is_printed_once_then_summarised(tmp_path, capsys):
     pkl = FIXTURES / "coco_r52_dc5_dsconv" / "model.pkl"
     config = str(REPO / info["our_config"])
     argv = [str(pkl), str(tmp_path / "out.pth"), "--config-file", config, *info["our_opts"]]
-    assert main(argv) == 1
+    with pytest.raises(SystemExit) as failed:
+        main(argv)
     printed = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("SHAPE mismatches") for line in printed) == 1
     # semantic predictor weight and bias: [133, ...] in the file, [19, ...] in the model
-    assert printed[-1] == (
-        f"not written: {pkl}: 2 shape mismatches: the config {config} does not fit this checkpoint"
+    assert str(failed.value) == (
+        f"error: {pkl}: 2 shape mismatches: the config {config} does not fit this checkpoint"
     )
     assert not (tmp_path / "out.pth").exists()
 

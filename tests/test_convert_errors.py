@@ -2,6 +2,7 @@
 conversion work (an output path that cannot be written, an input of another kind)."""
 
 import io
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from axial_deeplab.checkpoint import detectron2 as cd2
+from axial_deeplab.checkpoint.authors import main as authors_main
 from axial_deeplab.checkpoint.convert_deeplab2 import main as convert_deeplab2_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,11 +30,18 @@ def unwritable(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     (tmp_path / "a_file").write_text("")
     return {
         "folder": (tmp_path / "exp", "is a folder: give the file to write, e.g. "),
-        "under a file": (tmp_path / "a_file" / "x.pth", ": cannot create its folder (File exists)"),
+        "under a file": (
+            tmp_path / "a_file" / "x.pth",
+            f": {tmp_path / 'a_file'} is a file, not a folder",
+        ),
+        "folder name": (f"{tmp_path / 'new'}/", "is a folder: give the file to write, e.g. "),
     }
 
 
-@pytest.mark.parametrize("case", ["folder", "under a file"])
+CASES = ["folder", "under a file", "folder name"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_deeplab2_output_is_checked_before_converting(unwritable, case, capsys):
     out, expected = unwritable[case]
     argv = [str(DEEPLAB2_CKPT), str(out), "--config-file", DEEPLAB2_CONFIG]
@@ -43,7 +52,7 @@ def test_deeplab2_output_is_checked_before_converting(unwritable, case, capsys):
     assert capsys.readouterr().out == ""  # nothing read, nothing converted
 
 
-@pytest.mark.parametrize("case", ["folder", "under a file"])
+@pytest.mark.parametrize("case", CASES)
 def test_detectron2_output_is_checked_before_converting(unwritable, case, capsys):
     out, expected = unwritable[case]
     with pytest.raises(SystemExit) as failed:
@@ -51,6 +60,29 @@ def test_detectron2_output_is_checked_before_converting(unwritable, case, capsys
     assert str(failed.value).startswith(f"error: output {out}")
     assert expected in str(failed.value) and "Errno" not in str(failed.value)
     assert capsys.readouterr().out == ""  # nothing read, nothing converted
+
+
+def test_converters_refuse_to_write_over_their_input(tmp_path):
+    # An audit wrote each converter's output over its own input: the source was destroyed.
+    dl2 = tmp_path / "dl2"
+    shutil.copytree(DEEPLAB2_CKPT, dl2)
+    pkl = tmp_path / "model.pkl"
+    shutil.copy(D2_PKL, pkl)
+    cases = [
+        (convert_deeplab2_main, [str(dl2), str(dl2 / "ckpt-0.index"), "--config-file",
+                                 DEEPLAB2_CONFIG], dl2 / "ckpt-0.index"),
+        (convert_deeplab2_main, [str(dl2 / "ckpt-0"), str(dl2 / "ckpt-0.data-00000-of-00001"),
+                                 "--config-file", DEEPLAB2_CONFIG],
+         dl2 / "ckpt-0.data-00000-of-00001"),
+        (cd2.main, [str(pkl), str(pkl), "--config-file", D2_CONFIG], pkl),
+        (authors_main, [str(pkl), str(pkl), "--variant", "axial26s"], pkl),
+    ]  # fmt: skip
+    for main, argv, victim in cases:
+        before = victim.read_bytes()
+        with pytest.raises(SystemExit) as failed:
+            main(argv)
+        assert f"is the input {victim}: writing it would destroy the input" in str(failed.value)
+        assert victim.read_bytes() == before
 
 
 def _jpeg() -> bytes:
@@ -94,8 +126,9 @@ def test_detectron2_input_of_another_kind_is_one_line(tmp_path, name, data, reas
 def test_detectron2_command_on_a_deeplab2_archive(tmp_path, capsys):
     path = tmp_path / "resnet50_os32_panoptic_deeplab_coco_train_2.tar.gz"
     path.write_bytes(_tar_gz())
-    assert cd2.main([str(path), str(tmp_path / "out.pth"), "--config-file", D2_CONFIG]) == 1
-    printed = capsys.readouterr().out.splitlines()
+    with pytest.raises(SystemExit) as failed:
+        cd2.main([str(path), str(tmp_path / "out.pth"), "--config-file", D2_CONFIG])
     hint = f"a deeplab2 (TensorFlow) checkpoint? {CONVERT_DEEPLAB2} CKPT OUT.pth --config-file"
-    expected = f"not written: {path}: {NOT_D2}: it is a gzip archive; {hint} configs/.../X.yaml"
-    assert printed == [expected]  # one line, before the published-name warning or the config
+    expected = f"error: {path}: {NOT_D2}: it is a gzip archive; {hint} configs/.../X.yaml"
+    assert str(failed.value) == expected  # one line, before the published-name warning
+    assert capsys.readouterr().out == ""  # or the config

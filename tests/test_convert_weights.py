@@ -8,6 +8,7 @@ float64 max |difference| of axial26s logits at 224 x 224: 2.5e-13 (eval), 9.6e-1
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -174,7 +175,8 @@ def test_cli_unwraps_writes_weights_only_and_reports_unmatched_keys(tmp_path, ca
     theirs["fc.weight"], theirs["fc.bias"] = theirs["fc.weight"][:10], theirs["fc.bias"][:10]
     torch.save(theirs, src)
     out.unlink()
-    assert main([str(src), str(out), "--variant", "axial26s"]) == 1
+    with pytest.raises(SystemExit, match=r"axial26s.pth does not match our axial26s .*written"):
+        main([str(src), str(out), "--variant", "axial26s"])
     report = capsys.readouterr().out
     assert "unused (theirs): 1 key(s)\n  layer5.0.extra.weight\n" in report
     assert "missing (ours): 1 key(s)\n  stages.2.3.expand.weight\n" in report

@@ -221,6 +221,7 @@ def _main(argv: list[str]) -> int:
     import argparse
 
     from ..modeling.backbone.variants import VARIANTS
+    from ..utils.cli import check_output_file
     from .io import load_state_dict_file, save_atomic
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -230,6 +231,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--num-heads", type=int, default=8)
     parser.add_argument("--allow-partial", action="store_true", help="write despite mismatches")
     args = parser.parse_args(argv)
+    check_output_file(args.output, "output", "model.pth", inputs=[args.input])
     state = load_state_dict_file(args.input)
     converted, report = convert_authors_state_dict(
         state, variant=args.variant, num_heads=args.num_heads
@@ -237,8 +239,9 @@ def _main(argv: list[str]) -> int:
     if not report.ok:
         print(report.format())
         if not args.allow_partial:
-            print(f"not written: {args.input} does not match our {args.variant}")
-            return 1
+            raise ValueError(
+                f"{args.input} does not match our {args.variant} (the report above): not written"
+            )
         bad = set(report.unexpected) | {line.split(":", 1)[0] for line in report.shape}
         converted = {k: v for k, v in converted.items() if k not in bad}
     save_atomic(converted, args.output)

@@ -37,6 +37,7 @@ from .mapping import ConversionReport, apply_mapping
 from .tf_checkpoint import (
     CorruptCheckpointError,
     archive_errors,
+    checkpoint_files,
     read_checkpoint,
     resolve_checkpoint,
 )
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise FileNotFoundError(
             f"checkpoint not found: {args.checkpoint} (a .tar.gz, its folder or a ckpt-N prefix)"
         )
-    check_output_file(args.output, "output", "model.pth")
+    check_output_file(args.output, "output", "model.pth", inputs=checkpoint_files(args.checkpoint))
     cfg = load_config(args.config_file, args.opts)
     warning = differences_from_zoo_config(args.checkpoint, cfg, args.opts)
     if warning:

@@ -354,7 +354,7 @@ def convert_file(
     from ..utils.cli import check_output_file
     from .zoo import differences_from_zoo_config
 
-    check_output_file(dst, "output", "model.pth")
+    check_output_file(dst, "output", "model.pth", inputs=[src])
     source_state = load_detectron2_file(src)
     cfg = load_config(config_file, list(opts))
     warning = differences_from_zoo_config(src, cfg, opts)
@@ -400,15 +400,8 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--verbose", action="store_true", help="print every name mapping")
     parser.add_argument("opts", nargs="*", help="config overrides, KEY VALUE pairs")
     args = parser.parse_intermixed_args(argv)
-    try:
-        convert_file(
-            args.input,
-            args.output,
-            config_file=args.config_file,
-            opts=args.opts,
-            verbose=args.verbose,
-        )
-    except (ValueError, pickle.UnpicklingError) as exc:
-        print(f"not written: {one_line(exc)}")
-        return 1
+    convert_file(  # its errors: one line on stderr, "error: ...", exit status 1 (run_cli)
+        args.input, args.output, config_file=args.config_file, opts=args.opts,
+        verbose=args.verbose,
+    )  # fmt: skip
     return 0

@@ -14,6 +14,7 @@ outside ``_DTYPES`` (quantized, resource, variant).
 
 from __future__ import annotations
 
+import glob
 import gzip
 import os
 import re
@@ -360,6 +361,7 @@ def _prefix_in_dir(folder: str) -> str | None:
 
 
 _ARCHIVE = re.compile(r"\.(tar|tar\.gz|tgz)$")
+_SHARD = re.compile(r"\.(index|data-\d{5}-of-\d{5})$")  # a checkpoint prefix's files
 
 
 def _extract_dir(archive: str, work_dir: str) -> str:
@@ -387,6 +389,19 @@ def archive_errors(path: str | os.PathLike, work_dir: str) -> Iterator[None]:
         raise ValueError(text + advice) from None
 
 
+def checkpoint_files(path: str | os.PathLike) -> list[str]:
+    """The files that :func:`resolve_checkpoint` may read for ``path``: the archive itself, or
+    the ``.index`` / ``.data-*`` files of the prefix (and a folder's ``checkpoint`` state file)."""
+    path = os.fspath(path)
+    if _ARCHIVE.search(path) or os.path.isfile(path) and not _SHARD.search(path):
+        return [path]
+    if os.path.isdir(path):
+        names = [n for n in os.listdir(path) if n == "checkpoint" or _SHARD.search(n)]
+        return [os.path.join(path, n) for n in sorted(names)]
+    prefix = _SHARD.sub("", path)
+    return sorted(p for p in glob.glob(glob.escape(prefix) + ".*") if _SHARD.search(p))
+
+
 def resolve_checkpoint(path: str | os.PathLike, work_dir: str) -> str:
     """Checkpoint prefix for a tarball (.tar/.tar.gz/.tgz, extracted into ``work_dir/NAME``),
     a folder, a prefix (``.../ckpt-N``) or a ``.index``/``.data-*`` file of one."""
@@ -406,7 +421,7 @@ def resolve_checkpoint(path: str | os.PathLike, work_dir: str) -> str:
         if prefix is None:
             raise FileNotFoundError(f"no ckpt-*.index (or 'checkpoint' state file) in {path}")
         return prefix
-    prefix = re.sub(r"\.(index|data-\d{5}-of-\d{5})$", "", path)
+    prefix = _SHARD.sub("", path)
     if not os.path.isfile(prefix + ".index"):
         what = f"a checkpoint prefix with {prefix}.index, a folder or a .tar/.tar.gz/.tgz"
         raise FileNotFoundError(f"{path}: expected {what}")

@@ -25,6 +25,7 @@ TEMP_PREFIX = ".tmp-"
 def atomic_write(path: str, suffix: str, write: Callable[[str], None]) -> None:
     """``write(tmp)`` to a fresh temporary file beside ``path``, then rename it over ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     owner = _temp_owner(os.path.basename(path))
     _remove_orphans(folder, owner)
     fd, tmp = tempfile.mkstemp(prefix=f"{owner}{os.getpid()}-", suffix=suffix, dir=folder)

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 DEBUG_FLAG = "--debug"
@@ -82,21 +82,32 @@ def check_output_folder(path: str, flag: str) -> None:
         raise NotADirectoryError(f"{flag} {path} {where} a file; {flag} must be a folder")
 
 
-def check_output_file(path: str, flag: str = "--output", example: str = "m.pt2") -> None:
-    """The file ``path`` given with ``flag`` can be written: not a folder, its missing parent
-    folders created, that folder writable; checked before minutes of work (an export's trace, a
-    conversion) rather than after. ``example``: a file name the message suggests."""
-    if os.path.isdir(path):
+def check_output_file(
+    path: str, flag: str = "--output", example: str = "m.pt2", *, inputs: Sequence[str] = ()
+) -> None:
+    """The file ``path`` given with ``flag`` can be written: not a folder (nor a name ending in
+    a separator), not one of the ``inputs`` files, under a folder that exists or can be made and
+    is writable; checked before minutes of work (an export's trace, a conversion) rather than
+    after. ``example``: a file name the message suggests. Nothing is created."""
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
         raise IsADirectoryError(
             f"{flag} {path} is a folder: give the file to write, e.g. {os.path.join(path, example)}"
         )
-    parent = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as err:
-        raise OSError(f"{flag} {path}: cannot create its folder ({err.strerror})") from None
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"{flag} {path}: its folder {parent} is not writable")
+    for source in inputs:
+        if os.path.realpath(source) == os.path.realpath(path) or (
+            os.path.exists(source) and os.path.exists(path) and os.path.samefile(source, path)
+        ):
+            raise ValueError(
+                f"{flag} {path} is the input {source}: writing it would destroy the input; "
+                "give another file"
+            )
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):  # the nearest existing folder, where missing ones go
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(f"{flag} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{flag} {path}: its folder {folder} is not writable")
 
 
 def split_debug(argv: list[str] | None) -> tuple[list[str], bool]:
