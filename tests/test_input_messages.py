@@ -68,6 +68,29 @@ def test_infer_refuses_a_file_as_output_before_loading(tmp_path):
     check_output_folder(str(tmp_path / "new" / "folder"), "--output")  # created later: fine
 
 
+def test_infer_refuses_outputs_that_would_overwrite_or_mix_with_inputs(tmp_path):
+    # An audit's runs: photo.png's picture photo_vis.png replaced the user's photo_vis.png before
+    # it was read, and --output equal to the input folder read its own outputs on the next run.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("photo.png", "photo_vis.png"):
+        cv2.imwrite(str(photos / name), np.zeros((40, 40, 3), np.uint8))
+    before = (photos / "photo_vis.png").read_bytes()
+
+    def run(inputs, output):
+        args = ["--weights", str(tmp_path / "w.pth"), "--input", *inputs, "--output", output]
+        infer_net.run(infer_net.parse_args(args))  # the weights do not exist: checked later
+
+    with pytest.raises(ValueError, match=f"--output {photos} is the input folder {photos}"):
+        run([str(photos)], str(photos))
+    files = [str(photos / "photo.png"), str(photos / "photo_vis.png")]
+    with pytest.raises(ValueError, match="photo_vis.png, written for .*photo.png, would overwrite"):
+        run(files, str(photos))
+    assert (photos / "photo_vis.png").read_bytes() == before
+    with pytest.raises(FileNotFoundError, match="w.pth"):  # another folder: past the check
+        run([str(photos)], str(tmp_path / "out"))
+
+
 def test_odd_overrides_are_the_users_own(tmp_path):
     args = infer_net.parse_args(
         ["--weights", "w.pth", "--input", "x.png", "--output", str(tmp_path), "MODEL.DEVICE"]

@@ -245,9 +245,10 @@ def run(args: argparse.Namespace) -> dict:
     """Predict every input; returns ``{"images", "frames", "skipped"}`` counts and names."""
     check_output_folder(args.output, "--output")  # before any model is loaded
     check_inputs_are_not_overrides(args.input)
+    items = expand_inputs(args.input, skip_bad=args.skip_bad)
+    check_outputs_spare_inputs(items, args.output, args.input)
     if args.backend != "torch":
-        predictor = exported_predictor(args)
-        return run_predictor(args, predictor, expand_inputs(args.input, skip_bad=args.skip_bad))
+        return run_predictor(args, exported_predictor(args), items)
     stored_config, stored_metadata = read_checkpoint_info(args)
     cfg = config_from_args(args, stored_config)
     if not cfg.MODEL.WEIGHTS and not args.allow_random_weights:
@@ -255,8 +256,39 @@ def run(args: argparse.Namespace) -> dict:
             "no weights: pass --weights path/to/model.pth (or MODEL.WEIGHTS); "
             "--allow-random-weights predicts with a randomly initialised model"
         )
-    items = expand_inputs(args.input, skip_bad=args.skip_bad)
     return run_predictor(args, predictor_from_config(args, cfg, stored_metadata), items)
+
+
+# What each input writes into --output, after its name (with --save-frames a video also writes
+# its frames' image outputs into the folder NAME/)
+OUTPUT_SUFFIXES = {
+    "image": ("_panoptic.png", ".json", "_vis.png"),
+    "video": ("_overlay.avi", ".json"),
+}
+
+
+def check_outputs_spare_inputs(items: list[InputItem], output: str, specs: list[str]) -> None:
+    """Refuse an ``--output`` that is an input folder (the outputs would land among its images
+    and be read as inputs by the next run) or where an output would overwrite an input file
+    (a photo ``a.png`` writes ``a_vis.png``: an input of that name would be replaced before it
+    is read); before any model is loaded."""
+    out = os.path.realpath(output)
+    for spec in specs:
+        if os.path.isdir(spec) and os.path.realpath(spec) == out:
+            raise ValueError(
+                f"--output {output} is the input folder {spec}: the predictions would be written "
+                "among its images (and read as inputs by the next run); give another --output "
+                "folder"
+            )
+    inputs = {os.path.realpath(item.path): item.path for item in items}
+    for item in items:
+        for suffix in OUTPUT_SUFFIXES[item.kind]:
+            victim = inputs.get(os.path.realpath(os.path.join(output, item.name + suffix)))
+            if victim is not None:
+                raise ValueError(
+                    f"--output {output}: {item.name}{suffix}, written for {item.path}, would "
+                    f"overwrite the input {victim}; give another --output folder"
+                )
 
 
 def run_predictor(args: argparse.Namespace, predictor, items: list[InputItem]) -> dict:
