@@ -22,7 +22,7 @@ from axial_deeplab.data.cityscapes_panoptic import CITYSCAPES_CLASSES
 from axial_deeplab.data.metadata import metadata_for_dataset
 from axial_deeplab.data.panoptic_io import read_panoptic_png
 from axial_deeplab.data.synthetic import SYNTHETIC_CLASSES
-from axial_deeplab.engine import infer_net, predictor_setup
+from axial_deeplab.engine import class_names, infer_net, predictor_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "quickstart" / "synthetic_axial.yaml")
@@ -257,9 +257,32 @@ def test_class_names_and_config_file_win_over_the_checkpoint(tmp_path, random_ch
     assert all(s["isthing"] == int(s["category_id"] == 1) for s in record["segments_info"])
 
 
+def test_text_class_names_keep_the_stored_things(tmp_path, random_checkpoint, capsys):
+    # An audit renamed classes with a text file and got every thing class as stuff (instances
+    # merged), without a word: the checkpoint's thing ids now stay, and say so.
+    path, _, _ = random_checkpoint
+    cv2.imwrite(str(tmp_path / "a.png"), _image(40, 56, seed=2)[..., ::-1].copy())
+    (tmp_path / "names.txt").write_text("water\nboat\nswimmer\n")
+    infer_net.main(["--weights", str(path), "--input", str(tmp_path / "a.png"),
+                    "--class-names", str(tmp_path / "names.txt"), "--output", str(tmp_path / "out")])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert f"thing classes: 1 (boat), 2 (swimmer), as stored in {path}" in printed
+    record = _check_outputs(tmp_path / "out", "a", (40, 56), ["water", "boat", "swimmer"])
+    assert {s["isthing"] for s in record["segments_info"] if s["category_id"] == 2} == {1}
+    (tmp_path / "four.txt").write_text("a\nb\nc\nd\n")  # another count: nothing to keep
+    args = infer_net.parse_args(["--weights", str(path), "--input", "x", "--output", "o",
+                                 "--class-names", str(tmp_path / "four.txt")])  # fmt: skip
+    stored = {"class_names": ["water", "boat", "swimmer"], "thing_ids": [1, 2]}
+    metadata, _ = class_names.choose_metadata(args, None, stored)
+    assert metadata.thing_ids == ()
+    assert "names the classes but not which are things" in capsys.readouterr().out
+
+
 def test_checkpoint_without_config_needs_a_config_file(tmp_path, capsys):
     torch.save({"w": torch.zeros(1)}, tmp_path / "bare.pth")
-    argv = ["--weights", str(tmp_path / "bare.pth"), "--input", "x.png", "--output", "o"]
+    cv2.imwrite(str(tmp_path / "x.png"), _image(40, 56, seed=2))  # inputs are checked first
+    argv = ["--weights", str(tmp_path / "bare.pth"), "--input", str(tmp_path / "x.png"),
+            "--output", str(tmp_path / "o")]  # fmt: skip
     with pytest.raises(SystemExit, match=r"bare.pth carries no config: pass --config-file"):
         infer_net.main(argv)
     # KEY VALUE overrides of the defaults may describe the model instead (a notice says so)

@@ -75,7 +75,30 @@ def choose_metadata(
     """Class metadata and its origin: ``--class-names``, else the metadata stored in the
     checkpoint, else the config's data set, else generic names."""
     if args.class_names:
-        return load_class_names(args.class_names, args.thing_ids), args.class_names
+        metadata = load_class_names(args.class_names, args.thing_ids)
+        if args.thing_ids is None and not args.class_names.lower().endswith(".json"):
+            metadata = _things_for_names(metadata, args.class_names, stored, args.weights)
+        return metadata, args.class_names
     if stored is not None:
         return as_metadata(stored), f"metadata stored in {args.weights}"
     return metadata_from_config(cfg)
+
+
+def _things_for_names(
+    metadata: InferenceMetadata, path: str, stored: dict | None, weights: str
+) -> InferenceMetadata:
+    """Thing ids for a text file of names given without ``--thing-ids``: the checkpoint's, when
+    it stores as many classes (renaming classes should not turn its things into stuff); else
+    none, said aloud (every class is then stuff: instances are not separated)."""
+    from dataclasses import replace
+
+    if stored is not None and len(stored.get("class_names", ())) == len(metadata.class_names):
+        things = tuple(int(t) for t in stored.get("thing_ids", ()))
+        shown = ", ".join(f"{t} ({metadata.class_names[t]})" for t in things[:8])
+        more = ", ..." if len(things) > 8 else ""
+        print(f"thing classes: {shown or 'none'}{more}, as stored in {weights} (--thing-ids to "
+              "choose others)")  # fmt: skip
+        return replace(metadata, thing_ids=things)
+    print(f"notice: {path} names the classes but not which are things: every class is stuff and "
+          "instances are not separated; pass --thing-ids with the thing train ids")  # fmt: skip
+    return metadata
