@@ -147,3 +147,24 @@ def test_published_file_with_another_config_warns():
     os16 = load_config(str(ROOT / "configs" / "coco" / "deeplab2" / "resnet50_os16.yaml"))
     assert differences_from_zoo_config(download, os16) == ""
     assert differences_from_zoo_config("/downloads/my_model.tar.gz", os32) == ""
+
+
+def test_weights_with_nan_are_refused_naming_the_tensor(tmp_path):
+    # An audit's checkpoint with one NaN row in the semantic predictor loaded silently and
+    # predicted 0 segments.
+    from axial_deeplab.checkpoint.io import DamagedWeightsError
+    from axial_deeplab.engine.build import load_model_weights
+
+    model = build_model(load_config(CONFIG))
+    state = model.state_dict()
+    state["semantic_head.predictor.weight"][0] = float("nan")
+    path = tmp_path / "nan.pth"
+    save_atomic({"model": state}, path)
+    with pytest.raises(DamagedWeightsError) as failed:
+        load_model_weights(build_model(load_config(CONFIG)), str(path))
+    message = str(failed.value)
+    assert message.startswith(f"{path}: 1 tensor(s) hold NaN or infinite values, e.g. ")
+    assert "semantic_head.predictor.weight (" in message and "use an earlier checkpoint" in message
+    state["semantic_head.predictor.weight"][0] = 0.0  # the same file mended: loads
+    save_atomic({"model": state}, path)
+    assert load_model_weights(build_model(load_config(CONFIG)), str(path)) == "model"

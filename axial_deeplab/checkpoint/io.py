@@ -338,6 +338,28 @@ def describe_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor])
     return f"{len(state)} tensors in the file, {len(own)} in the model: " + ", ".join(parts)
 
 
+class DamagedWeightsError(ValueError):
+    """A checkpoint's tensors hold NaN or infinite values."""
+
+
+def check_finite(state: Mapping[str, torch.Tensor], path: str) -> None:
+    """Raise :class:`DamagedWeightsError` naming the first floating-point tensors of ``state``
+    that hold NaN or infinite values (a diverged training, a damaged file): a model with them
+    predicts nothing (NaN logits), silently."""
+    bad = [
+        name for name, t in state.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]  # fmt: skip
+    if bad:
+        first = state[bad[0]]
+        count = int((~torch.isfinite(first)).sum())
+        raise DamagedWeightsError(
+            f"{path}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {bad[0]} "
+            f"({count} of {first.numel()}): the weights are damaged (a diverged training?); "
+            "use an earlier checkpoint"
+        )
+
+
 def load_weights(
     model: torch.nn.Module,
     path: str | os.PathLike,
@@ -354,6 +376,7 @@ def load_weights(
     backbone-only file raises ``BackboneOnlyError``, before anything is loaded. ``state``: the
     file's state dict when already read (``path`` then only names it)."""
     state = load_state_dict_file(path) if state is None else state
+    check_finite(state, os.fspath(path))
     prefix = "backbone."
     if state and all(k.startswith(prefix) for k in state) and hasattr(model, "backbone"):
         if whole:

@@ -65,11 +65,11 @@ def build_target_generator(cfg, thing_ids) -> PanopticTargetGenerator:
 def load_model_weights(model: nn.Module, weights: str, *, whole: bool = False, state=None) -> str:
     """``checkpoint.io.load_weights``, its error completed by the config the file was saved with
     (``matching_config_hint``) when the weights do not fit."""
-    from ..checkpoint.io import BackboneOnlyError, load_weights
+    from ..checkpoint.io import BackboneOnlyError, DamagedWeightsError, load_weights
 
     try:
         return load_weights(model, weights, whole=whole, state=state)
-    except BackboneOnlyError:
+    except (BackboneOnlyError, DamagedWeightsError):
         raise
     except ValueError as exc:
         raise ValueError(f"{exc}{matching_config_hint(weights)}") from None
