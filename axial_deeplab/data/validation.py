@@ -26,7 +26,8 @@ def _is_int(value: object) -> bool:
 def validate_categories(categories: list[dict], source: str) -> dict[int, dict]:
     """Check a COCO-style ``categories`` list and return it as ``{id: category}``.
 
-    Each entry needs an int ``id``, a ``name`` and an ``isthing`` of 0/1 (or a bool); ids are unique.
+    Each entry needs an int ``id``, a ``name`` and an ``isthing`` of 0/1 (or a bool), and may have
+    a ``color`` ``[R, G, B]`` in 0..255; ids are unique.
     ``source`` names the file the list came from, for the error messages.
     """
     if not isinstance(categories, (list, tuple)) or not categories:
@@ -49,6 +50,15 @@ def validate_categories(categories: list[dict], source: str) -> dict[int, dict]:
         if cat["isthing"] not in (0, 1):  # True/False compare equal to 1/0
             raise DatasetFormatError(
                 f"{source}: category id {cat_id} has isthing={cat['isthing']!r}, expected 0 or 1"
+            )
+        color = cat.get("color")
+        if color is not None and not (
+            isinstance(color, (list, tuple)) and len(color) == 3
+            and all(_is_int(c) and 0 <= c <= 255 for c in color)
+        ):  # fmt: skip
+            raise DatasetFormatError(
+                f"{source}: category id {cat_id} ({cat['name']!r}) has color {color!r}, expected "
+                "[R, G, B] integers in 0..255 (or no 'color')"
             )
         if int(cat_id) in out:
             raise DatasetFormatError(f"{source}: duplicate category id {cat_id}")
