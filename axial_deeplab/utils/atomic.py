@@ -9,12 +9,15 @@ in it.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
+import signal
 import socket
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -23,23 +26,50 @@ TEMP_PREFIX = ".tmp-"
 
 
 def atomic_write(path: str, suffix: str, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` to a fresh temporary file beside ``path``, then rename it over ``path``."""
+    """``write(tmp)`` to a fresh temporary file beside ``path``, then rename it over ``path``.
+
+    Ctrl-C (SIGINT) and SIGTERM arriving meanwhile are handled once the file is in place (in the
+    main thread): an interrupt raised inside a writer's C++ code came out as its own error (torch's
+    zip writer: "enforce fail ... unexpected pos"), and SIGTERM's default action left the
+    temporary file behind."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     owner = _temp_owner(os.path.basename(path))
     _remove_orphans(folder, owner)
-    fd, tmp = tempfile.mkstemp(prefix=f"{owner}{os.getpid()}-", suffix=suffix, dir=folder)
-    os.close(fd)
+    with _signals_held():
+        fd, tmp = tempfile.mkstemp(prefix=f"{owner}{os.getpid()}-", suffix=suffix, dir=folder)
+        os.close(fd)
+        try:
+            write(tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM received in the block are raised again after it, to the handlers in
+    place before (Ctrl-C's KeyboardInterrupt, a trainer's stop request, termination). Only in
+    the main thread, where Python runs signal handlers; elsewhere the block runs as is."""
+    held = (signal.SIGINT, signal.SIGTERM)
+    in_c = any(signal.getsignal(s) is None for s in held)  # set outside Python: not restorable
+    if in_c or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: received.append(signum)) for s in held}
     try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
 
 
 def _temp_owner(name: str) -> str:
