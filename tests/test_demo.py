@@ -156,6 +156,23 @@ def test_busy_port_is_one_line(model, monkeypatch, capsys):
     assert message.startswith(f"error: cannot serve on 127.0.0.1:{port}") and "--port" in message
 
 
+def test_bad_port_and_host_are_one_line(model, monkeypatch, capsys):
+    # An audit's --port 99999 ended in OverflowError's traceback, and an unknown --host got the
+    # advice to pick another port.
+    from axial_deeplab.demo import server as demo_server
+
+    for port in ("99999", "-1", "http"):
+        with pytest.raises(SystemExit):
+            parse_args(["--weights", "m.pth", "--port", port])
+        assert "expected a port in 0..65535" in capsys.readouterr().err
+    monkeypatch.setattr(demo_server.DemoModel, "load", classmethod(lambda cls, args: model))
+    with pytest.raises(SystemExit) as exit_:
+        demo_server.main(["--weights", "m.pth", "--host", "nosuchhost.invalid", "--port", "0"])
+    message = str(exit_.value)
+    assert "--host nosuchhost.invalid is not an address of this machine" in message
+    assert "--port" not in message
+
+
 def _chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import socket
 import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,19 @@ from .app import SETTINGS, DemoError, DemoModel, decode_image
 from .page import PAGE
 
 MAX_UPLOAD = 20 * 1024 * 1024
+
+
+def _port(text: str) -> int:
+    """An ``argparse`` type: a TCP port, 0..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected a port in 0..65535 (0: any free one), got {text!r}"
+        )
+    return port
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--device", default="cpu", help="cpu (default) or cuda")
     add("--amp", action="store_true", help="mixed precision: bf16 on CPUs, fp16 on GPUs (TEST.AMP)")
     add("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    add("--port", type=int, default=7860, help="port (0: any free port)")
+    add("--port", type=_port, default=7860, help="port (0: any free port)")
     add("--samples", nargs="*", default=None, metavar="DIR",
         help="sample photo folders (default: the COCO photos of ../shared/data and the held-out "
              "scenes of the checkpoint's DATASETS.SYNTHETIC_DIR)")  # fmt: skip
@@ -158,6 +172,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {exc}") from None
     try:
         server = serve(model, args.host, args.port)
+    except socket.gaierror as exc:  # a host name that does not resolve
+        raise SystemExit(
+            f"error: cannot serve on {args.host}:{args.port}: --host {args.host} is not an "
+            f"address of this machine ({exc.strerror or exc}); e.g. 127.0.0.1 or 0.0.0.0"
+        ) from None
     except OSError as exc:  # e.g. a second demo on the default port
         raise SystemExit(
             f"error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}; "
