@@ -165,7 +165,9 @@ def test_export_output_checked_before_loading_anything(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "build_pipeline", lambda *a: pytest.fail("built before the check"))
     with pytest.raises(SystemExit) as info:
         cli.main(["--weights", "w.pth", "--format", "onnx", "--output", str(tmp_path)])
-    assert f"--output {tmp_path} is a folder" in _error_line(info)
+    assert f"--output {tmp_path} is a folder: give the file to write, e.g. {tmp_path}/m.onnx" in (
+        _error_line(info)
+    )  # the suffix of --format onnx, not .pt2
 
     target = tmp_path / "new" / "deeper" / "m.onnx"
     cli.check_output_file(str(target))  # missing folders are fine (the writer makes them)...

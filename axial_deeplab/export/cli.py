@@ -90,7 +90,7 @@ def check_output_suffix(path: str, fmt: str) -> None:
 def _main(argv: list[str]) -> str:
     args = parse_args(argv)
     check_output_suffix(args.output, args.format)
-    check_output_file(args.output)
+    check_output_file(args.output, example=f"m{SUFFIX_OF_FORMAT[args.format]}")
     pipeline = build_pipeline(args.weights, args.config_file, args.opts)
     start = time.perf_counter()
     print(f"{args.format}: tracing the model (minutes on a CPU)...", flush=True)
