@@ -344,8 +344,8 @@ def check_backend_suffix(path: str, backend: str) -> None:
 def resolve_device(requested: str) -> torch.device:
     """``torch.device(requested)``; ``"cuda..."`` without a GPU prints one line and gives CPU."""
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        print(f"MODEL.DEVICE {requested!r} (set by the config or the checkpoint's config) but "
-              "no GPU is available: running on the CPU.")  # fmt: skip
+        print(f"device {requested!r} asked for (--device, MODEL.DEVICE or the checkpoint's "
+              "config) but no GPU is available: running on the CPU.")  # fmt: skip
         return torch.device("cpu")
     return torch.device(requested)
 

@@ -119,6 +119,11 @@ class _BatchStats:
             return self.reader.read(path)
         except (FileNotFoundError, DatasetFormatError):
             raise
+        except ValueError as exc:  # our checks' own message ends with the path: put it first
+            text = str(exc)
+            if not text.endswith(f": {path}"):
+                raise DatasetFormatError(f"{path}: {text}") from None
+            raise DatasetFormatError(f"{path}: {text[: -len(path) - 2]}") from None
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
             raise DatasetFormatError(
                 f"{path}: cannot decode panoptic PNG (truncated or corrupt?): "
