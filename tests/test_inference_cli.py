@@ -78,13 +78,15 @@ def test_cli_folder_glob_video_outputs(tmp_path, tiny_cli):
     _write_png(tmp_path / "imgs" / "a.png", image)
     (tmp_path / "imgs" / "c.png").write_bytes(b"corrupt")
     _write_png(tmp_path / "big.png", _image(50, 100, seed=4))
-    _write_video(tmp_path / "clip.avi", [_image(32, 48, seed=s) for s in range(3)])
+    (tmp_path / "clips").mkdir()
+    _write_video(tmp_path / "clips" / "clip.avi", [_image(32, 48, seed=s) for s in range(3)])
     names = tmp_path / "names.json"
     names.write_text(json.dumps(NAMES))
     out = tmp_path / "out"
     summary = infer_net.main(
         ["--allow-random-weights",
-         "--input", str(tmp_path / "imgs"), str(tmp_path / "big.*"), str(tmp_path / "clip.avi"),
+         "--input", str(tmp_path / "imgs"), str(tmp_path / "big.*"),
+         str(tmp_path / "clips" / "clip.avi"),
          "--output", str(out), "--class-names", str(names), "--max-size", "60", "--save-frames",
          "--skip-bad", "--device", "cpu", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3"]
     )  # fmt: skip
@@ -100,13 +102,16 @@ def test_cli_folder_glob_video_outputs(tmp_path, tiny_cli):
     # --max-size: predicted with the long side 100 -> 60, written at the file's size
     big = _check_image_outputs(out, "big", (50, 100))
     assert big["shrunk_to"] == [30, 60]
-    video = json.loads((out / "clip.json").read_text())
+    video = json.loads((out / "clips" / "clip.json").read_text())
     assert [f["frame"] for f in video["frames"]] == [0, 1, 2]
-    frames = list(iter_video(str(out / "clip_overlay.avi")))
+    assert video["overlay_video"] == "clip_overlay.avi"  # paths relative to the JSON's folder
+    assert record["panoptic_png"] == "a_panoptic.png"
+    frames = list(iter_video(str(out / "clips" / "clip_overlay.avi")))
     k = enlarge_factor((32, 48))  # frames are drawn enlarged too, 12 times: 384 x 576
     assert len(frames) == 3 and frames[0].shape == (32 * k, 48 * k, 3)
     for i in range(3):
-        frame = _check_image_outputs(out / "clip", f"clip_{i:06d}", (32, 48))
+        # in clips/clip/ (an audit's frames went to clips/clip/clips/clip_000000*)
+        frame = _check_image_outputs(out / "clips" / "clip", f"clip_{i:06d}", (32, 48))
         assert frame["segments_info"] == video["frames"][i]["segments_info"]
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # atomic writes left no temp
 

@@ -118,7 +118,7 @@ def write_image_outputs(
         **info,
         "height": image.shape[0],
         "width": image.shape[1],
-        "panoptic_png": f"{name}_panoptic.png",
+        "panoptic_png": f"{os.path.basename(name)}_panoptic.png",  # beside this JSON
         "segments_info": prediction["segments_info"],
     }
     write_json(os.path.join(out_dir, f"{name}.json"), record, indent=1)
@@ -170,7 +170,7 @@ def _predict_video(
                 records.append({"frame": index, "segments_info": prediction["segments_info"]})
                 if save_frames:
                     frame_info = {"file_name": item.path, "frame": index}
-                    name = f"{item.name}_{index:06d}"
+                    name = f"{os.path.basename(item.name)}_{index:06d}"  # in NAME/
                     write_image_outputs(frames_dir, name, frame, prediction, frame_info, pictures)
         finally:
             if writer is not None:
