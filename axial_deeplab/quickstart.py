@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ from .engine.build import build_trainer, resolve_config_seed, save_config
 from .engine.distributed import init_from_env, is_main_process
 from .engine.preemption import TrainingInterrupted
 from .utils.atomic import write_json
-from .utils.cli import run_cli
+from .utils.cli import check_output_folder, run_cli
+from .utils.log_file import log_to_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "quickstart" / "synthetic_axial.yaml"
@@ -97,6 +99,13 @@ def _quickstart(argv: list[str]) -> dict[str, float]:
     args = parse_args(argv)
     stages = Stages()
     cfg = load_config(args.config_file, args.opts)
+    check_output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    logged = is_main_process()  # what was printed, in OUTPUT_DIR/log.txt as tools/train_net.py
+    with log_to_file(os.path.join(cfg.OUTPUT_DIR, "log.txt")) if logged else nullcontext():
+        return _stages(args, cfg, stages)
+
+
+def _stages(args: argparse.Namespace, cfg, stages: Stages) -> dict[str, float]:
     data_dir = os.path.join(cfg.OUTPUT_DIR, "data")
     cfg.defrost()  # later commands find the scenes through the config stored in the checkpoints
     cfg.DATASETS.SYNTHETIC_DIR = os.path.abspath(data_dir)
@@ -132,8 +141,9 @@ def _quickstart(argv: list[str]) -> dict[str, float]:
     weights = os.path.join(cfg.OUTPUT_DIR, "model_best.pth")
     python = typed_interpreter()
     print(f"total time {stages.total()}; outputs in {cfg.OUTPUT_DIR}\nreuse the model:\n"
-          f"  {python} tools/infer.py --weights {weights} --input PHOTOS --output OUT\n"
-          f"  {python} tools/train_net.py --eval-only MODEL.WEIGHTS {weights}\n"
+          f"  {python} -m axial_deeplab.engine.infer_net --weights {weights} --input PHOTOS "
+          "--output OUT\n"
+          f"  {python} -m axial_deeplab.engine.train_net --eval-only MODEL.WEIGHTS {weights}\n"
           f"  {python} -m axial_deeplab.demo.server --weights {weights}")  # fmt: skip
     return metrics
 

@@ -41,9 +41,12 @@ def test_short_quickstart_learns_and_draws(quickstart, capsys):
         "[train] iterations 0..150",
         "[pictures] 8 pictures",
         "meaningless as COCO predictions",
-        f"{typed_interpreter()} tools/infer.py --weights {out / 'model_best.pth'}",
+        # commands that run wherever the user is (tools/ is only beside a clone's root)
+        f"{typed_interpreter()} -m axial_deeplab.engine.infer_net --weights {out / 'model_best.pth'}",
     ):
         assert stage in log, stage
+    written = (out / "log.txt").read_text()  # as tools/train_net.py runs are logged
+    assert "[train] iterations 0..150" in written and "reuse the model" in written
     assert metrics["PQ"] >= 50.0, metrics
     assert metrics["mIoU"] >= 60.0, metrics
     pictures = sorted(os.listdir(out / "pictures"))
