@@ -132,3 +132,14 @@ def test_detectron2_command_on_a_deeplab2_archive(tmp_path, capsys):
     expected = f"error: {path}: {NOT_D2}: it is a gzip archive; {hint} configs/.../X.yaml"
     assert str(failed.value) == expected  # one line, before the published-name warning
     assert capsys.readouterr().out == ""  # or the config
+
+
+def test_deeplab2_converter_names_a_config_of_another_kind(tmp_path):
+    config = str(ROOT / "configs" / "quickstart" / "synthetic_axial.yaml")
+    with pytest.raises(SystemExit) as failed:
+        convert_deeplab2_main(
+            [str(DEEPLAB2_CKPT), str(tmp_path / "o.pth"), "--config-file", config]
+        )
+    message = str(failed.value)
+    assert message.startswith("error: deeplab2 checkpoints need the config of a deeplab2 model")
+    assert "unexpected" not in message and not (tmp_path / "o.pth").exists()

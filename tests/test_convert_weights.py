@@ -192,3 +192,20 @@ def test_cli_unwraps_writes_weights_only_and_reports_unmatched_keys(tmp_path, ca
     assert len(partial) == len(converted) - 3
     result = model.load_state_dict(partial, strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight", "stages.2.3.expand.weight"]
+
+
+def test_cli_names_a_wrong_head_count(tmp_path):
+    # An audit's --num-heads 0, 4, 16 and -2 ended in ZeroDivisionError or torch errors marked
+    # unexpected.
+    kernels = [[56], [56, 28], [28, 14, 14, 14], [14]]
+    theirs = authors_state_dict(torch.Generator().manual_seed(1), (1, 2, 4, 1), 0.5, kernels, 1000)
+    src = tmp_path / "axial26s.pth"
+    torch.save({k: v.float() if v.is_floating_point() else v for k, v in theirs.items()}, src)
+    for heads in ("0", "4", "16", "-2"):
+        with pytest.raises(SystemExit) as failed:
+            main([str(src), str(tmp_path / "o.pth"), "--variant", "axial26s", "--num-heads", heads])
+        assert str(failed.value).startswith(
+            f"error: --num-heads {heads} does not fit the checkpoint's attention layers: they "
+            "have 8 heads (bn_similarity has 24 channels)"
+        )
+    assert not (tmp_path / "o.pth").exists()

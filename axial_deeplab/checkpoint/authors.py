@@ -54,9 +54,20 @@ def _take_bn(src: Mapping[str, torch.Tensor], prefix: str, perm: torch.Tensor | 
 def convert_attention_layer(
     src: Mapping[str, torch.Tensor], num_heads: int = 8
 ) -> dict[str, torch.Tensor]:
-    """Convert one authors' ``AxialAttention`` state dict (keys without prefix) to ours."""
+    """Convert one authors' ``AxialAttention`` state dict (keys without prefix) to ours;
+    ValueError when ``num_heads`` is not the layer's (``bn_similarity`` has 3 channels a head)."""
     weight = src["qkv_transform.weight"]
     width = weight.shape[0] // 2
+    similarity = src.get("bn_similarity.weight")
+    heads = None if similarity is None else similarity.shape[0] // 3
+    if num_heads < 1 or (heads is not None and heads != num_heads) or width % (2 * num_heads):
+        found = (
+            f"{heads} heads (bn_similarity has {3 * heads} channels)" if heads else "other heads"
+        )
+        raise ValueError(
+            f"--num-heads {num_heads} does not fit the checkpoint's attention layers: they have "
+            f"{found}, {width} channels"
+        )
     gp = width // num_heads
     dk = gp // 2
     qkv_perm = qkv_permutation(width, num_heads)

@@ -215,9 +215,10 @@ def deeplab2_entries(model: nn.Module) -> list[Entry]:
             Entry(e.source, e.target[len(prefix) :], e.transform) for e in encoder_entries(model)
         ]
     if not isinstance(model.backbone, GroupedResNet):
-        raise TypeError(
-            f"deeplab2 checkpoints need a deeplab2-layout backbone (MODEL.AXIAL_RESNET.VARIANT "
-            f"among the grouped variants), got {type(model.backbone).__name__}"
+        raise ValueError(
+            f"deeplab2 checkpoints need the config of a deeplab2 model (configs/coco/deeplab2/, "
+            f"configs/cityscapes/deeplab2/: a grouped MODEL.AXIAL_RESNET.VARIANT), got one "
+            f"whose backbone is {type(model.backbone).__name__}"
         )
     entries = list(encoder_entries(model.backbone))
     entries += _decoder_entries("semantic_decoder", "semantic_decoder", model.semantic_decoder)
