@@ -297,6 +297,12 @@ def test_class_count_check_knows_the_void_channel():
     )
     with pytest.raises(ConfigError, match=r"the weights m.pth predict 134 classes: evaluate them"):
         check_num_classes(weighted, coco, "coco_2017_val_panoptic")
+    cityscapes = type("Meta", (), {"num_classes": 19, "panoptic_json": "cityscapes.json"})()
+    void_weights = load_config(CONFIG, ["MODEL.WEIGHTS", "m.pth"])  # 134 outputs, void 0
+    with pytest.raises(ConfigError) as failed:  # (an audit was told NUM_CLASSES 20, or 19)
+        check_num_classes(void_weights, cityscapes, "cityscapes_fine_panoptic_val")
+    assert "the weights m.pth predict 133 classes and void: evaluate them on" in str(failed.value)
+    assert "NUM_CLASSES must be" not in str(failed.value)
 
 
 @pytest.fixture(scope="module")

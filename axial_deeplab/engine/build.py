@@ -108,12 +108,19 @@ def check_num_classes(cfg, metadata, name: str, *, training: bool = False) -> No
         )
     if sem.VOID_CLASS >= 0:
         if sem.NUM_CLASSES != metadata.num_classes + 1:
+            fix = (
+                f"NUM_CLASSES must be {metadata.num_classes + 1} (its classes + void), or set "
+                f"VOID_CLASS -1 and NUM_CLASSES {metadata.num_classes}"
+            )
+            if not training and cfg.MODEL.WEIGHTS:  # the weights fix the count (see below)
+                fix = (
+                    f"the weights {cfg.MODEL.WEIGHTS} predict {sem.NUM_CLASSES - 1} classes and "
+                    "void: evaluate them on a data set with those classes"
+                )
             raise ConfigError(
                 f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {sem.NUM_CLASSES} with a void channel "
                 f"(MODEL.SEM_SEG_HEAD.VOID_CLASS {sem.VOID_CLASS}) but data set {name} has "
-                f"{metadata.num_classes} classes ({where}): NUM_CLASSES must be "
-                f"{metadata.num_classes + 1} (its classes + void), or set VOID_CLASS -1 and "
-                f"NUM_CLASSES {metadata.num_classes}"
+                f"{metadata.num_classes} classes ({where}): {fix}"
             )
         return
     if metadata.num_classes != sem.NUM_CLASSES:
