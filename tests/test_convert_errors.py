@@ -143,3 +143,19 @@ def test_deeplab2_converter_names_a_config_of_another_kind(tmp_path):
     message = str(failed.value)
     assert message.startswith("error: deeplab2 checkpoints need the config of a deeplab2 model")
     assert "unexpected" not in message and not (tmp_path / "o.pth").exists()
+
+
+def test_converters_refuse_class_names_their_head_does_not_predict(tmp_path):
+    # An audit converted a Cityscapes model with a COCO config and NUM_CLASSES 19: the files
+    # stored 133 COCO class names for a 19-output head, and failed only when used.
+    with pytest.raises(SystemExit) as failed:
+        cd2.main([str(D2_PKL), str(tmp_path / "o.pth"), "--config-file", D2_CONFIG,
+                  "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "19"])  # fmt: skip
+    assert "has 133 classes but the model predicts 19" in str(failed.value)
+    with pytest.raises(SystemExit) as failed:
+        convert_deeplab2_main([str(DEEPLAB2_CKPT), str(tmp_path / "o.pth"), "--config-file",
+                               DEEPLAB2_CONFIG, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "20"])  # fmt: skip
+    assert "has 133 classes but the model predicts 19 (MODEL.SEM_SEG_HEAD.NUM_CLASSES 20, " in (
+        str(failed.value)
+    )
+    assert not (tmp_path / "o.pth").exists()

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..config import load_config
-from ..data.metadata import config_class_metadata
+from ..data.metadata import check_head_fits_metadata, config_class_metadata
 from ..modeling.build import build_model
 from ..utils.cli import run_cli
 from .deeplab2 import better_zoo_models, deeplab2_entries, ignore_reason
@@ -111,6 +111,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     check_output_file(args.output, "output", "model.pth", inputs=checkpoint_files(args.checkpoint))
     cfg = load_config(args.config_file, args.opts)
+    if not args.backbone_only:
+        check_head_fits_metadata(cfg, args.config_file)
     warning = differences_from_zoo_config(args.checkpoint, cfg, args.opts)
     if warning:
         print(warning)

@@ -350,6 +350,7 @@ def convert_file(
     """Convert detectron2 checkpoint ``src`` for the model of ``config_file`` (+ ``opts``) and write
     ``dst``; prints the report and raises ``ValueError`` (writing nothing) when it is incomplete."""
     from ..config import load_config
+    from ..data.metadata import check_head_fits_metadata
     from ..modeling.build import build_model
     from ..utils.cli import check_output_file
     from .zoo import differences_from_zoo_config
@@ -357,6 +358,7 @@ def convert_file(
     check_output_file(dst, "output", "model.pth", inputs=[src])
     source_state = load_detectron2_file(src)
     cfg = load_config(config_file, list(opts))
+    check_head_fits_metadata(cfg, config_file)
     warning = differences_from_zoo_config(src, cfg, opts)
     if warning:
         print(warning)

@@ -79,3 +79,24 @@ def config_class_metadata(cfg) -> dict | None:
         except (KeyError, ValueError):
             continue
     return None
+
+
+def check_head_fits_metadata(cfg, config_file: str) -> None:
+    """ValueError when the class metadata a converter would store (:func:`config_class_metadata`)
+    names another number of classes than the model's head predicts (``NUM_CLASSES``, less a void
+    channel): the file would contradict itself, and fail only when used."""
+    metadata = config_class_metadata(cfg)
+    if metadata is None:
+        return
+    sem = cfg.MODEL.SEM_SEG_HEAD
+    predicted = sem.NUM_CLASSES - int(sem.VOID_CLASS >= 0)
+    names = len(metadata["class_names"])
+    if names != predicted:
+        sets = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
+        raise ValueError(
+            f"{config_file}: its data set {sets[0]} has {names} classes but the model predicts "
+            f"{predicted} (MODEL.SEM_SEG_HEAD.NUM_CLASSES {sem.NUM_CLASSES}"
+            f"{', VOID_CLASS ' + str(sem.VOID_CLASS) if sem.VOID_CLASS >= 0 else ''}): the "
+            "converted file would name classes its head does not predict; use the config of the "
+            "checkpoint's data set (configs/cityscapes/... or configs/coco/...)"
+        )
