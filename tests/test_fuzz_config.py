@@ -35,6 +35,10 @@ CONFIG_CASES = [
     ("scales_reversed", None, ["INPUT.MIN_SCALE", "2.0", "INPUT.MAX_SCALE", "0.5"], "MIN_SCALE"),
     ("device_tpu", None, ["MODEL.DEVICE", "tpu"], "MODEL.DEVICE"),
     ("eval_period_negative", None, ["TEST.EVAL_PERIOD", "-1"], "TEST.EVAL_PERIOD"),
+    ("stuff_area_negative", None, ["MODEL.PANOPTIC_DEEPLAB.STUFF_AREA", "-5"], "STUFF_AREA"),
+    ("min_size_test_negative", None, ["INPUT.MIN_SIZE_TEST", "-3"], "INPUT.MIN_SIZE_TEST"),
+    ("tta_scales_empty", None, ["TEST.AUG.SCALES", "[]"], "TEST.AUG.SCALES"),
+    ("tta_scale_zero", None, ["TEST.AUG.SCALES", "[1.0, 0.0]"], "TEST.AUG.SCALES"),
     ("base_list", "_BASE_: [a.yaml]\n", [], "_BASE_"),
     ("base_missing", "_BASE_: missing.yaml\n", [], "missing.yaml"),
     ("base_cycle", "_BASE_: case.yaml\n", [], "cycle"),
@@ -132,3 +136,14 @@ def test_model_weights_refused_in_one_line(tmp_path, name, write, named):
     if name == "another_model":  # one line with the counts and the config it was saved with
         message = one_line(info.value)
         assert "differ in shape" in message and "configs/quickstart/synthetic_axial.yaml" in message
+
+
+def test_an_integer_for_a_float_key_is_that_float(tmp_path):
+    # CENTER_THRESHOLD 0 was refused ("expected a floating-point number, got 0"): 0 is 0.0.
+    cfg = load_config(QUICKSTART, ["MODEL.PANOPTIC_DEEPLAB.CENTER_THRESHOLD", "0"])
+    assert cfg.MODEL.PANOPTIC_DEEPLAB.CENTER_THRESHOLD == 0.0
+    path = tmp_path / "case.yaml"
+    path.write_text(f"_BASE_: {os.path.abspath(QUICKSTART)}\nSOLVER:\n  BASE_LR: 1\n")
+    assert isinstance(load_config(str(path)).SOLVER.BASE_LR, float)
+    with pytest.raises(ConfigError, match="SOLVER.MAX_ITER: expected an integer, got 1.5"):
+        load_config(QUICKSTART, ["SOLVER.MAX_ITER", "1.5"])  # not the other way round

@@ -119,3 +119,17 @@ def test_d2_tool_without_detectron2_prints_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("error: axial_deeplab.d2 needs detectron2")
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_negative_max_size_and_zero_workers_are_refused(capsys):
+    # An audit's --max-size -5 ran as if no limit was given; --workers 0 ran too.
+    from axial_deeplab.evaluation import panoptic
+
+    with pytest.raises(SystemExit):
+        infer_net.parse_args(["--weights", "w.pth", "--input", "x.png", "--output", "o",
+                              "--max-size", "-5"])  # fmt: skip
+    assert "--max-size: expected an integer >= 0, got '-5'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        panoptic.main(["--gt-json", "g.json", "--gt-dir", "g", "--pred-json", "p.json",
+                       "--pred-dir", "p", "--workers", "0"])  # fmt: skip
+    assert "--workers: expected an integer >= 1, got '0'" in capsys.readouterr().err

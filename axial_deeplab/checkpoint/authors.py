@@ -232,7 +232,7 @@ def _main(argv: list[str]) -> int:
     import argparse
 
     from ..modeling.backbone.variants import VARIANTS
-    from ..utils.cli import check_output_file
+    from ..utils.cli import add_debug_flag, check_output_file
     from .io import load_state_dict_file, save_atomic
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -241,6 +241,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--variant", required=True, choices=sorted(VARIANTS))
     parser.add_argument("--num-heads", type=int, default=8)
     parser.add_argument("--allow-partial", action="store_true", help="write despite mismatches")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     check_output_file(args.output, "output", "model.pth", inputs=[args.input])
     state = load_state_dict_file(args.input)

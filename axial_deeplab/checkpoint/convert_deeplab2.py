@@ -30,7 +30,7 @@ import torch
 from ..config import load_config
 from ..data.metadata import check_head_fits_metadata, config_class_metadata
 from ..modeling.build import build_model
-from ..utils.cli import run_cli
+from ..utils.cli import add_debug_flag, run_cli
 from .deeplab2 import better_zoo_models, deeplab2_entries, ignore_reason
 from .io import file_sha256, save_checkpoint_file
 from .mapping import ConversionReport, apply_mapping
@@ -98,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reader", choices=("auto", "tf", "builtin"), default="auto")
     parser.add_argument("--backbone-only", action="store_true", help="ImageNet encoder checkpoint")
     parser.add_argument("opts", nargs="*", default=[], help="config overrides KEY VALUE ...")
+    add_debug_flag(parser)
     return parser.parse_intermixed_args(argv)
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..utils.cli import one_line
+from ..utils.cli import add_debug_flag, one_line
 from .io import (
     DEEPLAB2_FILES,
     DEEPLAB2_HINT,
@@ -401,6 +401,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--config-file", required=True, help="our config of the same model")
     parser.add_argument("--verbose", action="store_true", help="print every name mapping")
     parser.add_argument("opts", nargs="*", help="config overrides, KEY VALUE pairs")
+    add_debug_flag(parser)
     args = parser.parse_intermixed_args(argv)
     convert_file(  # its errors: one line on stderr, "error: ...", exit status 1 (run_cli)
         args.input, args.output, config_file=args.config_file, opts=args.opts,

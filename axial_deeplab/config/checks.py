@@ -152,3 +152,8 @@ def _check_inputs_and_centres(cfg, input_formats: tuple[str, ...]) -> None:
             f"{cfg.INPUT.GAUSSIAN_SIGMA!r}"
         )
     _positive_int(cfg, "MODEL.PANOPTIC_DEEPLAB.TOP_K_INSTANCE")
+    for key in ("MODEL.PANOPTIC_DEEPLAB.STUFF_AREA", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST"):
+        _positive_int(cfg, key, minimum=0)
+    scales = list(cfg.TEST.AUG.SCALES)
+    if not scales or not all(isinstance(v, (int, float)) and v > 0 for v in scales):
+        raise ConfigError(f"TEST.AUG.SCALES must list scale factors > 0, got {scales}")

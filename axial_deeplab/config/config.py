@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -55,6 +55,7 @@ class CfgNode(_YacsNode):
     def merge_from_file(self, cfg_filename: str) -> None:
         """Merge a YAML file (and, first, the chain of ``_BASE_`` files it names) into this node."""
         data = _load_yaml_with_base(cfg_filename)
+        _ints_as_floats(data, self)
         try:
             self.merge_from_other_cfg(CfgNode(data))
         except (KeyError, ValueError, AssertionError, TypeError) as exc:
@@ -68,6 +69,10 @@ class CfgNode(_YacsNode):
             self._merge_override(key, value)
 
     def _merge_override(self, key: str, value: Any) -> None:
+        if _is_float(_lookup(self, key)):  # "0" for a float key means 0.0 (yacs refuses an int)
+            decoded = self._decode_cfg_value(value)
+            if isinstance(decoded, int) and not isinstance(decoded, bool):
+                value = float(decoded)
         try:
             super().merge_from_list([key, value])
         except TypeError:  # yacs walked into a value: "SOLVER.MAX_ITER.X"
@@ -120,6 +125,21 @@ def missing_key(exc: Exception) -> str | None:
 def _unknown_key(key: str) -> str:
     hint = suggest_key(key, flat_keys(get_cfg()))
     return f"unknown config key '{key}'{hint} (not in axial_deeplab/config/defaults.py)"
+
+
+def _is_float(value: Any) -> bool:
+    return isinstance(value, float)
+
+
+def _ints_as_floats(tree: dict, defaults: Mapping) -> None:
+    """In a loaded YAML mapping, integers given to keys whose default is a float become floats
+    (``CENTER_THRESHOLD: 0`` means 0.0; yacs would refuse the type), in place."""
+    for key, value in tree.items():
+        default = defaults.get(key) if isinstance(defaults, Mapping) else None
+        if isinstance(value, dict) and isinstance(default, Mapping):
+            _ints_as_floats(value, default)
+        elif _is_float(default) and isinstance(value, int) and not isinstance(value, bool):
+            tree[key] = float(value)
 
 
 def _lookup(tree: dict, key: str) -> Any:

@@ -36,6 +36,7 @@ from axial_deeplab.engine.launch import portable
 from axial_deeplab.engine.optim import build_lr_scheduler
 from axial_deeplab.engine.train_net import check_weights
 from axial_deeplab.layers.batch_norm import batch_norm_for_devices
+from axial_deeplab.utils.cli import add_debug_flag
 
 from .checkpoint import UNSAFE_FLAG, SafeDetectionCheckpointer
 from .config import load_config
@@ -141,6 +142,7 @@ def argument_parser() -> argparse.ArgumentParser:
     """detectron2's arguments (``--config-file``, ``--num-gpus``, ``--eval-only``, ``--resume``,
     ``opts``...) plus the synthetic data set."""
     parser = default_argument_parser()
+    add_debug_flag(parser)
     parser.add_argument(
         "--synthetic-dir",
         default="",

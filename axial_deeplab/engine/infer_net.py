@@ -36,7 +36,13 @@ from tqdm import tqdm
 from ..config import ConfigError
 from ..data.panoptic_io import write_panoptic_png
 from ..utils.atomic import write_json, write_rgb_png
-from ..utils.cli import add_debug_flag, check_output_folder, run_cli, sigterm_raises
+from ..utils.cli import (
+    add_debug_flag,
+    check_output_folder,
+    int_at_least,
+    run_cli,
+    sigterm_raises,
+)
 from ..utils.progress import progress
 from ..utils.visualize import compose, prediction_panels
 from .evaluate import VOID_LABEL
@@ -61,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--tta-flip", action="store_true", help="add horizontally flipped passes (TEST.AUG.FLIP)")
     add("--tta-scales", type=float, nargs="+", help="TTA input scales, e.g. 0.75 1.0 1.25")
     add("--amp", action="store_true", help="mixed precision: bf16 on CPUs, fp16 on GPUs (TEST.AMP)")
-    add("--max-size", type=int, default=0, help="shrink inputs whose long side exceeds this")
+    add("--max-size", type=int_at_least(0), default=0,
+        help="shrink inputs whose long side exceeds this (0: never)")  # fmt: skip
     add("--class-names", default="", metavar="FILE", help="JSON categories or text, one per line")
     add("--thing-ids", type=int, nargs="*", default=None, help="thing train ids (text names)")
     add("--save-frames", action="store_true", help="also write per-frame files for videos")

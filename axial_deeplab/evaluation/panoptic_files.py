@@ -266,6 +266,8 @@ def prepare_output(path: str) -> str | None:
 
 
 def cli(argv: list[str] | None = None) -> None:
+    from axial_deeplab.utils.cli import add_debug_flag, int_at_least
+
     command = os.path.basename(sys.argv[0])  # the installed axial-deeplab-eval-pq, or -m
     if not command.startswith("axial-deeplab"):
         command = "python -m axial_deeplab.evaluation.panoptic"
@@ -280,7 +282,10 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--output", help="write the results here as JSON (its missing folders are created)"
     )
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+    parser.add_argument(
+        "--workers", type=int_at_least(1), default=None, help="processes (default: all CPUs)"
+    )
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     problem = prepare_output(args.output) if args.output else None
     if problem:

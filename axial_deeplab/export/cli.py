@@ -17,7 +17,7 @@ from ..checkpoint.io import load_checkpoint_file
 from ..config import ConfigError, load_config
 from ..engine.evaluate import PostProcessing
 from ..engine.inference import BACKEND_OF_SUFFIX, as_metadata
-from ..utils.cli import check_output_file, run_cli
+from ..utils.cli import add_debug_flag, check_output_file, run_cli
 from .pipeline import PanopticPipeline, save_onnx, save_program
 
 FORMATS = {"torch-export": save_program, "onnx": save_onnx}
@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--format", required=True, choices=sorted(FORMATS), help="torch-export (.pt2) or onnx")
     add("--output", required=True, metavar="FILE", help="exported file to write")
     add("opts", nargs=argparse.REMAINDER, default=[], help="config overrides as KEY VALUE pairs")
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
