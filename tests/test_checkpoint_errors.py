@@ -168,3 +168,19 @@ def test_weights_with_nan_are_refused_naming_the_tensor(tmp_path):
     state["semantic_head.predictor.weight"][0] = 0.0  # the same file mended: loads
     save_atomic({"model": state}, path)
     assert load_model_weights(build_model(load_config(CONFIG)), str(path)) == "model"
+
+
+def test_a_truncated_checkpoint_is_named_so(tmp_path):
+    # An audit's half-copied checkpoint gave "[Errno 22] Invalid argument" or a miniz message.
+    from axial_deeplab.checkpoint.io import load_torch_file
+
+    whole = tmp_path / "whole.pth"
+    torch.save({"model": {"w": torch.zeros(20000)}}, whole)
+    data = whole.read_bytes()
+    for size in (len(data) // 2, len(data) - 30):
+        cut = tmp_path / f"cut{size}.pth"
+        cut.write_bytes(data[:size])
+        for mmap in (False, True):
+            with pytest.raises(ValueError, match=f"{cut} is truncated or corrupt"):
+                load_torch_file(cut, mmap=mmap)
+    assert load_torch_file(whole, mmap=True)["model"]["w"].shape == (20000,)

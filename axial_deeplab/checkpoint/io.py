@@ -225,6 +225,11 @@ def opens_like_torch_file(path: str) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
+def _starts_as_zip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def load_torch_file(path: str | os.PathLike, *, mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; a missing file, or one that is not a
     weights-only torch file, raises naming it (and the converter to run, for downloads).
@@ -244,6 +249,11 @@ def load_torch_file(path: str | os.PathLike, *, mmap: bool = False) -> Any:
         raise ValueError(
             f"{path} is not a PyTorch checkpoint (neither the zip archive torch.save writes nor "
             f"a pickle){_convert_first_hint(path)}"
+        )
+    if _starts_as_zip(path) and not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is truncated or corrupt (an interrupted download or copy?): it starts as "
+            "the zip archive torch.save writes but its end (the central directory) is missing"
         )
     try:
         with warnings.catch_warnings():
