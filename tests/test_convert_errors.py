@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from axial_deeplab.checkpoint import detectron2 as cd2
@@ -159,3 +160,38 @@ def test_converters_refuse_class_names_their_head_does_not_predict(tmp_path):
         str(failed.value)
     )
     assert not (tmp_path / "o.pth").exists()
+
+
+def test_checkpoints_of_another_kind_are_named(tmp_path):
+    # An audit's mistakes blamed the config or the path instead of saying what the file is.
+    from axial_deeplab.checkpoint.io import save_checkpoint_file
+
+    ours = tmp_path / "ours.pth"
+    save_checkpoint_file(ours, {"w": torch.zeros(1)}, config="MODEL:\n  DEVICE: cpu\n")
+    for main, argv in (
+        (cd2.main, [str(ours), str(tmp_path / "o.pth"), "--config-file", D2_CONFIG]),
+        (authors_main, [str(ours), str(tmp_path / "o.pth"), "--variant", "axial26s"]),
+    ):
+        with pytest.raises(SystemExit, match="is already a checkpoint of this toolkit"):
+            main(argv)
+    with pytest.raises(SystemExit, match="a PyTorch file is no deeplab2 checkpoint: convert "):
+        convert_deeplab2_main([str(D2_PKL), str(tmp_path / "o.pth"), "--config-file",
+                               DEEPLAB2_CONFIG])  # fmt: skip
+    # --backbone-only misused, either way (the report's shape, as a tiny fixture gives it)
+    from argparse import Namespace
+
+    from axial_deeplab.checkpoint.convert_deeplab2 import _kind_hint
+    from axial_deeplab.checkpoint.mapping import ConversionReport
+
+    heads = ConversionReport(missing=["semantic_head.predictor.weight", "center_head.0.weight"])
+    assert "an ImageNet encoder? pass --backbone-only" in _kind_hint(
+        Namespace(backbone_only=False), heads
+    )
+    whole = ConversionReport(unused=["decoder/aspp/conv/kernel"])
+    assert "convert it without --backbone-only" in _kind_hint(Namespace(backbone_only=True), whole)
+    both = ConversionReport(unused=["x"], missing=["backbone.stem.0.weight"])
+    assert _kind_hint(Namespace(backbone_only=False), both) == ""  # another model: no guess
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(ours.read_bytes()[:200])
+    with pytest.raises(SystemExit, match="is truncated or corrupt"):
+        cd2.main([str(cut), str(tmp_path / "o.pth"), "--config-file", D2_CONFIG])

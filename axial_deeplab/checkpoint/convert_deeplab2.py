@@ -158,11 +158,25 @@ def failure_line(
         f"conversion of {args.checkpoint} failed: {report.summary()}: the config "
         f"{args.config_file} does not fit this checkpoint"
     )
+    kind = _kind_hint(args, report)
+    if kind:
+        return f"{line}; {kind}"
     shapes = {name: np.shape(value) for name, value in variables.items()}
     better = [m.config for m in better_zoo_models(shapes, cfg, backbone_only=args.backbone_only)]
     if not better:
         return line
     return f"{line}; its variables look like those of {' or '.join(better)}: use that --config-file"
+
+
+def _kind_hint(args: argparse.Namespace, report: ConversionReport) -> str:
+    """What the failure says of the checkpoint's kind when ``--backbone-only`` seems misused:
+    an encoder that fills the backbone exactly, or a whole model given as an encoder."""
+    only_heads = report.missing and all(not m.startswith("backbone.") for m in report.missing)
+    if not args.backbone_only and only_heads and not report.unused and not report.shape_errors:
+        return "it fills the backbone only: an ImageNet encoder? pass --backbone-only"
+    if args.backbone_only and report.unused and not report.missing and not report.shape_errors:
+        return "it holds more than an encoder (decoders, heads): convert it without --backbone-only"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

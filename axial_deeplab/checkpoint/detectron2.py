@@ -46,7 +46,9 @@ from .io import (
     DEEPLAB2_FILES,
     DEEPLAB2_HINT,
     file_sha256,
+    is_our_checkpoint,
     opens_like_torch_file,
+    truncated_zip,
     weights_only_reason,
 )
 from .mapping import ConversionReport, Entry, apply_mapping
@@ -142,6 +144,9 @@ def _read_object(path: str) -> object:
         )
         raise _not_detectron2(path, reason, error=pickle.UnpicklingError) from None
     except Exception as exc:  # noqa: BLE001 - truncated torch file: name the file
+        if truncated_zip(path):
+            raise _not_detectron2(path, "it is truncated or corrupt (an interrupted download or "
+                                  "copy?): its zip archive has no end") from None  # fmt: skip
         raise _not_detectron2(path, f"torch cannot read it ({one_line(exc)})") from None
 
 
@@ -151,6 +156,11 @@ def load_detectron2_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     obj = _read_object(path)
+    if is_our_checkpoint(obj):
+        raise ValueError(
+            f"{path} is already a checkpoint of this toolkit (it stores its config): use it as it "
+            "is (MODEL.WEIGHTS, --weights); there is nothing to convert"
+        )
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping):

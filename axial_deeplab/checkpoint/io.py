@@ -225,9 +225,15 @@ def opens_like_torch_file(path: str) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
-def _starts_as_zip(path: str) -> bool:
+def truncated_zip(path: str) -> bool:
+    """Whether ``path`` starts as a zip archive (``torch.save``'s format) but has no end."""
     with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
+        return f.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+
+
+def is_our_checkpoint(obj: Any) -> bool:
+    """Whether a loaded file is a checkpoint this toolkit wrote (weights with their config)."""
+    return isinstance(obj, Mapping) and "format_version" in obj and "model" in obj
 
 
 def load_torch_file(path: str | os.PathLike, *, mmap: bool = False) -> Any:
@@ -250,7 +256,7 @@ def load_torch_file(path: str | os.PathLike, *, mmap: bool = False) -> Any:
             f"{path} is not a PyTorch checkpoint (neither the zip archive torch.save writes nor "
             f"a pickle){_convert_first_hint(path)}"
         )
-    if _starts_as_zip(path) and not zipfile.is_zipfile(path):
+    if truncated_zip(path):
         raise ValueError(
             f"{path} is truncated or corrupt (an interrupted download or copy?): it starts as "
             "the zip archive torch.save writes but its end (the central directory) is missing"

@@ -424,5 +424,10 @@ def resolve_checkpoint(path: str | os.PathLike, work_dir: str) -> str:
     prefix = _SHARD.sub("", path)
     if not os.path.isfile(prefix + ".index"):
         what = f"a checkpoint prefix with {prefix}.index, a folder or a .tar/.tar.gz/.tgz"
+        if path.endswith((".pkl", ".pth", ".pt")) and os.path.isfile(path):
+            what += (
+                "; a PyTorch file is no deeplab2 checkpoint: convert detectron2's with "
+                "tools/convert_detectron2.py, and use ours as they are"
+            )
         raise FileNotFoundError(f"{path}: expected {what}")
     return prefix
