@@ -184,3 +184,26 @@ def test_a_truncated_checkpoint_is_named_so(tmp_path):
             with pytest.raises(ValueError, match=f"{cut} is truncated or corrupt"):
                 load_torch_file(cut, mmap=mmap)
     assert load_torch_file(whole, mmap=True)["model"]["w"].shape == (20000,)
+
+
+def test_mismatch_hint_comes_first_and_only_when_it_says_something(tmp_path):
+    # An audit's 600-character message lost its hint (at the end) to the cut; and a file whose
+    # own stored config was in use got a hint about that config.
+    from axial_deeplab.checkpoint.io import save_checkpoint_file
+    from axial_deeplab.engine.build import load_model_weights
+
+    cfg = load_config(CONFIG)
+    state = build_model(cfg).state_dict()
+    state["extra.weight"] = torch.zeros(3)
+    path = tmp_path / "extra.pth"
+    save_checkpoint_file(path, state, config=cfg)
+    with pytest.raises(ValueError) as failed:
+        load_model_weights(build_model(cfg), str(path), cfg=cfg)
+    assert str(failed.value).startswith(f"{path}: weights do not fit the model: ")
+    nine = load_config(CONFIG, ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "9"])
+    with pytest.raises(ValueError) as failed:
+        load_model_weights(build_model(nine), str(path), cfg=nine)
+    assert str(failed.value).startswith(
+        f"{path}: weights do not fit the model; it was saved with the model of "
+        "configs/quickstart/synthetic_axial.yaml: "
+    )

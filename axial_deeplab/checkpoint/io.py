@@ -24,7 +24,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -382,6 +382,7 @@ def load_weights(
     *,
     whole: bool = False,
     state: Mapping[str, torch.Tensor] | None = None,
+    hint: Callable[[], str] | None = None,
 ) -> str:
     """Load ``MODEL.WEIGHTS`` into ``model`` strictly: a whole model, or, when every key lies
     under ``backbone.`` (a converted ImageNet checkpoint), its backbone only (the decoders and
@@ -390,7 +391,8 @@ def load_weights(
 
     ``whole``: the model must get all its weights (inference, evaluation, export): a
     backbone-only file raises ``BackboneOnlyError``, before anything is loaded. ``state``: the
-    file's state dict when already read (``path`` then only names it)."""
+    file's state dict when already read (``path`` then only names it). ``hint()``: said of the
+    file before the (long, maybe shortened) list of mismatches."""
     state = load_state_dict_file(path) if state is None else state
     check_finite(state, os.fspath(path))
     prefix = "backbone."
@@ -406,13 +408,19 @@ def load_weights(
             model.backbone.load_state_dict(sub)
         except RuntimeError:
             detail = describe_mismatch(model.backbone, sub)
-            raise ValueError(f"{os.fspath(path)}: backbone weights do not fit: {detail}") from None
+            said = hint() if hint else ""
+            raise ValueError(
+                f"{os.fspath(path)}: backbone weights do not fit{said}: {detail}"
+            ) from None
         return "backbone"
     try:
         model.load_state_dict(state)
     except RuntimeError:
         detail = describe_mismatch(model, state)
-        raise ValueError(f"{os.fspath(path)}: weights do not fit the model: {detail}") from None
+        said = hint() if hint else ""
+        raise ValueError(
+            f"{os.fspath(path)}: weights do not fit the model{said}: {detail}"
+        ) from None
     return "model"
 
 

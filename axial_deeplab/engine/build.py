@@ -12,6 +12,7 @@ from torch import nn
 
 from ..checkpoint.io import checkpoint_entries
 from ..config import ConfigError
+from ..config.checks import differing_model_keys
 from ..data.build import (
     build_catalog,
     build_test_dataset,
@@ -62,17 +63,17 @@ def build_target_generator(cfg, thing_ids) -> PanopticTargetGenerator:
     )
 
 
-def load_model_weights(model: nn.Module, weights: str, *, whole: bool = False, state=None) -> str:
-    """``checkpoint.io.load_weights``, its error completed by the config the file was saved with
-    (``matching_config_hint``) when the weights do not fit."""
-    from ..checkpoint.io import BackboneOnlyError, DamagedWeightsError, load_weights
+def load_model_weights(
+    model: nn.Module, weights: str, *, whole: bool = False, state=None, cfg=None
+) -> str:
+    """``checkpoint.io.load_weights``, its error saying first which config the file was saved
+    with (``matching_config_hint``) when the weights do not fit, unless that is ``cfg``'s
+    model (the one in use: then the hint would say nothing)."""
+    from ..checkpoint.io import load_weights
 
-    try:
-        return load_weights(model, weights, whole=whole, state=state)
-    except (BackboneOnlyError, DamagedWeightsError):
-        raise
-    except ValueError as exc:
-        raise ValueError(f"{exc}{matching_config_hint(weights)}") from None
+    return load_weights(
+        model, weights, whole=whole, state=state, hint=lambda: matching_config_hint(weights, cfg)
+    )
 
 
 def prepare_model(cfg, device: torch.device, *, whole: bool = False) -> nn.Module:
@@ -81,7 +82,7 @@ def prepare_model(cfg, device: torch.device, *, whole: bool = False) -> nn.Modul
     SyncBN on GPUs (on CPUs, SyncBN of the config falls back to BN: ``batch_norm_for_devices``)."""
     model = build_model(cfg).to(device)
     if cfg.MODEL.WEIGHTS:
-        loaded = load_model_weights(model, cfg.MODEL.WEIGHTS, whole=whole)
+        loaded = load_model_weights(model, cfg.MODEL.WEIGHTS, whole=whole, cfg=cfg)
         if loaded == "backbone":
             print(f"loaded backbone weights from {cfg.MODEL.WEIGHTS}; decoders and heads are new")
     if is_distributed():
@@ -142,10 +143,10 @@ def check_num_classes(cfg, metadata, name: str, *, training: bool = False) -> No
         )
 
 
-def matching_config_hint(weights: str) -> str:
+def matching_config_hint(weights: str, cfg=None) -> str:
     """``"; it was saved with the model of configs/X.yaml"`` when the config stored in the
     checkpoint ``weights`` has the ``MODEL`` section of files in ``configs/`` (else the stored
-    backbone variant, else ``""``)."""
+    backbone variant, else ``""``); ``""`` too when that is the ``MODEL`` section of ``cfg``."""
     import glob
 
     import yaml
@@ -160,6 +161,8 @@ def matching_config_hint(weights: str) -> str:
         return ""
     if not isinstance(model, dict):
         return ""
+    if cfg is not None and not differing_model_keys({"MODEL": model}, cfg):
+        return ""  # the config in use is the stored one
     ignore = ("WEIGHTS", "DEVICE")
     wanted = {k: v for k, v in model.items() if k not in ignore}
     root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")

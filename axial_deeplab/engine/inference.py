@@ -371,7 +371,7 @@ def build_predictor(
 
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        load_model_weights(model, cfg.MODEL.WEIGHTS, whole=True)
+        load_model_weights(model, cfg.MODEL.WEIGHTS, whole=True, cfg=cfg)
     return Predictor(
         model,
         metadata=metadata,

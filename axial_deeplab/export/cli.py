@@ -55,7 +55,7 @@ def build_pipeline(weights: str, config_file: str = "", opts=()) -> PanopticPipe
     if cfg.TEST.AMP:
         print("note: TEST.AMP is not applied to exported graphs: they compute in float32")
     model = build_model(cfg)
-    load_model_weights(model, weights, whole=True, state=stored.state_dict)
+    load_model_weights(model, weights, whole=True, state=stored.state_dict, cfg=cfg)
     if stored.metadata is not None:
         metadata = as_metadata(stored.metadata)
     else:
