@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     gt_fine = os.path.join(dataset_root(args.root), "cityscapes", "gtFine")
     if not os.path.isdir(gt_fine):
         raise SystemExit(f"not found: {gt_fine} (unpack gtFine_trainvaltest.zip under cityscapes/)")
+    missing = [s for s in args.splits if not os.path.isdir(os.path.join(gt_fine, s))]
+    if missing:  # checked before converting any (cityscapesscripts exits at the missing one)
+        raise SystemExit(
+            f"error: no {', '.join(missing)} folder in {gt_fine}: pass --splits with the splits "
+            f"you have ({', '.join(sorted(d for d in os.listdir(gt_fine) if not d.startswith('.') and os.path.isdir(os.path.join(gt_fine, d)))) or 'none'})"
+        )
     convert2panoptic(
         cityscapesPath=gt_fine, outputFolder=gt_fine, useTrainId=args.use_train_id,
         setNames=args.splits,

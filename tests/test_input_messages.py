@@ -133,3 +133,18 @@ def test_negative_max_size_and_zero_workers_are_refused(capsys):
         panoptic.main(["--gt-json", "g.json", "--gt-dir", "g", "--pred-json", "p.json",
                        "--pred-dir", "p", "--workers", "0"])  # fmt: skip
     assert "--workers: expected an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_a_folder_of_gifs_and_a_folder_as_config(tmp_path):
+    # A single GIF was read but a folder of GIFs "held no image files"; a folder given as
+    # --config-file was "not found".
+    from PIL import Image
+
+    from axial_deeplab.config import load_config
+    from axial_deeplab.engine.inputs import expand_inputs, read_image
+
+    Image.new("RGB", (8, 6), (200, 10, 10)).save(tmp_path / "a.gif")
+    (item,) = expand_inputs([str(tmp_path)])
+    assert item.kind == "image" and read_image(item.path).shape == (6, 8, 3)
+    with pytest.raises(ConfigError, match=f"config file {tmp_path} is a folder: give one of its"):
+        load_config(str(tmp_path))

@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         variables, reader = read_variables(prefix, args.reader)
         state, report = convert(variables, model, backbone_only=args.backbone_only)
         index_sha = file_sha256(prefix + ".index")
-    print(f"read {len(variables)} variables from {args.checkpoint} ({reader} reader)")
+    which = os.path.basename(prefix)  # the ckpt-N a folder's 'checkpoint' file (or the last) names
+    print(f"read {len(variables)} variables from {args.checkpoint} ({which}, {reader} reader)")
     print("\n".join(report.lines()))
     if not report.ok:
         raise SystemExit(failure_line(args, cfg, variables, report))

@@ -154,6 +154,8 @@ def _load_yaml_with_base(filename: str, _seen: tuple[str, ...] = ()) -> dict:
     the files that led here (the last one names ``filename`` as its ``_BASE_``)."""
     if not os.path.isfile(filename):
         of = f" (the {BASE_KEY} of {_seen[-1]})" if _seen else ""
+        if os.path.isdir(filename):
+            raise ConfigError(f"config file {filename}{of} is a folder: give one of its YAML files")
         raise ConfigError(f"config file not found: {filename}{of}")
     path = os.path.abspath(filename)
     if path in _seen:
