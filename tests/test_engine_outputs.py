@@ -87,14 +87,14 @@ def _no_temp_files(folder: str) -> None:
 def test_eval_only_coco_predictions_score_as_in_memory(trained, monkeypatch):
     out = str(trained["root"] / "eval_coco")
     weights = os.path.join(trained["out"], "model_0000020.pth")
-    reads = []  # the checkpoint is read whole once; its config and classes are read mapped
+    reads = []  # read whole once; its stored config (the --config-file notice) and classes mapped
     load = torch.load
     monkeypatch.setattr(
         torch, "load", lambda f, *a, **k: reads.append(k.get("mmap")) or load(f, *a, **k)
     )
     metrics = _run(*trained["common"], "OUTPUT_DIR", out, "MODEL.WEIGHTS", weights,
                    "DATASETS.TEST", "('synth_val',)", "TEST.SAVE_PREDICTIONS", "True", eval_only=True)  # fmt: skip
-    assert sorted(reads, key=bool) == [False, True], reads
+    assert reads.count(False) == 1 and len(reads) <= 3, reads  # whole once, the rest mapped
     folder = os.path.join(out, "inference")
     with open(os.path.join(folder, "panoptic.json"), encoding="utf-8") as f:
         pred = json.load(f)
