@@ -112,6 +112,12 @@ def test_http_api(url):
         response = connection.getresponse()
         assert response.status == 400 and said in json.load(response)["error"], headers
         connection.close()
+    # a GET of the POST endpoint is a 405 naming the method; a sample comes with its type
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{url}/api/predict")
+    assert err.value.code == 405 and err.value.headers["Allow"] == "POST"
+    sample = urllib.request.urlopen(f"{url}/api/sample/{info['samples'][0]}")
+    assert sample.headers["Content-Type"] == "image/jpeg"
 
 
 def test_http_api_refuses_bombs_and_answers_every_failure(url, model):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import mimetypes
 import socket
 import traceback
 from http import HTTPStatus
@@ -118,8 +119,17 @@ def make_handler(model: DemoModel) -> type[BaseHTTPRequestHandler]:
             elif path == "/favicon.ico":
                 self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
             elif path.startswith("/api/sample/") and unquote(path[12:]) in model.samples:
-                data = model.samples[unquote(path[12:])].read_bytes()
-                self._send(HTTPStatus.OK, data, "application/octet-stream")
+                sample = model.samples[unquote(path[12:])]
+                kind = mimetypes.guess_type(sample.name)[0] or "application/octet-stream"
+                self._send(HTTPStatus.OK, sample.read_bytes(), kind)
+            elif path == "/api/predict":  # a POST endpoint
+                self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
+                body = json.dumps({"error": "POST the photo's bytes to /api/predict"}).encode()
+                self.send_header("Allow", "POST")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
             else:
                 self._json({"error": f"not found: {path}"}, HTTPStatus.NOT_FOUND)
 
