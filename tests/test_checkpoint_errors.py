@@ -142,8 +142,9 @@ def test_published_file_with_another_config_warns():
     os32 = load_config(str(ROOT / "configs" / "coco" / "deeplab2" / "resnet50_os32.yaml"))
     warning = differences_from_zoo_config(download, os32)
     assert "resnet50_os16_coco" in warning and "OUTPUT_STRIDE 32 (there: 16)" in warning
-    unpacked = "/x/resnet50_os16_panoptic_deeplab_coco_train/ckpt-0"
-    assert differences_from_zoo_config(unpacked, os32) == warning.replace(download, unpacked)
+    for name in ("ckpt-0", "ckpt-0.index", "ckpt-0.data-00000-of-00001"):  # each file it takes
+        unpacked = f"/x/resnet50_os16_panoptic_deeplab_coco_train/{name}"
+        assert differences_from_zoo_config(unpacked, os32) == warning.replace(download, unpacked)
     os16 = load_config(str(ROOT / "configs" / "coco" / "deeplab2" / "resnet50_os16.yaml"))
     assert differences_from_zoo_config(download, os16) == ""
     assert differences_from_zoo_config("/downloads/my_model.tar.gz", os32) == ""

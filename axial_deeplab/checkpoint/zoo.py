@@ -164,7 +164,7 @@ def zoo_model_of_file(path: str | os.PathLike) -> ZooModel | None:
     ``.pkl``, the folder it unpacks to, or a ``ckpt-N`` prefix in that folder; else None."""
     path = os.path.normpath(os.fspath(path))
     name = os.path.basename(path)
-    if re.fullmatch(r"ckpt-\d+(\.index)?", name):
+    if re.fullmatch(r"ckpt-\d+(\.index|\.data-\d{5}-of-\d{5})?", name):
         name = os.path.basename(os.path.dirname(path))
     for model in ZOO + DETECTRON2:
         download = os.path.basename(model.url)
