@@ -80,7 +80,8 @@ def test_heatmap_marks_centres_at_their_pixels_and_tile_shapes():
 
 
 def test_heatmap_scale_moves_off_the_centres():
-    """The colour bar takes the first corner without a centre, and every cross stays visible."""
+    """The colour bar takes the first corner without a centre (nor a cross reaching into it),
+    and every cross stays visible."""
     zero = np.zeros((128, 128))
 
     def red(picture: np.ndarray) -> np.ndarray:
@@ -101,6 +102,10 @@ def test_heatmap_scale_moves_off_the_centres():
     assert corner_of_bar(pic) == (True, True)
     for y, x in everywhere:
         assert np.array_equal(pic[y, x], [255, 255, 255]), (y, x)
+    # a cross just outside the box still reaches into it (an audit's "1" read "1+"): the bar
+    # moves on (the box of the top-right corner starts at x 82 here; the cross reaches 4 px)
+    near = np.array([[10, 80]])
+    assert corner_of_bar(heatmap(zero, centers=near)) == (True, False)
 
 
 def test_labels_never_overlap():

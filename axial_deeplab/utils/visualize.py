@@ -196,10 +196,15 @@ def heatmap(center: np.ndarray, centers: np.ndarray | None = None, *, scale: boo
     height, width = out.shape[:2]
     if scale and height >= 96 and width >= 96:
         _color_bar(out, points)
-    size = max(7, min(out.shape[:2]) // 30)
+    size = _marker_size(out.shape)
     for y, x in points:
         cv2.drawMarker(out, (int(x), int(y)), (255, 255, 255), cv2.MARKER_CROSS, size, 2)
     return out
+
+
+def _marker_size(shape: tuple[int, ...]) -> int:
+    """The size of :func:`heatmap`'s centre crosses, in pixels."""
+    return max(7, min(shape[:2]) // 30)
 
 
 def _color_bar(out: np.ndarray, points: np.ndarray) -> None:
@@ -213,10 +218,13 @@ def _color_bar(out: np.ndarray, points: np.ndarray) -> None:
     corners = [(width - 2 - box_w, 2), (2, 2), (width - 2 - box_w, height - 2 - box_h),
                (2, height - 2 - box_h)]  # fmt: skip
 
+    reach = _marker_size(out.shape) // 2 + 1  # a cross near the box reaches into it
+
     def inside(corner: tuple[int, int]) -> int:
         bx, by = corner
         ys, xs = points[:, 0], points[:, 1]
-        return int(((xs >= bx) & (xs < bx + box_w) & (ys >= by) & (ys < by + box_h)).sum())
+        x_in = (xs >= bx - reach) & (xs < bx + box_w + reach)
+        return int((x_in & (ys >= by - reach) & (ys < by + box_h + reach)).sum())
 
     bx, by = min(corners, key=inside)  # the first of the emptiest
     _backing(out, (bx, by, bx + box_w, by + box_h))
