@@ -62,12 +62,17 @@ def test_training_refuses_a_test_set_ordered_differently():
         build_trainer(cfg, torch.device("cpu"), catalog)
 
 
-def test_eval_only_refuses_a_checkpoint_ordered_differently(tmp_path, capsys):
+def _eval_config(tmp_path):
+    """An --eval-only config on 'mine_val' whose weights store CATEGORIES (things 0 and 1)."""
     weights = str(tmp_path / "model.pth")
     names = [c["name"] for c in CATEGORIES]
     metadata = {"class_names": names, "thing_ids": [0, 1], "label_divisor": 1000}
     save_checkpoint_file(weights, {}, metadata=metadata)
-    cfg = load_config(CONFIG, ["DATASETS.TEST", "('mine_val',)", "MODEL.WEIGHTS", weights])
+    return load_config(CONFIG, ["DATASETS.TEST", "('mine_val',)", "MODEL.WEIGHTS", weights])
+
+
+def test_eval_only_refuses_a_checkpoint_ordered_differently(tmp_path, capsys):
+    cfg = _eval_config(tmp_path)
     same = _Catalog(mine_val=_meta("mine_val", CATEGORIES))
     train_net.check_checkpoint_classes(cfg, same)
     assert capsys.readouterr().out == ""
@@ -83,11 +88,7 @@ def test_eval_only_refuses_a_checkpoint_ordered_differently(tmp_path, capsys):
 def test_eval_only_notes_thing_classes_that_the_data_set_marks_as_stuff(tmp_path, capsys):
     # An audit's case: the same weights scored 0 or 1 person segments per image as the data set
     # marked person a thing or stuff, without a word.
-    weights = str(tmp_path / "model.pth")
-    names = [c["name"] for c in CATEGORIES]
-    metadata = {"class_names": names, "thing_ids": [0, 1], "label_divisor": 1000}
-    save_checkpoint_file(weights, {}, metadata=metadata)
-    cfg = load_config(CONFIG, ["DATASETS.TEST", "('mine_val',)", "MODEL.WEIGHTS", weights])
+    cfg = _eval_config(tmp_path)
     train_net.check_checkpoint_classes(cfg, _Catalog(mine_val=_meta("mine_val", CATEGORIES)))
     assert capsys.readouterr().out == ""
     stuff_ball = [{**c, "isthing": 0} if c["name"] == "ball" else c for c in CATEGORIES]
