@@ -276,6 +276,7 @@ def test_infer_backends_write_the_same_files(exported, synthetic, tmp_path):
 
 
 def test_exported_backend_refuses_model_options(exported, tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((40, 40, 3), np.uint8))  # inputs come first
     argv = ["--weights", str(exported["dir"] / "m.onnx"), "--input", str(tmp_path), "--output",
             str(tmp_path / "o"), "--backend", "onnxruntime", "--tta-flip"]  # fmt: skip
     with pytest.raises(SystemExit, match="--tta-flip"):
