@@ -233,7 +233,7 @@ def _main(argv: list[str]) -> int:
 
     from ..modeling.backbone.variants import VARIANTS
     from ..utils.cli import add_debug_flag, check_output_file
-    from .io import is_our_checkpoint, load_torch_file, save_atomic
+    from .io import load_torch_file, refuse_our_checkpoint, save_atomic
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("input", help="the authors' checkpoint (state dict, maybe wrapped)")
@@ -245,11 +245,7 @@ def _main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     check_output_file(args.output, "output", "model.pth", inputs=[args.input])
     state = load_torch_file(args.input)
-    if is_our_checkpoint(state):
-        raise ValueError(
-            f"{args.input} is already a checkpoint of this toolkit (it stores its config): use it "
-            "as it is (MODEL.WEIGHTS, --weights); there is nothing to convert"
-        )
+    refuse_our_checkpoint(state, args.input)
     if not isinstance(state, Mapping):
         raise ValueError(f"{args.input}: expected a state dict, got {type(state).__name__}")
     converted, report = convert_authors_state_dict(

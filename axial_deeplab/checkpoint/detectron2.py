@@ -46,8 +46,8 @@ from .io import (
     DEEPLAB2_FILES,
     DEEPLAB2_HINT,
     file_sha256,
-    is_our_checkpoint,
     opens_like_torch_file,
+    refuse_our_checkpoint,
     truncated_zip,
     weights_only_reason,
 )
@@ -156,11 +156,7 @@ def load_detectron2_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     obj = _read_object(path)
-    if is_our_checkpoint(obj):
-        raise ValueError(
-            f"{path} is already a checkpoint of this toolkit (it stores its config): use it as it "
-            "is (MODEL.WEIGHTS, --weights); there is nothing to convert"
-        )
+    refuse_our_checkpoint(obj, path)
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping):

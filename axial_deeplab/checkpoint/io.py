@@ -231,9 +231,14 @@ def truncated_zip(path: str) -> bool:
         return f.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
 
 
-def is_our_checkpoint(obj: Any) -> bool:
-    """Whether a loaded file is a checkpoint this toolkit wrote (weights with their config)."""
-    return isinstance(obj, Mapping) and "format_version" in obj and "model" in obj
+def refuse_our_checkpoint(obj: Any, path: str) -> None:
+    """ValueError when ``obj``, loaded from ``path`` by a converter, is a checkpoint this toolkit
+    wrote (weights with their config): there is nothing to convert."""
+    if isinstance(obj, Mapping) and "format_version" in obj and "model" in obj:
+        raise ValueError(
+            f"{path} is already a checkpoint of this toolkit (it stores its config): use it as it "
+            "is (MODEL.WEIGHTS, --weights); there is nothing to convert"
+        )
 
 
 def load_torch_file(path: str | os.PathLike, *, mmap: bool = False) -> Any:

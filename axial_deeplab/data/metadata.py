@@ -88,8 +88,10 @@ def check_head_fits_metadata(cfg, config_file: str) -> None:
     metadata = config_class_metadata(cfg)
     if metadata is None:
         return
+    from ..engine.class_names import named_classes
+
     sem = cfg.MODEL.SEM_SEG_HEAD
-    predicted = sem.NUM_CLASSES - int(sem.VOID_CLASS >= 0)
+    predicted = named_classes(cfg)
     names = len(metadata["class_names"])
     if names != predicted:
         sets = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)

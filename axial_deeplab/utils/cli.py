@@ -72,11 +72,17 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def check_output_folder(path: str, flag: str) -> None:
-    """The folder ``path`` given with ``flag`` must exist or be creatable (no file in the way)."""
+def _nearest_existing(path: str) -> str:
+    """``path`` made absolute, or its nearest ancestor that exists (where missing folders go)."""
     existing = os.path.abspath(path)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
+    return existing
+
+
+def check_output_folder(path: str, flag: str) -> None:
+    """The folder ``path`` given with ``flag`` must exist or be creatable (no file in the way)."""
+    existing = _nearest_existing(path)
     if not os.path.isdir(existing):
         where = "is" if existing == os.path.abspath(path) else f"lies under {existing}, which is"
         raise NotADirectoryError(f"{flag} {path} {where} a file; {flag} must be a folder")
@@ -101,9 +107,7 @@ def check_output_file(
                 f"{flag} {path} is the input {source}: writing it would destroy the input; "
                 "give another file"
             )
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):  # the nearest existing folder, where missing ones go
-        folder = os.path.dirname(folder)
+    folder = _nearest_existing(os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(folder):
         raise NotADirectoryError(f"{flag} {path}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK):
