@@ -1,6 +1,7 @@
-"""Reading panoptic PNGs as runs: equal to a plain decode for every PNG filter, on both paths, and
-on randomly damaged files (a differential fuzz test against libpng, through OpenCV); the full
-decoder ``read_panoptic_png`` too."""
+"""Reading panoptic PNGs as runs: equal to a plain decode for every PNG filter, on every path (the
+compiled reader; numpy's fast path and its full decode), and on randomly damaged files (a
+differential fuzz test against libpng, through OpenCV); the full decoder ``read_panoptic_png``
+too."""
 
 from __future__ import annotations
 
@@ -27,6 +28,23 @@ from axial_deeplab.evaluation.runs import (
 from axial_deeplab.evaluation.synthetic import synthetic_categories, synthetic_ground_truth
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def reader_kind(request, monkeypatch) -> str:
+    """Runs the test with the compiled reader (``_png_runs.c``), then with the numpy path that
+    replaces it where no C compiler was found at install."""
+    if request.param == "compiled":
+        assert runs_module._png_runs is not None, "the compiled PNG reader was not built"
+    else:
+        monkeypatch.setattr(runs_module, "_png_runs", None)
+    return request.param
+
+
+def test_the_compiled_reader_is_built():
+    # setup.py builds it at install (optional there, so that an install without a C compiler
+    # still works); where the project is set up with `make setup`, it must exist.
+    assert runs_module._png_runs is not None, "run `make setup` (a C compiler is needed)"
 
 
 def _expand(runs) -> np.ndarray:
@@ -56,7 +74,7 @@ def _scene(seed: int, height: int = 61, width: int = 83) -> np.ndarray:
 
 @pytest.mark.parametrize("strategy", [0, 1, 2, 3, 4])  # zlib strategies -> different filters
 @pytest.mark.parametrize("alpha", [False, True])
-def test_opencv_written_pngs(tmp_path, monkeypatch, strategy, alpha):
+def test_opencv_written_pngs(reader_kind, tmp_path, monkeypatch, strategy, alpha):
     ids = _scene(strategy)
     rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
     pixels = rgb[..., ::-1]
@@ -70,25 +88,31 @@ def test_opencv_written_pngs(tmp_path, monkeypatch, strategy, alpha):
 
 
 @pytest.mark.parametrize("alpha", [False, True])
-def test_pil_written_pngs_with_paeth_rows_fall_back(tmp_path, alpha):
+def test_pil_written_pngs(reader_kind, tmp_path, monkeypatch, alpha):
     ids = _scene(5)
     rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
     if alpha:  # ignored, as by the COCO API's rgb2id
         rgb = np.dstack([rgb, (ids * 7 % 256).astype(np.uint8)])
     Image.fromarray(rgb).save(tmp_path / "a.png")  # adaptive filters: Paeth/Average rows too
+    if reader_kind == "compiled":  # no per-pixel decode (numpy's path decodes these rows)
+        _forbid_fallback(monkeypatch)
     _assert_same(read_panoptic_runs(tmp_path / "a.png"), ids)
 
 
-def _png_with_filters(path: Path, ids: np.ndarray, kinds: list[int]) -> None:
-    """Write an RGB PNG whose row r uses PNG filter ``kinds[r]`` (0 None, 1 Sub, 2 Up, 3 Average,
-    4 Paeth), to cover decoder paths that encoders pick only by their own heuristics."""
-    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.int64)
-    raw = rgb.reshape(ids.shape[0], -1)  # [H, W * 3]
+def _png_with_filters(
+    path: Path, ids: np.ndarray, kinds: list[int], alpha: np.ndarray | None = None
+) -> None:
+    """Write an RGB PNG (RGBA with ``alpha`` [H, W]) whose row r uses PNG filter ``kinds[r]``
+    (0 None, 1 Sub, 2 Up, 3 Average, 4 Paeth), to cover decoder paths that encoders pick only by
+    their own heuristics."""
+    channels = [ids % 256, ids // 256 % 256, ids // 65536] + ([] if alpha is None else [alpha])
+    bpp = len(channels)
+    raw = np.stack(channels, axis=-1).astype(np.int64).reshape(ids.shape[0], -1)  # [H, W * bpp]
     rows = []
     for r, kind in enumerate(kinds):
         up = raw[r - 1] if r else np.zeros_like(raw[r])
-        left = np.concatenate([[0, 0, 0], raw[r, :-3]])
-        upleft = np.concatenate([[0, 0, 0], up[:-3]])
+        left = np.concatenate([[0] * bpp, raw[r, :-bpp]])
+        upleft = np.concatenate([[0] * bpp, up[:-bpp]])
         p = left + up - upleft
         pa, pb, pc = abs(p - left), abs(p - up), abs(p - upleft)
         paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
@@ -100,7 +124,7 @@ def _png_with_filters(path: Path, ids: np.ndarray, kinds: list[int]) -> None:
             struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
         )
 
-    header = struct.pack(">IIBBBBB", ids.shape[1], ids.shape[0], 8, 2, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", ids.shape[1], ids.shape[0], 8, 2 if bpp == 3 else 6, 0, 0, 0)
     idat = zlib.compress(np.concatenate(rows).tobytes())
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
@@ -124,16 +148,54 @@ def _forbid_fallback(monkeypatch) -> None:
         ([1, 3, 1, 4, 2, 1], False),  # Average and Paeth: the plain decoder
     ],
 )
-def test_every_filter_type(tmp_path, monkeypatch, pattern, fast):
+def test_every_filter_type(reader_kind, tmp_path, monkeypatch, pattern, fast):
     ids = _scene(4, len(pattern), 37)
     _png_with_filters(tmp_path / "a.png", ids, pattern)
     np.testing.assert_array_equal(read_panoptic_png(tmp_path / "a.png"), ids)  # a valid PNG
-    if fast:
+    if fast or reader_kind == "compiled":  # the compiled reader decodes every filter itself
         _forbid_fallback(monkeypatch)
     _assert_same(read_panoptic_runs(tmp_path / "a.png"), ids)
 
 
-def test_real_sample_pngs_with_one_reader(tmp_path):
+@pytest.mark.parametrize("seed", range(40))
+def test_random_filters_on_random_maps(reader_kind, tmp_path, seed):
+    # Any filter on any row, on maps that are piecewise constant (as panoptic maps are), noise of
+    # ids differing in one, two or three bytes (most pixels start a run) or stripes (Up rows
+    # repeat), at sizes down to one pixel: the compiled reader undoes each filter from the row
+    # above's runs, so every case where a pixel changes without a stored byte changing counts.
+    rng = np.random.default_rng(seed)
+    height, width = int(rng.integers(1, 24)), int(rng.integers(1, 48))
+    palette = np.array([0, 1, 255, 256, 65536, 65793, 0xFFFFFF, 0x10203, 0x7F7F7F, 0x808080])
+    kind = seed % 3
+    if kind == 0:
+        ids = _scene(seed)[:height, :width]
+    elif kind == 1:
+        ids = palette[rng.integers(0, palette.size, (height, width))]
+    else:
+        ids = np.repeat(palette[rng.integers(0, palette.size, (1, width))], height, axis=0)
+        ids[rng.integers(0, height, 3), rng.integers(0, width, 3)] = 0x123456
+    alpha = rng.integers(0, 256, ids.shape) if seed % 4 == 1 else None  # ignored, as by rgb2id
+    _png_with_filters(tmp_path / "a.png", ids, rng.integers(0, 5, height).tolist(), alpha)
+    np.testing.assert_array_equal(read_panoptic_png(tmp_path / "a.png"), ids)  # a valid PNG
+    _assert_same(read_panoptic_runs(tmp_path / "a.png"), ids)
+
+
+def test_undefined_filter_type_is_an_error_naming_the_file(reader_kind, tmp_path):
+    ids = _scene(8)[:6, :9]
+    _png_with_filters(tmp_path / "a.png", ids, [1, 2, 4, 0, 3, 1])
+    chunks = dict(_chunks((tmp_path / "a.png").read_bytes()))
+    rows = bytearray(zlib.decompress(chunks[b"IDAT"]))
+    rows[3 * (1 + 9 * 3)] = 7  # row 3's filter type: PNG defines 0-4
+    (tmp_path / "a.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", chunks[b"IHDR"])
+        + _chunk(b"IDAT", zlib.compress(bytes(rows))) + _chunk(b"IEND", b"")
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="cannot decode panoptic PNG .*a.png"):
+        read_panoptic_runs(tmp_path / "a.png")
+    assert _reference_ids((tmp_path / "a.png").read_bytes()) is None  # libpng refuses it too
+
+
+def test_real_sample_pngs_with_one_reader(reader_kind, tmp_path):
     require(DATA)
     reader = PanopticPngReader()  # buffers reused across images of different sizes
     pngs = sorted(DATA.glob("*/panoptic/*.png")) + sorted(DATA.glob("*/gtFine/*/*.png"))
@@ -211,7 +273,7 @@ def test_header_claiming_more_pixels_than_the_file_holds(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["idat_crc", "adler"])
-def test_checksums_are_verified(tmp_path, damage):
+def test_checksums_are_verified(reader_kind, tmp_path, damage):
     # A wrong IDAT CRC or a wrong zlib Adler-32 (with the CRC fixed up) is an error naming the
     # file, never a map with changed ids.
     ids = _scene(6, 20, 30)
@@ -268,7 +330,7 @@ def _mutants(blob: bytes, rng: np.random.Generator, count: int):
             yield b"\x89PNG\r\n\x1a\n" + b"".join(_chunk(k, d) for k, d in parts)
 
 
-def test_damaged_pngs_match_the_reference_decoder(tmp_path):
+def test_damaged_pngs_match_the_reference_decoder(reader_kind, tmp_path):
     # Differential fuzz against libpng (the PNG reference library, through OpenCV): for 400
     # damaged files (OpenCV- and PIL-written originals), the reader returns exactly libpng's id
     # map or raises a ValueError naming the file, and it raises whenever libpng rejects the file.
@@ -319,7 +381,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 @pytest.mark.parametrize("alpha", [False, True])
 @pytest.mark.parametrize("kornia_refuses", [False, True])
 def test_pil_pngs_with_ancillary_chunks_and_the_libspng_fallback(
-    tmp_path, monkeypatch, alpha, kornia_refuses
+    reader_kind, tmp_path, monkeypatch, alpha, kornia_refuses
 ):
     # Ancillary chunks (transparency, gamma, significant bits) must not change the ids; a file
     # the Rust decoder refuses goes to libspng, with the same result.

@@ -1,21 +1,21 @@
 """Panoptic id maps as horizontal runs, read straight from PNG files, and gt x pred overlaps.
 
 A panoptic map is piecewise constant, so PQ's statistics (the area of every gt x pred overlap) can
-be counted on maximal horizontal runs instead of pixels. Reading a PNG to runs skips most per-pixel
-work: a row stored with the PNG "Sub" filter holds zero wherever the id does not change, so the run
-starts are its non-zero pixels and the ids follow from a byte-wise running sum over the runs only.
+be counted on maximal horizontal runs instead of pixels, and a PNG can be read to runs without a
+per-pixel decode: the PNG row filters store zeros wherever a pixel is predicted exactly, which on
+a piecewise-constant map is nearly everywhere.
 
-The file is checked, inflated and (when needed) decoded by :mod:`axial_deeplab.data.panoptic_png`
-(chunk CRCs, libdeflate with its Adler-32 check, the Rust png crate or libspng). Two paths,
-chosen by measurement (bench/panoptic_eval.py):
-- the fast path: rows using the None, Sub or (a few) Up filters, as OpenCV (our writer) stores
-  them, become runs without a per-pixel decode: about 0.2 ms for a 640x480 map, 8x less than any
-  full decoder measured;
-- other rows (PIL's adaptive Up/Paeth rows, as the official COCO and Cityscapes PNGs are written)
-  are decoded by the Rust png crate (0.47 ms), then cut into runs from their bytes.
+The file is checked and inflated by :mod:`axial_deeplab.data.panoptic_png` (chunk CRCs, a size
+bound, libdeflate with its Adler-32 check). The inflated rows then become runs in one of two ways,
+with the same result (tests compare both with libpng's decode, also on randomly damaged files):
+- the compiled reader (``_png_runs.c``, built at install) undoes every PNG filter from the row
+  above's runs and the row's non-zero bytes: 0.08 ms for a 640x480 map, PIL's adaptive
+  Sub/Up/Paeth rows (the official COCO and Cityscapes PNGs) as fast as our writer's Sub rows;
+- where it could not be compiled, numpy: rows using the None, Sub or (a few) Up filters, as
+  OpenCV (our writer) stores them, become runs without a per-pixel decode (about 0.2 ms); other
+  rows are decoded by the Rust png crate (0.47 ms), then cut into runs from their bytes.
 Other PNGs (palettes, grey, 16 bits, interlacing) are decoded by libpng through OpenCV.
-The runs never depend on the path taken: tests compare them with libpng's decode, also on
-thousands of randomly damaged files.
+The numbers: ``bench/panoptic_eval.py`` (whole command) and README, "Performance".
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ from axial_deeplab.data.panoptic_png import (
     pixel_ids,
     png_header,
 )
+
+try:  # compiled at install (setup.py); without a C compiler, the numpy path, same runs
+    from axial_deeplab.evaluation import _png_runs
+except ImportError:
+    _png_runs = None
 
 _MAX_SPECIAL_ROWS = 64  # above this many None/Up rows, the per-pixel decoder is as fast
 
@@ -212,8 +217,8 @@ def _runs_from_filtered(buffer: np.ndarray, height: int, width: int, bpp: int) -
 
 
 class PanopticPngReader:
-    """Reads panoptic PNGs as :class:`Runs`: the fast path for Sub-filtered rows, else a full
-    decode."""
+    """Reads panoptic PNGs as :class:`Runs` (the compiled reader, or numpy's fast path for
+    Sub-filtered rows, else a full decode)."""
 
     def read(self, path: str | os.PathLike) -> Runs:
         """Read a panoptic PNG (id = ``R + 256 G + 256^2 B``) as runs; clear error if missing or
@@ -229,11 +234,24 @@ class PanopticPngReader:
         if idat is None:  # not 8-bit RGB(A): libpng through OpenCV, which checks the checksums
             return runs_from_ids(read_panoptic_png(path))
         rows = inflate_rows(idat, header, path)
+        if _png_runs is not None:
+            return _compiled_runs(rows, header, path)
         runs = _runs_from_filtered(rows, header[0], header[1], BYTES_PER_PIXEL[header[3]])
         if runs is not None:
             return runs
         pixels = decode_pixels(blob, rows, header, path)  # [H, W, 3 or 4]
         return runs_from_rgb(pixels) if pixels.shape[2] == 3 else runs_from_ids(pixel_ids(pixels))
+
+
+def _compiled_runs(rows: np.ndarray, header: tuple, path: str) -> Runs:
+    """Runs of an 8-bit RGB(A) PNG's inflated rows by the compiled reader; ValueError naming
+    ``path`` for a row filter type that PNG does not define."""
+    height, width, _, color, _ = header
+    try:
+        starts, values = _png_runs.runs_from_rows(rows, height, width, BYTES_PER_PIXEL[color])
+    except ValueError as err:
+        raise ValueError(f"cannot decode panoptic PNG ({err}): {path}") from None
+    return Runs((height, width), np.frombuffer(starts, np.int64), np.frombuffer(values, np.int64))
 
 
 def read_panoptic_runs(path: str | os.PathLike) -> Runs:
