@@ -5,12 +5,13 @@ Every file's header is checked first: a header claiming more pixels than the fil
 non-interlaced PNGs (every panoptic PNG seen) the chunks are walked here with each chunk's CRC-32
 checked (on the compressed bytes: cheap) and the image data is inflated by libdeflate (the
 ``deflate`` package), which checks the stream's Adler-32; damage is an error naming the file.
-:mod:`axial_deeplab.evaluation.runs` reads the common Sub-filtered rows from that without a
-decode. Other rows (PIL's adaptive Up/Paeth rows: the official COCO and Cityscapes PNGs) are
-decoded by the fastest decoder measured here, the Rust ``png`` crate through ``kornia_rs`` (CPU
-per 640x480 map: 0.47 ms; libspng handed the inflated rows 0.59, libspng alone 1.4, imagecodecs
-1.6, OpenCV 1.9, PIL 3.4; per 1024x2048 map: 3.4 ms vs libspng's 5.6), with libspng as the
-fallback for files it refuses. Neither checks CRCs or Adler-32 itself: that is why they are
+:mod:`axial_deeplab.evaluation.runs` reads runs from those rows without a per-pixel decode (its
+compiled reader for every filter; its numpy path for Sub-filtered rows). Elsewhere (the training
+reader, and numpy's path on PIL's adaptive Up/Paeth rows: the official COCO and Cityscapes PNGs)
+the rows are decoded by the fastest decoder measured here, the Rust ``png`` crate through
+``kornia_rs`` (CPU per 640x480 map: 0.47 ms; libspng handed the inflated rows 0.59, libspng alone
+1.4, imagecodecs 1.6, OpenCV 1.9, PIL 3.4; per 1024x2048 map: 3.4 ms vs libspng's 5.6), with
+libspng as the fallback for files it refuses. Neither checks CRCs or Adler-32 itself: that is why they are
 checked before.
 """
 
