@@ -64,6 +64,24 @@ def test_cli_prints_tables_and_writes_json(tmp_path, capsys):
     assert not list(tmp_path.glob(".tmp_*"))  # the atomic write left no temporary file
 
 
+def test_cli_without_the_compiled_reader_says_so_and_gives_the_same_numbers(
+    tmp_path, capsys, monkeypatch
+):
+    from axial_deeplab.evaluation import runs
+    from axial_deeplab.evaluation.panoptic import main
+
+    args, images, categories = _files(tmp_path)
+    main(args + ["--output", str(tmp_path / "built.json"), "--workers", "1"])
+    assert "compiled PNG reader" not in capsys.readouterr().err
+    monkeypatch.setattr(runs, "_png_runs", None)  # as after an install without a C compiler
+    main(args + ["--output", str(tmp_path / "numpy.json"), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert "note: the compiled PNG reader was not built at install" in err
+    assert "pip install -e ." in err
+    built, numpy = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("built", "numpy"))
+    assert built == numpy == json.loads(json.dumps(_ours(images, categories)))
+
+
 def test_command_process_flushes_its_output_and_exit_status(tmp_path):
     """``python -m`` ends with ``os._exit`` (no interpreter teardown): the table printed into a
     pipe, the JSON and the exit status must still all come out, for a success and for errors."""

@@ -243,6 +243,11 @@ class PanopticPngReader:
         return runs_from_rgb(pixels) if pixels.shape[2] == 3 else runs_from_ids(pixel_ids(pixels))
 
 
+def compiled_reader_built() -> bool:
+    """Whether the compiled reader (``_png_runs.c``) was built at install."""
+    return _png_runs is not None
+
+
 def _compiled_runs(rows: np.ndarray, header: tuple, path: str) -> Runs:
     """Runs of an 8-bit RGB(A) PNG's inflated rows by the compiled reader; ValueError naming
     ``path`` for a row filter type that PNG does not define."""
