@@ -16,6 +16,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(_MSC_VER)
+#include <intrin.h>
+#endif
 
 typedef struct {
     int64_t *starts;  /* [count] flat pixel index of each run's first pixel */
@@ -44,6 +47,23 @@ static int push_run(RunList *runs, int64_t start, int64_t value)
     runs->values[runs->count] = value;
     runs->count++;
     return 0;
+}
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#error "little-endian machines only (the byte order of 8-byte loads); pip falls back to numpy"
+#endif
+
+/* The index of the lowest set bit of a non-zero word (its lowest non-zero byte: the first in
+ * memory on a little-endian machine, where the 8-byte loads below read byte 0 as the low byte). */
+static inline int lowest_bit(uint64_t word)
+{
+#if defined(_MSC_VER)
+    unsigned long bit;
+    _BitScanForward64(&bit, word);
+    return (int)bit;
+#else
+    return __builtin_ctzll(word);
+#endif
 }
 
 static inline uint64_t load64(const uint8_t *p)
@@ -95,7 +115,7 @@ static int row_runs(RunList *runs, const uint8_t *cur, Py_ssize_t n, int bpp, in
     for (Py_ssize_t i = bpp; i < n; i += 8) {
         uint64_t diff = load64(cur + i) ^ load64(cur + i - bpp);
         while (diff) {
-            Py_ssize_t byte = i + (__builtin_ctzll(diff) >> 3);
+            Py_ssize_t byte = i + (lowest_bit(diff) >> 3);
             diff &= diff - 1;
             if (byte >= n) break;
             Py_ssize_t pixel = byte / bpp;
@@ -146,7 +166,7 @@ static Py_ssize_t nonzero_pixels(const uint8_t *stored, Py_ssize_t n, int bpp, P
             else  /* the row's last bytes (the last row's end the buffer) */
                 for (Py_ssize_t b = i; b < end; b++) word |= (uint64_t)stored[b] << 8 * (b - i);
             while (word) {
-                Py_ssize_t byte = i + (__builtin_ctzll(word) >> 3);
+                Py_ssize_t byte = i + (lowest_bit(word) >> 3);
                 word &= word - 1;
                 Py_ssize_t pixel = byte / bpp;
                 if (pixel != last && byte - pixel * bpp < 3) {
