@@ -47,6 +47,19 @@ def test_the_compiled_reader_is_built():
     assert runs_module._png_runs is not None, "run `make setup` (a C compiler is needed)"
 
 
+def test_the_compiled_reader_checks_its_arguments():
+    # Its caller sizes the rows from the PNG header; a mismatch is an error, never a read past
+    # the buffer. 2 rows of 3 RGB pixels need 2 * (1 + 9) = 20 bytes.
+    runs_from_rows = runs_module._png_runs.runs_from_rows
+    rows = bytes([1] + [0] * 9) * 2  # two Sub rows of zeros: one run of id 0 per row
+    starts, values = runs_from_rows(rows, 2, 3, 3)
+    assert np.frombuffer(starts, np.int64).tolist() == [0, 3]
+    assert np.frombuffer(values, np.int64).tolist() == [0, 0]
+    for args in [(rows[:-1], 2, 3, 3), (rows, 3, 3, 3), (rows, 2, 3, 2), (rows, 0, 3, 3)]:
+        with pytest.raises(ValueError, match="rows do not hold"):
+            runs_from_rows(*args)
+
+
 def _expand(runs) -> np.ndarray:
     height, width = runs.shape
     lengths = np.diff(runs.starts, append=height * width)
