@@ -11,8 +11,8 @@ reader, and numpy's path on PIL's adaptive Up/Paeth rows: the official COCO and 
 the rows are decoded by the fastest decoder measured here, the Rust ``png`` crate through
 ``kornia_rs`` (CPU per 640x480 map: 0.47 ms; libspng handed the inflated rows 0.59, libspng alone
 1.4, imagecodecs 1.6, OpenCV 1.9, PIL 3.4; per 1024x2048 map: 3.4 ms vs libspng's 5.6), with
-libspng as the fallback for files it refuses. Neither checks CRCs or Adler-32 itself: that is why they are
-checked before.
+libspng as the fallback for files it refuses. Neither checks CRCs or Adler-32 itself: that is why
+they are checked before.
 """
 
 from __future__ import annotations

@@ -3,13 +3,15 @@
  * The compiled half of axial_deeplab/evaluation/runs.py: the PNG's chunks, CRCs, size bound and
  * zlib stream (with its Adler-32) are checked in Python before this runs, so this only undoes the
  * five PNG row filters (PNG spec, section 9) one row at a time and cuts each decoded row into
- * maximal runs of equal RGB (alpha ignored, as the COCO API's rgb2id does). Memory: two rows
- * and the runs themselves (at most one per pixel).
+ * maximal runs of equal RGB (alpha ignored, as the COCO API's rgb2id does). Memory: the runs (at
+ * most one per pixel), two dense rows and a row's non-zero stored pixels.
  *
- * Cheap cases first, as panoptic maps are piecewise constant:
- * - an Up row of zeros repeats the row above: its runs are the previous row's, shifted;
- * - elsewhere a run starts where a pixel's bytes differ from its left neighbour's, found eight
- *   bytes at a time (most words of a row equal the word one pixel earlier).
+ * Panoptic maps are piecewise constant, so a filtered row is mostly zeros:
+ * - Sub, Up and Paeth rows (every row our writer and PIL write) are decoded from the runs of the
+ *   row above and the row's non-zero stored pixels, found 64 bytes at a time (sparse_row), never
+ *   pixel by pixel;
+ * - None and Average rows are decoded pixel by pixel (the row above made dense from its runs),
+ *   then cut into runs where a pixel's bytes differ from its left neighbour's, 8 bytes at a time.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -79,30 +81,16 @@ static inline uint8_t paeth(int a, int b, int c)
     return (uint8_t)(pa <= pb && pa <= pc ? a : pb <= pc ? b : c);
 }
 
-/* Undo one row's filter: stored -> cur, given the previous decoded row (zeros above row 0). Both
- * rows have bpp zero bytes before them, so the left neighbours of the first pixel read as 0. */
-static int unfilter(int filter, const uint8_t *stored, uint8_t *cur, const uint8_t *prev,
-                    Py_ssize_t n, int bpp)
+/* Undo a None (0) or Average (3) row's filter: stored -> cur, given the row above, prev. cur has
+ * bpp zero bytes before it, so the left neighbours of the first pixel read as 0. (Sub, Up and
+ * Paeth rows go through sparse_row.) */
+static void unfilter_dense(int filter, const uint8_t *stored, uint8_t *cur, const uint8_t *prev,
+                           Py_ssize_t n, int bpp)
 {
-    Py_ssize_t i;
-    switch (filter) {
-    case 0:
+    if (filter == 0)
         memcpy(cur, stored, n);
-        return 0;
-    case 1:
-        for (i = 0; i < n; i++) cur[i] = stored[i] + cur[i - bpp];
-        return 0;
-    case 2:
-        for (i = 0; i < n; i++) cur[i] = stored[i] + prev[i];
-        return 0;
-    case 3:
-        for (i = 0; i < n; i++) cur[i] = stored[i] + ((cur[i - bpp] + prev[i]) >> 1);
-        return 0;
-    case 4:
-        for (i = 0; i < n; i++) cur[i] = stored[i] + paeth(cur[i - bpp], prev[i], prev[i - bpp]);
-        return 0;
-    }
-    return -1;
+    else
+        for (Py_ssize_t i = 0; i < n; i++) cur[i] = stored[i] + ((cur[i - bpp] + prev[i]) >> 1);
 }
 
 /* The runs of one decoded row (n = W * bpp bytes, readable 8 bytes past its end), pixels
@@ -163,7 +151,7 @@ static Py_ssize_t nonzero_pixels(const uint8_t *stored, Py_ssize_t n, int bpp, P
             uint64_t word = 0;
             if (i + 8 <= end)
                 word = load64(stored + i);
-            else  /* the row's last bytes (the last row's end the buffer) */
+            else  /* the row's last bytes: no 8-byte load past them (the last row's end the data) */
                 for (Py_ssize_t b = i; b < end; b++) word |= (uint64_t)stored[b] << 8 * (b - i);
             while (word) {
                 Py_ssize_t byte = i + (lowest_bit(word) >> 3);
@@ -188,8 +176,9 @@ typedef struct {
     uint8_t *dense;
 } Scratch;
 
-/* Runs of a Sub (1), Up (2) or Paeth (4) row from the previous row's runs (previous[0 .. count),
- * flat starts relative to `above`, the previous row's first pixel) and its non-zero stored pixels.
+/* Runs of a Sub (1), Up (2) or Paeth (4) row, pixels numbered from `first`, from the runs of the
+ * row above (runs [above_first, above_first + above_count), flat starts relative to `above`, that
+ * row's first pixel) and the row's `nonzero` non-zero stored pixels (where, what).
  * Between two "events" the decoded pixel cannot change: a run of the row above continues and the
  * stored pixels are zero, so Sub and Paeth (above == above-left: Paeth picks the left pixel)
  * repeat the left pixel and Up repeats the pixel above, which is also the left pixel's unless the
@@ -200,7 +189,6 @@ static int sparse_row(RunList *runs, int filter, Py_ssize_t width, int64_t first
                       const Py_ssize_t *where, const int64_t *what, Py_ssize_t nonzero)
 {
     Py_ssize_t k = 0, j = 0;  /* next non-zero stored pixel; run above covering the event */
-    Py_ssize_t after = -1;    /* Up: the pixel after the last non-zero stored one */
     int64_t left = 0;
     Py_ssize_t x = 0;
     while (x < width) {
@@ -223,7 +211,7 @@ static int sparse_row(RunList *runs, int filter, Py_ssize_t width, int64_t first
             if (push_run(runs, first + x, value)) return -1;
             left = value;
         }
-        after = filter == 2 && stored ? x + 1 : -1;
+        Py_ssize_t after = filter == 2 && stored ? x + 1 : -1;  /* Up: the pixel after this one */
         /* the next event */
         Py_ssize_t next = k < nonzero ? where[k] : width;
         if (filter != 1) {
@@ -238,7 +226,7 @@ static int sparse_row(RunList *runs, int filter, Py_ssize_t width, int64_t first
     return 0;
 }
 
-/* Write the runs previous[0 .. count) (flat starts relative to `first`) as a dense row. */
+/* Write the runs [previous, previous + count) (flat starts relative to `first`) as a dense row. */
 static void fill_row(uint8_t *row, const RunList *runs, Py_ssize_t previous, Py_ssize_t count,
                      int64_t first, Py_ssize_t width, int bpp)
 {
@@ -272,7 +260,7 @@ static Py_ssize_t decode_runs(RunList *runs, const uint8_t *rows, Py_ssize_t hei
                 return -1;
         } else if (filter == 0 || filter == 3) {
             fill_row(above_row, runs, above, above_count, (y - 1) * width, width, bpp);
-            unfilter(filter, stored, cur, above_row, n, bpp);
+            unfilter_dense(filter, stored, cur, above_row, n, bpp);
             if (row_runs(runs, cur, n, bpp, y * width)) return -1;
         } else
             return 1 + y;
