@@ -48,6 +48,12 @@ def project(
     return torch.split(torch.baddbmm(shift[:, None], weight, lines), sizes, dim=1)
 
 
+def shifted_scale(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``scale * (x + shift)`` (broadcast), contiguous: a product then an in-place sum, about 3x
+    faster on the CPU than one ``addcmul`` with two broadcast operands."""
+    return torch.mul(x, scale).add_(shift * scale)
+
+
 def head_major_rows(heads: int, dk: int, dv: int, *, device: torch.device) -> torch.Tensor:
     """Indices ``[2C]`` taking the projection's rows from ``[q (G dk) | k (G dk) | v (G dv)]`` to
     ``[q_0 k_0 v_0 | q_1 k_1 v_1 | ...]`` (head by head)."""
@@ -259,9 +265,9 @@ class AxialAttention(nn.Module):
         else:
             q_shift = qkv_shift[: g * dk].view(g, dk, 1)  # [G, dk, 1]
             k_shift = qkv_shift[g * dk : 2 * g * dk].view(g, dk, 1)  # [G, dk, 1]
-            q1 = torch.addcmul(q_shift * scales[0], q, scales[0])  # [B, G, dk, L]
-            q2 = self._position_major(torch.addcmul, q_shift * scales[1], q, scales[1])
-            k3 = self._position_major(torch.addcmul, k_shift * scales[2], k, scales[2])
+            q1 = shifted_scale(q, scales[0], q_shift)  # [B, G, dk, L]
+            q2 = self._position_major(shifted_scale(q, scales[1], q_shift))
+            k3 = self._position_major(shifted_scale(k, scales[2], k_shift))
             args = (q1, k, q2, k3, v)
         tables = (self.query_rel, self.key_rel, self.value_rel)
         if torch.compiler.is_compiling() and not torch.is_grad_enabled():
@@ -274,15 +280,17 @@ class AxialAttention(nn.Module):
         return attend(*args, tables, span=self.span, span_mode=self.span_mode)
 
     @staticmethod
-    def _position_major(op, *args: torch.Tensor) -> torch.Tensor:
-        """``op(*args)`` ``[B, G, d, L]``, written position-major (``[L, B, G, d]`` in memory)
-        where no gradient is needed: the core's relative terms take these operands by position,
-        and would otherwise copy them so (``attention_core.by_position``)."""
-        if torch.is_grad_enabled() and any(a.requires_grad for a in args):
-            return op(*args)
-        shape = torch.broadcast_shapes(*(a.shape for a in args))  # [B, G, d, L]
-        out = args[0].new_empty(shape[-1], *shape[:-1])  # [L, B, G, d]
-        return op(*args, out=out.permute(1, 2, 3, 0))
+    def _position_major(x: torch.Tensor) -> torch.Tensor:
+        """``x [B, G, d, L]``, copied position-major (``[L, B, G, d]`` in memory,
+        returned as a ``[B, G, d, L]`` view) where no gradient is needed: the core's relative
+        terms take these operands by position, and would otherwise copy them so
+        (``attention_core.by_position``). One 2-D transpose: the broadcast op written straight
+        into the permuted layout took ~3x as long as the op plus this copy."""
+        if torch.is_grad_enabled() and x.requires_grad:
+            return x
+        out = x.new_empty(x.shape[-1], *x.shape[:-1])  # [L, B, G, d]
+        out.view(x.shape[-1], -1).copy_(x.reshape(-1, x.shape[-1]).t())
+        return out.permute(1, 2, 3, 0)
 
     def _logit_scales(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """BN scale ``gamma / sqrt(var + eps)`` of each logit term and head, ``[3 * G]``; in
