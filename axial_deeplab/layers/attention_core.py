@@ -25,8 +25,10 @@ from .relative_position import block_geometry, pair_index
 
 
 def by_position(x: torch.Tensor) -> torch.Tensor:
-    """``[BG, d, L]`` -> ``[L, BG, d]`` (a contiguous copy; the operands are small)."""
-    return x.permute(2, 0, 1).contiguous()  # [L, BG, d]
+    """``[BG, d, L]`` -> ``[L, BG, d]`` (a contiguous copy; the operands are small), as one 2-D
+    transpose of ``[BG d, L]`` (a view of the lines, sliced along ``L`` or not)."""
+    bg, d, length = x.shape
+    return x.flatten(0, 1).t().contiguous().view(length, bg, d)  # [L, BG, d]
 
 
 # Lines are processed in chunks of about this many logits (2 MiB in float32), so that the

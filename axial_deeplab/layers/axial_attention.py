@@ -266,8 +266,8 @@ class AxialAttention(nn.Module):
             q_shift = qkv_shift[: g * dk].view(g, dk, 1)  # [G, dk, 1]
             k_shift = qkv_shift[g * dk : 2 * g * dk].view(g, dk, 1)  # [G, dk, 1]
             q1 = shifted_scale(q, scales[0], q_shift)  # [B, G, dk, L]
-            q2 = self._position_major(shifted_scale(q, scales[1], q_shift))
-            k3 = self._position_major(shifted_scale(k, scales[2], k_shift))
+            q2 = shifted_scale(q, scales[1], q_shift)
+            k3 = shifted_scale(k, scales[2], k_shift)
             args = (q1, k, q2, k3, v)
         tables = (self.query_rel, self.key_rel, self.value_rel)
         if torch.compiler.is_compiling() and not torch.is_grad_enabled():
@@ -278,19 +278,6 @@ class AxialAttention(nn.Module):
             c = self.out_channels
             return out[:, :c], out[:, c:].permute(2, 0, 1)  # [B, C, L], [L, B, C] (views)
         return attend(*args, tables, span=self.span, span_mode=self.span_mode)
-
-    @staticmethod
-    def _position_major(x: torch.Tensor) -> torch.Tensor:
-        """``x [B, G, d, L]``, copied position-major (``[L, B, G, d]`` in memory,
-        returned as a ``[B, G, d, L]`` view) where no gradient is needed: the core's relative
-        terms take these operands by position, and would otherwise copy them so
-        (``attention_core.by_position``). One 2-D transpose: the broadcast op written straight
-        into the permuted layout took ~3x as long as the op plus this copy."""
-        if torch.is_grad_enabled() and x.requires_grad:
-            return x
-        out = x.new_empty(x.shape[-1], *x.shape[:-1])  # [L, B, G, d]
-        out.view(x.shape[-1], -1).copy_(x.reshape(-1, x.shape[-1]).t())
-        return out.permute(1, 2, 3, 0)
 
     def _logit_scales(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """BN scale ``gamma / sqrt(var + eps)`` of each logit term and head, ``[3 * G]``; in
