@@ -193,7 +193,11 @@ def _tolerance(key: str, ref: torch.Tensor) -> float:
     """How far an exported output may be from eager: 1e-4 of the output's scale, at least 1e-4.
     Float32 round-off of other kernels is relative: offsets are in pixels (ResNet-50 in ONNX
     Runtime: 3e-4 px at 85 px), and an under-trained centre heatmap reaches tens (ResNet-50 on an
-    AVX2 CPU: 1.0e-4 at 57)."""
+    AVX2 CPU: 1.0e-4 at 57). Probabilities carry the round-off of their logits, whose scale the
+    graph does not output (ResNet-50's torch.export on that CPU: 1.0e-4): 1e-3. The panoptic maps
+    are compared exactly whatever these tolerances."""
+    if key in ("semantic", "semantic_prob"):  # raw's name, the graph's name
+        return 1e-3
     return 1e-4 * max(1.0, float(ref.abs().max()))
 
 
