@@ -12,8 +12,9 @@ PY := $(VENV)/bin/python
 # disk first, so that a full disk is one clear line and not pip's OSError halfway through.
 NEED_GB ?= 7
 
-# The C source: pip compiles it at install (setup.py), so a change to it reinstalls.
-$(VENV)/.installed: setup.py requirements/constraints.txt axial_deeplab/evaluation/_png_runs.c
+# The C sources: pip compiles them at install (setup.py), so a change to one reinstalls.
+$(VENV)/.installed: setup.py requirements/constraints.txt axial_deeplab/evaluation/_png_runs.c \
+		axial_deeplab/layers/_fused_eval.c
 	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
 	if [ "$$free" -lt $(NEED_GB) ]; then \
 	  echo "error: $$free GB free on the disk of $$(pwd); the .venv needs about $(NEED_GB) GB" \

@@ -16,6 +16,15 @@ PNG_RUNS = Extension(
     optional=True,
 )
 
+# Inference-time axial attention in one pass (layers/fused_eval.py), for x86-64 CPUs with AVX2
+# (chosen at run time). Optional likewise: without it the layer runs its PyTorch path.
+FUSED_EVAL = Extension(
+    "axial_deeplab.layers._fused_eval",
+    ["axial_deeplab/layers/_fused_eval.c"],
+    extra_compile_args=[] if sys.platform == "win32" else ["-O3"],
+    optional=True,
+)
+
 setup(
     name="axial_deeplab",
     version="0.1.0",
@@ -24,7 +33,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["axial_deeplab", "axial_deeplab.*"]),
-    ext_modules=[PNG_RUNS],
+    ext_modules=[PNG_RUNS, FUSED_EVAL],
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused_eval
 from .attention_core import attend, key_ranges
 from .attention_graph import attend_windowed
 from .batch_norm import running_affine, sync_moments, update_running_stats, uses_batch_stats
@@ -154,6 +155,8 @@ class AxialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input [N, {self.in_channels}, H, W], got {list(x.shape)}")
+        if fused_eval.applies(self, x):  # inference on an AVX2 CPU: one compiled pass
+            return self._apply_stride(fused_eval.attend(self, x))
         n = x.shape[0]
         n_lines, length = self._line_sizes(x)
         q, k, v, shift = self._project(x)

@@ -1,0 +1,349 @@
+/* Inference-time position-sensitive axial attention along one axis, fused, on x86-64 CPUs with
+ * AVX2 and FMA (the compiled half of axial_deeplab/layers/fused_eval.py, which checks every
+ * argument and falls back to the PyTorch path where this module is missing or the CPU lacks AVX2).
+ *
+ * Input: the q/k/v projection of a feature map, any strides, channels [q (G dk) | k (G dk) |
+ * v (G dv)], the batch norm's scale folded in. For one image, one head and 8 lines along the
+ * attended axis at a time (the lines are the 8 lanes of a vector, so a relative embedding,
+ * which depends only on the pair of positions, is one broadcast shared by 8 lines), with
+ * d = p - o the key position minus the query position:
+ *
+ *     q' = q + q_shift,  k' = k + k_shift
+ *     A[o, p] = s0 q'_o . k'_p + q'_o . RQ[d] + k'_p . RK[d]      (RQ = s1 rq, RK = s2 rk)
+ *     W[o, :] = softmax over the keys of query o, lo[o] <= p < hi[o]
+ *     out[o] = sum_p W[o, p] (a v_p + RV[d]) + const              (RV = b rv)
+ *
+ * (k_shift in the first term adds s0 q'_o . k_shift to every key of query o: the softmax cancels
+ * it.) Two queries are worked on together: their logits for 4 keys at a time are 8 accumulators
+ * in registers, every load of a key's vector feeds 4-6 multiply-adds; their softmax weights
+ * (2 x keys x 8 floats) stay in L1 for the two passes over the values. Nothing of size L x L
+ * is stored. The exponential is a degree-6 polynomial after range reduction (relative error
+ * about 2e-7).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FUSED_X86 1
+#include <immintrin.h>
+#endif
+
+typedef struct {
+    const float *qkv;  /* the projection, element (n, channel, position, line) at the strides: */
+    Py_ssize_t s_n, s_c, s_p, s_l;
+    float *out;        /* [N, G dv, positions, lines] at its strides */
+    Py_ssize_t o_n, o_c, o_p, o_l;
+    Py_ssize_t images, length, lines, heads, dk, dv;
+    const float *q_shift, *k_shift;  /* [G dk] each */
+    const float *s0;                 /* [G] */
+    const float *rq, *rk;            /* [G, dk, 2L - 1], indexed by d + L - 1 */
+    const float *rv;                 /* [G, dv, 2L - 1] */
+    const float *v_scale, *bias;     /* [G dv] each */
+    const int32_t *lo, *hi;          /* [L] each, or NULL: every query sees every key */
+} Args;
+
+/* Tasks: every (group of 8 lines, head), task t = group * heads + head. */
+static Py_ssize_t task_count(const Args *a)
+{
+    return (a->images * a->lines + 7) / 8 * a->heads;
+}
+
+#ifdef FUSED_X86
+typedef float v8f __attribute__((vector_size(32), aligned(32)));
+typedef int32_t v8i __attribute__((vector_size(32), aligned(32)));
+
+#define TARGET __attribute__((target("avx2,fma")))
+
+/* exp(x) for x <= 0 (a softmax's shifted logits), lanes below -87 flushed towards zero. */
+static inline TARGET v8f exp8(v8f x)
+{
+    x = (v8f)_mm256_max_ps((__m256)x, _mm256_set1_ps(-87.0f));
+    const v8f magic = (v8f)_mm256_set1_ps(12582912.0f); /* 1.5 * 2^23: adding it rounds */
+    v8f t = x * 1.44269504088896341f + magic;
+    v8f n = t - magic;
+    v8f r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
+    v8f p = r * (1.0f / 720) + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    v8i bits = ((v8i)t - 0x4B400000 + 127) << 23; /* 2^n */
+    return p * (v8f)bits;
+}
+
+/* Where the 8 lines of a task lie: element offsets of each in the input and in the output (lines
+ * of different images may share a task), and whether they are 8 consecutive floats. */
+typedef struct {
+    Py_ssize_t in[8], out[8];
+    int count, in_dense, out_dense;
+} Lanes;
+
+static inline TARGET v8f load_lanes(const float *src, const Lanes *m)
+{
+    v8f x = {0};
+    if (m->in_dense) {
+        memcpy(&x, src + m->in[0], sizeof x);
+    } else {
+        for (int i = 0; i < m->count; i++) x[i] = src[m->in[i]];
+    }
+    return x;
+}
+
+static inline TARGET void store_lanes(float *dst, const Lanes *m, v8f x)
+{
+    if (m->out_dense) {
+        memcpy(dst + m->out[0], &x, sizeof x);
+    } else {
+        for (int i = 0; i < m->count; i++) dst[m->out[i]] = x[i];
+    }
+}
+
+/* Softmax weights of one query over its keys [lo, hi), in place; row[p0, lo) and row[hi, p1)
+ * (keys of the other query of the pair) are zeroed. Returns 1 / sum of the exponentials. */
+static inline TARGET v8f softmax_row(v8f *row, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t lo,
+                                     Py_ssize_t hi)
+{
+    v8f top = row[lo];
+    for (Py_ssize_t p = lo + 1; p < hi; p++) top = (v8f)_mm256_max_ps((__m256)row[p], (__m256)top);
+    v8f sum = {0};
+    for (Py_ssize_t p = lo; p < hi; p++) {
+        row[p] = exp8(row[p] - top);
+        sum += row[p];
+    }
+    for (Py_ssize_t p = p0; p < lo; p++) row[p] = (v8f){0};
+    for (Py_ssize_t p = hi; p < p1; p++) row[p] = (v8f){0};
+    return 1.0f / sum;
+}
+
+/* out{0,1}[j] = sum_q w{0,1}[q] v[j Lp + q] over keys [p0, p1), for 4 channels j. */
+static inline TARGET void weigh_values(const v8f *w0, const v8f *w1, const v8f *v, Py_ssize_t Lp,
+                                       Py_ssize_t p0, Py_ssize_t p1, v8f *out0, v8f *out1)
+{
+    v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+    for (Py_ssize_t q = p0; q < p1; q++) {
+        const v8f u = w0[q], t = w1[q];
+        const v8f v0 = v[q], v1 = v[Lp + q], v2 = v[2 * Lp + q], v3 = v[3 * Lp + q];
+        a0 += u * v0, a1 += u * v1, a2 += u * v2, a3 += u * v3;
+        b0 += t * v0, b1 += t * v1, b2 += t * v2, b3 += t * v3;
+    }
+    out0[0] = a0, out0[1] = a1, out0[2] = a2, out0[3] = a3;
+    out1[0] = b0, out1[1] = b1, out1[2] = b2, out1[3] = b3;
+}
+
+/* out0[j] += sum_q w0[q] r[j T + q] and out1[j] += sum_q w1[q] r[j T + q - 1] (query o1 = o0 + 1
+ * sits one entry further along the table), for 4 channels j: each broadcast entry r[j T + q]
+ * serves w0[q] and w1[q + 1]. w0[p0 - 1] and w1[p1] are zero (the buffers' margins). */
+static inline TARGET void weigh_table(const v8f *w0, const v8f *w1, const float *r, Py_ssize_t T,
+                                      Py_ssize_t p0, Py_ssize_t p1, v8f *out0, v8f *out1)
+{
+    v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+    for (Py_ssize_t q = p0 - 1; q < p1; q++) {
+        const v8f u = w0[q], t = w1[q + 1];
+        const float r0 = r[q], r1 = r[T + q], r2 = r[2 * T + q], r3 = r[3 * T + q];
+        a0 += u * r0, a1 += u * r1, a2 += u * r2, a3 += u * r3;
+        b0 += t * r0, b1 += t * r1, b2 += t * r2, b3 += t * r3;
+    }
+    out0[0] += a0, out0[1] += a1, out0[2] += a2, out0[3] += a3;
+    out1[0] += b0, out1[1] += b1, out1[2] += b2, out1[3] += b3;
+}
+
+/* One group of 8 lines (of all images' lines, in order) and one head. work: (3 dk + dv + 2) Lp
+ * + 4 vectors, 32-byte aligned, Lp = L rounded up to even. */
+static TARGET void run_task(const Args *a, Py_ssize_t group, Py_ssize_t h, v8f *work)
+{
+    const Py_ssize_t L = a->length, Lp = L + (L & 1), dk = a->dk, dv = a->dv, T = 2 * L + 1;
+    const Py_ssize_t total = a->images * a->lines;
+    Lanes m;
+    m.count = total - 8 * group < 8 ? (int)(total - 8 * group) : 8;
+    for (int i = 0; i < m.count; i++) {
+        const Py_ssize_t line = 8 * group + i, n = line / a->lines, l = line % a->lines;
+        m.in[i] = n * a->s_n + l * a->s_l;
+        m.out[i] = n * a->o_n + l * a->o_l;
+    }
+    m.in_dense = m.count == 8 && a->s_l == 1 && m.in[7] - m.in[0] == 7;
+    m.out_dense = m.count == 8 && a->o_l == 1 && m.out[7] - m.out[0] == 7;
+    v8f *qa = work, *qb = qa + dk * Lp, *kp = qb + dk * Lp, *vp = kp + dk * Lp;
+    v8f *w0 = vp + dv * Lp + 1, *w1 = w0 + Lp + 2; /* a margin of one key each side */
+    const float s0 = a->s0[h];
+
+    for (Py_ssize_t c = 0; c < dk; c++) {
+        const Py_ssize_t qc = h * dk + c, kc = a->heads * dk + h * dk + c;
+        for (Py_ssize_t o = 0; o < L; o++) {
+            v8f q = load_lanes(a->qkv + qc * a->s_c + o * a->s_p, &m) + a->q_shift[qc];
+            qb[c * Lp + o] = q;
+            qa[c * Lp + o] = q * s0;
+            kp[c * Lp + o] = load_lanes(a->qkv + kc * a->s_c + o * a->s_p, &m) + a->k_shift[qc];
+        }
+        if (Lp > L) qa[c * Lp + L] = qb[c * Lp + L] = kp[c * Lp + L] = (v8f){0};
+    }
+    for (Py_ssize_t c = 0; c < dv; c++) {
+        const Py_ssize_t vc = 2 * a->heads * dk + h * dv + c;
+        const float scale = a->v_scale[h * dv + c];
+        for (Py_ssize_t p = 0; p < L; p++)
+            vp[c * Lp + p] = load_lanes(a->qkv + vc * a->s_c + p * a->s_p, &m) * scale;
+    }
+    const float *rq = a->rq + h * dk * T + L, *rk = a->rk + h * dk * T + L;
+    const float *rv = a->rv + h * dv * T + L;
+
+    /* Queries o0 and o1 = o0 + 1; for an odd L the last o1 = L is a phantom (zero operands,
+     * o0's keys, tables padded by one entry at each end), computed and not stored. */
+    for (Py_ssize_t o0 = 0; o0 < L; o0 += 2) {
+        const Py_ssize_t o1 = o0 + 1;
+        Py_ssize_t lo0 = 0, hi0 = L, lo1 = 0, hi1 = L;
+        if (a->lo != NULL) {
+            lo0 = lo1 = a->lo[o0], hi0 = hi1 = a->hi[o0];
+            if (o1 < L) lo1 = a->lo[o1], hi1 = a->hi[o1];
+        }
+        const Py_ssize_t p0 = lo0 < lo1 ? lo0 : lo1, p1 = hi0 > hi1 ? hi0 : hi1;
+        /* Logits of both queries against keys [p0, p1), 4 keys at a time. The tables at
+         * distance p - o1 are those at p - 1 - o0: 5 entries serve the 8 pairs. */
+        Py_ssize_t p = p0;
+        for (; p + 4 <= p1; p += 4) {
+            v8f a0[4] = {{0}}, a1[4] = {{0}};
+            for (Py_ssize_t c = 0; c < dk; c++) {
+                const v8f x0 = qa[c * Lp + o0], x1 = qa[c * Lp + o1];
+                const v8f y0 = qb[c * Lp + o0], y1 = qb[c * Lp + o1];
+                const float *r = rq + c * T + p - o0, *s = rk + c * T + p - o0;
+                const v8f *kc = kp + c * Lp + p;
+                for (int j = 0; j < 4; j++) {
+                    const v8f key = kc[j];
+                    a0[j] += x0 * key + y0 * r[j] + key * s[j];
+                    a1[j] += x1 * key + y1 * r[j - 1] + key * s[j - 1];
+                }
+            }
+            for (int j = 0; j < 4; j++) w0[p + j] = a0[j], w1[p + j] = a1[j];
+        }
+        for (; p < p1; p++) {
+            v8f a0 = {0}, a1 = {0};
+            for (Py_ssize_t c = 0; c < dk; c++) {
+                const v8f key = kp[c * Lp + p];
+                const float *r = rq + c * T + p - o0, *s = rk + c * T + p - o0;
+                a0 += qa[c * Lp + o0] * key + qb[c * Lp + o0] * r[0] + key * s[0];
+                a1 += qa[c * Lp + o1] * key + qb[c * Lp + o1] * r[-1] + key * s[-1];
+            }
+            w0[p] = a0, w1[p] = a1;
+        }
+        const v8f z0 = softmax_row(w0, p0, p1, lo0, hi0);
+        const v8f z1 = softmax_row(w1, p0, p1, lo1, hi1);
+        w0[p0 - 1] = w1[p1] = (v8f){0};
+
+        /* Values, 4 channels at a time. */
+        for (Py_ssize_t c0 = 0; c0 < dv; c0 += 4) {
+            const int width = dv - c0 < 4 ? (int)(dv - c0) : 4;
+            v8f out0[4], out1[4];
+            if (width == 4) {
+                weigh_values(w0, w1, vp + c0 * Lp, Lp, p0, p1, out0, out1);
+                weigh_table(w0, w1, rv + c0 * T - o0, T, p0, p1, out0, out1);
+            } else {
+                for (int j = 0; j < width; j++) {
+                    const float *r = rv + (c0 + j) * T - o0;
+                    v8f b0 = {0}, b1 = {0};
+                    for (Py_ssize_t q = p0; q < p1; q++) {
+                        const v8f u0 = w0[q], u1 = w1[q], value = vp[(c0 + j) * Lp + q];
+                        b0 += u0 * value + u0 * r[q];
+                        b1 += u1 * value + u1 * r[q - 1];
+                    }
+                    out0[j] = b0, out1[j] = b1;
+                }
+            }
+            for (int j = 0; j < width; j++) {
+                const Py_ssize_t oc = h * dv + c0 + j;
+                const float bias = a->bias[oc];
+                store_lanes(a->out + oc * a->o_c + o0 * a->o_p, &m, out0[j] * z0 + bias);
+                if (o1 < L) store_lanes(a->out + oc * a->o_c + o1 * a->o_p, &m, out1[j] * z1 + bias);
+            }
+        }
+    }
+}
+
+static int run_tasks(const Args *a, Py_ssize_t first, Py_ssize_t last)
+{
+    const Py_ssize_t Lp = a->length + (a->length & 1);
+    const size_t vectors = (size_t)((3 * a->dk + a->dv + 2) * Lp + 4);
+    v8f *work = aligned_alloc(32, vectors * sizeof(v8f));
+    if (work == NULL) return -1;
+    for (Py_ssize_t t = first; t < last; t++) run_task(a, t / a->heads, t % a->heads, work);
+    free(work);
+    return 0;
+}
+
+static int cpu_ok(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#else
+static int run_tasks(const Args *a, Py_ssize_t first, Py_ssize_t last)
+{
+    (void)a, (void)first, (void)last;
+    return -2;
+}
+static int cpu_ok(void) { return 0; }
+#endif
+
+static const float *fptr(unsigned long long address) { return (const float *)(uintptr_t)address; }
+
+/* attend(pointers, sizes, first, last): see fused_eval.py for the order of both tuples. */
+static PyObject *attend(PyObject *self, PyObject *args)
+{
+    (void)self;
+    unsigned long long ptr[12];
+    Py_ssize_t size[14], first, last;
+    if (!PyArg_ParseTuple(args, "(KKKKKKKKKKKK)(nnnnnnnnnnnnnn)nn", &ptr[0], &ptr[1], &ptr[2],
+                          &ptr[3], &ptr[4], &ptr[5], &ptr[6], &ptr[7], &ptr[8], &ptr[9],
+                          &ptr[10], &ptr[11], &size[0], &size[1], &size[2], &size[3],
+                          &size[4], &size[5], &size[6], &size[7], &size[8], &size[9], &size[10],
+                          &size[11], &size[12], &size[13], &first, &last))
+        return NULL;
+    Args a = {
+        .qkv = fptr(ptr[0]), .out = (float *)(uintptr_t)ptr[1],
+        .q_shift = fptr(ptr[2]), .k_shift = fptr(ptr[3]), .s0 = fptr(ptr[4]),
+        .rq = fptr(ptr[5]), .rk = fptr(ptr[6]), .rv = fptr(ptr[7]),
+        .v_scale = fptr(ptr[8]), .bias = fptr(ptr[9]),
+        .lo = (const int32_t *)(uintptr_t)ptr[10], .hi = (const int32_t *)(uintptr_t)ptr[11],
+        .s_n = size[0], .s_c = size[1], .s_p = size[2], .s_l = size[3],
+        .o_n = size[4], .o_c = size[5], .o_p = size[6], .o_l = size[7],
+        .images = size[8], .length = size[9], .lines = size[10], .heads = size[11],
+        .dk = size[12], .dv = size[13],
+    };
+    const Py_ssize_t tasks = task_count(&a);
+    if (first < 0 || last > tasks || first > last || a.length < 1 || a.dk < 1 || a.dv < 1) {
+        PyErr_Format(PyExc_ValueError, "tasks [%zd, %zd) outside [0, %zd) or empty sizes", first,
+                     last, tasks);
+        return NULL;
+    }
+    if (!cpu_ok()) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX2/FMA");
+        return NULL;
+    }
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = run_tasks(&a, first, last);
+    Py_END_ALLOW_THREADS
+    if (status != 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *supported(PyObject *self, PyObject *noargs)
+{
+    (void)self, (void)noargs;
+    return PyBool_FromLong(cpu_ok());
+}
+
+static PyMethodDef methods[] = {
+    {"attend", attend, METH_VARARGS, "Fused inference axial attention (see fused_eval.py)."},
+    {"supported", supported, METH_NOARGS, "Whether this CPU runs the kernel (AVX2 and FMA)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fused_eval",
+    "Fused inference-time axial attention for x86-64 CPUs with AVX2 (see fused_eval.py).", -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__fused_eval(void) { return PyModule_Create(&module); }
