@@ -102,6 +102,105 @@ static inline TARGET void store_lanes(float *dst, const Lanes *m, v8f x)
     }
 }
 
+/* t[j][i] = r[i][j] for an 8 x 8 block. */
+static inline TARGET void transpose8(const __m256 r[8], __m256 t[8])
+{
+    __m256 a[8], b[8];
+    for (int i = 0; i < 8; i += 2) {
+        a[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        a[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        b[i] = _mm256_shuffle_ps(a[i], a[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        b[i + 1] = _mm256_shuffle_ps(a[i], a[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        b[i + 2] = _mm256_shuffle_ps(a[i + 1], a[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        b[i + 3] = _mm256_shuffle_ps(a[i + 1], a[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int j = 0; j < 4; j++) {
+        t[j] = _mm256_permute2f128_ps(b[j], b[j + 4], 0x20);
+        t[j + 4] = _mm256_permute2f128_ps(b[j], b[j + 4], 0x31);
+    }
+}
+
+/* dst[c Lp + o] = the 8 lines' values of channel ch0 + c at position o, c < count, o < L. Lines
+ * 8 apart in memory are read 8 x 8 at a time and transposed when positions (s_p = 1) or
+ * channels (s_c = 1) are the contiguous axis, else one float at a time. */
+static TARGET void pack(const Args *a, const Lanes *m, Py_ssize_t ch0, Py_ssize_t count,
+                        Py_ssize_t Lp, v8f *dst)
+{
+    const Py_ssize_t L = a->length;
+    const float *src = a->qkv + ch0 * a->s_c;
+    if (m->in_dense) {
+        for (Py_ssize_t c = 0; c < count; c++)
+            for (Py_ssize_t o = 0; o < L; o++)
+                memcpy(&dst[c * Lp + o], src + c * a->s_c + o * a->s_p + m->in[0], sizeof(v8f));
+        return;
+    }
+    Py_ssize_t c_done = 0, o_done = 0; /* what the transposing loops covered */
+    __m256 r[8], t[8];
+    if (m->count == 8 && a->s_p == 1) {
+        o_done = L / 8 * 8;
+        for (Py_ssize_t c = 0; c < count; c++)
+            for (Py_ssize_t o = 0; o < o_done; o += 8) {
+                for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + c * a->s_c + o + m->in[i]);
+                transpose8(r, t);
+                for (int j = 0; j < 8; j++) dst[c * Lp + o + j] = (v8f)t[j];
+            }
+        c_done = count;
+    } else if (m->count == 8 && a->s_c == 1) {
+        c_done = count / 8 * 8;
+        for (Py_ssize_t o = 0; o < L; o++)
+            for (Py_ssize_t c = 0; c < c_done; c += 8) {
+                for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + c + o * a->s_p + m->in[i]);
+                transpose8(r, t);
+                for (int j = 0; j < 8; j++) dst[(c + j) * Lp + o] = (v8f)t[j];
+            }
+        o_done = L;
+    }
+    for (Py_ssize_t c = 0; c < count; c++) /* the rest, one float at a time */
+        for (Py_ssize_t o = c < c_done ? o_done : 0; o < L; o++)
+            dst[c * Lp + o] = load_lanes(src + c * a->s_c + o * a->s_p, m);
+}
+
+/* The inverse of pack for the output: out channel ch0 + c at position o of the 8 lines from
+ * src[c Lp + o], c < count. */
+static TARGET void unpack(const Args *a, const Lanes *m, Py_ssize_t ch0, Py_ssize_t count,
+                          Py_ssize_t Lp, const v8f *src)
+{
+    const Py_ssize_t L = a->length;
+    float *dst = a->out + ch0 * a->o_c;
+    if (m->out_dense) {
+        for (Py_ssize_t c = 0; c < count; c++)
+            for (Py_ssize_t o = 0; o < L; o++)
+                memcpy(dst + c * a->o_c + o * a->o_p + m->out[0], &src[c * Lp + o], sizeof(v8f));
+        return;
+    }
+    Py_ssize_t c_done = 0, o_done = 0;
+    __m256 r[8], t[8];
+    if (m->count == 8 && a->o_p == 1) {
+        o_done = L / 8 * 8;
+        for (Py_ssize_t c = 0; c < count; c++)
+            for (Py_ssize_t o = 0; o < o_done; o += 8) {
+                for (int j = 0; j < 8; j++) r[j] = (__m256)src[c * Lp + o + j];
+                transpose8(r, t);
+                for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + c * a->o_c + o + m->out[i], t[i]);
+            }
+        c_done = count;
+    } else if (m->count == 8 && a->o_c == 1) {
+        c_done = count / 8 * 8;
+        for (Py_ssize_t o = 0; o < L; o++)
+            for (Py_ssize_t c = 0; c < c_done; c += 8) {
+                for (int j = 0; j < 8; j++) r[j] = (__m256)src[(c + j) * Lp + o];
+                transpose8(r, t);
+                for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + c + o * a->o_p + m->out[i], t[i]);
+            }
+        o_done = L;
+    }
+    for (Py_ssize_t c = 0; c < count; c++)
+        for (Py_ssize_t o = c < c_done ? o_done : 0; o < L; o++)
+            store_lanes(dst + c * a->o_c + o * a->o_p, m, src[c * Lp + o]);
+}
+
 /* Softmax weights of one query over its keys [lo, hi), in place; row[p0, lo) and row[hi, p1)
  * (keys of the other query of the pair) are zeroed. Returns 1 / sum of the exponentials. */
 static inline TARGET v8f softmax_row(v8f *row, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t lo,
@@ -151,7 +250,7 @@ static inline TARGET void weigh_table(const v8f *w0, const v8f *w1, const float 
     out1[0] += b0, out1[1] += b1, out1[2] += b2, out1[3] += b3;
 }
 
-/* One group of 8 lines (of all images' lines, in order) and one head. work: (3 dk + dv + 2) Lp
+/* One group of 8 lines (of all images' lines, in order) and one head. work: (3 dk + 2 dv + 2) Lp
  * + 4 vectors, 32-byte aligned, Lp = L rounded up to even. */
 static TARGET void run_task(const Args *a, Py_ssize_t group, Py_ssize_t h, v8f *work)
 {
@@ -168,23 +267,24 @@ static TARGET void run_task(const Args *a, Py_ssize_t group, Py_ssize_t h, v8f *
     m.out_dense = m.count == 8 && a->o_l == 1 && m.out[7] - m.out[0] == 7;
     v8f *qa = work, *qb = qa + dk * Lp, *kp = qb + dk * Lp, *vp = kp + dk * Lp;
     v8f *w0 = vp + dv * Lp + 1, *w1 = w0 + Lp + 2; /* a margin of one key each side */
+    v8f *ob = w1 + Lp + 1;                           /* the outputs [dv][Lp] */
     const float s0 = a->s0[h];
 
+    pack(a, &m, h * dk, dk, Lp, qb);
+    pack(a, &m, a->heads * dk + h * dk, dk, Lp, kp);
+    pack(a, &m, 2 * a->heads * dk + h * dv, dv, Lp, vp);
     for (Py_ssize_t c = 0; c < dk; c++) {
-        const Py_ssize_t qc = h * dk + c, kc = a->heads * dk + h * dk + c;
+        const float q_shift = a->q_shift[h * dk + c], k_shift = a->k_shift[h * dk + c];
         for (Py_ssize_t o = 0; o < L; o++) {
-            v8f q = load_lanes(a->qkv + qc * a->s_c + o * a->s_p, &m) + a->q_shift[qc];
-            qb[c * Lp + o] = q;
-            qa[c * Lp + o] = q * s0;
-            kp[c * Lp + o] = load_lanes(a->qkv + kc * a->s_c + o * a->s_p, &m) + a->k_shift[qc];
+            qb[c * Lp + o] += q_shift;
+            qa[c * Lp + o] = qb[c * Lp + o] * s0;
+            kp[c * Lp + o] += k_shift;
         }
         if (Lp > L) qa[c * Lp + L] = qb[c * Lp + L] = kp[c * Lp + L] = (v8f){0};
     }
     for (Py_ssize_t c = 0; c < dv; c++) {
-        const Py_ssize_t vc = 2 * a->heads * dk + h * dv + c;
         const float scale = a->v_scale[h * dv + c];
-        for (Py_ssize_t p = 0; p < L; p++)
-            vp[c * Lp + p] = load_lanes(a->qkv + vc * a->s_c + p * a->s_p, &m) * scale;
+        for (Py_ssize_t p = 0; p < L; p++) vp[c * Lp + p] *= scale;
     }
     const float *rq = a->rq + h * dk * T + L, *rk = a->rk + h * dk * T + L;
     const float *rv = a->rv + h * dv * T + L;
@@ -251,19 +351,19 @@ static TARGET void run_task(const Args *a, Py_ssize_t group, Py_ssize_t h, v8f *
                 }
             }
             for (int j = 0; j < width; j++) {
-                const Py_ssize_t oc = h * dv + c0 + j;
-                const float bias = a->bias[oc];
-                store_lanes(a->out + oc * a->o_c + o0 * a->o_p, &m, out0[j] * z0 + bias);
-                if (o1 < L) store_lanes(a->out + oc * a->o_c + o1 * a->o_p, &m, out1[j] * z1 + bias);
+                const float bias = a->bias[h * dv + c0 + j];
+                ob[(c0 + j) * Lp + o0] = out0[j] * z0 + bias;
+                ob[(c0 + j) * Lp + o1] = out1[j] * z1 + bias; /* (o1 = L: the padding) */
             }
         }
     }
+    unpack(a, &m, h * dv, dv, Lp, ob);
 }
 
 static int run_tasks(const Args *a, Py_ssize_t first, Py_ssize_t last)
 {
     const Py_ssize_t Lp = a->length + (a->length & 1);
-    const size_t vectors = (size_t)((3 * a->dk + a->dv + 2) * Lp + 4);
+    const size_t vectors = (size_t)((3 * a->dk + 2 * a->dv + 2) * Lp + 4);
     v8f *work = aligned_alloc(32, vectors * sizeof(v8f));
     if (work == NULL) return -1;
     for (Py_ssize_t t = first; t < last; t++) run_task(a, t / a->heads, t % a->heads, work);

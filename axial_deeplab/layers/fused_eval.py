@@ -110,7 +110,9 @@ def attend(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         qkv = _project(weight, x)
     else:  # channels-last and other layouts: oneDNN's 1x1 convolution keeps it
         qkv = torch.nn.functional.conv2d(x, weight[:, :, None, None])
-    out = x.new_empty(n, c, h, w)
+    # the input's layout: the model's convolutions run channels-last (modeling.fusion)
+    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else None
+    out = torch.empty(n, c, h, w, dtype=x.dtype, memory_format=layout or torch.contiguous_format)
     length, lines = (h, w) if layer.axis == "height" else (w, h)
     # (position, line) strides of the projection and of the output
     pl_in = (qkv.stride(2), qkv.stride(3)) if layer.axis == "height" else qkv.stride()[:1:-1]
