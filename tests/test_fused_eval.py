@@ -113,6 +113,62 @@ def test_matches_pytorch_path(shape, spy, monkeypatch):
     torch.testing.assert_close(got, expected, atol=2e-6 * scale, rtol=0)
 
 
+def _random_case(seed: int) -> tuple[AxialAttention, torch.Tensor, int]:
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(*options):
+        return options[int(torch.randint(len(options), (1,), generator=gen))]
+
+    heads, dk = pick(1, 2, 4, 8), pick(1, 2, 3, 8, 9, 16)
+    span_mode, span = pick("global", "local", "hybrid", "block"), pick(1, 3, 5, 9, 65)
+    if span_mode == "global":
+        span = pick(2, 4, 65)
+    torch.manual_seed(seed)
+    layer = AxialAttention(
+        pick(3, 8, 16), 2 * heads * dk, axis=pick("height", "width"), num_heads=heads,
+        span=span, span_mode=span_mode, stride=pick(1, 1, 2), stride_mode=pick("subsample", "avgpool"),
+    )  # fmt: skip
+    randomize_norms(layer.eval(), seed)
+    n, h, w = (
+        pick(1, 2, 3),
+        int(torch.randint(1, 41, (1,), generator=gen)),
+        int(torch.randint(1, 41, (1,), generator=gen)),
+    )
+    x = torch.randn(n, layer.in_channels, h + 2, w + 1, generator=gen)
+    layout = pick("contiguous", "channels_last", "slice")
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x[:, :, 1 : h + 1, :w] if layout == "slice" else x[:, :, :h, :w].contiguous()
+    return layer, x, pick(1, 2)
+
+
+@needs_kernel
+@pytest.mark.parametrize("seed", range(40))
+def test_random_layers_match_pytorch_path(seed, spy, monkeypatch):
+    # Random widths, heads, span modes, strides, sizes (1-40) and layouts (contiguous,
+    # channels-last, a strided slice), 1 or 2 threads, against the PyTorch path.
+    layer, x, threads = _random_case(seed)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            monkeypatch.setenv(fused_eval.ENV, "0")
+            expected = layer(x)
+            monkeypatch.setenv(fused_eval.ENV, "1")
+            got = layer(x)
+    finally:
+        torch.set_num_threads(previous)
+    assert spy.calls >= 1
+    scale = expected.abs().max().clamp(min=1)
+    torch.testing.assert_close(
+        got,
+        expected,
+        atol=2e-6 * scale,
+        rtol=0,
+        msg=lambda m: f"{layer}, {list(x.shape)}, {x.stride()}: {m}",
+    )
+
+
 def _eval_layer() -> tuple[AxialAttention, torch.Tensor]:
     torch.manual_seed(0)
     layer = AxialAttention(8, 16, axis="height", num_heads=2, span=5, span_mode="local").eval()
