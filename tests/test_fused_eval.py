@@ -50,6 +50,20 @@ def randomize_norms(layer: AxialAttention, seed: int = 1) -> None:
         bn.running_var.uniform_(0.5, 2.0, generator=gen)
 
 
+def both_paths(layer, x, threads, monkeypatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``layer(x)`` fused and by the PyTorch path, on ``threads`` threads, without autograd."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            monkeypatch.setenv(fused_eval.ENV, "0")
+            expected = layer(x)
+            monkeypatch.setenv(fused_eval.ENV, "1")
+            return layer(x), expected
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_built_here():
     # The suite's machines are x86-64 with AVX2: a missing kernel is a broken install there.
     if not X86:
@@ -98,16 +112,7 @@ def test_matches_pytorch_path(shape, spy, monkeypatch):
     x = torch.randn(n, c_in, h, w)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            monkeypatch.setenv(fused_eval.ENV, "0")
-            expected = layer(x)
-            monkeypatch.setenv(fused_eval.ENV, "1")
-            got = layer(x)
-    finally:
-        torch.set_num_threads(previous)
+    got, expected = both_paths(layer, x, threads, monkeypatch)
     assert spy.calls >= 1
     scale = expected.abs().max().clamp(min=1)
     torch.testing.assert_close(got, expected, atol=2e-6 * scale, rtol=0)
@@ -148,16 +153,7 @@ def test_random_layers_match_pytorch_path(seed, spy, monkeypatch):
     # Random widths, heads, span modes, strides, sizes (1-40) and layouts (contiguous,
     # channels-last, a strided slice), 1 or 2 threads, against the PyTorch path.
     layer, x, threads = _random_case(seed)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            monkeypatch.setenv(fused_eval.ENV, "0")
-            expected = layer(x)
-            monkeypatch.setenv(fused_eval.ENV, "1")
-            got = layer(x)
-    finally:
-        torch.set_num_threads(previous)
+    got, expected = both_paths(layer, x, threads, monkeypatch)
     assert spy.calls >= 1
     scale = expected.abs().max().clamp(min=1)
     torch.testing.assert_close(
