@@ -38,7 +38,7 @@ from axial_deeplab.export.postprocessing import (  # noqa: E402
     thing_table,
 )
 from axial_deeplab.export.runtime import ExportedPredictor  # noqa: E402
-from axial_deeplab.layers import attention_graph, axial_attention  # noqa: E402
+from axial_deeplab.layers import attention_graph, axial_attention, fused_eval  # noqa: E402
 from axial_deeplab.modeling.postprocessing import get_panoptic_segmentation  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -160,12 +160,15 @@ def _test_images(val_paths) -> list[tuple[str, np.ndarray]]:
     return images
 
 
-def test_attention_is_live(exported, synthetic):
+def test_attention_is_live(exported, synthetic, monkeypatch):
     """The parity below means something: the attention moves an output by at least 10 times its
     tolerance (a zero-initialised residual branch would hide a wrong attention, see
     ENVIRONMENT.md and ``_switch_on_attention``)."""
     if exported["name"] == "resnet":
         pytest.skip("no attention in the ResNet baseline")
+    # Both runs by the PyTorch path, whose ``attend`` is swapped below (the compiled inference
+    # pass would not see the swap; it is tested against that path in test_fused_eval.py).
+    monkeypatch.setenv(fused_eval.ENV, "0")
     eager = exported["eager"]
     image = read_image(str(synthetic[1][0]))
     with_attention = eager.raw(image)
