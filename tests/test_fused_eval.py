@@ -165,6 +165,38 @@ def test_random_layers_match_pytorch_path(seed, spy, monkeypatch):
     )
 
 
+@needs_kernel
+@pytest.mark.parametrize("axis", ["height", "width"])
+def test_nan_reaches_every_query_that_sees_it(axis, spy, monkeypatch):
+    # A NaN pixel (a diverged model, a corrupt input) gives NaN in every output whose window
+    # holds it, never a finite number from a softmax that skipped it. Beyond those the two paths
+    # differ by construction: the PyTorch path's dense masked block spreads it (0 * NaN) along
+    # the whole line, the kernel to the paired query next to the window. Nowhere a NaN the
+    # PyTorch path does not also give; everywhere else the same numbers.
+    torch.manual_seed(0)
+    layer = AxialAttention(8, 16, axis=axis, num_heads=2, span=5, span_mode="local")
+    randomize_norms(layer.eval())
+    x = torch.randn(2, 8, 11, 13)
+    x[1, 3, 4, 6] = float("nan")
+    got, expected = both_paths(layer, x, 1, monkeypatch)
+    assert spy.calls == 1
+    window = got[1, :, 2:7, 6] if axis == "height" else got[1, :, 4, 4:9]  # queries 4 +- 2
+    assert torch.isnan(window).all()
+    assert not (torch.isnan(got) & ~torch.isnan(expected)).any()
+    finite = ~torch.isnan(got) & ~torch.isnan(expected)
+    assert finite.float().mean() > 0.9
+    torch.testing.assert_close(got[finite], expected[finite], atol=2e-6, rtol=1e-5)
+
+    # A NaN logit with finite values (here the key table's entry for distance +2): the queries
+    # with a key 2 ahead, i.e. all but the last two along every line, in both paths.
+    x = torch.randn(2, 8, 11, 13)
+    layer.key_rel.data[0, 4] = float("nan")
+    got, expected = both_paths(layer, x, 1, monkeypatch)
+    assert torch.equal(torch.isnan(got), torch.isnan(expected))
+    along = got.transpose(2, 3) if axis == "width" else got  # [N, C, L, lines]
+    assert torch.isnan(along[:, :, :-2]).all() and not torch.isnan(along[:, :, -2:]).any()
+
+
 def _eval_layer() -> tuple[AxialAttention, torch.Tensor]:
     torch.manual_seed(0)
     layer = AxialAttention(8, 16, axis="height", num_heads=2, span=5, span_mode="local").eval()

@@ -57,10 +57,12 @@ typedef int32_t v8i __attribute__((vector_size(32), aligned(32)));
 
 #define TARGET __attribute__((target("avx2,fma")))
 
-/* exp(x) for x <= 0 (a softmax's shifted logits), lanes below -87 flushed towards zero. */
+/* exp(x) for x <= 0 (a softmax's shifted logits), lanes below -87 flushed towards zero, NaN kept
+ * (maxps returns its second operand when either is NaN: a NaN logit makes its query's outputs
+ * NaN, as in PyTorch's softmax, instead of a weight of zero). */
 static inline TARGET v8f exp8(v8f x)
 {
-    x = (v8f)_mm256_max_ps((__m256)x, _mm256_set1_ps(-87.0f));
+    x = (v8f)_mm256_max_ps(_mm256_set1_ps(-87.0f), (__m256)x);
     const v8f magic = (v8f)_mm256_set1_ps(12582912.0f); /* 1.5 * 2^23: adding it rounds */
     v8f t = x * 1.44269504088896341f + magic;
     v8f n = t - magic;
