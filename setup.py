@@ -7,23 +7,22 @@ from setuptools import Extension, find_packages, setup
 
 HERE = Path(__file__).parent
 
-# The PQ command's PNG reader (evaluation/runs.py) in C. Optional: where it cannot be compiled
-# (no C compiler), pip says so and the package uses its numpy path, with the same results.
-PNG_RUNS = Extension(
-    "axial_deeplab.evaluation._png_runs",
-    ["axial_deeplab/evaluation/_png_runs.c"],
-    extra_compile_args=[] if sys.platform == "win32" else ["-O3"],
-    optional=True,
-)
 
-# Inference-time axial attention in one pass (layers/fused_eval.py), for x86-64 CPUs with AVX2
-# (chosen at run time). Optional likewise: without it the layer runs its PyTorch path.
-FUSED_EVAL = Extension(
-    "axial_deeplab.layers._fused_eval",
-    ["axial_deeplab/layers/_fused_eval.c"],
-    extra_compile_args=[] if sys.platform == "win32" else ["-O3"],
-    optional=True,
-)
+def optional_c_module(name: str) -> Extension:
+    """``axial_deeplab.<name>`` from ``axial_deeplab/<name>.c``. Optional: where it cannot be
+    compiled (no C compiler), pip says so and the package runs its Python path instead."""
+    return Extension(
+        f"axial_deeplab.{name}",
+        [f"axial_deeplab/{name.replace('.', '/')}.c"],
+        extra_compile_args=[] if sys.platform == "win32" else ["-O3"],
+        optional=True,
+    )
+
+
+# The PQ command's PNG reader (evaluation/runs.py; numpy path without it, same results) and the
+# inference-time axial attention in one pass (layers/fused_eval.py; x86-64 with AVX2, chosen at
+# run time; the PyTorch path without it).
+C_MODULES = [optional_c_module("evaluation._png_runs"), optional_c_module("layers._fused_eval")]
 
 setup(
     name="axial_deeplab",
@@ -33,7 +32,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["axial_deeplab", "axial_deeplab.*"]),
-    ext_modules=[PNG_RUNS, FUSED_EVAL],
+    ext_modules=C_MODULES,
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

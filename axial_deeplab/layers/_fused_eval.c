@@ -3,8 +3,8 @@
  * argument and falls back to the PyTorch path where this module is missing or the CPU lacks AVX2).
  *
  * Input: the q/k/v projection of a feature map, any strides, channels [q (G dk) | k (G dk) |
- * v (G dv)], the batch norm's scale folded in. For one image, one head and 8 lines along the
- * attended axis at a time (the lines are the 8 lanes of a vector, so a relative embedding,
+ * v (G dv)], the batch norm's scale folded in. For one head and 8 lines along the attended axis
+ * at a time (lines of different images may share the 8; the lines are the 8 lanes of a vector, so a relative embedding,
  * which depends only on the pair of positions, is one broadcast shared by 8 lines), with
  * d = p - o the key position minus the query position:
  *
@@ -39,8 +39,8 @@ typedef struct {
     Py_ssize_t images, length, lines, heads, dk, dv;
     const float *q_shift, *k_shift;  /* [G dk] each */
     const float *s0;                 /* [G] */
-    const float *rq, *rk;            /* [G, dk, 2L - 1], indexed by d + L - 1 */
-    const float *rv;                 /* [G, dv, 2L - 1] */
+    const float *rq, *rk;            /* [G, dk, 2L + 1], indexed by d + L (one zero each end) */
+    const float *rv;                 /* [G, dv, 2L + 1] */
     const float *v_scale, *bias;     /* [G dv] each */
     const int32_t *lo, *hi;          /* [L] each, or NULL: every query sees every key */
 } Args;

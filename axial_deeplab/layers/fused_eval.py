@@ -1,8 +1,8 @@
 """Inference-time axial attention in one compiled pass (CPU, x86-64 with AVX2 and FMA).
 
 ``AxialAttention`` in eval mode with no gradient to record, on a float32 CPU tensor, hands its
-whole layer but the projection to ``_fused_eval.c``: per image, head and group of 8 lines along
-the attended axis, the three logit terms, the softmax and both value terms in registers and L1,
+whole layer but the projection to ``_fused_eval.c``: per head and group of 8 lines along the
+attended axis (of all the images' lines), the three logit terms, the softmax and both value terms in registers and L1,
 the batch norms folded in, the output written straight into the ``[N, C, H, W]`` map. The
 projection is one matmul per image on the map as it is (no lines are gathered). Outputs match
 the PyTorch path to float32 round-off (``tests/test_fused_eval.py``).
@@ -118,8 +118,7 @@ def attend(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     pl_in = (qkv.stride(2), qkv.stride(3)) if layer.axis == "height" else qkv.stride()[:1:-1]
     pl_out = (out.stride(2), out.stride(3)) if layer.axis == "height" else out.stride()[:1:-1]
 
-    bn = layer.logits_norm
-    s0, s1, s2 = (bn.weight * torch.rsqrt(bn.running_var + bn.eps)).view(3, g, 1, 1)
+    s0, s1, s2 = running_affine(layer.logits_norm)[0].view(3, g, 1, 1)  # the shift cancels
     index = extended_index(length, layer.query_rel.shape[1], device=x.device)  # [2L - 1]
 
     def table(rel: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
