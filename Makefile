@@ -14,7 +14,8 @@ NEED_GB ?= 7
 
 # The C sources: pip compiles them at install (setup.py), so a change to one reinstalls.
 $(VENV)/.installed: setup.py requirements/constraints.txt axial_deeplab/evaluation/_png_runs.c \
-		axial_deeplab/layers/_fused_eval.c
+		axial_deeplab/layers/_fused_eval.c axial_deeplab/layers/_fused_train.c \
+		axial_deeplab/layers/_fused_simd.h
 	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
 	if [ "$$free" -lt $(NEED_GB) ]; then \
 	  echo "error: $$free GB free on the disk of $$(pwd); the .venv needs about $(NEED_GB) GB" \

@@ -8,21 +8,28 @@ from setuptools import Extension, find_packages, setup
 HERE = Path(__file__).parent
 
 
-def optional_c_module(name: str) -> Extension:
-    """``axial_deeplab.<name>`` from ``axial_deeplab/<name>.c``. Optional: where it cannot be
-    compiled (no C compiler), pip says so and the package runs its Python path instead."""
+def optional_c_module(name: str, depends: tuple[str, ...] = ()) -> Extension:
+    """``axial_deeplab.<name>`` from ``axial_deeplab/<name>.c`` (which includes ``depends``).
+    Optional: where it cannot be compiled (no C compiler), pip says so and the package runs its
+    Python path instead."""
     return Extension(
         f"axial_deeplab.{name}",
         [f"axial_deeplab/{name.replace('.', '/')}.c"],
+        depends=list(depends),
         extra_compile_args=[] if sys.platform == "win32" else ["-O3"],
         optional=True,
     )
 
 
 # The PQ command's PNG reader (evaluation/runs.py; numpy path without it, same results) and the
-# inference-time axial attention in one pass (layers/fused_eval.py; x86-64 with AVX2, chosen at
-# run time; the PyTorch path without it).
-C_MODULES = [optional_c_module("evaluation._png_runs"), optional_c_module("layers._fused_eval")]
+# compiled axial attention, for inference (layers/fused_eval.py) and with its backward pass
+# (layers/fused_train.py): x86-64 with AVX2, chosen at run time; the PyTorch path without them.
+SIMD = ("axial_deeplab/layers/_fused_simd.h",)
+C_MODULES = [
+    optional_c_module("evaluation._png_runs"),
+    optional_c_module("layers._fused_eval", SIMD),
+    optional_c_module("layers._fused_train", SIMD),
+]
 
 setup(
     name="axial_deeplab",

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused_eval
+from . import fused_eval, fused_train
 from .attention_core import attend, key_ranges
 from .attention_graph import attend_windowed
 from .batch_norm import running_affine, sync_moments, update_running_stats, uses_batch_stats
@@ -283,6 +283,8 @@ class AxialAttention(nn.Module):
             out = attend_windowed(*args, tables, span=self.span, span_mode=self.span_mode)
             c = self.out_channels
             return out[:, :c], out[:, c:].permute(2, 0, 1)  # [B, C, L], [L, B, C] (views)
+        if fused_train.applies(*args, *tables):  # an AVX2 CPU: compiled, backward included
+            return fused_train.attend(*args, tables, span=self.span, span_mode=self.span_mode)
         return attend(*args, tables, span=self.span, span_mode=self.span_mode)
 
     def _logit_scales(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

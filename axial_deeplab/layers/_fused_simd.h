@@ -1,0 +1,48 @@
+/* What the compiled attention kernels share (_fused_eval.c, _fused_train.c): 8-float AVX2 vectors,
+ * the softmax's exponential and the run-time CPU check. Each kernel is one translation unit that
+ * includes this header; nothing here is exported. */
+#ifndef AXIAL_FUSED_SIMD_H
+#define AXIAL_FUSED_SIMD_H
+
+#include <stdint.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FUSED_X86 1
+#include <immintrin.h>
+
+typedef float v8f __attribute__((vector_size(32), aligned(32)));
+typedef int32_t v8i __attribute__((vector_size(32), aligned(32)));
+
+#define TARGET __attribute__((target("avx2,fma")))
+
+/* exp(x) for x <= 0 (a softmax's shifted logits), lanes below -87 flushed towards zero, NaN kept
+ * (maxps returns its second operand when either is NaN: a NaN logit makes its query's outputs
+ * NaN, as in PyTorch's softmax, instead of a weight of zero). A degree-6 polynomial after range
+ * reduction, relative error about 2e-7. */
+static inline TARGET v8f exp8(v8f x)
+{
+    x = (v8f)_mm256_max_ps(_mm256_set1_ps(-87.0f), (__m256)x);
+    const v8f magic = (v8f)_mm256_set1_ps(12582912.0f); /* 1.5 * 2^23: adding it rounds */
+    v8f t = x * 1.44269504088896341f + magic;
+    v8f n = t - magic;
+    v8f r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
+    v8f p = r * (1.0f / 720) + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    v8i bits = ((v8i)t - 0x4B400000 + 127) << 23; /* 2^n */
+    return p * (v8f)bits;
+}
+
+static inline int cpu_ok(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#else
+static inline int cpu_ok(void) { return 0; }
+#endif
+
+#endif
