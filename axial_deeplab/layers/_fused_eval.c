@@ -76,26 +76,6 @@ static inline TARGET void store_lanes(float *dst, const Lanes *m, v8f x)
     }
 }
 
-/* t[j][i] = r[i][j] for an 8 x 8 block. */
-static inline TARGET void transpose8(const __m256 r[8], __m256 t[8])
-{
-    __m256 a[8], b[8];
-    for (int i = 0; i < 8; i += 2) {
-        a[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        a[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-        b[i] = _mm256_shuffle_ps(a[i], a[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        b[i + 1] = _mm256_shuffle_ps(a[i], a[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        b[i + 2] = _mm256_shuffle_ps(a[i + 1], a[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        b[i + 3] = _mm256_shuffle_ps(a[i + 1], a[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int j = 0; j < 4; j++) {
-        t[j] = _mm256_permute2f128_ps(b[j], b[j + 4], 0x20);
-        t[j + 4] = _mm256_permute2f128_ps(b[j], b[j + 4], 0x31);
-    }
-}
-
 /* dst[c Lp + o] = the 8 lines' values of channel ch0 + c at position o, c < count, o < L. Lines
  * 8 apart in memory are read 8 x 8 at a time and transposed when positions (s_p = 1) or
  * channels (s_c = 1) are the contiguous axis, else one float at a time. */

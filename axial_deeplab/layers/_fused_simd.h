@@ -1,6 +1,6 @@
 /* What the compiled attention kernels share (_fused_eval.c, _fused_train.c): 8-float AVX2 vectors,
- * the softmax's exponential and the run-time CPU check. Each kernel is one translation unit that
- * includes this header; nothing here is exported. */
+ * the softmax's exponential, an 8 x 8 transpose and the run-time CPU check. Each kernel is one
+ * translation unit that includes this header; nothing here is exported. */
 #ifndef AXIAL_FUSED_SIMD_H
 #define AXIAL_FUSED_SIMD_H
 
@@ -34,6 +34,26 @@ static inline TARGET v8f exp8(v8f x)
     p = p * r + 1.0f;
     v8i bits = ((v8i)t - 0x4B400000 + 127) << 23; /* 2^n */
     return p * (v8f)bits;
+}
+
+/* t[j][i] = r[i][j] for an 8 x 8 block. */
+static inline TARGET void transpose8(const __m256 r[8], __m256 t[8])
+{
+    __m256 a[8], b[8];
+    for (int i = 0; i < 8; i += 2) {
+        a[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        a[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        b[i] = _mm256_shuffle_ps(a[i], a[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        b[i + 1] = _mm256_shuffle_ps(a[i], a[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        b[i + 2] = _mm256_shuffle_ps(a[i + 1], a[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        b[i + 3] = _mm256_shuffle_ps(a[i + 1], a[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int j = 0; j < 4; j++) {
+        t[j] = _mm256_permute2f128_ps(b[j], b[j + 4], 0x20);
+        t[j + 4] = _mm256_permute2f128_ps(b[j], b[j + 4], 0x31);
+    }
 }
 
 static inline int cpu_ok(void)

@@ -30,43 +30,149 @@
 
 #include "_fused_simd.h"
 
+/* A float tensor read or written as element (line b, head h, channel c, position p) at
+ * base + b s_b + h s_g + c s_c + p s_p. */
 typedef struct {
-    Py_ssize_t tasks, length, dk, dv, win;
-    const float *q1, *k, *q2, *k3, *v;   /* packed [tasks][d][L][8] */
-    const float *rq, *rk, *rv;           /* [dk][T], [dk][T], [dv][T] */
-    const int32_t *lo, *hi;              /* [L] each, or NULL: every query sees every key */
-    float *w;                            /* [tasks][L][win][8] */
-    float *sv, *sve;                     /* forward: [tasks][dv][L][8]; backward: their grads */
-    float *gq1, *gk, *gq2, *gk3, *gv;    /* backward: packed like the inputs */
-    float *gr;                           /* backward: += the tables' gradients [2 dk + dv][T] */
+    float *base;
+    int64_t s_b, s_g, s_c, s_p;
+} Operand;
+
+enum { Q1, K, Q2, K3, V, SV, SVE, GQ1, GK, GQ2, GK3, GV, OPERANDS };
+
+/* The call's descriptor, an int64 array (fused_train.py writes it): OPERANDS x (address, s_b,
+ * s_g, s_c, s_p), then the addresses of rq, rk, rv, lo, hi, w, gr, then lines, heads, L, dk, dv,
+ * win. SV and SVE are the outputs in the forward pass and their gradients in the backward pass;
+ * GQ1 .. GV are written by the backward pass only. */
+enum { D_TABLES = 5 * OPERANDS, D_SIZES = D_TABLES + 7, D_LENGTH = D_SIZES + 6 };
+
+typedef struct {
+    Operand x[OPERANDS];
+    const float *rq, *rk, *rv;  /* [dk][T], [dk][T], [dv][T] */
+    const int32_t *lo, *hi;     /* [L] each, or NULL: every query sees every key */
+    float *w;                   /* [tasks][L][win][8] */
+    float *gr;                  /* backward: += the tables' gradients [2 dk + dv][T] */
+    int64_t lines, heads, length, dk, dv, win;
 } Args;
+
+/* Tasks: every (group of 8 lines, head), task t = group * heads + head. */
+static int64_t task_count(const Args *a) { return (a->lines + 7) / 8 * a->heads; }
 
 #ifdef FUSED_X86
 
-static inline void window(const Args *a, Py_ssize_t o, Py_ssize_t *lo, Py_ssize_t *hi)
+static inline void window(const Args *a, int64_t o, int64_t *lo, int64_t *hi)
 {
     *lo = a->lo == NULL ? 0 : a->lo[o];
     *hi = a->lo == NULL ? a->length : a->hi[o];
 }
 
-/* The forward pass of task t: W and both outputs. */
-static TARGET void forward_task(const Args *a, Py_ssize_t t)
+/* dst[c L + p] = channel c < d of head h at position p of operand x, for the task's lanes (lines
+ * 8 group + i, i < count; missing lanes zero). Lines 8 apart in memory are read 8 x 8 at a time
+ * and transposed where positions or channels are contiguous, else one float at a time. */
+static TARGET void gather(const Operand *x, int64_t group, int count, int64_t h, int64_t d,
+                          int64_t L, v8f *dst)
 {
-    const Py_ssize_t L = a->length, dk = a->dk, dv = a->dv, T = 2 * L + 1, win = a->win;
-    const v8f *q1 = (const v8f *)a->q1 + t * dk * L, *k = (const v8f *)a->k + t * dk * L;
-    const v8f *q2 = (const v8f *)a->q2 + t * dk * L, *k3 = (const v8f *)a->k3 + t * dk * L;
-    const v8f *v = (const v8f *)a->v + t * dv * L;
+    const float *src = x->base + 8 * group * x->s_b + h * x->s_g;
+    const int64_t sb = x->s_b, sc = x->s_c, sp = x->s_p;
+    if (count == 8 && sb == 1) {
+        for (int64_t c = 0; c < d; c++)
+            for (int64_t p = 0; p < L; p++) memcpy(&dst[c * L + p], src + c * sc + p * sp, 32);
+        return;
+    }
+    int64_t c_done = 0, p_done = 0; /* what the transposing loops covered */
+    __m256 r[8], t[8];
+    if (count == 8 && sp == 1) {
+        p_done = L / 8 * 8, c_done = d;
+        for (int64_t c = 0; c < d; c++)
+            for (int64_t p = 0; p < p_done; p += 8) {
+                for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * sb + c * sc + p);
+                transpose8(r, t);
+                for (int j = 0; j < 8; j++) dst[c * L + p + j] = (v8f)t[j];
+            }
+    } else if (count == 8 && sc == 1) {
+        c_done = d / 8 * 8, p_done = L;
+        for (int64_t p = 0; p < L; p++)
+            for (int64_t c = 0; c < c_done; c += 8) {
+                for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * sb + c + p * sp);
+                transpose8(r, t);
+                for (int j = 0; j < 8; j++) dst[(c + j) * L + p] = (v8f)t[j];
+            }
+    }
+    for (int64_t c = 0; c < d; c++)
+        for (int64_t p = c < c_done ? p_done : 0; p < L; p++) {
+            v8f y = {0};
+            for (int i = 0; i < count; i++) y[i] = src[i * sb + c * sc + p * sp];
+            dst[c * L + p] = y;
+        }
+}
+
+/* The inverse of gather: channel c < d of head h at position p of operand x from src[c L + p],
+ * for the task's lanes. */
+static TARGET void scatter(const Operand *x, int64_t group, int count, int64_t h, int64_t d,
+                           int64_t L, const v8f *src)
+{
+    float *dst = x->base + 8 * group * x->s_b + h * x->s_g;
+    const int64_t sb = x->s_b, sc = x->s_c, sp = x->s_p;
+    if (count == 8 && sb == 1) {
+        for (int64_t c = 0; c < d; c++)
+            for (int64_t p = 0; p < L; p++) memcpy(dst + c * sc + p * sp, &src[c * L + p], 32);
+        return;
+    }
+    int64_t c_done = 0, p_done = 0;
+    __m256 r[8], t[8];
+    if (count == 8 && sp == 1) {
+        p_done = L / 8 * 8, c_done = d;
+        for (int64_t c = 0; c < d; c++)
+            for (int64_t p = 0; p < p_done; p += 8) {
+                for (int j = 0; j < 8; j++) r[j] = (__m256)src[c * L + p + j];
+                transpose8(r, t);
+                for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + i * sb + c * sc + p, t[i]);
+            }
+    } else if (count == 8 && sc == 1) {
+        c_done = d / 8 * 8, p_done = L;
+        for (int64_t p = 0; p < L; p++)
+            for (int64_t c = 0; c < c_done; c += 8) {
+                for (int j = 0; j < 8; j++) r[j] = (__m256)src[(c + j) * L + p];
+                transpose8(r, t);
+                for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + i * sb + c + p * sp, t[i]);
+            }
+    }
+    for (int64_t c = 0; c < d; c++)
+        for (int64_t p = c < c_done ? p_done : 0; p < L; p++)
+            for (int i = 0; i < count; i++) dst[i * sb + c * sc + p * sp] = src[c * L + p][i];
+}
+
+/* The task's group, head and lane count. */
+static void task_lanes(const Args *a, int64_t t, int64_t *group, int64_t *h, int *count)
+{
+    *group = t / a->heads, *h = t % a->heads;
+    const int64_t left = a->lines - 8 * *group;
+    *count = left < 8 ? (int)left : 8;
+}
+
+/* The forward pass of task t: W and both outputs. work: (4 dk + 3 dv) L vectors. */
+static TARGET void forward_task(const Args *a, int64_t t, v8f *work)
+{
+    const int64_t L = a->length, dk = a->dk, dv = a->dv, T = 2 * L + 1, win = a->win;
+    int64_t group, h;
+    int count;
+    task_lanes(a, t, &group, &h, &count);
+    v8f *q1 = work, *k = q1 + dk * L, *q2 = k + dk * L, *k3 = q2 + dk * L, *v = k3 + dk * L;
+    v8f *sv = v + dv * L, *sve = sv + dv * L;
+    gather(&a->x[Q1], group, count, h, dk, L, q1);
+    gather(&a->x[K], group, count, h, dk, L, k);
+    gather(&a->x[Q2], group, count, h, dk, L, q2);
+    gather(&a->x[K3], group, count, h, dk, L, k3);
+    gather(&a->x[V], group, count, h, dv, L, v);
     v8f *w = (v8f *)a->w + t * L * win;
-    v8f *sv = (v8f *)a->sv + t * dv * L, *sve = (v8f *)a->sve + t * dv * L;
-    for (Py_ssize_t o = 0; o < L; o++) {
-        Py_ssize_t lo, hi;
+    for (int64_t o = 0; o < L; o++) {
+        int64_t lo, hi;
         window(a, o, &lo, &hi);
         v8f *row = w + o * win - lo; /* row[p], lo <= p < hi */
         const float *rq = a->rq + L - o, *rk = a->rk + L - o; /* rq[c T + p]: distance p - o */
-        Py_ssize_t p = lo;
+        int64_t p = lo;
         for (; p + 4 <= hi; p += 4) {
             v8f acc[4] = {{0}};
-            for (Py_ssize_t c = 0; c < dk; c++) {
+            for (int64_t c = 0; c < dk; c++) {
                 const v8f x = q1[c * L + o], y = q2[c * L + o];
                 const v8f *kc = k + c * L + p, *k3c = k3 + c * L + p;
                 const float *r = rq + c * T + p, *s = rk + c * T + p;
@@ -76,7 +182,7 @@ static TARGET void forward_task(const Args *a, Py_ssize_t t)
         }
         for (; p < hi; p++) {
             v8f acc = {0};
-            for (Py_ssize_t c = 0; c < dk; c++)
+            for (int64_t c = 0; c < dk; c++)
                 acc += q1[c * L + o] * k[c * L + p] + q2[c * L + o] * rq[c * T + p] +
                        k3[c * L + p] * rk[c * T + p];
             row[p] = acc;
@@ -90,7 +196,7 @@ static TARGET void forward_task(const Args *a, Py_ssize_t t)
         const v8f z = 1.0f / sum;
         for (p = lo; p < hi; p++) row[p] *= z;
         const float *rv = a->rv + L - o;
-        for (Py_ssize_t c = 0; c < dv; c++) {
+        for (int64_t c = 0; c < dv; c++) {
             const v8f *vc = v + c * L;
             const float *r = rv + c * T;
             v8f acc0 = {0}, acc1 = {0};
@@ -102,6 +208,8 @@ static TARGET void forward_task(const Args *a, Py_ssize_t t)
             sve[c * L + o] = acc1;
         }
     }
+    scatter(&a->x[SV], group, count, h, dv, L, sv);
+    scatter(&a->x[SVE], group, count, h, dv, L, sve);
 }
 
 static inline TARGET float lane_sum(v8f x)
@@ -112,32 +220,38 @@ static inline TARGET float lane_sum(v8f x)
     return _mm_cvtss_f32(s);
 }
 
-/* The backward pass of task t. work: (2 dk + dv) T + 2 L vectors. */
-static TARGET void backward_task(const Args *a, Py_ssize_t t, v8f *work)
+/* The backward pass of task t. work: (8 dk + 4 dv) L + (2 dk + dv) T + 2 L vectors. */
+static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
 {
-    const Py_ssize_t L = a->length, dk = a->dk, dv = a->dv, T = 2 * L + 1, win = a->win;
-    const v8f *q1 = (const v8f *)a->q1 + t * dk * L, *k = (const v8f *)a->k + t * dk * L;
-    const v8f *q2 = (const v8f *)a->q2 + t * dk * L, *k3 = (const v8f *)a->k3 + t * dk * L;
-    const v8f *v = (const v8f *)a->v + t * dv * L;
-    const v8f *w = (const v8f *)a->w + t * L * win;
-    const v8f *gsv = (const v8f *)a->sv + t * dv * L, *gsve = (const v8f *)a->sve + t * dv * L;
-    v8f *gq1 = (v8f *)a->gq1 + t * dk * L, *gk = (v8f *)a->gk + t * dk * L;
-    v8f *gq2 = (v8f *)a->gq2 + t * dk * L, *gk3 = (v8f *)a->gk3 + t * dk * L;
-    v8f *gv = (v8f *)a->gv + t * dv * L;
-    v8f *grq = work, *grk = grq + dk * T, *grv = grk + dk * T, *gw = grv + dv * T, *ga = gw + L;
-    memset(work, 0, (size_t)((2 * dk + dv) * T) * sizeof(v8f));
+    const int64_t L = a->length, dk = a->dk, dv = a->dv, T = 2 * L + 1, win = a->win;
+    int64_t group, h;
+    int count;
+    task_lanes(a, t, &group, &h, &count);
+    v8f *q1 = work, *k = q1 + dk * L, *q2 = k + dk * L, *k3 = q2 + dk * L, *v = k3 + dk * L;
+    v8f *gsv = v + dv * L, *gsve = gsv + dv * L;
+    v8f *gq1 = gsve + dv * L, *gk = gq1 + dk * L, *gq2 = gk + dk * L, *gk3 = gq2 + dk * L;
+    v8f *gv = gk3 + dk * L, *grq = gv + dv * L, *grk = grq + dk * T, *grv = grk + dk * T;
+    v8f *gw = grv + dv * T, *ga = gw + L;
+    gather(&a->x[Q1], group, count, h, dk, L, q1);
+    gather(&a->x[K], group, count, h, dk, L, k);
+    gather(&a->x[Q2], group, count, h, dk, L, q2);
+    gather(&a->x[K3], group, count, h, dk, L, k3);
+    gather(&a->x[V], group, count, h, dv, L, v);
+    gather(&a->x[SV], group, count, h, dv, L, gsv);
+    gather(&a->x[SVE], group, count, h, dv, L, gsve);
     memset(gk, 0, (size_t)(dk * L) * sizeof(v8f));
     memset(gk3, 0, (size_t)(dk * L) * sizeof(v8f));
-    memset(gv, 0, (size_t)(dv * L) * sizeof(v8f));
-    for (Py_ssize_t o = 0; o < L; o++) {
-        Py_ssize_t lo, hi, p;
+    memset(gv, 0, (size_t)(dv * L + (2 * dk + dv) * T) * sizeof(v8f)); /* gv and the tables' */
+    const v8f *w = (const v8f *)a->w + t * L * win;
+    for (int64_t o = 0; o < L; o++) {
+        int64_t lo, hi, p;
         window(a, o, &lo, &hi);
         const v8f *row = w + o * win - lo;
         const float *rq = a->rq + L - o, *rk = a->rk + L - o, *rv = a->rv + L - o;
         v8f *grq_o = grq + L - o, *grk_o = grk + L - o, *grv_o = grv + L - o;
         /* gW, and the values' gradients. */
         for (p = lo; p < hi; p++) gw[p] = (v8f){0};
-        for (Py_ssize_t c = 0; c < dv; c++) {
+        for (int64_t c = 0; c < dv; c++) {
             const v8f x = gsv[c * L + o], y = gsve[c * L + o];
             const v8f *vc = v + c * L;
             const float *r = rv + c * T;
@@ -153,7 +267,7 @@ static TARGET void backward_task(const Args *a, Py_ssize_t t, v8f *work)
         for (p = lo; p < hi; p++) dot += row[p] * gw[p];
         for (p = lo; p < hi; p++) ga[p] = row[p] * (gw[p] - dot);
         /* The logits' operands. */
-        for (Py_ssize_t c = 0; c < dk; c++) {
+        for (int64_t c = 0; c < dk; c++) {
             const v8f x = q1[c * L + o], y = q2[c * L + o];
             const v8f *kc = k + c * L, *k3c = k3 + c * L;
             const float *r = rq + c * T, *s = rk + c * T;
@@ -172,57 +286,67 @@ static TARGET void backward_task(const Args *a, Py_ssize_t t, v8f *work)
             gq2[c * L + o] = acc2;
         }
     }
-    for (Py_ssize_t i = 0; i < (2 * dk + dv) * T; i++) a->gr[i] += lane_sum(work[i]);
+    scatter(&a->x[GQ1], group, count, h, dk, L, gq1);
+    scatter(&a->x[GK], group, count, h, dk, L, gk);
+    scatter(&a->x[GQ2], group, count, h, dk, L, gq2);
+    scatter(&a->x[GK3], group, count, h, dk, L, gk3);
+    scatter(&a->x[GV], group, count, h, dv, L, gv);
+    for (int64_t i = 0; i < (2 * dk + dv) * T; i++) a->gr[i] += lane_sum(grq[i]);
 }
 
-static int run(const Args *a, Py_ssize_t first, Py_ssize_t last, int backward)
+static int run(const Args *a, int64_t first, int64_t last, int backward)
 {
-    if (!backward) {
-        for (Py_ssize_t t = first; t < last; t++) forward_task(a, t);
-        return 0;
-    }
-    const Py_ssize_t T = 2 * a->length + 1;
-    v8f *work = aligned_alloc(32, (size_t)((2 * a->dk + a->dv) * T + 2 * a->length) * sizeof(v8f));
+    const int64_t L = a->length, dk = a->dk, dv = a->dv, T = 2 * L + 1;
+    const int64_t vectors = backward ? (8 * dk + 4 * dv) * L + (2 * dk + dv) * T + 2 * L
+                                     : (4 * dk + 3 * dv) * L;
+    v8f *work = aligned_alloc(32, (size_t)vectors * sizeof(v8f));
     if (work == NULL) return -1;
-    for (Py_ssize_t t = first; t < last; t++) backward_task(a, t, work);
+    for (int64_t t = first; t < last; t++) {
+        if (backward)
+            backward_task(a, t, work);
+        else
+            forward_task(a, t, work);
+    }
     free(work);
     return 0;
 }
 #else
-static int run(const Args *a, Py_ssize_t first, Py_ssize_t last, int backward)
+static int run(const Args *a, int64_t first, int64_t last, int backward)
 {
     (void)a, (void)first, (void)last, (void)backward;
     return -2;
 }
 #endif
 
-static float *fptr(unsigned long long address) { return (float *)(uintptr_t)address; }
-
-/* call(pointers, sizes, first, last, backward): see fused_train.py for the order of both tuples. */
+/* call(descriptor, first, last, backward): tasks [first, last) of the call described by the
+ * int64 array at address `descriptor` (see the enum above; fused_train.py checks it). */
 static PyObject *call(PyObject *self, PyObject *args)
 {
     (void)self;
-    unsigned long long p[19];
-    Py_ssize_t size[5], first, last;
+    unsigned long long address;
+    long long first, last;
     int backward;
-    if (!PyArg_ParseTuple(args, "(KKKKKKKKKKKKKKKKKKK)(nnnnn)nnp", &p[0], &p[1], &p[2], &p[3],
-                          &p[4], &p[5], &p[6], &p[7], &p[8], &p[9], &p[10], &p[11], &p[12],
-                          &p[13], &p[14], &p[15], &p[16], &p[17], &p[18], &size[0],
-                          &size[1], &size[2], &size[3], &size[4], &first, &last, &backward))
-        return NULL;
-    Args a = {
-        .tasks = size[0], .length = size[1], .dk = size[2], .dv = size[3], .win = size[4],
-        .q1 = fptr(p[0]), .k = fptr(p[1]), .q2 = fptr(p[2]), .k3 = fptr(p[3]), .v = fptr(p[4]),
-        .rq = fptr(p[5]), .rk = fptr(p[6]), .rv = fptr(p[7]),
-        .lo = (const int32_t *)(uintptr_t)p[8], .hi = (const int32_t *)(uintptr_t)p[9],
-        .w = fptr(p[10]), .sv = fptr(p[11]), .sve = fptr(p[12]),
-        .gq1 = fptr(p[13]), .gk = fptr(p[14]), .gq2 = fptr(p[15]), .gk3 = fptr(p[16]),
-        .gv = fptr(p[17]), .gr = fptr(p[18]),
-    };
-    if (first < 0 || last > a.tasks || first > last || a.length < 1 || a.dk < 1 || a.dv < 1 ||
-        a.win < 1 || a.win > a.length) {
-        PyErr_Format(PyExc_ValueError, "tasks [%zd, %zd) outside [0, %zd), or bad sizes", first,
-                     last, a.tasks);
+    if (!PyArg_ParseTuple(args, "KLLp", &address, &first, &last, &backward)) return NULL;
+    const int64_t *d = (const int64_t *)(uintptr_t)address;
+    Args a;
+    for (int i = 0; i < OPERANDS; i++) {
+        const int64_t *e = d + 5 * i;
+        a.x[i] = (Operand){(float *)(uintptr_t)e[0], e[1], e[2], e[3], e[4]};
+    }
+    const int64_t *tables = d + D_TABLES, *sizes = d + D_SIZES;
+    a.rq = (const float *)(uintptr_t)tables[0];
+    a.rk = (const float *)(uintptr_t)tables[1];
+    a.rv = (const float *)(uintptr_t)tables[2];
+    a.lo = (const int32_t *)(uintptr_t)tables[3];
+    a.hi = (const int32_t *)(uintptr_t)tables[4];
+    a.w = (float *)(uintptr_t)tables[5];
+    a.gr = (float *)(uintptr_t)tables[6];
+    a.lines = sizes[0], a.heads = sizes[1], a.length = sizes[2];
+    a.dk = sizes[3], a.dv = sizes[4], a.win = sizes[5];
+    if (a.lines < 1 || a.heads < 1 || a.length < 1 || a.dk < 1 || a.dv < 1 || a.win < 1 ||
+        a.win > a.length || first < 0 || last > task_count(&a) || first > last) {
+        PyErr_Format(PyExc_ValueError, "tasks [%lld, %lld) of %lld, or bad sizes", first, last,
+                     (long long)task_count(&a));
         return NULL;
     }
     if (!cpu_ok()) {

@@ -58,84 +58,78 @@ def applies(*tensors: torch.Tensor) -> bool:
     return available()
 
 
-def _pack(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """``[B, G, d, L]`` -> ``[groups G, d, L, 8]``: 8 lines to a vector, missing lines zero."""
-    b, g, d, length = x.shape
-    if groups * LANES != b:
-        x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, groups * LANES - b))
-    return x.view(groups, LANES, g, d, length).permute(0, 2, 3, 4, 1).contiguous()
+OPERANDS = ("q1", "k", "q2", "k3", "v", "sv", "sve", "gq1", "gk", "gq2", "gk3", "gv")
 
 
-def _unpack(x: torch.Tensor, b: int, g: int) -> torch.Tensor:
-    """The inverse of ``_pack``: ``[groups G, d, L, 8]`` -> ``[B, G, d, L]`` (a view)."""
-    d, length = x.shape[-3:-1]
-    return x.view(-1, g, d, length, LANES).permute(0, 4, 1, 2, 3).flatten(0, 1)[:b]
+def _lines(x: torch.Tensor) -> list[int]:
+    """Address and (line, head, channel, position) strides of an operand ``[B, G, d, L]``."""
+    return [x.data_ptr(), *x.stride()]
 
 
-def _run(sizes: tuple[int, ...], pointers: list[int], tasks: int, backward: bool) -> None:
-    """The kernel over ``tasks``, split over torch's thread count; ``pointers[-1]``, for the
-    backward pass, is a list of one table-gradient buffer per part."""
+def _outputs(sv: torch.Tensor, sve: torch.Tensor, dv: int) -> list[int]:
+    """The same for ``sv [B, C, L]`` and ``sve [L, B, C]`` (``C = G dv``, head-major)."""
+    return [sv.data_ptr(), sv.stride(0), dv * sv.stride(1), sv.stride(1), sv.stride(2),
+            sve.data_ptr(), sve.stride(1), dv * sve.stride(2), sve.stride(2), sve.stride(0)]  # fmt: skip
+
+
+def _run(operands: list[int], tables: list[int], sizes: tuple[int, ...], table_grads, backward):
+    """The kernel on every task, split over torch's thread count (each part with its own row
+    of ``table_grads [parts, ...]`` in the backward pass)."""
+    lines, heads = sizes[:2]
+    tasks = -(-lines // LANES) * heads
     threads = max(1, min(torch.get_num_threads(), tasks))
+    descriptors = []
+    for i in range(threads):
+        grads = 0 if table_grads is None else table_grads[i].data_ptr()
+        descriptors.append(torch.tensor(operands + tables + [grads] + list(sizes)))
     bounds = [tasks * i // threads for i in range(threads + 1)]
-    parts = list(zip(bounds, bounds[1:]))
-
-    def part(i: int) -> tuple:
-        tail = [pointers[-1][i]] if backward else [0]
-        return tuple(pointers[:-1] + tail), sizes, parts[i][0], parts[i][1], backward
-
+    calls = [(d.data_ptr(), a, b, backward) for d, a, b in zip(descriptors, bounds, bounds[1:])]
     if threads == 1:
-        _fused_train.call(*part(0))
+        _fused_train.call(*calls[0])
         return
     pool = fused_eval._pool(threads)
-    for run in [pool.submit(_fused_train.call, *part(i)) for i in range(threads)]:
+    for run in [pool.submit(_fused_train.call, *args) for args in calls]:
         run.result()
 
 
 class FusedCore(torch.autograd.Function):
     """``(q1, k, q2, k3, v, rq, rk, rv, lo, hi) -> (sv [B, C, L], sve [L, B, C])`` for operands
-    ``[B, G, d, L]`` and extended tables ``[d, 2L + 1]`` (entry ``d + L`` for distance ``d``)."""
+    ``[B, G, d, L]`` (any strides) and extended tables ``[d, 2L + 1]`` (entry ``d + L`` for
+    distance ``d``); ``lo, hi``: int32 key ranges ``[L]``, or None for the whole axis."""
 
     @staticmethod
     def forward(ctx, q1, k, q2, k3, v, rq, rk, rv, lo, hi):  # noqa: D102
         b, g, dk, length = q1.shape
         dv = v.shape[2]
-        groups = -(-b // LANES)
-        packed = [_pack(t, groups) for t in (q1, k, q2, k3, v)]
         tables = [t.contiguous() for t in (rq, rk, rv)]
         win = length if lo is None else int((hi - lo).max())
-        w = q1.new_empty(groups * g, length, win, LANES)
-        sv, sve = (q1.new_empty(groups * g, dv, length, LANES) for _ in range(2))
+        w = q1.new_empty(-(-b // LANES) * g, length, win, LANES)
+        sv, sve = q1.new_empty(b, g * dv, length), q1.new_empty(length, b, g * dv)
+        operands = [x for t in (q1, k, q2, k3, v) for x in _lines(t)] + _outputs(sv, sve, dv)
+        operands += [0] * 25  # (gradients: backward only)
         ranges = [0, 0] if lo is None else [lo.data_ptr(), hi.data_ptr()]
-        pointers = [t.data_ptr() for t in (*packed, *tables)] + ranges
-        pointers += [w.data_ptr(), sv.data_ptr(), sve.data_ptr()] + [0] * 5 + [None]
-        sizes = (groups * g, length, dk, dv, win)
-        _run(sizes, pointers, groups * g, backward=False)
-        ctx.save_for_backward(*packed, *tables, w)
-        ctx.ranges, ctx.sizes, ctx.shape = (lo, hi), sizes, (b, g)
-        out_sv = _unpack(sv, b, g).reshape(b, g * dv, length)  # [B, C, L]
-        out_sve = _unpack(sve, b, g).permute(3, 0, 1, 2).reshape(length, b, g * dv)  # [L, B, C]
-        return out_sv, out_sve
+        pointers = [t.data_ptr() for t in tables] + ranges + [w.data_ptr()]
+        sizes = (b, g, length, dk, dv, win)
+        _run(operands, pointers, sizes, None, backward=False)
+        ctx.save_for_backward(q1, k, q2, k3, v, *tables, w)
+        ctx.ranges, ctx.sizes = (lo, hi), sizes
+        return sv, sve
 
     @staticmethod
     def backward(ctx, grad_sv, grad_sve):  # noqa: D102
-        *packed, rq, rk, rv, w = ctx.saved_tensors
+        *inputs, rq, rk, rv, w = ctx.saved_tensors
         lo, hi = ctx.ranges
-        b, g = ctx.shape
-        tasks, length, dk, dv, _ = ctx.sizes
-        groups = tasks // g
-        gsv = _pack(grad_sv.reshape(b, g, dv, length), groups)
-        gsve = _pack(grad_sve.reshape(length, b, g, dv).permute(1, 2, 3, 0), groups)
-        grads = [torch.empty_like(t) for t in packed]  # gq1, gk, gq2, gk3, gv
-        threads = max(1, min(torch.get_num_threads(), tasks))
+        b, g, length, dk, dv, _ = ctx.sizes
+        grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in inputs]
+        threads = max(1, min(torch.get_num_threads(), -(-b // LANES) * g))
         table_grads = rq.new_zeros(threads, 2 * dk + dv, 2 * length + 1)
+        operands = [x for t in inputs for x in _lines(t)] + _outputs(grad_sv, grad_sve, dv)
+        operands += [x for t in grads for x in _lines(t)]
         ranges = [0, 0] if lo is None else [lo.data_ptr(), hi.data_ptr()]
-        pointers = [t.data_ptr() for t in (*packed, rq, rk, rv)] + ranges
-        pointers += [w.data_ptr(), gsv.data_ptr(), gsve.data_ptr()]
-        pointers += [t.data_ptr() for t in grads] + [[t.data_ptr() for t in table_grads]]
-        _run(ctx.sizes, pointers, tasks, backward=True)
+        pointers = [t.data_ptr() for t in (rq, rk, rv)] + ranges + [w.data_ptr()]
+        _run(operands, pointers, ctx.sizes, table_grads, backward=True)
         grq, grk, grv = table_grads.sum(0).split((dk, dk, dv))
-        out = [_unpack(t, b, g) for t in grads]
-        return (*out, grq, grk, grv, None, None)
+        return (*grads, grq, grk, grv, None, None)
 
 
 def attend(q1, k, q2, k3, v, tables, *, span: int, span_mode: str):
