@@ -65,17 +65,20 @@ static inline void window(const Args *a, int64_t o, int64_t *lo, int64_t *hi)
     *hi = a->lo == NULL ? a->length : a->hi[o];
 }
 
-/* dst[c L + p] = channel c < d of head h at position p of operand x, for the task's lanes (lines
- * 8 group + i, i < count; missing lanes zero). Lines 8 apart in memory are read 8 x 8 at a time
- * and transposed where positions or channels are contiguous, else one float at a time. */
+/* dst[c Lp + p] = channel c < d of head h at position p of operand x, for the task's lanes (lines
+ * 8 group + i, i < count; missing lanes zero), p < L; positions L .. Lp - 1 zero. Lines 8 apart in
+ * memory are read 8 x 8 at a time and transposed where positions or channels are contiguous,
+ * else one float at a time. */
 static TARGET void gather(const Operand *x, int64_t group, int count, int64_t h, int64_t d,
-                          int64_t L, v8f *dst)
+                          int64_t L, int64_t Lp, v8f *dst)
 {
     const float *src = x->base + 8 * group * x->s_b + h * x->s_g;
     const int64_t sb = x->s_b, sc = x->s_c, sp = x->s_p;
+    for (int64_t c = 0; c < d; c++)
+        for (int64_t p = L; p < Lp; p++) dst[c * Lp + p] = (v8f){0};
     if (count == 8 && sb == 1) {
         for (int64_t c = 0; c < d; c++)
-            for (int64_t p = 0; p < L; p++) memcpy(&dst[c * L + p], src + c * sc + p * sp, 32);
+            for (int64_t p = 0; p < L; p++) memcpy(&dst[c * Lp + p], src + c * sc + p * sp, 32);
         return;
     }
     int64_t c_done = 0, p_done = 0; /* what the transposing loops covered */
@@ -86,7 +89,7 @@ static TARGET void gather(const Operand *x, int64_t group, int count, int64_t h,
             for (int64_t p = 0; p < p_done; p += 8) {
                 for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * sb + c * sc + p);
                 transpose8(r, t);
-                for (int j = 0; j < 8; j++) dst[c * L + p + j] = (v8f)t[j];
+                for (int j = 0; j < 8; j++) dst[c * Lp + p + j] = (v8f)t[j];
             }
     } else if (count == 8 && sc == 1) {
         c_done = d / 8 * 8, p_done = L;
@@ -94,27 +97,27 @@ static TARGET void gather(const Operand *x, int64_t group, int count, int64_t h,
             for (int64_t c = 0; c < c_done; c += 8) {
                 for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * sb + c + p * sp);
                 transpose8(r, t);
-                for (int j = 0; j < 8; j++) dst[(c + j) * L + p] = (v8f)t[j];
+                for (int j = 0; j < 8; j++) dst[(c + j) * Lp + p] = (v8f)t[j];
             }
     }
     for (int64_t c = 0; c < d; c++)
         for (int64_t p = c < c_done ? p_done : 0; p < L; p++) {
             v8f y = {0};
             for (int i = 0; i < count; i++) y[i] = src[i * sb + c * sc + p * sp];
-            dst[c * L + p] = y;
+            dst[c * Lp + p] = y;
         }
 }
 
-/* The inverse of gather: channel c < d of head h at position p of operand x from src[c L + p],
- * for the task's lanes. */
+/* The inverse of gather: channel c < d of head h at position p < L of operand x from
+ * src[c Lp + p], for the task's lanes. */
 static TARGET void scatter(const Operand *x, int64_t group, int count, int64_t h, int64_t d,
-                           int64_t L, const v8f *src)
+                           int64_t L, int64_t Lp, const v8f *src)
 {
     float *dst = x->base + 8 * group * x->s_b + h * x->s_g;
     const int64_t sb = x->s_b, sc = x->s_c, sp = x->s_p;
     if (count == 8 && sb == 1) {
         for (int64_t c = 0; c < d; c++)
-            for (int64_t p = 0; p < L; p++) memcpy(dst + c * sc + p * sp, &src[c * L + p], 32);
+            for (int64_t p = 0; p < L; p++) memcpy(dst + c * sc + p * sp, &src[c * Lp + p], 32);
         return;
     }
     int64_t c_done = 0, p_done = 0;
@@ -123,7 +126,7 @@ static TARGET void scatter(const Operand *x, int64_t group, int count, int64_t h
         p_done = L / 8 * 8, c_done = d;
         for (int64_t c = 0; c < d; c++)
             for (int64_t p = 0; p < p_done; p += 8) {
-                for (int j = 0; j < 8; j++) r[j] = (__m256)src[c * L + p + j];
+                for (int j = 0; j < 8; j++) r[j] = (__m256)src[c * Lp + p + j];
                 transpose8(r, t);
                 for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + i * sb + c * sc + p, t[i]);
             }
@@ -131,14 +134,14 @@ static TARGET void scatter(const Operand *x, int64_t group, int count, int64_t h
         c_done = d / 8 * 8, p_done = L;
         for (int64_t p = 0; p < L; p++)
             for (int64_t c = 0; c < c_done; c += 8) {
-                for (int j = 0; j < 8; j++) r[j] = (__m256)src[(c + j) * L + p];
+                for (int j = 0; j < 8; j++) r[j] = (__m256)src[(c + j) * Lp + p];
                 transpose8(r, t);
                 for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + i * sb + c + p * sp, t[i]);
             }
     }
     for (int64_t c = 0; c < d; c++)
         for (int64_t p = c < c_done ? p_done : 0; p < L; p++)
-            for (int i = 0; i < count; i++) dst[i * sb + c * sc + p * sp] = src[c * L + p][i];
+            for (int i = 0; i < count; i++) dst[i * sb + c * sc + p * sp] = src[c * Lp + p][i];
 }
 
 /* The task's group, head and lane count. */
@@ -149,67 +152,108 @@ static void task_lanes(const Args *a, int64_t t, int64_t *group, int64_t *h, int
     *count = left < 8 ? (int)left : 8;
 }
 
-/* The forward pass of task t: W and both outputs. work: (4 dk + 3 dv) L vectors. */
+/* Rows of Lp >= L + 1 vectors (an even count): one zero past the last position at least. */
+static inline int64_t padded(int64_t L) { return (L + 2) & ~(int64_t)1; }
+
+/* The key windows of queries o0 and o1 = o0 + 1 (o1 = L, past the end of an odd axis: a phantom
+ * with o0's window and zero operands, computed and not stored), and their union [p0, p1). */
+typedef struct {
+    int64_t lo0, hi0, lo1, hi1, p0, p1;
+} Pair;
+
+static inline Pair pair_windows(const Args *a, int64_t o0)
+{
+    Pair w;
+    window(a, o0, &w.lo0, &w.hi0);
+    w.lo1 = w.lo0, w.hi1 = w.hi0;
+    if (o0 + 1 < a->length) window(a, o0 + 1, &w.lo1, &w.hi1);
+    w.p0 = w.lo0 < w.lo1 ? w.lo0 : w.lo1;
+    w.p1 = w.hi0 > w.hi1 ? w.hi0 : w.hi1;
+    return w;
+}
+
+/* The forward pass of task t: W and both outputs. Queries two at a time: their logits for 4 keys
+ * are 8 accumulators in registers, and the tables at distance p - o1 are those at p - 1 - o0, so
+ * 5 entries serve the 8 pairs. work: (4 dk + 3 dv + 2) Lp + 4 vectors. */
 static TARGET void forward_task(const Args *a, int64_t t, v8f *work)
 {
-    const int64_t L = a->length, dk = a->dk, dv = a->dv, T = 2 * L + 1, win = a->win;
+    const int64_t L = a->length, Lp = padded(L), dk = a->dk, dv = a->dv, T = 2 * L + 1;
+    const int64_t win = a->win;
     int64_t group, h;
     int count;
     task_lanes(a, t, &group, &h, &count);
-    v8f *q1 = work, *k = q1 + dk * L, *q2 = k + dk * L, *k3 = q2 + dk * L, *v = k3 + dk * L;
-    v8f *sv = v + dv * L, *sve = sv + dv * L;
-    gather(&a->x[Q1], group, count, h, dk, L, q1);
-    gather(&a->x[K], group, count, h, dk, L, k);
-    gather(&a->x[Q2], group, count, h, dk, L, q2);
-    gather(&a->x[K3], group, count, h, dk, L, k3);
-    gather(&a->x[V], group, count, h, dv, L, v);
+    v8f *q1 = work, *k = q1 + dk * Lp, *q2 = k + dk * Lp, *k3 = q2 + dk * Lp, *v = k3 + dk * Lp;
+    v8f *sv = v + dv * Lp, *sve = sv + dv * Lp;
+    v8f *w0 = sve + dv * Lp + 1, *w1 = w0 + Lp + 2; /* a margin of one key each side */
+    gather(&a->x[Q1], group, count, h, dk, L, Lp, q1);
+    gather(&a->x[K], group, count, h, dk, L, Lp, k);
+    gather(&a->x[Q2], group, count, h, dk, L, Lp, q2);
+    gather(&a->x[K3], group, count, h, dk, L, Lp, k3);
+    gather(&a->x[V], group, count, h, dv, L, Lp, v);
     v8f *w = (v8f *)a->w + t * L * win;
-    for (int64_t o = 0; o < L; o++) {
-        int64_t lo, hi;
-        window(a, o, &lo, &hi);
-        v8f *row = w + o * win - lo; /* row[p], lo <= p < hi */
-        const float *rq = a->rq + L - o, *rk = a->rk + L - o; /* rq[c T + p]: distance p - o */
-        int64_t p = lo;
-        for (; p + 4 <= hi; p += 4) {
-            v8f acc[4] = {{0}};
+    const float *rq = a->rq + L, *rk = a->rk + L, *rv = a->rv + L;
+    for (int64_t o0 = 0; o0 < L; o0 += 2) {
+        const int64_t o1 = o0 + 1;
+        const Pair pw = pair_windows(a, o0);
+        const int64_t p0 = pw.p0, p1 = pw.p1;
+        int64_t p = p0;
+        for (; p + 4 <= p1; p += 4) {
+            v8f a0[4] = {{0}}, a1[4] = {{0}};
             for (int64_t c = 0; c < dk; c++) {
-                const v8f x = q1[c * L + o], y = q2[c * L + o];
-                const v8f *kc = k + c * L + p, *k3c = k3 + c * L + p;
-                const float *r = rq + c * T + p, *s = rk + c * T + p;
-                for (int j = 0; j < 4; j++) acc[j] += x * kc[j] + y * r[j] + k3c[j] * s[j];
+                const v8f x0 = q1[c * Lp + o0], x1 = q1[c * Lp + o1];
+                const v8f y0 = q2[c * Lp + o0], y1 = q2[c * Lp + o1];
+                const float *r = rq + c * T + p - o0, *s = rk + c * T + p - o0;
+                const v8f *kc = k + c * Lp + p, *k3c = k3 + c * Lp + p;
+                for (int j = 0; j < 4; j++) {
+                    const v8f key = kc[j], key3 = k3c[j];
+                    a0[j] += x0 * key + y0 * r[j] + key3 * s[j];
+                    a1[j] += x1 * key + y1 * r[j - 1] + key3 * s[j - 1];
+                }
             }
-            for (int j = 0; j < 4; j++) row[p + j] = acc[j];
+            for (int j = 0; j < 4; j++) w0[p + j] = a0[j], w1[p + j] = a1[j];
         }
-        for (; p < hi; p++) {
-            v8f acc = {0};
-            for (int64_t c = 0; c < dk; c++)
-                acc += q1[c * L + o] * k[c * L + p] + q2[c * L + o] * rq[c * T + p] +
-                       k3[c * L + p] * rk[c * T + p];
-            row[p] = acc;
-        }
-        v8f top = row[lo], sum = {0};
-        for (p = lo + 1; p < hi; p++) top = (v8f)_mm256_max_ps((__m256)row[p], (__m256)top);
-        for (p = lo; p < hi; p++) {
-            row[p] = exp8(row[p] - top);
-            sum += row[p];
-        }
-        const v8f z = 1.0f / sum;
-        for (p = lo; p < hi; p++) row[p] *= z;
-        const float *rv = a->rv + L - o;
-        for (int64_t c = 0; c < dv; c++) {
-            const v8f *vc = v + c * L;
-            const float *r = rv + c * T;
-            v8f acc0 = {0}, acc1 = {0};
-            for (p = lo; p < hi; p++) {
-                acc0 += row[p] * vc[p];
-                acc1 += row[p] * r[p];
+        for (; p < p1; p++) {
+            v8f b0 = {0}, b1 = {0};
+            for (int64_t c = 0; c < dk; c++) {
+                const v8f key = k[c * Lp + p], key3 = k3[c * Lp + p];
+                const float *r = rq + c * T + p - o0, *s = rk + c * T + p - o0;
+                b0 += q1[c * Lp + o0] * key + q2[c * Lp + o0] * r[0] + key3 * s[0];
+                b1 += q1[c * Lp + o1] * key + q2[c * Lp + o1] * r[-1] + key3 * s[-1];
             }
-            sv[c * L + o] = acc0;
-            sve[c * L + o] = acc1;
+            w0[p] = b0, w1[p] = b1;
+        }
+        const v8f z0 = softmax_row(w0, p0, p1, pw.lo0, pw.hi0);
+        const v8f z1 = softmax_row(w1, p0, p1, pw.lo1, pw.hi1);
+        for (p = p0; p < p1; p++) w0[p] *= z0, w1[p] *= z1;
+        w0[p0 - 1] = w1[p1] = (v8f){0};
+        memcpy(w + o0 * win, w0 + pw.lo0, (size_t)(pw.hi0 - pw.lo0) * sizeof(v8f));
+        if (o1 < L) memcpy(w + o1 * win, w1 + pw.lo1, (size_t)(pw.hi1 - pw.lo1) * sizeof(v8f));
+        for (int64_t c0 = 0; c0 < dv; c0 += 4) {
+            const int width = dv - c0 < 4 ? (int)(dv - c0) : 4;
+            v8f out0[4], out1[4], rel0[4] = {{0}}, rel1[4] = {{0}};
+            if (width == 4) {
+                weigh_values(w0, w1, v + c0 * Lp, Lp, p0, p1, out0, out1);
+                weigh_table(w0, w1, rv + c0 * T - o0, T, p0, p1, rel0, rel1);
+            } else {
+                for (int j = 0; j < width; j++) {
+                    const float *r = rv + (c0 + j) * T - o0;
+                    const v8f *vc = v + (c0 + j) * Lp;
+                    v8f b0 = {0}, b1 = {0}, e0 = {0}, e1 = {0};
+                    for (p = p0; p < p1; p++) {
+                        b0 += w0[p] * vc[p], b1 += w1[p] * vc[p];
+                        e0 += w0[p] * r[p], e1 += w1[p] * r[p - 1];
+                    }
+                    out0[j] = b0, out1[j] = b1, rel0[j] = e0, rel1[j] = e1;
+                }
+            }
+            for (int j = 0; j < width; j++) {
+                sv[(c0 + j) * Lp + o0] = out0[j], sv[(c0 + j) * Lp + o1] = out1[j];
+                sve[(c0 + j) * Lp + o0] = rel0[j], sve[(c0 + j) * Lp + o1] = rel1[j];
+            }
         }
     }
-    scatter(&a->x[SV], group, count, h, dv, L, sv);
-    scatter(&a->x[SVE], group, count, h, dv, L, sve);
+    scatter(&a->x[SV], group, count, h, dv, L, Lp, sv);
+    scatter(&a->x[SVE], group, count, h, dv, L, Lp, sve);
 }
 
 static inline TARGET float lane_sum(v8f x)
@@ -220,85 +264,120 @@ static inline TARGET float lane_sum(v8f x)
     return _mm_cvtss_f32(s);
 }
 
-/* The backward pass of task t. work: (8 dk + 4 dv) L + (2 dk + dv) T + 2 L vectors. */
+/* The backward pass of task t, queries two at a time as in the forward pass. For the pair,
+ * u{0,1} = its W rows and g{0,1} = its gA rows (zero outside each window; margins of one zero key
+ * each side): a table entry at distance q - o0 takes u0[q] and u1[q + 1] (or g0[q], g1[q + 1]).
+ * work: (8 dk + 4 dv + 6) Lp + (2 dk + dv) T + 8 vectors. */
 static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
 {
-    const int64_t L = a->length, dk = a->dk, dv = a->dv, T = 2 * L + 1, win = a->win;
+    const int64_t L = a->length, Lp = padded(L), dk = a->dk, dv = a->dv, T = 2 * L + 1;
+    const int64_t win = a->win;
     int64_t group, h;
     int count;
     task_lanes(a, t, &group, &h, &count);
-    v8f *q1 = work, *k = q1 + dk * L, *q2 = k + dk * L, *k3 = q2 + dk * L, *v = k3 + dk * L;
-    v8f *gsv = v + dv * L, *gsve = gsv + dv * L;
-    v8f *gq1 = gsve + dv * L, *gk = gq1 + dk * L, *gq2 = gk + dk * L, *gk3 = gq2 + dk * L;
-    v8f *gv = gk3 + dk * L, *grq = gv + dv * L, *grk = grq + dk * T, *grv = grk + dk * T;
-    v8f *gw = grv + dv * T, *ga = gw + L;
-    gather(&a->x[Q1], group, count, h, dk, L, q1);
-    gather(&a->x[K], group, count, h, dk, L, k);
-    gather(&a->x[Q2], group, count, h, dk, L, q2);
-    gather(&a->x[K3], group, count, h, dk, L, k3);
-    gather(&a->x[V], group, count, h, dv, L, v);
-    gather(&a->x[SV], group, count, h, dv, L, gsv);
-    gather(&a->x[SVE], group, count, h, dv, L, gsve);
-    memset(gk, 0, (size_t)(dk * L) * sizeof(v8f));
-    memset(gk3, 0, (size_t)(dk * L) * sizeof(v8f));
-    memset(gv, 0, (size_t)(dv * L + (2 * dk + dv) * T) * sizeof(v8f)); /* gv and the tables' */
+    v8f *q1 = work, *k = q1 + dk * Lp, *q2 = k + dk * Lp, *k3 = q2 + dk * Lp, *v = k3 + dk * Lp;
+    v8f *gsv = v + dv * Lp, *gsve = gsv + dv * Lp;
+    v8f *gq1 = gsve + dv * Lp, *gk = gq1 + dk * Lp, *gq2 = gk + dk * Lp, *gk3 = gq2 + dk * Lp;
+    v8f *gv = gk3 + dk * Lp, *grq = gv + dv * Lp, *grk = grq + dk * T, *grv = grk + dk * T;
+    v8f *u0 = grv + dv * T + 1, *u1 = u0 + Lp + 2, *g0 = u1 + Lp + 2, *g1 = g0 + Lp + 2;
+    v8f *gw0 = g1 + Lp + 1, *gw1 = gw0 + Lp;
+    gather(&a->x[Q1], group, count, h, dk, L, Lp, q1);
+    gather(&a->x[K], group, count, h, dk, L, Lp, k);
+    gather(&a->x[Q2], group, count, h, dk, L, Lp, q2);
+    gather(&a->x[K3], group, count, h, dk, L, Lp, k3);
+    gather(&a->x[V], group, count, h, dv, L, Lp, v);
+    gather(&a->x[SV], group, count, h, dv, L, Lp, gsv);
+    gather(&a->x[SVE], group, count, h, dv, L, Lp, gsve);
+    memset(gk, 0, (size_t)(dk * Lp) * sizeof(v8f));
+    memset(gk3, 0, (size_t)(dk * Lp) * sizeof(v8f));
+    memset(gv, 0, (size_t)(dv * Lp + (2 * dk + dv) * T) * sizeof(v8f)); /* gv and the tables' */
     const v8f *w = (const v8f *)a->w + t * L * win;
-    for (int64_t o = 0; o < L; o++) {
-        int64_t lo, hi, p;
-        window(a, o, &lo, &hi);
-        const v8f *row = w + o * win - lo;
-        const float *rq = a->rq + L - o, *rk = a->rk + L - o, *rv = a->rv + L - o;
-        v8f *grq_o = grq + L - o, *grk_o = grk + L - o, *grv_o = grv + L - o;
-        /* gW, and the values' gradients. */
-        for (p = lo; p < hi; p++) gw[p] = (v8f){0};
+    const float *rq = a->rq + L, *rk = a->rk + L, *rv = a->rv + L;
+    for (int64_t o0 = 0; o0 < L; o0 += 2) {
+        const int64_t o1 = o0 + 1;
+        const Pair pw = pair_windows(a, o0);
+        const int64_t p0 = pw.p0, p1 = pw.p1;
+        int64_t p;
+        for (p = p0 - 1; p <= p1; p++) u0[p] = u1[p] = (v8f){0};
+        memcpy(u0 + pw.lo0, w + o0 * win, (size_t)(pw.hi0 - pw.lo0) * sizeof(v8f));
+        if (o1 < L) memcpy(u1 + pw.lo1, w + o1 * win, (size_t)(pw.hi1 - pw.lo1) * sizeof(v8f));
+        /* gW of both queries, 4 keys at a time. */
+        for (p = p0; p + 4 <= p1; p += 4) {
+            v8f b0[4] = {{0}}, b1[4] = {{0}};
+            for (int64_t c = 0; c < dv; c++) {
+                const v8f x0 = gsv[c * Lp + o0], x1 = gsv[c * Lp + o1];
+                const v8f y0 = gsve[c * Lp + o0], y1 = gsve[c * Lp + o1];
+                const float *r = rv + c * T + p - o0;
+                const v8f *vc = v + c * Lp + p;
+                for (int j = 0; j < 4; j++) {
+                    b0[j] += x0 * vc[j] + y0 * r[j];
+                    b1[j] += x1 * vc[j] + y1 * r[j - 1];
+                }
+            }
+            for (int j = 0; j < 4; j++) gw0[p + j] = b0[j], gw1[p + j] = b1[j];
+        }
+        for (; p < p1; p++) {
+            v8f b0 = {0}, b1 = {0};
+            for (int64_t c = 0; c < dv; c++) {
+                const float *r = rv + c * T + p - o0;
+                b0 += gsv[c * Lp + o0] * v[c * Lp + p] + gsve[c * Lp + o0] * r[0];
+                b1 += gsv[c * Lp + o1] * v[c * Lp + p] + gsve[c * Lp + o1] * r[-1];
+            }
+            gw0[p] = b0, gw1[p] = b1;
+        }
+        /* Through the softmax: gA = W (gW - sum_p W gW). */
+        v8f dot0 = {0}, dot1 = {0};
+        for (p = p0; p < p1; p++) dot0 += u0[p] * gw0[p], dot1 += u1[p] * gw1[p];
+        for (p = p0; p < p1; p++) g0[p] = u0[p] * (gw0[p] - dot0), g1[p] = u1[p] * (gw1[p] - dot1);
+        g0[p0 - 1] = g1[p0 - 1] = g0[p1] = g1[p1] = (v8f){0};
+        /* The values and their table: gv_p += u0 x0 + u1 x1, gRV[q - o0] += u0[q] y0 + u1[q+1] y1. */
         for (int64_t c = 0; c < dv; c++) {
-            const v8f x = gsv[c * L + o], y = gsve[c * L + o];
-            const v8f *vc = v + c * L;
-            const float *r = rv + c * T;
-            v8f *gvc = gv + c * L, *grvc = grv_o + c * T;
-            for (p = lo; p < hi; p++) {
-                gw[p] += x * vc[p] + y * r[p];
-                gvc[p] += row[p] * x;
-                grvc[p] += row[p] * y;
+            const v8f x0 = gsv[c * Lp + o0], x1 = gsv[c * Lp + o1];
+            const v8f y0 = gsve[c * Lp + o0], y1 = gsve[c * Lp + o1];
+            v8f *gvc = gv + c * Lp, *grvc = grv + c * T + L - o0;
+            grvc[p0 - 1] += u1[p0] * y1;
+            for (p = p0; p < p1; p++) {
+                gvc[p] += u0[p] * x0 + u1[p] * x1;
+                grvc[p] += u0[p] * y0 + u1[p + 1] * y1;
             }
         }
-        /* Through the softmax. */
-        v8f dot = {0};
-        for (p = lo; p < hi; p++) dot += row[p] * gw[p];
-        for (p = lo; p < hi; p++) ga[p] = row[p] * (gw[p] - dot);
-        /* The logits' operands. */
+        /* The logits' operands and tables. */
         for (int64_t c = 0; c < dk; c++) {
-            const v8f x = q1[c * L + o], y = q2[c * L + o];
-            const v8f *kc = k + c * L, *k3c = k3 + c * L;
-            const float *r = rq + c * T, *s = rk + c * T;
-            v8f *gkc = gk + c * L, *gk3c = gk3 + c * L, *grqc = grq_o + c * T, *grkc = grk_o + c * T;
-            v8f acc1 = {0}, acc2 = {0};
-            for (p = lo; p < hi; p++) {
-                const v8f g = ga[p];
-                acc1 += g * kc[p];
-                acc2 += g * r[p];
-                gkc[p] += g * x;
-                gk3c[p] += g * s[p];
-                grqc[p] += g * y;
-                grkc[p] += g * k3c[p];
+            const v8f x0 = q1[c * Lp + o0], x1 = q1[c * Lp + o1];
+            const v8f y0 = q2[c * Lp + o0], y1 = q2[c * Lp + o1];
+            const v8f *kc = k + c * Lp, *k3c = k3 + c * Lp;
+            const float *r = rq + c * T - o0, *s = rk + c * T - o0;
+            v8f *gkc = gk + c * Lp, *gk3c = gk3 + c * Lp;
+            v8f *grqc = grq + c * T + L - o0, *grkc = grk + c * T + L - o0;
+            v8f a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0};
+            grqc[p0 - 1] += g1[p0] * y1;
+            grkc[p0 - 1] += g1[p0] * k3c[p0];
+            for (p = p0; p < p1; p++) {
+                const v8f e0 = g0[p], e1 = g1[p], e1n = g1[p + 1], key = kc[p];
+                a10 += e0 * key, a11 += e1 * key;
+                a20 += e0 * r[p], a21 += e1 * r[p - 1];
+                gkc[p] += e0 * x0 + e1 * x1;
+                gk3c[p] += e0 * s[p] + e1 * s[p - 1];
+                grqc[p] += e0 * y0 + e1n * y1;
+                grkc[p] += e0 * k3c[p] + e1n * k3c[p + 1];
             }
-            gq1[c * L + o] = acc1;
-            gq2[c * L + o] = acc2;
+            gq1[c * Lp + o0] = a10, gq1[c * Lp + o1] = a11;
+            gq2[c * Lp + o0] = a20, gq2[c * Lp + o1] = a21;
         }
     }
-    scatter(&a->x[GQ1], group, count, h, dk, L, gq1);
-    scatter(&a->x[GK], group, count, h, dk, L, gk);
-    scatter(&a->x[GQ2], group, count, h, dk, L, gq2);
-    scatter(&a->x[GK3], group, count, h, dk, L, gk3);
-    scatter(&a->x[GV], group, count, h, dv, L, gv);
+    scatter(&a->x[GQ1], group, count, h, dk, L, Lp, gq1);
+    scatter(&a->x[GK], group, count, h, dk, L, Lp, gk);
+    scatter(&a->x[GQ2], group, count, h, dk, L, Lp, gq2);
+    scatter(&a->x[GK3], group, count, h, dk, L, Lp, gk3);
+    scatter(&a->x[GV], group, count, h, dv, L, Lp, gv);
     for (int64_t i = 0; i < (2 * dk + dv) * T; i++) a->gr[i] += lane_sum(grq[i]);
 }
 
 static int run(const Args *a, int64_t first, int64_t last, int backward)
 {
-    const int64_t L = a->length, dk = a->dk, dv = a->dv, T = 2 * L + 1;
-    const int64_t vectors = backward ? (8 * dk + 4 * dv) * L + (2 * dk + dv) * T + 2 * L
-                                     : (4 * dk + 3 * dv) * L;
+    const int64_t Lp = padded(a->length), dk = a->dk, dv = a->dv, T = 2 * a->length + 1;
+    const int64_t vectors = backward ? (8 * dk + 4 * dv + 6) * Lp + (2 * dk + dv) * T + 8
+                                     : (4 * dk + 3 * dv + 2) * Lp + 4;
     v8f *work = aligned_alloc(32, (size_t)vectors * sizeof(v8f));
     if (work == NULL) return -1;
     for (int64_t t = first; t < last; t++) {
