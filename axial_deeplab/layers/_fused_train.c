@@ -1,26 +1,28 @@
-/* Position-sensitive axial attention with its backward pass, on x86-64 CPUs with AVX2 and FMA
- * (the compiled half of axial_deeplab/layers/fused_train.py, which packs the operands, checks
- * every size and falls back to the PyTorch path where this module is missing or the CPU lacks
- * AVX2).
+/* Position-sensitive axial attention along one axis with its backward pass, on x86-64 CPUs with
+ * AVX2 and FMA (the compiled half of axial_deeplab/layers/fused_train.py, which checks every size
+ * and falls back to the PyTorch path where this module is missing or the CPU lacks AVX2).
  *
- * Operands are packed 8 lines to a vector (the lines are the lanes, so a relative-table entry,
- * which depends only on the pair of positions, is one broadcast shared by 8 lines): a block
- * [d][L] of v8f per (group of 8 lines, head), blocks in (group, head) order. With d = p - o the
- * key position minus the query position and T = 2L + 1 entries per table row, entry d + L:
+ * Input: the batch-normalised q/k/v projection of a feature map, any strides, channels
+ * [q (G dk) | k (G dk) | v (G dv)], and the logit batch norm's scales s0, s1, s2 per head. Work
+ * runs per head and group of 8 lines along the axis (lines of different images may share the 8;
+ * the lines are the 8 lanes of a vector, so a relative-table entry, which depends only on the
+ * pair of positions, is one broadcast shared by 8 lines). With d = p - o the key position minus
+ * the query position, T = 2L + 1 table entries per row (entry d + L, a zero beyond each end):
  *
- *     A[o, p] = q1_o . k_p + q2_o . RQ[d] + k3_p . RK[d]       keys lo[o] <= p < hi[o]
- *     W[o, :] = softmax(A[o, :])
- *     sv[o] = sum_p W[o, p] v_p,   sve[o] = sum_p W[o, p] RV[d]
+ *     A[o, p] = q1_o . k_p + q2_o . RQ[d] + k3_p . RK[d]   (q1 = s0 q, q2 = s1 q, k3 = s2 k)
+ *     W[o, :] = softmax over the keys lo[o] <= p < hi[o]
+ *     out[o] = [sum_p W[o, p] v_p | sum_p W[o, p] RV[d]]    (channels [0, C) and [C, 2C))
  *
  * The forward pass keeps W (row o holds keys lo[o].. at offsets 0..; rows `win` apart). The
- * backward pass, for the gradients gsv, gsve of the two outputs:
+ * backward pass, for the gradients gsv, gsve of the two halves of the output:
  *
  *     gW[o, p] = gsv_o . v_p + gsve_o . RV[d],   gA = W (gW - sum_p W gW)
  *     gq1_o = sum_p gA k_p,  gq2_o = sum_p gA RQ[d],  gk_p = sum_o gA q1_o,  gk3_p = sum_o gA RK[d]
  *     gv_p = sum_o W gsv_o,  gRQ[d] = sum gA q2_o,  gRK[d] = sum gA k3_p,  gRV[d] = sum W gsve_o
+ *     gq = s0 gq1 + s1 gq2,  gk += s2 gk3,  gs0 = sum q . gq1,  gs1 = sum q . gq2,  gs2 = sum k . gk3
  *
- * The table gradients sum over the lanes too: each task accumulates them per lane and adds the
- * lane sums to the caller's float buffer, one buffer per concurrent call.
+ * The table and scale gradients sum over the lanes too: each task accumulates them per lane and
+ * adds the lane sums to the caller's float buffer, one buffer per concurrent call.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -30,32 +32,34 @@
 
 #include "_fused_simd.h"
 
-/* A float tensor read or written as element (line b, head h, channel c, position p) at
- * base + b s_b + h s_g + c s_c + p s_p. */
+/* A feature map [N, channels, ...] read or written as element (image n, line l, channel c,
+ * position p) at base + n s_n + l s_l + c s_c + p s_p. */
 typedef struct {
     float *base;
-    int64_t s_b, s_g, s_c, s_p;
+    int64_t s_n, s_l, s_c, s_p;
 } Operand;
 
-enum { Q1, K, Q2, K3, V, SV, SVE, GQ1, GK, GQ2, GK3, GV, OPERANDS };
+/* The projection (read), the output (written by the forward pass, its gradient read by the
+ * backward pass) and the projection's gradient (written by the backward pass). */
+enum { QKV, OUT, GQKV, OPERANDS };
 
-/* The call's descriptor, an int64 array (fused_train.py writes it): OPERANDS x (address, s_b,
- * s_g, s_c, s_p), then the addresses of rq, rk, rv, lo, hi, w, gr, then lines, heads, L, dk, dv,
- * win. SV and SVE are the outputs in the forward pass and their gradients in the backward pass;
- * GQ1 .. GV are written by the backward pass only. */
-enum { D_TABLES = 5 * OPERANDS, D_SIZES = D_TABLES + 7, D_LENGTH = D_SIZES + 6 };
+/* The call's descriptor, an int64 array (fused_train.py writes it): OPERANDS x (address, s_n, s_l,
+ * s_c, s_p), the addresses of rq, rk, rv, lo, hi, w, gr, scales, then images, lines per image,
+ * heads, L, dk, dv, win. */
+enum { D_TABLES = 5 * OPERANDS, D_SIZES = D_TABLES + 8, D_LENGTH = D_SIZES + 7 };
 
 typedef struct {
     Operand x[OPERANDS];
     const float *rq, *rk, *rv;  /* [dk][T], [dk][T], [dv][T] */
     const int32_t *lo, *hi;     /* [L] each, or NULL: every query sees every key */
     float *w;                   /* [tasks][L][win][8] */
-    float *gr;                  /* backward: += the tables' gradients [2 dk + dv][T] */
-    int64_t lines, heads, length, dk, dv, win;
+    float *gr;                  /* backward: += the gradients of rq, rk, rv, then of s0, s1, s2 */
+    const float *scales;        /* [3][G]: s0, s1, s2 */
+    int64_t images, lines, heads, length, dk, dv, win;
 } Args;
 
-/* Tasks: every (group of 8 lines, head), task t = group * heads + head. */
-static int64_t task_count(const Args *a) { return (a->lines + 7) / 8 * a->heads; }
+/* Tasks: every (group of 8 of the images' lines, head), task t = group * heads + head. */
+static int64_t task_count(const Args *a) { return (a->images * a->lines + 7) / 8 * a->heads; }
 
 #ifdef FUSED_X86
 
@@ -65,37 +69,57 @@ static inline void window(const Args *a, int64_t o, int64_t *lo, int64_t *hi)
     *hi = a->lo == NULL ? a->length : a->hi[o];
 }
 
-/* dst[c Lp + p] = channel c < d of head h at position p of operand x, for the task's lanes (lines
- * 8 group + i, i < count; missing lanes zero), p < L; positions L .. Lp - 1 zero. Lines 8 apart in
- * memory are read 8 x 8 at a time and transposed where positions or channels are contiguous,
- * else one float at a time. */
-static TARGET void gather(const Operand *x, int64_t group, int count, int64_t h, int64_t d,
-                          int64_t L, int64_t Lp, v8f *dst)
+/* Where a task's lines lie in one operand: each lane's element offset (lanes of different images
+ * may share a task), how many lanes are real lines, and whether they are 8 consecutive floats. */
+typedef struct {
+    int64_t off[8];
+    int count, dense;
+} Lanes;
+
+static void task_lanes(const Args *a, const Operand *x, int64_t group, Lanes *m)
 {
-    const float *src = x->base + 8 * group * x->s_b + h * x->s_g;
-    const int64_t sb = x->s_b, sc = x->s_c, sp = x->s_p;
+    const int64_t total = a->images * a->lines;
+    m->count = total - 8 * group < 8 ? (int)(total - 8 * group) : 8;
+    for (int i = 0; i < m->count; i++) {
+        const int64_t line = 8 * group + i;
+        m->off[i] = line / a->lines * x->s_n + line % a->lines * x->s_l;
+    }
+    m->dense = m->count == 8 && x->s_l == 1 && m->off[7] - m->off[0] == 7;
+}
+
+/* dst[c Lp + p] = channel ch0 + c of operand x at position p < L for the task's lines (missing
+ * lanes zero), c < d; positions L .. Lp - 1 zero. Lines 8 apart in memory are read 8 x 8 at a
+ * time and transposed where positions or channels are contiguous, else one float at a time. */
+static TARGET void gather(const Args *a, const Operand *x, int64_t group, int64_t ch0, int64_t d,
+                          int64_t Lp, v8f *dst)
+{
+    const int64_t L = a->length, sc = x->s_c, sp = x->s_p;
+    const float *src = x->base + ch0 * sc;
+    Lanes m;
+    task_lanes(a, x, group, &m);
     for (int64_t c = 0; c < d; c++)
         for (int64_t p = L; p < Lp; p++) dst[c * Lp + p] = (v8f){0};
-    if (count == 8 && sb == 1) {
+    if (m.dense) {
         for (int64_t c = 0; c < d; c++)
-            for (int64_t p = 0; p < L; p++) memcpy(&dst[c * Lp + p], src + c * sc + p * sp, 32);
+            for (int64_t p = 0; p < L; p++)
+                memcpy(&dst[c * Lp + p], src + m.off[0] + c * sc + p * sp, sizeof(v8f));
         return;
     }
     int64_t c_done = 0, p_done = 0; /* what the transposing loops covered */
     __m256 r[8], t[8];
-    if (count == 8 && sp == 1) {
+    if (m.count == 8 && sp == 1) {
         p_done = L / 8 * 8, c_done = d;
         for (int64_t c = 0; c < d; c++)
             for (int64_t p = 0; p < p_done; p += 8) {
-                for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * sb + c * sc + p);
+                for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + m.off[i] + c * sc + p);
                 transpose8(r, t);
                 for (int j = 0; j < 8; j++) dst[c * Lp + p + j] = (v8f)t[j];
             }
-    } else if (count == 8 && sc == 1) {
+    } else if (m.count == 8 && sc == 1) {
         c_done = d / 8 * 8, p_done = L;
         for (int64_t p = 0; p < L; p++)
             for (int64_t c = 0; c < c_done; c += 8) {
-                for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * sb + c + p * sp);
+                for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + m.off[i] + c + p * sp);
                 transpose8(r, t);
                 for (int j = 0; j < 8; j++) dst[(c + j) * Lp + p] = (v8f)t[j];
             }
@@ -103,53 +127,70 @@ static TARGET void gather(const Operand *x, int64_t group, int count, int64_t h,
     for (int64_t c = 0; c < d; c++)
         for (int64_t p = c < c_done ? p_done : 0; p < L; p++) {
             v8f y = {0};
-            for (int i = 0; i < count; i++) y[i] = src[i * sb + c * sc + p * sp];
+            for (int i = 0; i < m.count; i++) y[i] = src[m.off[i] + c * sc + p * sp];
             dst[c * Lp + p] = y;
         }
 }
 
-/* The inverse of gather: channel c < d of head h at position p < L of operand x from
- * src[c Lp + p], for the task's lanes. */
-static TARGET void scatter(const Operand *x, int64_t group, int count, int64_t h, int64_t d,
-                           int64_t L, int64_t Lp, const v8f *src)
+/* The inverse of gather: channel ch0 + c of operand x at position p < L from src[c Lp + p], for
+ * the task's lines. */
+static TARGET void scatter(const Args *a, const Operand *x, int64_t group, int64_t ch0, int64_t d,
+                           int64_t Lp, const v8f *src)
 {
-    float *dst = x->base + 8 * group * x->s_b + h * x->s_g;
-    const int64_t sb = x->s_b, sc = x->s_c, sp = x->s_p;
-    if (count == 8 && sb == 1) {
+    const int64_t L = a->length, sc = x->s_c, sp = x->s_p;
+    float *dst = x->base + ch0 * sc;
+    Lanes m;
+    task_lanes(a, x, group, &m);
+    if (m.dense) {
         for (int64_t c = 0; c < d; c++)
-            for (int64_t p = 0; p < L; p++) memcpy(dst + c * sc + p * sp, &src[c * Lp + p], 32);
+            for (int64_t p = 0; p < L; p++)
+                memcpy(dst + m.off[0] + c * sc + p * sp, &src[c * Lp + p], sizeof(v8f));
         return;
     }
     int64_t c_done = 0, p_done = 0;
     __m256 r[8], t[8];
-    if (count == 8 && sp == 1) {
+    if (m.count == 8 && sp == 1) {
         p_done = L / 8 * 8, c_done = d;
         for (int64_t c = 0; c < d; c++)
             for (int64_t p = 0; p < p_done; p += 8) {
                 for (int j = 0; j < 8; j++) r[j] = (__m256)src[c * Lp + p + j];
                 transpose8(r, t);
-                for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + i * sb + c * sc + p, t[i]);
+                for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + m.off[i] + c * sc + p, t[i]);
             }
-    } else if (count == 8 && sc == 1) {
+    } else if (m.count == 8 && sc == 1) {
         c_done = d / 8 * 8, p_done = L;
         for (int64_t p = 0; p < L; p++)
             for (int64_t c = 0; c < c_done; c += 8) {
                 for (int j = 0; j < 8; j++) r[j] = (__m256)src[(c + j) * Lp + p];
                 transpose8(r, t);
-                for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + i * sb + c + p * sp, t[i]);
+                for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + m.off[i] + c + p * sp, t[i]);
             }
     }
     for (int64_t c = 0; c < d; c++)
         for (int64_t p = c < c_done ? p_done : 0; p < L; p++)
-            for (int i = 0; i < count; i++) dst[i * sb + c * sc + p * sp] = src[c * Lp + p][i];
+            for (int i = 0; i < m.count; i++) dst[m.off[i] + c * sc + p * sp] = src[c * Lp + p][i];
 }
 
-/* The task's group, head and lane count. */
-static void task_lanes(const Args *a, int64_t t, int64_t *group, int64_t *h, int *count)
+/* dst = src * s, over n vectors. */
+static inline TARGET void scaled(v8f *dst, const v8f *src, float s, int64_t n)
 {
-    *group = t / a->heads, *h = t % a->heads;
-    const int64_t left = a->lines - 8 * *group;
-    *count = left < 8 ? (int)left : 8;
+    for (int64_t i = 0; i < n; i++) dst[i] = src[i] * s;
+}
+
+/* The task's operands: q1, q2, k, k3 (dk rows each) and v (dv rows) from the projection, and q
+ * itself in q (or NULL: not kept). */
+static TARGET void load_operands(const Args *a, int64_t group, int64_t h, int64_t Lp, v8f *q,
+                                 v8f *q1, v8f *q2, v8f *k, v8f *k3, v8f *v)
+{
+    const int64_t G = a->heads, dk = a->dk, dv = a->dv;
+    const float *s = a->scales;
+    q = q == NULL ? q2 : q;
+    gather(a, &a->x[QKV], group, h * dk, dk, Lp, q);
+    scaled(q1, q, s[h], dk * Lp);
+    scaled(q2, q, s[G + h], dk * Lp);
+    gather(a, &a->x[QKV], group, G * dk + h * dk, dk, Lp, k);
+    scaled(k3, k, s[2 * G + h], dk * Lp);
+    gather(a, &a->x[QKV], group, 2 * G * dk + h * dv, dv, Lp, v);
 }
 
 /* Rows of Lp >= L + 1 vectors (an even count): one zero past the last position at least. */
@@ -178,18 +219,11 @@ static inline Pair pair_windows(const Args *a, int64_t o0)
 static TARGET void forward_task(const Args *a, int64_t t, v8f *work)
 {
     const int64_t L = a->length, Lp = padded(L), dk = a->dk, dv = a->dv, T = 2 * L + 1;
-    const int64_t win = a->win;
-    int64_t group, h;
-    int count;
-    task_lanes(a, t, &group, &h, &count);
+    const int64_t win = a->win, group = t / a->heads, h = t % a->heads;
     v8f *q1 = work, *k = q1 + dk * Lp, *q2 = k + dk * Lp, *k3 = q2 + dk * Lp, *v = k3 + dk * Lp;
     v8f *sv = v + dv * Lp, *sve = sv + dv * Lp;
     v8f *w0 = sve + dv * Lp + 1, *w1 = w0 + Lp + 2; /* a margin of one key each side */
-    gather(&a->x[Q1], group, count, h, dk, L, Lp, q1);
-    gather(&a->x[K], group, count, h, dk, L, Lp, k);
-    gather(&a->x[Q2], group, count, h, dk, L, Lp, q2);
-    gather(&a->x[K3], group, count, h, dk, L, Lp, k3);
-    gather(&a->x[V], group, count, h, dv, L, Lp, v);
+    load_operands(a, group, h, Lp, NULL, q1, q2, k, k3, v);
     v8f *w = (v8f *)a->w + t * L * win;
     const float *rq = a->rq + L, *rk = a->rk + L, *rv = a->rv + L;
     for (int64_t o0 = 0; o0 < L; o0 += 2) {
@@ -252,8 +286,8 @@ static TARGET void forward_task(const Args *a, int64_t t, v8f *work)
             }
         }
     }
-    scatter(&a->x[SV], group, count, h, dv, L, Lp, sv);
-    scatter(&a->x[SVE], group, count, h, dv, L, Lp, sve);
+    scatter(a, &a->x[OUT], group, h * dv, dv, Lp, sv);
+    scatter(a, &a->x[OUT], group, a->heads * dv + h * dv, dv, Lp, sve);
 }
 
 static inline TARGET float lane_sum(v8f x)
@@ -267,27 +301,20 @@ static inline TARGET float lane_sum(v8f x)
 /* The backward pass of task t, queries two at a time as in the forward pass. For the pair,
  * u{0,1} = its W rows and g{0,1} = its gA rows (zero outside each window; margins of one zero key
  * each side): a table entry at distance q - o0 takes u0[q] and u1[q + 1] (or g0[q], g1[q + 1]).
- * work: (8 dk + 4 dv + 6) Lp + (2 dk + dv) T + 8 vectors. */
+ * work: (9 dk + 4 dv + 6) Lp + (2 dk + dv) T + 8 vectors. */
 static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
 {
     const int64_t L = a->length, Lp = padded(L), dk = a->dk, dv = a->dv, T = 2 * L + 1;
-    const int64_t win = a->win;
-    int64_t group, h;
-    int count;
-    task_lanes(a, t, &group, &h, &count);
+    const int64_t win = a->win, G = a->heads, group = t / G, h = t % G;
     v8f *q1 = work, *k = q1 + dk * Lp, *q2 = k + dk * Lp, *k3 = q2 + dk * Lp, *v = k3 + dk * Lp;
     v8f *gsv = v + dv * Lp, *gsve = gsv + dv * Lp;
     v8f *gq1 = gsve + dv * Lp, *gk = gq1 + dk * Lp, *gq2 = gk + dk * Lp, *gk3 = gq2 + dk * Lp;
     v8f *gv = gk3 + dk * Lp, *grq = gv + dv * Lp, *grk = grq + dk * T, *grv = grk + dk * T;
     v8f *u0 = grv + dv * T + 1, *u1 = u0 + Lp + 2, *g0 = u1 + Lp + 2, *g1 = g0 + Lp + 2;
-    v8f *gw0 = g1 + Lp + 1, *gw1 = gw0 + Lp;
-    gather(&a->x[Q1], group, count, h, dk, L, Lp, q1);
-    gather(&a->x[K], group, count, h, dk, L, Lp, k);
-    gather(&a->x[Q2], group, count, h, dk, L, Lp, q2);
-    gather(&a->x[K3], group, count, h, dk, L, Lp, k3);
-    gather(&a->x[V], group, count, h, dv, L, Lp, v);
-    gather(&a->x[SV], group, count, h, dv, L, Lp, gsv);
-    gather(&a->x[SVE], group, count, h, dv, L, Lp, gsve);
+    v8f *gw0 = g1 + Lp + 1, *gw1 = gw0 + Lp, *q = gw1 + Lp;
+    load_operands(a, group, h, Lp, q, q1, q2, k, k3, v);
+    gather(a, &a->x[OUT], group, h * dv, dv, Lp, gsv);
+    gather(a, &a->x[OUT], group, G * dv + h * dv, dv, Lp, gsve);
     memset(gk, 0, (size_t)(dk * Lp) * sizeof(v8f));
     memset(gk3, 0, (size_t)(dk * Lp) * sizeof(v8f));
     memset(gv, 0, (size_t)(dv * Lp + (2 * dk + dv) * T) * sizeof(v8f)); /* gv and the tables' */
@@ -365,18 +392,27 @@ static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
             gq2[c * Lp + o0] = a20, gq2[c * Lp + o1] = a21;
         }
     }
-    scatter(&a->x[GQ1], group, count, h, dk, L, Lp, gq1);
-    scatter(&a->x[GK], group, count, h, dk, L, Lp, gk);
-    scatter(&a->x[GQ2], group, count, h, dk, L, Lp, gq2);
-    scatter(&a->x[GK3], group, count, h, dk, L, Lp, gk3);
-    scatter(&a->x[GV], group, count, h, dv, L, Lp, gv);
-    for (int64_t i = 0; i < (2 * dk + dv) * T; i++) a->gr[i] += lane_sum(grq[i]);
+    /* The scales' gradients and the projection's: gq = s0 gq1 + s1 gq2, gk + s2 gk3. */
+    const float *sc = a->scales;
+    v8f gs0 = {0}, gs1 = {0}, gs2 = {0};
+    for (int64_t i = 0; i < dk * Lp; i++) {
+        gs0 += q[i] * gq1[i], gs1 += q[i] * gq2[i], gs2 += k[i] * gk3[i];
+        gq1[i] = gq1[i] * sc[h] + gq2[i] * sc[G + h];
+        gk[i] += gk3[i] * sc[2 * G + h];
+    }
+    scatter(a, &a->x[GQKV], group, h * dk, dk, Lp, gq1);
+    scatter(a, &a->x[GQKV], group, G * dk + h * dk, dk, Lp, gk);
+    scatter(a, &a->x[GQKV], group, 2 * G * dk + h * dv, dv, Lp, gv);
+    float *gr = a->gr;
+    for (int64_t i = 0; i < (2 * dk + dv) * T; i++) gr[i] += lane_sum(grq[i]);
+    gr += (2 * dk + dv) * T;
+    gr[h] += lane_sum(gs0), gr[G + h] += lane_sum(gs1), gr[2 * G + h] += lane_sum(gs2);
 }
 
 static int run(const Args *a, int64_t first, int64_t last, int backward)
 {
     const int64_t Lp = padded(a->length), dk = a->dk, dv = a->dv, T = 2 * a->length + 1;
-    const int64_t vectors = backward ? (8 * dk + 4 * dv + 6) * Lp + (2 * dk + dv) * T + 8
+    const int64_t vectors = backward ? (9 * dk + 4 * dv + 6) * Lp + (2 * dk + dv) * T + 8
                                      : (4 * dk + 3 * dv + 2) * Lp + 4;
     v8f *work = aligned_alloc(32, (size_t)vectors * sizeof(v8f));
     if (work == NULL) return -1;
@@ -420,9 +456,10 @@ static PyObject *call(PyObject *self, PyObject *args)
     a.hi = (const int32_t *)(uintptr_t)tables[4];
     a.w = (float *)(uintptr_t)tables[5];
     a.gr = (float *)(uintptr_t)tables[6];
-    a.lines = sizes[0], a.heads = sizes[1], a.length = sizes[2];
-    a.dk = sizes[3], a.dv = sizes[4], a.win = sizes[5];
-    if (a.lines < 1 || a.heads < 1 || a.length < 1 || a.dk < 1 || a.dv < 1 || a.win < 1 ||
+    a.scales = (const float *)(uintptr_t)tables[7];
+    a.images = sizes[0], a.lines = sizes[1], a.heads = sizes[2], a.length = sizes[3];
+    a.dk = sizes[4], a.dv = sizes[5], a.win = sizes[6];
+    if (a.images < 1 || a.lines < 1 || a.heads < 1 || a.length < 1 || a.dk < 1 || a.dv < 1 || a.win < 1 ||
         a.win > a.length || first < 0 || last > task_count(&a) || first > last) {
         PyErr_Format(PyExc_ValueError, "tasks [%lld, %lld) of %lld, or bad sizes", first, last,
                      (long long)task_count(&a));

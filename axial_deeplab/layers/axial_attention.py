@@ -157,6 +157,8 @@ class AxialAttention(nn.Module):
             raise ValueError(f"expected input [N, {self.in_channels}, H, W], got {list(x.shape)}")
         if fused_eval.applies(self, x):  # inference on an AVX2 CPU: one compiled pass
             return self._apply_stride(fused_eval.attend(self, x))
+        if fused_train.applies(self, x):  # training on an AVX2 CPU: compiled, backward included
+            return self._apply_stride(fused_train.forward(self, x))
         n = x.shape[0]
         n_lines, length = self._line_sizes(x)
         q, k, v, shift = self._project(x)
@@ -283,8 +285,6 @@ class AxialAttention(nn.Module):
             out = attend_windowed(*args, tables, span=self.span, span_mode=self.span_mode)
             c = self.out_channels
             return out[:, :c], out[:, c:].permute(2, 0, 1)  # [B, C, L], [L, B, C] (views)
-        if fused_train.applies(*args, *tables):  # an AVX2 CPU: compiled, backward included
-            return fused_train.attend(*args, tables, span=self.span, span_mode=self.span_mode)
         return attend(*args, tables, span=self.span, span_mode=self.span_mode)
 
     def _logit_scales(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

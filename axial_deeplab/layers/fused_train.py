@@ -1,16 +1,18 @@
-"""The attention core with its backward pass, compiled (CPU, x86-64 with AVX2 and FMA).
+"""Axial attention with its backward pass, compiled (CPU, x86-64 with AVX2 and FMA).
 
-Where ``AxialAttention`` runs its PyTorch path on a float32 CPU tensor (training, batch
-statistics, or inference with the compiled inference pass turned off), the part between the
-batch-norm-scaled operands and the two outputs (``attention_core.attend``: the three logit terms,
-the softmax, both value terms) goes to ``_fused_train.c`` instead: one pass per group of 8 lines
-and head, the lines in the 8 lanes of a vector, keeping only the softmax weights for the
-backward pass, which is one more compiled pass (the gradients of the operands and of the three
-relative tables). Outputs and gradients match the PyTorch path to float32 round-off
+Where ``AxialAttention`` does not run the inference pass (``fused_eval``: training, batch
+statistics, gradients) on float32 CPU tensors, everything between the q/k/v batch norm and the
+output batch norm goes to ``_fused_train.c``: per group of 8 lines along the axis (the lanes of a
+vector) and head, the three logit terms, the softmax and both value terms, read from the
+normalised projection ``[N, 2C, H, W]`` as it is and written into the ``[N, 2C, H, W]`` map the
+output norm takes; only the softmax weights are kept for the backward pass, one more compiled
+pass that writes the projection's gradient and sums the gradients of the relative tables and the
+logit scales. The projection and both batch norms stay PyTorch modules (``[N, C, H, W]`` maps,
+no lines gathered). Outputs and gradients match the PyTorch path to float32 round-off
 (``tests/test_fused_train.py``).
 
 It steps aside where ``fused_eval`` does (no compiled module, no AVX2, graphs and tracing,
-dispatch modes, non-float32, ``AXIAL_DEEPLAB_FUSED_ATTENTION=0``).
+dispatch modes, autocast, non-float32, ``AXIAL_DEEPLAB_FUSED_ATTENTION=0``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import fused_eval
 from .attention_core import key_ranges
+from .precision import autocast_enabled
 from .relative_position import extended_index
 
 try:
@@ -45,99 +48,116 @@ def available() -> bool:
     return _SUPPORTED
 
 
-def applies(*tensors: torch.Tensor) -> bool:
-    """Whether ``attend`` may run on these operands and tables."""
-    for t in tensors:  # (tensor subclasses other than parameters may redefine operations)
+def applies(layer: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``layer(x)`` may run through the compiled kernel (see the module's docstring)."""
+    for t in (x, *layer.parameters()):  # (other tensor subclasses may redefine operations)
         plain = type(t) in (torch.Tensor, torch.nn.Parameter)
         if not (plain and t.device.type == "cpu" and t.dtype == torch.float32):
             return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
-    if _get_current_dispatch_mode() is not None:
+    if _get_current_dispatch_mode() is not None or autocast_enabled("cpu"):
         return False
     return available()
 
 
-OPERANDS = ("q1", "k", "q2", "k3", "v", "sv", "sve", "gq1", "gk", "gq2", "gk3", "gv")
+def _map(x: torch.Tensor, axis: str) -> list[int]:
+    """Address and (image, line, channel, position) strides of a map ``[N, C, H, W]`` whose lines
+    run along ``axis``."""
+    n, c, h, w = x.stride()
+    return [x.data_ptr(), n, w, c, h] if axis == "height" else [x.data_ptr(), n, h, c, w]
 
 
-def _lines(x: torch.Tensor) -> list[int]:
-    """Address and (line, head, channel, position) strides of an operand ``[B, G, d, L]``."""
-    return [x.data_ptr(), *x.stride()]
-
-
-def _outputs(sv: torch.Tensor, sve: torch.Tensor, dv: int) -> list[int]:
-    """The same for ``sv [B, C, L]`` and ``sve [L, B, C]`` (``C = G dv``, head-major)."""
-    return [sv.data_ptr(), sv.stride(0), dv * sv.stride(1), sv.stride(1), sv.stride(2),
-            sve.data_ptr(), sve.stride(1), dv * sve.stride(2), sve.stride(2), sve.stride(0)]  # fmt: skip
-
-
-def _run(operands: list[int], tables: list[int], sizes: tuple[int, ...], table_grads, backward):
-    """The kernel on every task, split over torch's thread count (each part with its own row
-    of ``table_grads [parts, ...]`` in the backward pass)."""
-    lines, heads = sizes[:2]
-    tasks = -(-lines // LANES) * heads
-    threads = max(1, min(torch.get_num_threads(), tasks))
-    descriptors = []
+def _run(descriptor: list[int], tasks: int, table_grads: torch.Tensor | None) -> None:
+    """The kernel on every task, split over torch's thread count (each part adding to its own row
+    of ``table_grads [parts, ...]`` in the backward pass; None: the forward pass)."""
+    threads = table_grads.shape[0] if table_grads is not None else _threads(tasks)
+    at = 5 * 3 + 6  # the table-gradient address in the descriptor
+    calls = []
     for i in range(threads):
-        grads = 0 if table_grads is None else table_grads[i].data_ptr()
-        descriptors.append(torch.tensor(operands + tables + [grads] + list(sizes)))
-    bounds = [tasks * i // threads for i in range(threads + 1)]
-    calls = [(d.data_ptr(), a, b, backward) for d, a, b in zip(descriptors, bounds, bounds[1:])]
+        if table_grads is not None:
+            descriptor[at] = table_grads[i].data_ptr()
+        d = torch.tensor(descriptor)
+        calls.append((d, tasks * i // threads, tasks * (i + 1) // threads))
     if threads == 1:
-        _fused_train.call(*calls[0])
+        _fused_train.call(calls[0][0].data_ptr(), *calls[0][1:], table_grads is not None)
         return
     pool = fused_eval._pool(threads)
-    for run in [pool.submit(_fused_train.call, *args) for args in calls]:
+    runs = [
+        pool.submit(_fused_train.call, d.data_ptr(), a, b, table_grads is not None)
+        for d, a, b in calls
+    ]
+    for run in runs:
         run.result()
 
 
-class FusedCore(torch.autograd.Function):
-    """``(q1, k, q2, k3, v, rq, rk, rv, lo, hi) -> (sv [B, C, L], sve [L, B, C])`` for operands
-    ``[B, G, d, L]`` (any strides) and extended tables ``[d, 2L + 1]`` (entry ``d + L`` for
-    distance ``d``); ``lo, hi``: int32 key ranges ``[L]``, or None for the whole axis."""
+def _threads(tasks: int) -> int:
+    return max(1, min(torch.get_num_threads(), tasks))
+
+
+class FusedAxial(torch.autograd.Function):
+    """``(qkv, scales, rq, rk, rv, geometry) -> out``: ``qkv [N, 2C, H, W]`` the normalised
+    projection (channels ``[q | k | v]``), ``scales [3, G]`` the logit scales, extended tables
+    ``[d, 2L + 1]`` (entry ``d + L`` for distance ``d``), ``geometry = (axis, heads, lo, hi)``
+    (int32 key ranges ``[L]``, or None for the whole axis); ``out [N, 2C, H, W]``, channels
+    ``[sum W v | sum W rv]``."""
 
     @staticmethod
-    def forward(ctx, q1, k, q2, k3, v, rq, rk, rv, lo, hi):  # noqa: D102
-        b, g, dk, length = q1.shape
-        dv = v.shape[2]
-        tables = [t.contiguous() for t in (rq, rk, rv)]
+    def forward(ctx, qkv, scales, rq, rk, rv, geometry):  # noqa: D102
+        axis, g, lo, hi = geometry
+        n, channels, h, w = qkv.shape
+        length, lines = (h, w) if axis == "height" else (w, h)
+        dk, dv = rq.shape[0], rv.shape[0]
         win = length if lo is None else int((hi - lo).max())
-        w = q1.new_empty(-(-b // LANES) * g, length, win, LANES)
-        sv, sve = q1.new_empty(b, g * dv, length), q1.new_empty(length, b, g * dv)
-        operands = [x for t in (q1, k, q2, k3, v) for x in _lines(t)] + _outputs(sv, sve, dv)
-        operands += [0] * 25  # (gradients: backward only)
+        tasks = -(-n * lines // LANES) * g
+        weights = qkv.new_empty(tasks, length, win, LANES)
+        out = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+        tables = [t.contiguous() for t in (rq, rk, rv)]
+        scales = scales.contiguous()
         ranges = [0, 0] if lo is None else [lo.data_ptr(), hi.data_ptr()]
-        pointers = [t.data_ptr() for t in tables] + ranges + [w.data_ptr()]
-        sizes = (b, g, length, dk, dv, win)
-        _run(operands, pointers, sizes, None, backward=False)
-        ctx.save_for_backward(q1, k, q2, k3, v, *tables, w)
-        ctx.ranges, ctx.sizes = (lo, hi), sizes
-        return sv, sve
+        descriptor = _map(qkv, axis) + _map(out, axis) + [0] * 5
+        descriptor += [t.data_ptr() for t in tables] + ranges + [weights.data_ptr(), 0]
+        descriptor += [scales.data_ptr(), n, lines, g, length, dk, dv, win]
+        _run(descriptor, tasks, None)
+        ctx.save_for_backward(qkv, scales, *tables, weights)
+        ctx.geometry, ctx.sizes = geometry, descriptor[-7:]
+        return out
 
     @staticmethod
-    def backward(ctx, grad_sv, grad_sve):  # noqa: D102
-        *inputs, rq, rk, rv, w = ctx.saved_tensors
-        lo, hi = ctx.ranges
-        b, g, length, dk, dv, _ = ctx.sizes
-        grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in inputs]
-        threads = max(1, min(torch.get_num_threads(), -(-b // LANES) * g))
-        table_grads = rq.new_zeros(threads, 2 * dk + dv, 2 * length + 1)
-        operands = [x for t in inputs for x in _lines(t)] + _outputs(grad_sv, grad_sve, dv)
-        operands += [x for t in grads for x in _lines(t)]
+    def backward(ctx, grad_out):  # noqa: D102
+        qkv, scales, rq, rk, rv, weights = ctx.saved_tensors
+        axis, g, lo, hi = ctx.geometry
+        length, dk, dv = ctx.sizes[3:6]
+        tasks = weights.shape[0]
+        grad_qkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+        size = (2 * dk + dv) * (2 * length + 1)
+        table_grads = qkv.new_zeros(_threads(tasks), size + 3 * g)
         ranges = [0, 0] if lo is None else [lo.data_ptr(), hi.data_ptr()]
-        pointers = [t.data_ptr() for t in (rq, rk, rv)] + ranges + [w.data_ptr()]
-        _run(operands, pointers, ctx.sizes, table_grads, backward=True)
-        grq, grk, grv = table_grads.sum(0).split((dk, dk, dv))
-        return (*grads, grq, grk, grv, None, None)
+        descriptor = _map(qkv, axis) + _map(grad_out, axis) + _map(grad_qkv, axis)
+        descriptor += [t.data_ptr() for t in (rq, rk, rv)] + ranges + [weights.data_ptr(), 0]
+        descriptor += [scales.data_ptr(), *ctx.sizes]
+        _run(descriptor, tasks, table_grads)
+        total = table_grads.sum(0)
+        grq, grk, grv = total[:size].view(2 * dk + dv, -1).split((dk, dk, dv))
+        return grad_qkv, total[size:].view(3, g), grq, grk, grv, None
 
 
-def attend(q1, k, q2, k3, v, tables, *, span: int, span_mode: str):
-    """``attention_core.attend`` (same arguments and results) through the compiled kernel."""
-    length = q1.shape[-1]
-    index = extended_index(length, tables[0].shape[1], device=q1.device)  # [2L - 1]
+def forward(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` before its stride, ``[N, C_out, H, W]``, for an ``AxialAttention`` for which
+    ``applies(layer, x)`` holds: the projection and its norm, the logit scales and the output norm
+    by the layer's own modules and methods, the rest by the kernel."""
+    g, dk, c = layer.num_heads, layer.key_channels, layer.out_channels
+    qkv = layer.qkv_norm(F.conv2d(x, layer.qkv_proj.weight))  # [N, 2C, H, W]
+    n, _, h, w = qkv.shape
+    length, lines = (h, w) if layer.axis == "height" else (w, h)
+    qk = layer._lines(qkv[:, : 2 * g * dk])  # [B, 2 G dk, L], for the logit statistics
+    q, k = (t.view(n * lines, g, dk, length) for t in qk.split(g * dk, dim=1))
+    scales = layer._logit_scales(q, k).view(3, g)
+    index = extended_index(length, layer.query_rel.shape[1], device=x.device)  # [2L - 1]
     # [d, 2L + 1]: entry d + L for distance d, a zero beyond each end
-    rq, rk, rv = (F.pad(t[:, index], (1, 1)) for t in tables)
-    ranges = key_ranges(length, span, span_mode)
+    tables = [F.pad(t[:, index], (1, 1)) for t in (layer.query_rel, layer.key_rel, layer.value_rel)]
+    ranges = key_ranges(length, layer.span, layer.span_mode)
     lo, hi = (None, None) if ranges is None else (r.to(torch.int32) for r in ranges)
-    return FusedCore.apply(q1, k, q2, k3, v, rq, rk, rv, lo, hi)
+    out = FusedAxial.apply(qkv, scales, *tables, (layer.axis, g, lo, hi))
+    out = layer.output_norm(out)  # [N, 2C, H, W]
+    return out.view(n, 2, c, h, w).sum(1)
