@@ -18,12 +18,17 @@ where both choices are the same).
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
 from axial_deeplab.layers import axial_attention
 from axial_deeplab.layers.attention_core import key_ranges
+from axial_deeplab.layers.logit_stats import logit_moments
 from axial_deeplab.layers.relative_position import pair_index
+
+# The ablation swaps ``axial_attention.key_ranges``, which only the PyTorch path reads.
+os.environ["AXIAL_DEEPLAB_FUSED_ATTENTION"] = "0"
 
 
 def _all_pairs(*args, **kwargs):
@@ -33,8 +38,7 @@ def _all_pairs(*args, **kwargs):
 def _terms_and_window(layer, x):
     """Dense ``[3, B, G, L, L]`` logit terms of ``layer`` on ``x`` and the ``[L, L]`` window."""
     length = x.shape[-1]
-    lines = x.permute(0, 2, 1, 3).reshape(-1, layer.in_channels, length)  # [B, C_in, L]
-    q, k, _ = layer._project(lines)
+    q, k, _, _ = layer._project(x)  # [B, G, dk, L] each (train mode: batch statistics)
     g, dk = layer.num_heads, layer.key_channels
     q, k = q.view(-1, g, dk, length), k.view(-1, g, dk, length)
     idx = pair_index((0, length), (0, length), layer.query_rel.shape[1])  # [L, L]
@@ -64,7 +68,8 @@ def init_check() -> None:
             outs[name] = layer(x).detach()
             with torch.no_grad():
                 terms, window, (q, k) = _terms_and_window(layer, x)
-                scales = layer._logit_scales(q, k).view(3, 1, -1, 1, 1)  # [3, 1, G, 1, 1]
+                moments = lambda *args: logit_moments(q, k, *args)  # noqa: B023, E731
+                scales = layer._logit_scales(length, moments).view(3, 1, -1, 1, 1)
                 stds[name] = [
                     round(float(v), 3) for v in (terms * scales)[..., window].std((1, 2, 3))
                 ]

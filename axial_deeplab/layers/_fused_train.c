@@ -44,9 +44,12 @@ typedef struct {
 enum { QKV, OUT, GQKV, OPERANDS };
 
 /* The call's descriptor, an int64 array (fused_train.py writes it): OPERANDS x (address, s_n, s_l,
- * s_c, s_p), the addresses of rq, rk, rv, lo, hi, w, gr, scales, then images, lines per image,
- * heads, L, dk, dv, win. */
-enum { D_TABLES = 5 * OPERANDS, D_SIZES = D_TABLES + 8, D_LENGTH = D_SIZES + 7 };
+ * s_c, s_p), the addresses of rq, rk, rv, lo, hi, w, gr, scales, sum_q, gram_q, sum_k, gram_k,
+ * coef, moments, then images, lines per image, heads, L, dk, dv, win. */
+enum { D_TABLES = 5 * OPERANDS, D_SIZES = D_TABLES + 14, D_LENGTH = D_SIZES + 7 };
+
+/* What a call runs on its tasks. */
+enum { ATTEND, ATTEND_BACKWARD, MOMENTS, MOMENTS_BACKWARD };
 
 typedef struct {
     Operand x[OPERANDS];
@@ -55,6 +58,12 @@ typedef struct {
     float *w;                   /* [tasks][L][win][8] */
     float *gr;                  /* backward: += the gradients of rq, rk, rv, then of s0, s1, s2 */
     const float *scales;        /* [3][G]: s0, s1, s2 */
+    /* The logit moments (see moments_task): the window sums and Gram matrices of the relative
+     * tables seen by each query (sum_q [dk][L], gram_q [L][dk][dk]) and key (sum_k, gram_k), the
+     * backward pass's coefficients [6][G] (d loss / d of each sum), the sums [6][G] (+=), and
+     * the backward pass's table gradients (+= into gr: sum_q, gram_q, sum_k, gram_k). */
+    const float *sum_q, *gram_q, *sum_k, *gram_k, *coef;
+    double *moments;
     int64_t images, lines, heads, length, dk, dv, win;
 } Args;
 
@@ -409,39 +418,128 @@ static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
     gr[h] += lane_sum(gs0), gr[G + h] += lane_sum(gs1), gr[2 * G + h] += lane_sum(gs2);
 }
 
-static int run(const Args *a, int64_t first, int64_t last, int backward)
+/* The sums of the three logit terms and of their squares over the task's lines and pairs, for
+ * batch-norm statistics without forming the terms (the compiled TermMoments of logit_stats.py):
+ *
+ *     qk: sum_o q_o . sum_p k_p,          sum_{c,c'} (sum_o q_o q_o^T) (sum_p k_p k_p^T)
+ *     qr: sum_o q_o . sum_q[:, o],        sum_o q_o^T gram_q[o] q_o
+ *     kr: sum_p k_p . sum_k[:, p],        sum_p k_p^T gram_k[p] k_p
+ *
+ * (moments[6][G]: the three sums, then the three sums of squares.) Backward, for coefficients
+ * (t0, t1, t2, u0, u1, u2) = d loss / d of each: gq_o = t0 sum_p k_p + t1 sum_q[:, o]
+ * + 2 u0 (sum_p k_p k_p^T) q_o + 2 u1 gram_q[o] q_o, and likewise for gk; g sum_q[:, o] =
+ * t1 sum q_o, g gram_q[o] = u1 sum q_o q_o^T (and for the keys), summed over the lanes into gr.
+ * work: (4 dk + 2 dk dk + 4) Lp vectors. */
+static TARGET void moments_task(const Args *a, int64_t t, v8f *work, int backward)
+{
+    const int64_t L = a->length, Lp = padded(L), dk = a->dk, G = a->heads;
+    const int64_t group = t / G, h = t % G;
+    v8f *q = work, *k = q + dk * Lp, *gq = k + dk * Lp, *gk = gq + dk * Lp;
+    v8f *qq = gk + dk * Lp, *kk = qq + dk * dk, *qs = kk + dk * dk, *ks = qs + dk;
+    gather(a, &a->x[QKV], group, h * dk, dk, Lp, q);
+    gather(a, &a->x[QKV], group, G * dk + h * dk, dk, Lp, k);
+    for (int64_t c = 0; c < dk; c++) {
+        v8f x = {0}, y = {0};
+        for (int64_t o = 0; o < L; o++) x += q[c * Lp + o], y += k[c * Lp + o];
+        qs[c] = x, ks[c] = y;
+        for (int64_t e = 0; e <= c; e++) {
+            v8f u = {0}, v = {0};
+            for (int64_t o = 0; o < L; o++)
+                u += q[c * Lp + o] * q[e * Lp + o], v += k[c * Lp + o] * k[e * Lp + o];
+            qq[c * dk + e] = qq[e * dk + c] = u, kk[c * dk + e] = kk[e * dk + c] = v;
+        }
+    }
+    if (!backward) {
+        v8f sums[6] = {{0}};
+        for (int64_t c = 0; c < dk; c++) {
+            sums[0] += qs[c] * ks[c];
+            for (int64_t e = 0; e < dk; e++) sums[3] += qq[c * dk + e] * kk[c * dk + e];
+            for (int64_t o = 0; o < L; o++) {
+                sums[1] += q[c * Lp + o] * a->sum_q[c * L + o];
+                sums[2] += k[c * Lp + o] * a->sum_k[c * L + o];
+            }
+        }
+        for (int64_t o = 0; o < L; o++)
+            for (int64_t c = 0; c < dk; c++) {
+                v8f mq = {0}, mk = {0};
+                const float *gram_q = a->gram_q + (o * dk + c) * dk;
+                const float *gram_k = a->gram_k + (o * dk + c) * dk;
+                for (int64_t e = 0; e < dk; e++)
+                    mq += q[e * Lp + o] * gram_q[e], mk += k[e * Lp + o] * gram_k[e];
+                sums[4] += q[c * Lp + o] * mq, sums[5] += k[c * Lp + o] * mk;
+            }
+        for (int i = 0; i < 6; i++) a->moments[i * G + h] += (double)lane_sum(sums[i]);
+        return;
+    }
+    const float *cf = a->coef;
+    const float t0 = cf[h], t1 = cf[G + h], t2 = cf[2 * G + h];
+    const float u0 = 2 * cf[3 * G + h], u1 = 2 * cf[4 * G + h], u2 = 2 * cf[5 * G + h];
+    float *g_sum_q = a->gr, *g_gram_q = g_sum_q + dk * L;
+    float *g_sum_k = g_gram_q + L * dk * dk, *g_gram_k = g_sum_k + dk * L;
+    for (int64_t o = 0; o < L; o++)
+        for (int64_t c = 0; c < dk; c++) {
+            const float *gram_q = a->gram_q + (o * dk + c) * dk;
+            const float *gram_k = a->gram_k + (o * dk + c) * dk;
+            v8f x = ks[c] * t0 + a->sum_q[c * L + o] * t1;
+            v8f y = qs[c] * t0 + a->sum_k[c * L + o] * t2;
+            for (int64_t e = 0; e < dk; e++) {
+                const v8f qe = q[e * Lp + o], ke = k[e * Lp + o];
+                x += (kk[c * dk + e] * u0 + gram_q[e] * u1) * qe;
+                y += (qq[c * dk + e] * u0 + gram_k[e] * u2) * ke;
+                if (e <= c) {
+                    const float qc = lane_sum(q[c * Lp + o] * qe), kc = lane_sum(k[c * Lp + o] * ke);
+                    g_gram_q[(o * dk + c) * dk + e] += cf[4 * G + h] * qc;
+                    g_gram_k[(o * dk + c) * dk + e] += cf[5 * G + h] * kc;
+                    if (e < c) {
+                        g_gram_q[(o * dk + e) * dk + c] += cf[4 * G + h] * qc;
+                        g_gram_k[(o * dk + e) * dk + c] += cf[5 * G + h] * kc;
+                    }
+                }
+            }
+            gq[c * Lp + o] = x, gk[c * Lp + o] = y;
+            g_sum_q[c * L + o] += t1 * lane_sum(q[c * Lp + o]);
+            g_sum_k[c * L + o] += t2 * lane_sum(k[c * Lp + o]);
+        }
+    scatter(a, &a->x[GQKV], group, h * dk, dk, Lp, gq);
+    scatter(a, &a->x[GQKV], group, G * dk + h * dk, dk, Lp, gk);
+}
+
+static int run(const Args *a, int64_t first, int64_t last, int mode)
 {
     const int64_t Lp = padded(a->length), dk = a->dk, dv = a->dv, T = 2 * a->length + 1;
-    const int64_t vectors = backward ? (9 * dk + 4 * dv + 6) * Lp + (2 * dk + dv) * T + 8
-                                     : (4 * dk + 3 * dv + 2) * Lp + 4;
+    int64_t vectors = (4 * dk + 3 * dv + 2) * Lp + 4;
+    if (mode == ATTEND_BACKWARD) vectors = (9 * dk + 4 * dv + 6) * Lp + (2 * dk + dv) * T + 8;
+    if (mode >= MOMENTS) vectors = (4 * dk + 2 * dk * dk + 4) * Lp;
     v8f *work = aligned_alloc(32, (size_t)vectors * sizeof(v8f));
     if (work == NULL) return -1;
     for (int64_t t = first; t < last; t++) {
-        if (backward)
+        if (mode == ATTEND)
+            forward_task(a, t, work);
+        else if (mode == ATTEND_BACKWARD)
             backward_task(a, t, work);
         else
-            forward_task(a, t, work);
+            moments_task(a, t, work, mode == MOMENTS_BACKWARD);
     }
     free(work);
     return 0;
 }
 #else
-static int run(const Args *a, int64_t first, int64_t last, int backward)
+static int run(const Args *a, int64_t first, int64_t last, int mode)
 {
-    (void)a, (void)first, (void)last, (void)backward;
+    (void)a, (void)first, (void)last, (void)mode;
     return -2;
 }
 #endif
 
-/* call(descriptor, first, last, backward): tasks [first, last) of the call described by the
- * int64 array at address `descriptor` (see the enum above; fused_train.py checks it). */
+/* call(descriptor, first, last, mode): tasks [first, last) of the call described by the int64
+ * array at address `descriptor` (see the enums above; fused_train.py checks it). */
 static PyObject *call(PyObject *self, PyObject *args)
 {
     (void)self;
     unsigned long long address;
     long long first, last;
-    int backward;
-    if (!PyArg_ParseTuple(args, "KLLp", &address, &first, &last, &backward)) return NULL;
+    int mode;
+    if (!PyArg_ParseTuple(args, "KLLi", &address, &first, &last, &mode)) return NULL;
     const int64_t *d = (const int64_t *)(uintptr_t)address;
     Args a;
     for (int i = 0; i < OPERANDS; i++) {
@@ -457,10 +555,17 @@ static PyObject *call(PyObject *self, PyObject *args)
     a.w = (float *)(uintptr_t)tables[5];
     a.gr = (float *)(uintptr_t)tables[6];
     a.scales = (const float *)(uintptr_t)tables[7];
+    a.sum_q = (const float *)(uintptr_t)tables[8];
+    a.gram_q = (const float *)(uintptr_t)tables[9];
+    a.sum_k = (const float *)(uintptr_t)tables[10];
+    a.gram_k = (const float *)(uintptr_t)tables[11];
+    a.coef = (const float *)(uintptr_t)tables[12];
+    a.moments = (double *)(uintptr_t)tables[13];
     a.images = sizes[0], a.lines = sizes[1], a.heads = sizes[2], a.length = sizes[3];
     a.dk = sizes[4], a.dv = sizes[5], a.win = sizes[6];
     if (a.images < 1 || a.lines < 1 || a.heads < 1 || a.length < 1 || a.dk < 1 || a.dv < 1 || a.win < 1 ||
-        a.win > a.length || first < 0 || last > task_count(&a) || first > last) {
+        a.win > a.length || first < 0 || last > task_count(&a) || first > last || mode < ATTEND ||
+        mode > MOMENTS_BACKWARD) {
         PyErr_Format(PyExc_ValueError, "tasks [%lld, %lld) of %lld, or bad sizes", first, last,
                      (long long)task_count(&a));
         return NULL;
@@ -471,7 +576,7 @@ static PyObject *call(PyObject *self, PyObject *args)
     }
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = run(&a, first, last, backward);
+    status = run(&a, first, last, mode);
     Py_END_ALLOW_THREADS
     if (status != 0) return PyErr_NoMemory();
     Py_RETURN_NONE;

@@ -267,7 +267,8 @@ class AxialAttention(nn.Module):
                 shift = None if qkv_shift is None else qkv_shift.float()
                 return self._attend(q.float(), k.float(), v.float(), shift)
         g, dk = self.num_heads, self.key_channels
-        scales = self._logit_scales(q, k).view(3, g, 1, 1)  # [3, G, 1, 1]
+        moments = lambda *args: logit_moments(q, k, *args)  # noqa: E731
+        scales = self._logit_scales(q.shape[-1], moments).view(3, g, 1, 1)  # [3, G, 1, 1]
         if qkv_shift is None:
             args = (q * scales[0], k, q * scales[1], k * scales[2], v)
         else:
@@ -287,19 +288,20 @@ class AxialAttention(nn.Module):
             return out[:, :c], out[:, c:].permute(2, 0, 1)  # [B, C, L], [L, B, C] (views)
         return attend(*args, tables, span=self.span, span_mode=self.span_mode)
 
-    def _logit_scales(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """BN scale ``gamma / sqrt(var + eps)`` of each logit term and head, ``[3 * G]``; in
-        training the statistics are over the pairs inside each query's window (``key_ranges``).
+    def _logit_scales(self, length: int, moments) -> torch.Tensor:
+        """BN scale ``gamma / sqrt(var + eps)`` of each logit term and head, ``[3 * G]``, on an axis
+        of ``length``; in training the statistics are over the pairs inside each query's window
+        (``key_ranges``), ``(mean, var, count) = moments(eq, ek, key_ranges)`` for the relative
+        tables ``eq, ek [dk, 2L - 1]`` (``logit_stats.logit_moments`` on the layer's q and k).
 
         The BN shift is constant over the softmax axis and cancels, in train and in eval mode.
         """
         bn = self.logits_norm
         if uses_batch_stats(bn):
-            length = q.shape[-1]
-            index = extended_index(length, self.query_rel.shape[1], device=q.device)
+            index = extended_index(length, self.query_rel.shape[1], device=bn.weight.device)
             ranges = key_ranges(length, self.span, self.span_mode)  # CPU index tensors
             eq, ek = self.query_rel[:, index], self.key_rel[:, index]  # [dk, 2L - 1] each
-            mean, var, count = logit_moments(q, k, eq, ek, ranges)
+            mean, var, count = moments(eq, ek, ranges)
             mean, var = sync_moments(bn, mean, var, count)
             update_running_stats(bn, mean, var, count)
         else:

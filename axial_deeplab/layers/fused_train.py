@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from . import fused_eval
+from . import fused_eval, logit_stats
 from .attention_core import key_ranges
+from .logit_stats import window_terms, with_band
 from .precision import autocast_enabled
 from .relative_position import extended_index
 
@@ -68,31 +69,81 @@ def _map(x: torch.Tensor, axis: str) -> list[int]:
     return [x.data_ptr(), n, w, c, h] if axis == "height" else [x.data_ptr(), n, h, c, w]
 
 
-def _run(descriptor: list[int], tasks: int, table_grads: torch.Tensor | None) -> None:
-    """The kernel on every task, split over torch's thread count (each part adding to its own row
-    of ``table_grads [parts, ...]`` in the backward pass; None: the forward pass)."""
-    threads = table_grads.shape[0] if table_grads is not None else _threads(tasks)
-    at = 5 * 3 + 6  # the table-gradient address in the descriptor
+# Modes of a kernel call, and where the per-part buffers go in its descriptor.
+ATTEND, ATTEND_BACKWARD, MOMENTS, MOMENTS_BACKWARD = range(4)
+_GR, _MOMENTS = 5 * 3 + 6, 5 * 3 + 13
+
+
+def _run(descriptor: list[int], tasks: int, mode: int, parts: dict[int, torch.Tensor]) -> None:
+    """The kernel on every task, split over ``len`` of the ``parts`` buffers (or torch's thread
+    count), each part adding to its own row of every buffer ``parts[slot] [parts, ...]`` (a
+    descriptor address slot: ``_GR``, ``_MOMENTS``)."""
+    threads = next(iter(parts.values())).shape[0] if parts else _threads(tasks)
     calls = []
     for i in range(threads):
-        if table_grads is not None:
-            descriptor[at] = table_grads[i].data_ptr()
-        d = torch.tensor(descriptor)
-        calls.append((d, tasks * i // threads, tasks * (i + 1) // threads))
+        for slot, buffer in parts.items():
+            descriptor[slot] = buffer[i].data_ptr()
+        calls.append((torch.tensor(descriptor), tasks * i // threads, tasks * (i + 1) // threads))
     if threads == 1:
-        _fused_train.call(calls[0][0].data_ptr(), *calls[0][1:], table_grads is not None)
+        _fused_train.call(calls[0][0].data_ptr(), calls[0][1], calls[0][2], mode)
         return
     pool = fused_eval._pool(threads)
-    runs = [
-        pool.submit(_fused_train.call, d.data_ptr(), a, b, table_grads is not None)
-        for d, a, b in calls
-    ]
+    runs = [pool.submit(_fused_train.call, d.data_ptr(), a, b, mode) for d, a, b in calls]
     for run in runs:
         run.result()
 
 
 def _threads(tasks: int) -> int:
     return max(1, min(torch.get_num_threads(), tasks))
+
+
+def _descriptor(maps: list[int], tables=(), moments=(), sizes=()) -> list[int]:
+    """A call's descriptor (``_fused_train.c``): three maps (15 entries, zeros for the ones not
+    used), the addresses ``tables`` (rq, rk, rv, lo, hi, w, gr, scales) and ``moments`` (sum_q,
+    gram_q, sum_k, gram_k, coef, moments), zero where not given, and the seven sizes."""
+    tables = list(tables) + [0] * (8 - len(tables))
+    moments = list(moments) + [0] * (6 - len(moments))
+    return maps + [0] * (15 - len(maps)) + tables + moments + list(sizes)
+
+
+class FusedMoments(torch.autograd.Function):
+    """``logit_stats.TermMoments`` on the normalised projection ``qkv [N, 2C, H, W]`` as it is:
+    ``(qkv, sum_q, gram_q, sum_k, gram_k, geometry) -> (total, squares)``, each ``[3 G]`` float64,
+    ``geometry = (axis, heads, dk)``."""
+
+    @staticmethod
+    def forward(ctx, qkv, sum_q, gram_q, sum_k, gram_k, geometry):  # noqa: D102
+        axis, g, dk = geometry
+        n, _, h, w = qkv.shape
+        length, lines = (h, w) if axis == "height" else (w, h)
+        tables = [t.detach().contiguous() for t in (sum_q, gram_q, sum_k, gram_k)]
+        tasks = -(-n * lines // LANES) * g
+        sums = qkv.new_zeros(_threads(tasks), 6, g, dtype=torch.float64)
+        sizes = (n, lines, g, length, dk, 1, length)
+        descriptor = _descriptor(_map(qkv, axis), (), [t.data_ptr() for t in tables], sizes)
+        _run(descriptor, tasks, MOMENTS, {_MOMENTS: sums})
+        ctx.save_for_backward(qkv, *tables)
+        ctx.geometry, ctx.sizes = geometry, sizes
+        total = sums.sum(0)
+        return total[:3].flatten(), total[3:].flatten()
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_squares):  # noqa: D102
+        qkv, *tables = ctx.saved_tensors
+        axis, g, dk = ctx.geometry
+        length = ctx.sizes[3]
+        tasks = -(-ctx.sizes[0] * ctx.sizes[1] // LANES) * g
+        coef = torch.cat([grad_total, grad_squares]).to(qkv.dtype).contiguous()  # [6 G]
+        grad_qkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
+        grad_qkv[:, 2 * g * dk :].zero_()  # (the values': the kernel writes q and k)
+        sizes = [dk * length, length * dk * dk, dk * length, length * dk * dk]
+        grads = qkv.new_zeros(_threads(tasks), sum(sizes))
+        addresses = [t.data_ptr() for t in tables] + [coef.data_ptr()]
+        descriptor = _map(qkv, axis) + [0] * 5 + _map(grad_qkv, axis)
+        descriptor = _descriptor(descriptor, (), addresses, ctx.sizes)
+        _run(descriptor, tasks, MOMENTS_BACKWARD, {_GR: grads})
+        parts = grads.sum(0).split(sizes)
+        return grad_qkv, *(p.view_as(t) for p, t in zip(parts, tables)), None
 
 
 class FusedAxial(torch.autograd.Function):
@@ -115,12 +166,14 @@ class FusedAxial(torch.autograd.Function):
         tables = [t.contiguous() for t in (rq, rk, rv)]
         scales = scales.contiguous()
         ranges = [0, 0] if lo is None else [lo.data_ptr(), hi.data_ptr()]
-        descriptor = _map(qkv, axis) + _map(out, axis) + [0] * 5
-        descriptor += [t.data_ptr() for t in tables] + ranges + [weights.data_ptr(), 0]
-        descriptor += [scales.data_ptr(), n, lines, g, length, dk, dv, win]
-        _run(descriptor, tasks, None)
+        addresses = [t.data_ptr() for t in tables] + ranges + [weights.data_ptr(), 0]
+        sizes = (n, lines, g, length, dk, dv, win)
+        descriptor = _descriptor(
+            _map(qkv, axis) + _map(out, axis), addresses + [scales.data_ptr()], (), sizes
+        )
+        _run(descriptor, tasks, ATTEND, {})
         ctx.save_for_backward(qkv, scales, *tables, weights)
-        ctx.geometry, ctx.sizes = geometry, descriptor[-7:]
+        ctx.geometry, ctx.sizes = geometry, sizes
         return out
 
     @staticmethod
@@ -133,10 +186,10 @@ class FusedAxial(torch.autograd.Function):
         size = (2 * dk + dv) * (2 * length + 1)
         table_grads = qkv.new_zeros(_threads(tasks), size + 3 * g)
         ranges = [0, 0] if lo is None else [lo.data_ptr(), hi.data_ptr()]
-        descriptor = _map(qkv, axis) + _map(grad_out, axis) + _map(grad_qkv, axis)
-        descriptor += [t.data_ptr() for t in (rq, rk, rv)] + ranges + [weights.data_ptr(), 0]
-        descriptor += [scales.data_ptr(), *ctx.sizes]
-        _run(descriptor, tasks, table_grads)
+        addresses = [t.data_ptr() for t in (rq, rk, rv)] + ranges + [weights.data_ptr(), 0]
+        maps = _map(qkv, axis) + _map(grad_out, axis) + _map(grad_qkv, axis)
+        descriptor = _descriptor(maps, addresses + [scales.data_ptr()], (), ctx.sizes)
+        _run(descriptor, tasks, ATTEND_BACKWARD, {_GR: table_grads})
         total = table_grads.sum(0)
         grq, grk, grv = total[:size].view(2 * dk + dv, -1).split((dk, dk, dv))
         return grad_qkv, total[size:].view(3, g), grq, grk, grv, None
@@ -150,9 +203,17 @@ def forward(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     qkv = layer.qkv_norm(F.conv2d(x, layer.qkv_proj.weight))  # [N, 2C, H, W]
     n, _, h, w = qkv.shape
     length, lines = (h, w) if layer.axis == "height" else (w, h)
-    qk = layer._lines(qkv[:, : 2 * g * dk])  # [B, 2 G dk, L], for the logit statistics
-    q, k = (t.view(n * lines, g, dk, length) for t in qk.split(g * dk, dim=1))
-    scales = layer._logit_scales(q, k).view(3, g)
+
+    def moments(eq, ek, ranges):  # the logit statistics (logit_stats.logit_moments)
+        tables, pairs = window_terms(eq, ek, length, ranges)
+        total, squares = FusedMoments.apply(qkv, *tables, (layer.axis, g, dk))
+        if ranges is not None:  # the q . k term over the windows only, on the lines
+            qk = layer._lines(qkv[:, : 2 * g * dk])  # [B, 2 G dk, L]
+            q, k = (t.view(n * lines, g, dk, length) for t in qk.split(g * dk, dim=1))
+            total, squares = with_band(total, squares, q, k, ranges)
+        return logit_stats.moments(total, squares, n * lines * pairs, qkv.dtype)
+
+    scales = layer._logit_scales(length, moments).view(3, g)
     index = extended_index(length, layer.query_rel.shape[1], device=x.device)  # [2L - 1]
     # [d, 2L + 1]: entry d + L for distance d, a zero beyond each end
     tables = [F.pad(t[:, index], (1, 1)) for t in (layer.query_rel, layer.key_rel, layer.value_rel)]

@@ -157,6 +157,34 @@ def _range_sums(table: torch.Tensor, start: torch.Tensor, end: torch.Tensor):
     return sums[:, end] - sums[:, start], grams[end] - grams[start]
 
 
+def window_terms(
+    eq: torch.Tensor, ek: torch.Tensor, length: int, key_ranges=None
+) -> tuple[tuple[torch.Tensor, ...], int]:
+    """``TermMoments``'s table inputs ``(sum_q, gram_q, sum_k, gram_k)`` for an axis of ``length``
+    (see ``logit_moments``), and the number of (query, key) pairs per line."""
+    if key_ranges is None:
+        sum_q, gram_q = _window_sums(eq, length)  # [d, L(start)], [L(start), d, d]
+        sum_k, gram_k = _window_sums(ek, length)
+        return (sum_q.flip(-1), gram_q.flip(0), sum_k, gram_k), length * length
+    lo, hi = key_ranges
+    pos = torch.arange(length, device=lo.device)  # index arithmetic on the CPU
+    # Queries that see key p: o_lo[p] <= o < o_hi[p] (lo and hi are nondecreasing).
+    o_lo = torch.searchsorted(hi, pos, right=True)
+    o_hi = torch.searchsorted(lo, pos, right=True)
+    sum_q, gram_q = _range_sums(eq, lo - pos + length - 1, hi - pos + length - 1)
+    sum_k, gram_k = _range_sums(ek, pos - o_hi + length, pos - o_lo + length)
+    return (sum_q, gram_q, sum_k, gram_k), int((hi - lo).sum())
+
+
+def moments(
+    total: torch.Tensor, squares: torch.Tensor, count: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(mean, biased var, count)`` from sums and sums of squares over ``count`` elements."""
+    mean = total / count
+    var = (squares / count - mean * mean).clamp(min=0.0)
+    return mean.to(dtype), var.to(dtype), count
+
+
 def logit_moments(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -174,24 +202,16 @@ def logit_moments(
     term ``kr`` sweeps columns ``p - o + L - 1`` over the queries that see ``p``.
     """
     b, g, _, length = q.shape
-    if key_ranges is None:
-        count = b * length * length
-        sum_q, gram_q = _window_sums(eq, length)  # [d, L(start)], [L(start), d, d]
-        sum_k, gram_k = _window_sums(ek, length)
-        total, squares = TermMoments.apply(q, k, sum_q.flip(-1), gram_q.flip(0), sum_k, gram_k)
-    else:
-        lo, hi = key_ranges
-        pos = torch.arange(length, device=lo.device)  # index arithmetic on the CPU
-        count = b * int((hi - lo).sum())
-        # Queries that see key p: o_lo[p] <= o < o_hi[p] (lo and hi are nondecreasing).
-        o_lo = torch.searchsorted(hi, pos, right=True)
-        o_hi = torch.searchsorted(lo, pos, right=True)
-        sum_q, gram_q = _range_sums(eq, lo - pos + length - 1, hi - pos + length - 1)
-        sum_k, gram_k = _range_sums(ek, pos - o_hi + length, pos - o_lo + length)
-        total, squares = TermMoments.apply(q, k, sum_q, gram_q, sum_k, gram_k)
-        band_total, band_squares = BandMoments.apply(q, k, lo, hi)
-        total = torch.cat([band_total, total[g:]])
-        squares = torch.cat([band_squares, squares[g:]])
-    mean = total / count
-    var = (squares / count - mean * mean).clamp(min=0.0)
-    return mean.to(q.dtype), var.to(q.dtype), count
+    tables, pairs = window_terms(eq, ek, length, key_ranges)
+    total, squares = TermMoments.apply(q, k, *tables)
+    if key_ranges is not None:
+        total, squares = with_band(total, squares, q, k, key_ranges)
+    return moments(total, squares, b * pairs, q.dtype)
+
+
+def with_band(total, squares, q, k, key_ranges):
+    """``total, squares`` with their ``qk`` heads replaced by ``BandMoments`` over the pairs
+    inside the windows (``TermMoments`` sums that term over every pair)."""
+    g = q.shape[1]
+    band_total, band_squares = BandMoments.apply(q, k, *key_ranges)
+    return torch.cat([band_total, total[g:]]), torch.cat([band_squares, squares[g:]])
