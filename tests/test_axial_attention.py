@@ -164,21 +164,29 @@ def test_core_gradcheck():
     assert torch.autograd.gradcheck(lambda *a: AttentionCore.apply(*a, mask, 2), args)  # G = 2
 
 
-def test_long_local_axis_uses_banded_memory():
-    # L = 200, span 5: dense weights would be [B, G, L, L] = [1, 2, 200, 200]; the banded path
-    # keeps blocks of [1, 2, 5, 9] and the BN statistics need no [L, L] table either. No tensor
-    # saved for backward may be quadratic in L (the largest linear one is qkv, [1, 16, 200, 1]).
+@pytest.mark.parametrize("fused", ["0", "1"], ids=["pytorch", "compiled"])
+def test_long_local_axis_uses_banded_memory(fused, monkeypatch):
+    # Span 5: dense weights would be [B, G, L, L]; the banded path keeps blocks of [1, 2, 5, 9],
+    # the compiled one each query's window of 5 keys for 8 lines (lanes), and the BN statistics
+    # need no [L, L] table either. No tensor saved for backward may grow faster than L: doubling
+    # L at most doubles the largest. The PyTorch path's largest is qkv ([1, 16, L, 1]); the
+    # compiled path's, the weights of 8 lanes x 2 heads x L x 5 keys.
+    monkeypatch.setenv("AXIAL_DEEPLAB_FUSED_ATTENTION", fused)
     layer = make_layer(axis="width", span=5, span_mode="local").float()
-    x = torch.randn(1, 6, 1, 200, requires_grad=True)
-    sizes = []
+    largest = {}
+    for length in (200, 400):
+        x = torch.randn(1, 6, 1, length, requires_grad=True)
+        sizes = []
 
-    def pack(t):
-        sizes.append(t.numel())
-        return t
+        def pack(t):
+            sizes.append(t.numel())  # noqa: B023
+            return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        layer.train()(x)
-    assert max(sizes) <= 16 * 200
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            layer.train()(x)
+        largest[length] = max(sizes)
+    assert largest[400] <= 2 * largest[200]
+    assert largest[200] <= (16 if fused == "0" else 8 * 2 * 5) * 200
 
 
 def test_bad_input_names_the_shape():

@@ -404,11 +404,12 @@ static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
     /* The scales' gradients and the projection's: gq = s0 gq1 + s1 gq2, gk + s2 gk3. */
     const float *sc = a->scales;
     v8f gs0 = {0}, gs1 = {0}, gs2 = {0};
-    for (int64_t i = 0; i < dk * Lp; i++) {
-        gs0 += q[i] * gq1[i], gs1 += q[i] * gq2[i], gs2 += k[i] * gk3[i];
-        gq1[i] = gq1[i] * sc[h] + gq2[i] * sc[G + h];
-        gk[i] += gk3[i] * sc[2 * G + h];
-    }
+    for (int64_t c = 0; c < dk; c++)
+        for (int64_t i = c * Lp; i < c * Lp + L; i++) { /* (the padding is not written) */
+            gs0 += q[i] * gq1[i], gs1 += q[i] * gq2[i], gs2 += k[i] * gk3[i];
+            gq1[i] = gq1[i] * sc[h] + gq2[i] * sc[G + h];
+            gk[i] += gk3[i] * sc[2 * G + h];
+        }
     scatter(a, &a->x[GQKV], group, h * dk, dk, Lp, gq1);
     scatter(a, &a->x[GQKV], group, G * dk + h * dk, dk, Lp, gk);
     scatter(a, &a->x[GQKV], group, 2 * G * dk + h * dv, dv, Lp, gv);
@@ -428,8 +429,9 @@ static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
  * (moments[6][G]: the three sums, then the three sums of squares.) Backward, for coefficients
  * (t0, t1, t2, u0, u1, u2) = d loss / d of each: gq_o = t0 sum_p k_p + t1 sum_q[:, o]
  * + 2 u0 (sum_p k_p k_p^T) q_o + 2 u1 gram_q[o] q_o, and likewise for gk; g sum_q[:, o] =
- * t1 sum q_o, g gram_q[o] = u1 sum q_o q_o^T (and for the keys), summed over the lanes into gr.
- * work: (4 dk + 2 dk dk + 4) Lp vectors. */
+ * t1 sum q_o, g gram_q[o] = u1 sum q_o q_o^T (and for the keys), kept per lane after the task's
+ * own work (2 dk (L + L dk) vectors, zeroed by run() and summed over the lanes into gr). work:
+ * (4 dk + 2 dk dk + 4) Lp vectors, and those. */
 static TARGET void moments_task(const Args *a, int64_t t, v8f *work, int backward)
 {
     const int64_t L = a->length, Lp = padded(L), dk = a->dk, G = a->heads;
@@ -474,44 +476,43 @@ static TARGET void moments_task(const Args *a, int64_t t, v8f *work, int backwar
     const float *cf = a->coef;
     const float t0 = cf[h], t1 = cf[G + h], t2 = cf[2 * G + h];
     const float u0 = 2 * cf[3 * G + h], u1 = 2 * cf[4 * G + h], u2 = 2 * cf[5 * G + h];
-    float *g_sum_q = a->gr, *g_gram_q = g_sum_q + dk * L;
-    float *g_sum_k = g_gram_q + L * dk * dk, *g_gram_k = g_sum_k + dk * L;
+    /* The tables' gradients, per lane, summed over the lanes by run() after the last task. */
+    v8f *g_sum_q = ks + dk, *g_gram_q = g_sum_q + dk * L;
+    v8f *g_sum_k = g_gram_q + L * dk * dk, *g_gram_k = g_sum_k + dk * L;
     for (int64_t o = 0; o < L; o++)
         for (int64_t c = 0; c < dk; c++) {
             const float *gram_q = a->gram_q + (o * dk + c) * dk;
             const float *gram_k = a->gram_k + (o * dk + c) * dk;
+            const v8f qc = q[c * Lp + o], kc = k[c * Lp + o];
             v8f x = ks[c] * t0 + a->sum_q[c * L + o] * t1;
             v8f y = qs[c] * t0 + a->sum_k[c * L + o] * t2;
+            v8f *gg_q = g_gram_q + (o * dk + c) * dk, *gg_k = g_gram_k + (o * dk + c) * dk;
             for (int64_t e = 0; e < dk; e++) {
                 const v8f qe = q[e * Lp + o], ke = k[e * Lp + o];
                 x += (kk[c * dk + e] * u0 + gram_q[e] * u1) * qe;
                 y += (qq[c * dk + e] * u0 + gram_k[e] * u2) * ke;
-                if (e <= c) {
-                    const float qc = lane_sum(q[c * Lp + o] * qe), kc = lane_sum(k[c * Lp + o] * ke);
-                    g_gram_q[(o * dk + c) * dk + e] += cf[4 * G + h] * qc;
-                    g_gram_k[(o * dk + c) * dk + e] += cf[5 * G + h] * kc;
-                    if (e < c) {
-                        g_gram_q[(o * dk + e) * dk + c] += cf[4 * G + h] * qc;
-                        g_gram_k[(o * dk + e) * dk + c] += cf[5 * G + h] * kc;
-                    }
-                }
+                gg_q[e] += qc * qe * cf[4 * G + h];
+                gg_k[e] += kc * ke * cf[5 * G + h];
             }
             gq[c * Lp + o] = x, gk[c * Lp + o] = y;
-            g_sum_q[c * L + o] += t1 * lane_sum(q[c * Lp + o]);
-            g_sum_k[c * L + o] += t2 * lane_sum(k[c * Lp + o]);
+            g_sum_q[c * L + o] += qc * t1;
+            g_sum_k[c * L + o] += kc * t2;
         }
     scatter(a, &a->x[GQKV], group, h * dk, dk, Lp, gq);
     scatter(a, &a->x[GQKV], group, G * dk + h * dk, dk, Lp, gk);
 }
 
-static int run(const Args *a, int64_t first, int64_t last, int mode)
+static TARGET int run(const Args *a, int64_t first, int64_t last, int mode)
 {
     const int64_t Lp = padded(a->length), dk = a->dk, dv = a->dv, T = 2 * a->length + 1;
     int64_t vectors = (4 * dk + 3 * dv + 2) * Lp + 4;
     if (mode == ATTEND_BACKWARD) vectors = (9 * dk + 4 * dv + 6) * Lp + (2 * dk + dv) * T + 8;
-    if (mode >= MOMENTS) vectors = (4 * dk + 2 * dk * dk + 4) * Lp;
+    const int64_t L = a->length, grads = 2 * dk * (L + L * dk); /* the moments' table gradients */
+    if (mode >= MOMENTS) vectors = (4 * dk + 2 * dk * dk + 4) * Lp + grads;
     v8f *work = aligned_alloc(32, (size_t)vectors * sizeof(v8f));
     if (work == NULL) return -1;
+    v8f *moment_grads = work + 4 * dk * Lp + 2 * dk * dk + 2 * dk; /* (after moments_task's own) */
+    if (mode == MOMENTS_BACKWARD) memset(moment_grads, 0, (size_t)grads * sizeof(v8f));
     for (int64_t t = first; t < last; t++) {
         if (mode == ATTEND)
             forward_task(a, t, work);
@@ -520,6 +521,8 @@ static int run(const Args *a, int64_t first, int64_t last, int mode)
         else
             moments_task(a, t, work, mode == MOMENTS_BACKWARD);
     }
+    if (mode == MOMENTS_BACKWARD)
+        for (int64_t i = 0; i < grads; i++) a->gr[i] += lane_sum(moment_grads[i]);
     free(work);
     return 0;
 }
