@@ -67,8 +67,11 @@ typedef struct {
     int64_t images, lines, heads, length, dk, dv, win;
 } Args;
 
-/* Tasks: every (group of 8 of the images' lines, head), task t = group * heads + head. */
-static int64_t task_count(const Args *a) { return (a->images * a->lines + 7) / 8 * a->heads; }
+/* Tasks: every (group of 8 of the images' lines, head), task t = head * groups + group: tasks
+ * in a row read neighbouring lines, which often share cache lines (the height axis's lines are
+ * contiguous in an [N, C, H, W] map). */
+static int64_t groups(const Args *a) { return (a->images * a->lines + 7) / 8; }
+static int64_t task_count(const Args *a) { return groups(a) * a->heads; }
 
 #ifdef FUSED_X86
 
@@ -228,7 +231,7 @@ static inline Pair pair_windows(const Args *a, int64_t o0)
 static TARGET void forward_task(const Args *a, int64_t t, v8f *work)
 {
     const int64_t L = a->length, Lp = padded(L), dk = a->dk, dv = a->dv, T = 2 * L + 1;
-    const int64_t win = a->win, group = t / a->heads, h = t % a->heads;
+    const int64_t win = a->win, group = t % groups(a), h = t / groups(a);
     v8f *q1 = work, *k = q1 + dk * Lp, *q2 = k + dk * Lp, *k3 = q2 + dk * Lp, *v = k3 + dk * Lp;
     v8f *sv = v + dv * Lp, *sve = sv + dv * Lp;
     v8f *w0 = sve + dv * Lp + 1, *w1 = w0 + Lp + 2; /* a margin of one key each side */
@@ -314,7 +317,7 @@ static inline TARGET float lane_sum(v8f x)
 static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
 {
     const int64_t L = a->length, Lp = padded(L), dk = a->dk, dv = a->dv, T = 2 * L + 1;
-    const int64_t win = a->win, G = a->heads, group = t / G, h = t % G;
+    const int64_t win = a->win, G = a->heads, group = t % groups(a), h = t / groups(a);
     v8f *q1 = work, *k = q1 + dk * Lp, *q2 = k + dk * Lp, *k3 = q2 + dk * Lp, *v = k3 + dk * Lp;
     v8f *gsv = v + dv * Lp, *gsve = gsv + dv * Lp;
     v8f *gq1 = gsve + dv * Lp, *gk = gq1 + dk * Lp, *gq2 = gk + dk * Lp, *gk3 = gq2 + dk * Lp;
@@ -435,7 +438,7 @@ static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
 static TARGET void moments_task(const Args *a, int64_t t, v8f *work, int backward)
 {
     const int64_t L = a->length, Lp = padded(L), dk = a->dk, G = a->heads;
-    const int64_t group = t / G, h = t % G;
+    const int64_t group = t % groups(a), h = t / groups(a);
     v8f *q = work, *k = q + dk * Lp, *gq = k + dk * Lp, *gk = gq + dk * Lp;
     v8f *qq = gk + dk * Lp, *kk = qq + dk * dk, *qs = kk + dk * dk, *ks = qs + dk;
     gather(a, &a->x[QKV], group, h * dk, dk, Lp, q);
