@@ -222,7 +222,8 @@ def compiled_core(qkv, scales, rq, rk, rv, *, shape, heads, dk):
     tables = [F.pad(t[:, index], (1, 1)) for t in (rq, rk, rv)]
     ranges = key_ranges(length, span, span_mode)
     lo, hi = (None, None) if ranges is None else (r.to(torch.int32) for r in ranges)
-    return fused_train.FusedAxial.apply(qkv, scales, *tables, (axis, heads, lo, hi))
+    geometry = (axis, heads, lo, hi, None)  # (no output norm)
+    return fused_train.FusedAxial.apply(qkv, scales, *tables, None, None, geometry)
 
 
 def core_step(core, inputs, grad, dtype, **kwargs) -> dict[str, torch.Tensor]:
@@ -461,3 +462,20 @@ def test_nan_reaches_exactly_the_queries_that_see_it(axis, spy, monkeypatch):
     got, expected = both_paths(layer, x, monkeypatch, spy)
     assert torch.isnan(expected["output"]).any()
     assert torch.equal(torch.isnan(got["output"]), torch.isnan(expected["output"]))
+
+
+@needs_kernel
+@pytest.mark.parametrize("norm", ["folded", "not-affine", "offset"])
+def test_output_norm(norm, spy, monkeypatch):
+    # The output batch norm runs inside the compiled passes when it is an affine BatchNorm2d
+    # (batch statistics summed as the outputs are written, its backward handed to the kernel),
+    # else as a module on the kernel's output: both match the PyTorch path. "offset": value-table
+    # entries far from zero give outputs whose batch mean is ~100 times their spread, where sums
+    # of squares would lose the variance to cancellation (the kernel combines centred sums).
+    layer, x = shaped_case((8, 16, 2, 3, 10, 9, "width", 5, "local", "contiguous"))
+    if norm == "not-affine":
+        layer.output_norm = torch.nn.BatchNorm2d(32, affine=False)
+    if norm == "offset":
+        layer.value_rel.data += 30.0
+    got, expected = both_paths(layer.train(), x, monkeypatch, spy)
+    assert_all_close(got, expected)

@@ -39,17 +39,19 @@ typedef struct {
     int64_t s_n, s_l, s_c, s_p;
 } Operand;
 
-/* The projection (read), the output (written by the forward pass, its gradient read by the
- * backward pass) and the projection's gradient (written by the backward pass). */
-enum { QKV, OUT, GQKV, OPERANDS };
+/* The projection (read); the output [N, 2C, ...] (written by the forward pass; in the backward
+ * pass, its gradient, or with the output norm folded in the gradient of the normalised sum
+ * [N, C, ...]); the projection's gradient (written by the backward pass); the forward pass's
+ * output, read back by the backward pass when the output norm is folded in. */
+enum { QKV, OUT, GQKV, XOUT, OPERANDS };
 
 /* The call's descriptor, an int64 array (fused_train.py writes it): OPERANDS x (address, s_n, s_l,
  * s_c, s_p), the addresses of rq, rk, rv, lo, hi, w, gr, scales, sum_q, gram_q, sum_k, gram_k,
- * coef, moments, then images, lines per image, heads, L, dk, dv, win. */
+ * coef, sums, then images, lines per image, heads, L, dk, dv, win. */
 enum { D_TABLES = 5 * OPERANDS, D_SIZES = D_TABLES + 14, D_LENGTH = D_SIZES + 7 };
 
 /* What a call runs on its tasks. */
-enum { ATTEND, ATTEND_BACKWARD, MOMENTS, MOMENTS_BACKWARD };
+enum { ATTEND, ATTEND_BACKWARD, MOMENTS, MOMENTS_BACKWARD, NORM_SUMS };
 
 typedef struct {
     Operand x[OPERANDS];
@@ -61,9 +63,15 @@ typedef struct {
     /* The logit moments (see moments_task): the window sums and Gram matrices of the relative
      * tables seen by each query (sum_q [dk][L], gram_q [L][dk][dk]) and key (sum_k, gram_k), the
      * backward pass's coefficients [6][G] (d loss / d of each sum), the sums [6][G] (+=), and
-     * the backward pass's table gradients (+= into gr: sum_q, gram_q, sum_k, gram_k). */
+     * the backward pass's table gradients (+= into gr: sum_q, gram_q, sum_k, gram_k). The output
+     * norm folded into the attention's passes: its backward coefficients coef [4][2C] (a, b, m,
+     * c in g_out = a dy + b (out - m) + c per output channel; NULL: OUT holds g_out itself), the
+     * count, mean and sum of squared deviations of each output channel [2C][3] (ATTEND, or
+     * NULL; combined with each task's by Chan's formula), or (NORM_SUMS, coef = the means m
+     * [2C]) the sums of dy, dy (out[:C] - m) and dy (out[C:] - m) per channel of the sum
+     * [3][C]. */
     const float *sum_q, *gram_q, *sum_k, *gram_k, *coef;
-    double *moments;
+    double *sums;
     int64_t images, lines, heads, length, dk, dv, win;
 } Args;
 
@@ -225,6 +233,99 @@ static inline Pair pair_windows(const Args *a, int64_t o0)
     return w;
 }
 
+/* 1 in the task's real lanes (lines), 0 in the padding ones. */
+static inline TARGET v8f lane_mask(const Args *a, int64_t group)
+{
+    const int64_t left = a->images * a->lines - 8 * group;
+    v8f m;
+    for (int i = 0; i < 8; i++) m[i] = i < left ? 1.0f : 0.0f;
+    return m;
+}
+
+static inline TARGET float lane_sum(v8f x)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128((__m256)x), _mm256_extractf128_ps((__m256)x, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* The statistics of channels ch0 + c, c < d, updated with those of x[c Lp + p] over the real
+ * lanes (count) and p < L: sums[3 ch] = count, sums[3 ch + 1] = mean, sums[3 ch + 2] = sum of
+ * squared deviations from it. The task's own deviations are from its own mean (two passes in
+ * L1), and the two sets combine by Chan et al.'s formula: a batch mean far from zero costs no
+ * precision, as it would in sums of squares. */
+static TARGET void channel_stats(const Args *a, const v8f *x, v8f mask, int count, int64_t ch0,
+                                 int64_t d, int64_t Lp)
+{
+    const double n = (double)count * (double)a->length;
+    for (int64_t c = 0; c < d; c++) {
+        v8f s = {0}, s2 = {0};
+        for (int64_t p = 0; p < a->length; p++) s += x[c * Lp + p] * mask;
+        const float m = lane_sum(s) / (float)n;
+        for (int64_t p = 0; p < a->length; p++) {
+            const v8f y = (x[c * Lp + p] - m) * mask;
+            s2 += y * y;
+        }
+        double *st = a->sums + 3 * (ch0 + c);
+        const double total = st[0] + n, delta = (double)m - st[1];
+        st[1] += delta * n / total;
+        st[2] += (double)lane_sum(s2) + delta * delta * st[0] * n / total;
+        st[0] = total;
+    }
+}
+
+/* The gradients of the task's two output terms, g_sv and g_sve (dv rows each): gathered from OUT,
+ * or with the output norm folded in, a dy + b out + c from dy (OUT) and the saved output (XOUT),
+ * zero in the padding lanes and positions. tmp: dv Lp vectors. */
+static TARGET void load_output_grads(const Args *a, int64_t group, int64_t h, int64_t Lp, v8f *gsv,
+                                     v8f *gsve, v8f *tmp)
+{
+    const int64_t L = a->length, dv = a->dv, C = a->heads * dv;
+    if (a->coef == NULL) {
+        gather(a, &a->x[OUT], group, h * dv, dv, Lp, gsv);
+        gather(a, &a->x[OUT], group, C + h * dv, dv, Lp, gsve);
+        return;
+    }
+    const v8f mask = lane_mask(a, group);
+    const float *ca = a->coef, *cb = ca + 2 * C, *cm = cb + 2 * C, *cc = cm + 2 * C;
+    gather(a, &a->x[OUT], group, h * dv, dv, Lp, tmp);
+    gather(a, &a->x[XOUT], group, h * dv, dv, Lp, gsv);
+    gather(a, &a->x[XOUT], group, C + h * dv, dv, Lp, gsve);
+    for (int64_t c = 0; c < dv; c++) {
+        const int64_t i = h * dv + c, j = C + h * dv + c;
+        for (int64_t p = 0; p < L; p++) {
+            const v8f dy = tmp[c * Lp + p];
+            gsv[c * Lp + p] = (dy * ca[i] + (gsv[c * Lp + p] - cm[i]) * cb[i] + cc[i]) * mask;
+            gsve[c * Lp + p] = (dy * ca[j] + (gsve[c * Lp + p] - cm[j]) * cb[j] + cc[j]) * mask;
+        }
+    }
+}
+
+/* NORM_SUMS: sums[ch], sums[C + ch], sums[2 C + ch] += the sums of dy, dy (out[:C] - m) and
+ * dy (out[C:] - m) over the task's lines and positions, ch = h dv + c, c < dv, m = coef (the
+ * channels' means). work: 3 dv Lp. */
+static TARGET void norm_sums_task(const Args *a, int64_t t, v8f *work)
+{
+    const int64_t L = a->length, Lp = padded(L), dv = a->dv, C = a->heads * dv;
+    const int64_t group = t % groups(a), h = t / groups(a);
+    v8f *dy = work, *x1 = dy + dv * Lp, *x2 = x1 + dv * Lp;
+    gather(a, &a->x[OUT], group, h * dv, dv, Lp, dy);
+    gather(a, &a->x[XOUT], group, h * dv, dv, Lp, x1);
+    gather(a, &a->x[XOUT], group, C + h * dv, dv, Lp, x2);
+    for (int64_t c = 0; c < dv; c++) {
+        const float m1 = a->coef[h * dv + c], m2 = a->coef[C + h * dv + c];
+        v8f s0 = {0}, s1 = {0}, s2 = {0};
+        for (int64_t p = 0; p < L; p++) {
+            const v8f g = dy[c * Lp + p]; /* (zero in the padding) */
+            s0 += g, s1 += g * (x1[c * Lp + p] - m1), s2 += g * (x2[c * Lp + p] - m2);
+        }
+        a->sums[h * dv + c] += (double)lane_sum(s0);
+        a->sums[C + h * dv + c] += (double)lane_sum(s1);
+        a->sums[2 * C + h * dv + c] += (double)lane_sum(s2);
+    }
+}
+
 /* The forward pass of task t: W and both outputs. Queries two at a time: their logits for 4 keys
  * are 8 accumulators in registers, and the tables at distance p - o1 are those at p - 1 - o0, so
  * 5 entries serve the 8 pairs. work: (4 dk + 3 dv + 2) Lp + 4 vectors. */
@@ -252,8 +353,8 @@ static TARGET void forward_task(const Args *a, int64_t t, v8f *work)
                 const v8f *kc = k + c * Lp + p, *k3c = k3 + c * Lp + p;
                 for (int j = 0; j < 4; j++) {
                     const v8f key = kc[j], key3 = k3c[j];
-                    a0[j] += x0 * key + y0 * r[j] + key3 * s[j];
-                    a1[j] += x1 * key + y1 * r[j - 1] + key3 * s[j - 1];
+                    a0[j] = a0[j] + x0 * key + y0 * r[j] + key3 * s[j];
+                    a1[j] = a1[j] + x1 * key + y1 * r[j - 1] + key3 * s[j - 1];
                 }
             }
             for (int j = 0; j < 4; j++) w0[p + j] = a0[j], w1[p + j] = a1[j];
@@ -263,8 +364,8 @@ static TARGET void forward_task(const Args *a, int64_t t, v8f *work)
             for (int64_t c = 0; c < dk; c++) {
                 const v8f key = k[c * Lp + p], key3 = k3[c * Lp + p];
                 const float *r = rq + c * T + p - o0, *s = rk + c * T + p - o0;
-                b0 += q1[c * Lp + o0] * key + q2[c * Lp + o0] * r[0] + key3 * s[0];
-                b1 += q1[c * Lp + o1] * key + q2[c * Lp + o1] * r[-1] + key3 * s[-1];
+                b0 = b0 + q1[c * Lp + o0] * key + q2[c * Lp + o0] * r[0] + key3 * s[0];
+                b1 = b1 + q1[c * Lp + o1] * key + q2[c * Lp + o1] * r[-1] + key3 * s[-1];
             }
             w0[p] = b0, w1[p] = b1;
         }
@@ -298,22 +399,20 @@ static TARGET void forward_task(const Args *a, int64_t t, v8f *work)
             }
         }
     }
+    if (a->sums != NULL) { /* the output norm's batch statistics */
+        const v8f mask = lane_mask(a, group);
+        const int count = (int)lane_sum(mask);
+        channel_stats(a, sv, mask, count, h * dv, dv, Lp);
+        channel_stats(a, sve, mask, count, a->heads * dv + h * dv, dv, Lp);
+    }
     scatter(a, &a->x[OUT], group, h * dv, dv, Lp, sv);
     scatter(a, &a->x[OUT], group, a->heads * dv + h * dv, dv, Lp, sve);
-}
-
-static inline TARGET float lane_sum(v8f x)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128((__m256)x), _mm256_extractf128_ps((__m256)x, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
 }
 
 /* The backward pass of task t, queries two at a time as in the forward pass. For the pair,
  * u{0,1} = its W rows and g{0,1} = its gA rows (zero outside each window; margins of one zero key
  * each side): a table entry at distance q - o0 takes u0[q] and u1[q + 1] (or g0[q], g1[q + 1]).
- * work: (9 dk + 4 dv + 6) Lp + (2 dk + dv) T + 8 vectors. */
+ * work: (9 dk + 5 dv + 6) Lp + (2 dk + dv) T + 8 vectors. */
 static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
 {
     const int64_t L = a->length, Lp = padded(L), dk = a->dk, dv = a->dv, T = 2 * L + 1;
@@ -323,10 +422,9 @@ static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
     v8f *gq1 = gsve + dv * Lp, *gk = gq1 + dk * Lp, *gq2 = gk + dk * Lp, *gk3 = gq2 + dk * Lp;
     v8f *gv = gk3 + dk * Lp, *grq = gv + dv * Lp, *grk = grq + dk * T, *grv = grk + dk * T;
     v8f *u0 = grv + dv * T + 1, *u1 = u0 + Lp + 2, *g0 = u1 + Lp + 2, *g1 = g0 + Lp + 2;
-    v8f *gw0 = g1 + Lp + 1, *gw1 = gw0 + Lp, *q = gw1 + Lp;
+    v8f *gw0 = g1 + Lp + 1, *gw1 = gw0 + Lp, *q = gw1 + Lp, *tmp = q + dk * Lp;
     load_operands(a, group, h, Lp, q, q1, q2, k, k3, v);
-    gather(a, &a->x[OUT], group, h * dv, dv, Lp, gsv);
-    gather(a, &a->x[OUT], group, G * dv + h * dv, dv, Lp, gsve);
+    load_output_grads(a, group, h, Lp, gsv, gsve, tmp);
     memset(gk, 0, (size_t)(dk * Lp) * sizeof(v8f));
     memset(gk3, 0, (size_t)(dk * Lp) * sizeof(v8f));
     memset(gv, 0, (size_t)(dv * Lp + (2 * dk + dv) * T) * sizeof(v8f)); /* gv and the tables' */
@@ -349,8 +447,8 @@ static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
                 const float *r = rv + c * T + p - o0;
                 const v8f *vc = v + c * Lp + p;
                 for (int j = 0; j < 4; j++) {
-                    b0[j] += x0 * vc[j] + y0 * r[j];
-                    b1[j] += x1 * vc[j] + y1 * r[j - 1];
+                    b0[j] = b0[j] + x0 * vc[j] + y0 * r[j];
+                    b1[j] = b1[j] + x1 * vc[j] + y1 * r[j - 1];
                 }
             }
             for (int j = 0; j < 4; j++) gw0[p + j] = b0[j], gw1[p + j] = b1[j];
@@ -359,8 +457,8 @@ static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
             v8f b0 = {0}, b1 = {0};
             for (int64_t c = 0; c < dv; c++) {
                 const float *r = rv + c * T + p - o0;
-                b0 += gsv[c * Lp + o0] * v[c * Lp + p] + gsve[c * Lp + o0] * r[0];
-                b1 += gsv[c * Lp + o1] * v[c * Lp + p] + gsve[c * Lp + o1] * r[-1];
+                b0 = b0 + gsv[c * Lp + o0] * v[c * Lp + p] + gsve[c * Lp + o0] * r[0];
+                b1 = b1 + gsv[c * Lp + o1] * v[c * Lp + p] + gsve[c * Lp + o1] * r[-1];
             }
             gw0[p] = b0, gw1[p] = b1;
         }
@@ -376,8 +474,8 @@ static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
             v8f *gvc = gv + c * Lp, *grvc = grv + c * T + L - o0;
             grvc[p0 - 1] += u1[p0] * y1;
             for (p = p0; p < p1; p++) {
-                gvc[p] += u0[p] * x0 + u1[p] * x1;
-                grvc[p] += u0[p] * y0 + u1[p + 1] * y1;
+                gvc[p] = gvc[p] + u0[p] * x0 + u1[p] * x1;
+                grvc[p] = grvc[p] + u0[p] * y0 + u1[p + 1] * y1;
             }
         }
         /* The logits' operands and tables. */
@@ -395,10 +493,10 @@ static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
                 const v8f e0 = g0[p], e1 = g1[p], e1n = g1[p + 1], key = kc[p];
                 a10 += e0 * key, a11 += e1 * key;
                 a20 += e0 * r[p], a21 += e1 * r[p - 1];
-                gkc[p] += e0 * x0 + e1 * x1;
-                gk3c[p] += e0 * s[p] + e1 * s[p - 1];
-                grqc[p] += e0 * y0 + e1n * y1;
-                grkc[p] += e0 * k3c[p] + e1n * k3c[p + 1];
+                gkc[p] = gkc[p] + e0 * x0 + e1 * x1;
+                gk3c[p] = gk3c[p] + e0 * s[p] + e1 * s[p - 1];
+                grqc[p] = grqc[p] + e0 * y0 + e1n * y1;
+                grkc[p] = grkc[p] + e0 * k3c[p] + e1n * k3c[p + 1];
             }
             gq1[c * Lp + o0] = a10, gq1[c * Lp + o1] = a11;
             gq2[c * Lp + o0] = a20, gq2[c * Lp + o1] = a21;
@@ -473,7 +571,7 @@ static TARGET void moments_task(const Args *a, int64_t t, v8f *work, int backwar
                     mq += q[e * Lp + o] * gram_q[e], mk += k[e * Lp + o] * gram_k[e];
                 sums[4] += q[c * Lp + o] * mq, sums[5] += k[c * Lp + o] * mk;
             }
-        for (int i = 0; i < 6; i++) a->moments[i * G + h] += (double)lane_sum(sums[i]);
+        for (int i = 0; i < 6; i++) a->sums[i * G + h] += (double)lane_sum(sums[i]);
         return;
     }
     const float *cf = a->coef;
@@ -509,9 +607,10 @@ static TARGET int run(const Args *a, int64_t first, int64_t last, int mode)
 {
     const int64_t Lp = padded(a->length), dk = a->dk, dv = a->dv, T = 2 * a->length + 1;
     int64_t vectors = (4 * dk + 3 * dv + 2) * Lp + 4;
-    if (mode == ATTEND_BACKWARD) vectors = (9 * dk + 4 * dv + 6) * Lp + (2 * dk + dv) * T + 8;
+    if (mode == ATTEND_BACKWARD) vectors = (9 * dk + 5 * dv + 6) * Lp + (2 * dk + dv) * T + 8;
+    if (mode == NORM_SUMS) vectors = 3 * dv * Lp;
     const int64_t L = a->length, grads = 2 * dk * (L + L * dk); /* the moments' table gradients */
-    if (mode >= MOMENTS) vectors = (4 * dk + 2 * dk * dk + 4) * Lp + grads;
+    if (mode == MOMENTS || mode == MOMENTS_BACKWARD) vectors = (4 * dk + 2 * dk * dk + 4) * Lp + grads;
     v8f *work = aligned_alloc(32, (size_t)vectors * sizeof(v8f));
     if (work == NULL) return -1;
     v8f *moment_grads = work + 4 * dk * Lp + 2 * dk * dk + 2 * dk; /* (after moments_task's own) */
@@ -521,6 +620,8 @@ static TARGET int run(const Args *a, int64_t first, int64_t last, int mode)
             forward_task(a, t, work);
         else if (mode == ATTEND_BACKWARD)
             backward_task(a, t, work);
+        else if (mode == NORM_SUMS)
+            norm_sums_task(a, t, work);
         else
             moments_task(a, t, work, mode == MOMENTS_BACKWARD);
     }
@@ -566,12 +667,12 @@ static PyObject *call(PyObject *self, PyObject *args)
     a.sum_k = (const float *)(uintptr_t)tables[10];
     a.gram_k = (const float *)(uintptr_t)tables[11];
     a.coef = (const float *)(uintptr_t)tables[12];
-    a.moments = (double *)(uintptr_t)tables[13];
+    a.sums = (double *)(uintptr_t)tables[13];
     a.images = sizes[0], a.lines = sizes[1], a.heads = sizes[2], a.length = sizes[3];
     a.dk = sizes[4], a.dv = sizes[5], a.win = sizes[6];
     if (a.images < 1 || a.lines < 1 || a.heads < 1 || a.length < 1 || a.dk < 1 || a.dv < 1 || a.win < 1 ||
         a.win > a.length || first < 0 || last > task_count(&a) || first > last || mode < ATTEND ||
-        mode > MOMENTS_BACKWARD) {
+        mode > NORM_SUMS) {
         PyErr_Format(PyExc_ValueError, "tasks [%lld, %lld) of %lld, or bad sizes", first, last,
                      (long long)task_count(&a));
         return NULL;

@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import fused_eval, logit_stats
 from .attention_core import key_ranges
+from .batch_norm import update_running_stats, uses_batch_stats
 from .logit_stats import window_terms, with_band
 from .precision import autocast_enabled
 from .relative_position import extended_index
@@ -69,15 +70,15 @@ def _map(x: torch.Tensor, axis: str) -> list[int]:
     return [x.data_ptr(), n, w, c, h] if axis == "height" else [x.data_ptr(), n, h, c, w]
 
 
-# Modes of a kernel call, and where the per-part buffers go in its descriptor.
-ATTEND, ATTEND_BACKWARD, MOMENTS, MOMENTS_BACKWARD = range(4)
-_GR, _MOMENTS = 5 * 3 + 6, 5 * 3 + 13
+# Modes of a kernel call, and where the per-part buffers go in its descriptor (after 4 maps).
+ATTEND, ATTEND_BACKWARD, MOMENTS, MOMENTS_BACKWARD, NORM_SUMS = range(5)
+_GR, _SUMS = 5 * 4 + 6, 5 * 4 + 13
 
 
 def _run(descriptor: list[int], tasks: int, mode: int, parts: dict[int, torch.Tensor]) -> None:
     """The kernel on every task, split over ``len`` of the ``parts`` buffers (or torch's thread
     count), each part adding to its own row of every buffer ``parts[slot] [parts, ...]`` (a
-    descriptor address slot: ``_GR``, ``_MOMENTS``)."""
+    descriptor address slot: ``_GR``, ``_SUMS``)."""
     threads = next(iter(parts.values())).shape[0] if parts else _threads(tasks)
     calls = []
     for i in range(threads):
@@ -98,12 +99,13 @@ def _threads(tasks: int) -> int:
 
 
 def _descriptor(maps: list[int], tables=(), moments=(), sizes=()) -> list[int]:
-    """A call's descriptor (``_fused_train.c``): three maps (15 entries, zeros for the ones not
-    used), the addresses ``tables`` (rq, rk, rv, lo, hi, w, gr, scales) and ``moments`` (sum_q,
-    gram_q, sum_k, gram_k, coef, moments), zero where not given, and the seven sizes."""
+    """A call's descriptor (``_fused_train.c``): four maps (QKV, OUT, GQKV, XOUT: 20 entries,
+    zeros for the ones not used), the addresses ``tables`` (rq, rk, rv, lo, hi, w, gr, scales)
+    and ``moments`` (sum_q, gram_q, sum_k, gram_k, coef, sums), zero where not given, and the
+    seven sizes."""
     tables = list(tables) + [0] * (8 - len(tables))
     moments = list(moments) + [0] * (6 - len(moments))
-    return maps + [0] * (15 - len(maps)) + tables + moments + list(sizes)
+    return maps + [0] * (20 - len(maps)) + tables + moments + list(sizes)
 
 
 class FusedMoments(torch.autograd.Function):
@@ -121,7 +123,7 @@ class FusedMoments(torch.autograd.Function):
         sums = qkv.new_zeros(_threads(tasks), 6, g, dtype=torch.float64)
         sizes = (n, lines, g, length, dk, 1, length)
         descriptor = _descriptor(_map(qkv, axis), (), [t.data_ptr() for t in tables], sizes)
-        _run(descriptor, tasks, MOMENTS, {_MOMENTS: sums})
+        _run(descriptor, tasks, MOMENTS, {_SUMS: sums})
         ctx.save_for_backward(qkv, *tables)
         ctx.geometry, ctx.sizes = geometry, sizes
         total = sums.sum(0)
@@ -147,16 +149,23 @@ class FusedMoments(torch.autograd.Function):
 
 
 class FusedAxial(torch.autograd.Function):
-    """``(qkv, scales, rq, rk, rv, geometry) -> out``: ``qkv [N, 2C, H, W]`` the normalised
-    projection (channels ``[q | k | v]``), ``scales [3, G]`` the logit scales, extended tables
-    ``[d, 2L + 1]`` (entry ``d + L`` for distance ``d``), ``geometry = (axis, heads, lo, hi)``
-    (int32 key ranges ``[L]``, or None for the whole axis); ``out [N, 2C, H, W]``, channels
-    ``[sum W v | sum W rv]``."""
+    """``(qkv, scales, rq, rk, rv, weight, bias, geometry) -> out``: ``qkv [N, 2C, H, W]`` the
+    normalised projection (channels ``[q | k | v]``), ``scales [3, G]`` the logit scales, extended
+    tables ``[d, 2L + 1]`` (entry ``d + L`` for distance ``d``), ``geometry = (axis, heads, lo,
+    hi, norm)`` (int32 key ranges ``[L]``, or None for the whole axis).
+
+    ``norm`` None (``weight``, ``bias`` None): ``out [N, 2C, H, W]``, channels ``[sum W v | sum W
+    rv]``. Else the output batch norm (``weight``, ``bias [2C]`` its affine parameters) folded in:
+    ``out [N, C, H, W]``, the normalised halves summed, with batch statistics the forward pass
+    sums as it writes (``norm``'s running statistics updated as ``nn.BatchNorm2d`` does) or the
+    running ones in eval mode; the backward pass sums ``dy``, ``dy x`` per channel (``NORM_SUMS``)
+    and hands the kernel ``a dy + b x + c``, the norm's backward, instead of a gradient map.
+    """
 
     @staticmethod
-    def forward(ctx, qkv, scales, rq, rk, rv, geometry):  # noqa: D102
-        axis, g, lo, hi = geometry
-        n, channels, h, w = qkv.shape
+    def forward(ctx, qkv, scales, rq, rk, rv, weight, bias, geometry):  # noqa: D102
+        axis, g, lo, hi, norm = geometry
+        n, _, h, w = qkv.shape
         length, lines = (h, w) if axis == "height" else (w, h)
         dk, dv = rq.shape[0], rv.shape[0]
         win = length if lo is None else int((hi - lo).max())
@@ -171,15 +180,34 @@ class FusedAxial(torch.autograd.Function):
         descriptor = _descriptor(
             _map(qkv, axis) + _map(out, axis), addresses + [scales.data_ptr()], (), sizes
         )
-        _run(descriptor, tasks, ATTEND, {})
-        ctx.save_for_backward(qkv, scales, *tables, weights)
+        batch_stats = norm is not None and uses_batch_stats(norm)
+        parts = {_SUMS: out.new_zeros(_threads(tasks), 2 * g * dv, 3, dtype=torch.float64)}
+        _run(descriptor, tasks, ATTEND, parts if batch_stats else {})
         ctx.geometry, ctx.sizes = geometry, sizes
-        return out
+        if norm is None:
+            ctx.save_for_backward(qkv, scales, *tables, weights)
+            return out
+        count = n * h * w
+        if batch_stats:
+            mean, var = _combine(parts[_SUMS])
+            update_running_stats(norm, mean, var, count)
+            mean, var = mean.to(out.dtype), var.to(out.dtype)
+        else:
+            mean, var = norm.running_mean, norm.running_var
+        invstd = torch.rsqrt(var + norm.eps)
+        scale = weight * invstd
+        shift = bias - mean * scale
+        c = g * dv
+        y = torch.addcmul((shift[:c] + shift[c:])[:, None, None], out[:, :c], scale[:c, None, None])
+        y.addcmul_(out[:, c:], scale[c:, None, None])  # [N, C, H, W]
+        ctx.save_for_backward(qkv, scales, *tables, weights, out, mean, invstd, scale)
+        ctx.batch_stats, ctx.count = batch_stats, count
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
-        qkv, scales, rq, rk, rv, weights = ctx.saved_tensors
-        axis, g, lo, hi = ctx.geometry
+        qkv, scales, rq, rk, rv, weights, *normed = ctx.saved_tensors
+        axis, g, lo, hi, norm = ctx.geometry
         length, dk, dv = ctx.sizes[3:6]
         tasks = weights.shape[0]
         grad_qkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
@@ -187,12 +215,55 @@ class FusedAxial(torch.autograd.Function):
         table_grads = qkv.new_zeros(_threads(tasks), size + 3 * g)
         ranges = [0, 0] if lo is None else [lo.data_ptr(), hi.data_ptr()]
         addresses = [t.data_ptr() for t in (rq, rk, rv)] + ranges + [weights.data_ptr(), 0]
+        addresses.append(scales.data_ptr())
         maps = _map(qkv, axis) + _map(grad_out, axis) + _map(grad_qkv, axis)
-        descriptor = _descriptor(maps, addresses + [scales.data_ptr()], (), ctx.sizes)
+        grad_weight = grad_bias = None
+        coef = None
+        if normed:  # the output norm's backward, handed to the kernel as a dy + b x + c
+            out, mean, invstd, scale = normed
+            maps += _map(out, axis)
+            sums = out.new_zeros(_threads(tasks), 3, g * dv, dtype=torch.float64)
+            mean = mean.contiguous()
+            descriptor = _descriptor(maps, addresses, [0, 0, 0, 0, mean.data_ptr()], ctx.sizes)
+            _run(descriptor, tasks, NORM_SUMS, {_SUMS: sums})
+            sum_dy, sum_dyx = sums.sum(0).to(out.dtype).split((1, 2))  # [1, C], [2, C]
+            sum_dy = sum_dy.expand(2, -1).flatten()  # [2C]: dy is shared by both halves
+            sum_dy_xhat = invstd * sum_dyx.flatten()  # [2C]
+            grad_weight, grad_bias = sum_dy_xhat, sum_dy
+            # d out = scale (dy - mean(dy) - xhat mean(dy xhat)) with batch statistics
+            b = -scale * invstd * sum_dy_xhat / ctx.count
+            c = -scale * sum_dy / ctx.count
+            if not ctx.batch_stats:
+                b, c = torch.zeros_like(b), torch.zeros_like(c)
+            coef = torch.cat([scale, b, mean, c]).contiguous()  # [4, 2C]
+        moments = [] if coef is None else [0, 0, 0, 0, coef.data_ptr()]
+        descriptor = _descriptor(maps, addresses, moments, ctx.sizes)
         _run(descriptor, tasks, ATTEND_BACKWARD, {_GR: table_grads})
         total = table_grads.sum(0)
         grq, grk, grv = total[:size].view(2 * dk + dv, -1).split((dk, dk, dv))
-        return grad_qkv, total[size:].view(3, g), grq, grk, grv, None
+        grads = (grad_qkv, total[size:].view(3, g), grq, grk, grv)
+        return (*grads, grad_weight, grad_bias, None)
+
+
+def _combine(stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, biased var)`` ``[2C]`` from per-part ``(count, mean, M2)`` rows ``[parts, 2C, 3]``
+    (Chan et al.'s pairwise combination, in float64)."""
+    count, mean, m2 = stats[0].unbind(-1)
+    for part in stats[1:]:
+        n, m, s = part.unbind(-1)
+        total = count + n
+        weight = n / total.clamp(min=1.0)  # (channels of heads a part did not run: n = 0)
+        delta = m - mean
+        mean = mean + delta * weight
+        m2 = m2 + s + delta * delta * count * weight
+        count = total
+    return mean, m2 / count
+
+
+def _foldable(bn: torch.nn.Module) -> bool:
+    """Whether the output norm can run inside ``FusedAxial``: an affine ``BatchNorm2d`` with its
+    statistics local to this process (a ``SyncBatchNorm`` runs as a module)."""
+    return type(bn) is torch.nn.BatchNorm2d and bn.affine
 
 
 def forward(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -219,6 +290,10 @@ def forward(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     tables = [F.pad(t[:, index], (1, 1)) for t in (layer.query_rel, layer.key_rel, layer.value_rel)]
     ranges = key_ranges(length, layer.span, layer.span_mode)
     lo, hi = (None, None) if ranges is None else (r.to(torch.int32) for r in ranges)
-    out = FusedAxial.apply(qkv, scales, *tables, (layer.axis, g, lo, hi))
-    out = layer.output_norm(out)  # [N, 2C, H, W]
+    norm = layer.output_norm
+    if _foldable(norm):
+        geometry = (layer.axis, g, lo, hi, norm)
+        return FusedAxial.apply(qkv, scales, *tables, norm.weight, norm.bias, geometry)
+    out = FusedAxial.apply(qkv, scales, *tables, None, None, (layer.axis, g, lo, hi, None))
+    out = norm(out)  # [N, 2C, H, W]
     return out.view(n, 2, c, h, w).sum(1)
