@@ -21,6 +21,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import fused_eval, logit_stats
@@ -56,6 +57,8 @@ def applies(layer: torch.nn.Module, x: torch.Tensor) -> bool:
         plain = type(t) in (torch.Tensor, torch.nn.Parameter)
         if not (plain and t.device.type == "cpu" and t.dtype == torch.float32):
             return False
+    if x.numel() == 0:
+        return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     if _get_current_dispatch_mode() is not None or autocast_enabled("cpu"):
@@ -130,6 +133,7 @@ class FusedMoments(torch.autograd.Function):
         return total[:3].flatten(), total[3:].flatten()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_total, grad_squares):  # noqa: D102
         qkv, *tables = ctx.saved_tensors
         axis, g, dk = ctx.geometry
@@ -205,6 +209,7 @@ class FusedAxial(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # (the kernel's backward is not itself differentiable)
     def backward(ctx, grad_out):  # noqa: D102
         qkv, scales, rq, rk, rv, weights, *normed = ctx.saved_tensors
         axis, g, lo, hi, norm = ctx.geometry
