@@ -409,10 +409,97 @@ static TARGET void forward_task(const Args *a, int64_t t, v8f *work)
     scatter(a, &a->x[OUT], group, a->heads * dv + h * dv, dv, Lp, sve);
 }
 
+/* Axes up to this long with every key seen by every query run the backward pass's accumulations
+ * as dense sums over the stored W and gA (below): their task buffer takes L x L vectors. */
+enum { DENSE_MAX = 256 };
+
+/* out[c Lp + p] += sum_o M[o L + p] X[c Lp + o], c < d, p < L (M: L x L rows): 4 channels by 2
+ * positions at a time, 6 loads for 8 multiply-adds and nothing stored inside the loop. */
+static TARGET void column_sums(const v8f *M, const v8f *X, v8f *out, int64_t d, int64_t L,
+                               int64_t Lp)
+{
+    int64_t c = 0;
+    for (; c + 4 <= d; c += 4) {
+        int64_t p = 0;
+        for (; p + 2 <= L; p += 2) {
+            v8f s[4][2] = {{{0}}};
+            for (int64_t o = 0; o < L; o++) {
+                const v8f m0 = M[o * L + p], m1 = M[o * L + p + 1];
+                for (int j = 0; j < 4; j++) {
+                    const v8f x = X[(c + j) * Lp + o];
+                    s[j][0] += m0 * x, s[j][1] += m1 * x;
+                }
+            }
+            for (int j = 0; j < 4; j++) out[(c + j) * Lp + p] += s[j][0], out[(c + j) * Lp + p + 1] += s[j][1];
+        }
+        for (; p < L; p++)
+            for (int j = 0; j < 4; j++) {
+                v8f s0 = {0};
+                for (int64_t o = 0; o < L; o++) s0 += M[o * L + p] * X[(c + j) * Lp + o];
+                out[(c + j) * Lp + p] += s0;
+            }
+    }
+    for (; c < d; c++)
+        for (int64_t p = 0; p < L; p++) {
+            v8f s0 = {0};
+            for (int64_t o = 0; o < L; o++) s0 += M[o * L + p] * X[c * Lp + o];
+            out[c * Lp + p] += s0;
+        }
+}
+
+/* out[c T + e + L] += sum_o M[o L + o + e] X[c Lp + o (+ e if keyed)] over the pairs at distance
+ * e = p - o, c < d, |e| < L: 4 channels at a time. */
+static TARGET void diagonal_sums(const v8f *M, const v8f *X, int keyed, v8f *out, int64_t d,
+                                 int64_t L, int64_t Lp)
+{
+    const int64_t T = 2 * L + 1;
+    for (int64_t e = 1 - L; e < L; e++) {
+        const int64_t o0 = e < 0 ? -e : 0, o1 = e < 0 ? L : L - e, shift = keyed ? e : 0;
+        int64_t c = 0;
+        for (; c + 4 <= d; c += 4) {
+            v8f s[4] = {{0}};
+            for (int64_t o = o0; o < o1; o++) {
+                const v8f m = M[o * L + o + e];
+                for (int j = 0; j < 4; j++) s[j] += m * X[(c + j) * Lp + o + shift];
+            }
+            for (int j = 0; j < 4; j++) out[(c + j) * T + e + L] += s[j];
+        }
+        for (; c < d; c++) {
+            v8f s0 = {0};
+            for (int64_t o = o0; o < o1; o++) s0 += M[o * L + o + e] * X[c * Lp + o + shift];
+            out[c * T + e + L] += s0;
+        }
+    }
+}
+
+/* out[c Lp + p] += sum_o M[o L + p] R[c T + p - o + L] (R: a table of floats), c < d, p < L, by
+ * distance: each table entry is one broadcast for 2 positions; 4 channels at a time. */
+static TARGET void table_sums(const v8f *M, const float *R, v8f *out, int64_t d, int64_t L,
+                              int64_t Lp)
+{
+    const int64_t T = 2 * L + 1;
+    for (int64_t p = 0; p < L; p++) {
+        int64_t c = 0;
+        for (; c + 4 <= d; c += 4) {
+            v8f s[4] = {{0}};
+            for (int64_t o = 0; o < L; o++) {
+                const v8f m = M[o * L + p];
+                for (int j = 0; j < 4; j++) s[j] += m * R[(c + j) * T + p - o + L];
+            }
+            for (int j = 0; j < 4; j++) out[(c + j) * Lp + p] += s[j];
+        }
+        for (; c < d; c++) {
+            v8f s0 = {0};
+            for (int64_t o = 0; o < L; o++) s0 += M[o * L + p] * R[c * T + p - o + L];
+            out[c * Lp + p] += s0;
+        }
+    }
+}
+
 /* The backward pass of task t, queries two at a time as in the forward pass. For the pair,
  * u{0,1} = its W rows and g{0,1} = its gA rows (zero outside each window; margins of one zero key
  * each side): a table entry at distance q - o0 takes u0[q] and u1[q + 1] (or g0[q], g1[q + 1]).
- * work: (9 dk + 5 dv + 6) Lp + (2 dk + dv) T + 8 vectors. */
+ * work: (9 dk + 5 dv + 6) Lp + (2 dk + dv) T + 8 vectors, and L x L for dense sums. */
 static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
 {
     const int64_t L = a->length, Lp = padded(L), dk = a->dk, dv = a->dv, T = 2 * L + 1;
@@ -423,6 +510,8 @@ static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
     v8f *gv = gk3 + dk * Lp, *grq = gv + dv * Lp, *grk = grq + dk * T, *grv = grk + dk * T;
     v8f *u0 = grv + dv * T + 1, *u1 = u0 + Lp + 2, *g0 = u1 + Lp + 2, *g1 = g0 + Lp + 2;
     v8f *gw0 = g1 + Lp + 1, *gw1 = gw0 + Lp, *q = gw1 + Lp, *tmp = q + dk * Lp;
+    v8f *ga = tmp + dv * Lp; /* dense: gA [L][L] */
+    const int dense = a->lo == NULL && L <= DENSE_MAX;
     load_operands(a, group, h, Lp, q, q1, q2, k, k3, v);
     load_output_grads(a, group, h, Lp, gsv, gsve, tmp);
     memset(gk, 0, (size_t)(dk * Lp) * sizeof(v8f));
@@ -467,6 +556,23 @@ static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
         for (p = p0; p < p1; p++) dot0 += u0[p] * gw0[p], dot1 += u1[p] * gw1[p];
         for (p = p0; p < p1; p++) g0[p] = u0[p] * (gw0[p] - dot0), g1[p] = u1[p] * (gw1[p] - dot1);
         g0[p0 - 1] = g1[p0 - 1] = g0[p1] = g1[p1] = (v8f){0};
+        if (dense) { /* gA kept: the sums over queries run after the loop */
+            memcpy(ga + o0 * L, g0, (size_t)L * sizeof(v8f));
+            if (o1 < L) memcpy(ga + o1 * L, g1, (size_t)L * sizeof(v8f));
+            for (int64_t c = 0; c < dk; c++) {
+                const v8f *kc = k + c * Lp;
+                const float *r = rq + c * T - o0;
+                v8f a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0};
+                for (p = 0; p < L; p++) {
+                    const v8f e0 = g0[p], e1 = g1[p], key = kc[p];
+                    a10 += e0 * key, a11 += e1 * key;
+                    a20 += e0 * r[p], a21 += e1 * r[p - 1];
+                }
+                gq1[c * Lp + o0] = a10, gq1[c * Lp + o1] = a11;
+                gq2[c * Lp + o0] = a20, gq2[c * Lp + o1] = a21;
+            }
+            continue;
+        }
         /* The values and their table: gv_p += u0 x0 + u1 x1, gRV[q - o0] += u0[q] y0 + u1[q+1] y1. */
         for (int64_t c = 0; c < dv; c++) {
             const v8f x0 = gsv[c * Lp + o0], x1 = gsv[c * Lp + o1];
@@ -501,6 +607,14 @@ static TARGET void backward_task(const Args *a, int64_t t, v8f *work)
             gq1[c * Lp + o0] = a10, gq1[c * Lp + o1] = a11;
             gq2[c * Lp + o0] = a20, gq2[c * Lp + o1] = a21;
         }
+    }
+    if (dense) {
+        column_sums(w, gsv, gv, dv, L, Lp);
+        diagonal_sums(w, gsve, 0, grv, dv, L, Lp);
+        column_sums(ga, q1, gk, dk, L, Lp);
+        table_sums(ga, a->rk, gk3, dk, L, Lp);
+        diagonal_sums(ga, q2, 0, grq, dk, L, Lp);
+        diagonal_sums(ga, k3, 1, grk, dk, L, Lp);
     }
     /* The scales' gradients and the projection's: gq = s0 gq1 + s1 gq2, gk + s2 gk3. */
     const float *sc = a->scales;
@@ -607,7 +721,10 @@ static TARGET int run(const Args *a, int64_t first, int64_t last, int mode)
 {
     const int64_t Lp = padded(a->length), dk = a->dk, dv = a->dv, T = 2 * a->length + 1;
     int64_t vectors = (4 * dk + 3 * dv + 2) * Lp + 4;
-    if (mode == ATTEND_BACKWARD) vectors = (9 * dk + 5 * dv + 6) * Lp + (2 * dk + dv) * T + 8;
+    if (mode == ATTEND_BACKWARD) {
+        vectors = (9 * dk + 5 * dv + 6) * Lp + (2 * dk + dv) * T + 8;
+        if (a->lo == NULL && a->length <= DENSE_MAX) vectors += a->length * a->length;
+    }
     if (mode == NORM_SUMS) vectors = 3 * dv * Lp;
     const int64_t L = a->length, grads = 2 * dk * (L + L * dk); /* the moments' table gradients */
     if (mode == MOMENTS || mode == MOMENTS_BACKWARD) vectors = (4 * dk + 2 * dk * dk + 4) * Lp + grads;
