@@ -479,3 +479,13 @@ def test_output_norm(norm, spy, monkeypatch):
         layer.value_rel.data += 30.0
     got, expected = both_paths(layer.train(), x, monkeypatch, spy)
     assert_all_close(got, expected)
+
+
+@needs_kernel
+@pytest.mark.parametrize("length", [256, 257], ids=["dense-sums", "per-pair-sums"])
+def test_long_global_axis(length, spy, monkeypatch):
+    # Global attention sums its gradients over the kept W and gA up to 256 positions
+    # (_fused_train.c, DENSE_MAX) and per pair of queries beyond: both match the PyTorch path.
+    layer, x = shaped_case((8, 16, 2, 1, length, 2, "height", 513, "global", "contiguous"))
+    got, expected = both_paths(layer.train(), x, monkeypatch, spy)
+    assert_all_close(got, expected)
