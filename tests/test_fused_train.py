@@ -425,11 +425,12 @@ def test_calls_and_steps_aside(spy, monkeypatch, restore_threads):
 
 @needs_kernel
 @pytest.mark.parametrize("axis", ["height", "width"])
-def test_nan_reaches_exactly_the_queries_that_see_it(axis, spy, monkeypatch):
+def test_nan_reaches_every_query_that_sees_it(axis, spy, monkeypatch):
     # Eval mode with gradients (in train mode one NaN fills the batch statistics, so every
-    # output is NaN by either path). A NaN pixel: NaN in exactly the outputs whose window holds
-    # it. The PyTorch path's dense masked block also spreads it (0 * NaN) to queries outside
-    # that window, so the kernel gives a subset of its NaNs; elsewhere the same numbers.
+    # output is NaN by either path). A NaN pixel: NaN in every output whose window holds it, and
+    # at most the paired query next to the window besides. The PyTorch path's dense masked
+    # block spreads it (0 * NaN) along the whole line, so the kernel gives a subset of its NaNs;
+    # elsewhere the same numbers.
     torch.manual_seed(0)
     layer = AxialAttention(8, 16, axis=axis, num_heads=2, span=5, span_mode="local")
     randomize_norms(layer.eval())
