@@ -22,7 +22,10 @@
  *     gq = s0 gq1 + s1 gq2,  gk += s2 gk3,  gs0 = sum q . gq1,  gs1 = sum q . gq2,  gs2 = sum k . gk3
  *
  * The table and scale gradients sum over the lanes too: each task accumulates them per lane and
- * adds the lane sums to the caller's float buffer, one buffer per concurrent call.
+ * adds the lane sums to the caller's float buffer, one buffer per concurrent call. The output
+ * batch norm can be folded in (its statistics kept as the outputs are written, its backward
+ * applied while the backward pass gathers the outputs' gradients), and the logit batch norm's
+ * statistics have their own passes (moments_task).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -1,18 +1,24 @@
 """Axial attention with its backward pass, compiled (CPU, x86-64 with AVX2 and FMA).
 
 Where ``AxialAttention`` does not run the inference pass (``fused_eval``: training, batch
-statistics, gradients) on float32 CPU tensors, everything between the q/k/v batch norm and the
-output batch norm goes to ``_fused_train.c``: per group of 8 lines along the axis (the lanes of a
-vector) and head, the three logit terms, the softmax and both value terms, read from the
-normalised projection ``[N, 2C, H, W]`` as it is and written into the ``[N, 2C, H, W]`` map the
-output norm takes; only the softmax weights are kept for the backward pass, one more compiled
-pass that writes the projection's gradient and sums the gradients of the relative tables and the
-logit scales. The projection and both batch norms stay PyTorch modules (``[N, C, H, W]`` maps,
-no lines gathered). Outputs and gradients match the PyTorch path to float32 round-off
-(``tests/test_fused_train.py``).
+statistics, gradients) on float32 CPU tensors, the projection (a 1x1 convolution) and its batch
+norm run as PyTorch modules on the ``[N, C, H, W]`` map, and the rest goes to ``_fused_train.c``,
+per head and group of 8 lines along the axis (the lanes of a vector), read from the maps as they
+are (no lines gathered in PyTorch):
+
+- the logit batch statistics (``FusedMoments``: ``logit_stats.TermMoments``'s sums and Gram
+  contractions, not the L x L terms; a local window's ``q . k`` term by ``BandMoments``);
+- the three logit terms, the softmax and both value terms (``FusedAxial``), with the output
+  batch norm folded in when it is an affine ``BatchNorm2d`` (its statistics summed as the
+  outputs are written; else it runs as a module on the kernel's output).
+
+Only the softmax weights are kept; the backward passes are compiled too and write the
+projection's gradient, and sum the gradients of the relative tables, the logit scales and the
+output norm. Outputs, gradients and running statistics match the PyTorch path to float32
+round-off (``tests/test_fused_train.py``).
 
 It steps aside where ``fused_eval`` does (no compiled module, no AVX2, graphs and tracing,
-dispatch modes, autocast, non-float32, ``AXIAL_DEEPLAB_FUSED_ATTENTION=0``).
+dispatch modes, autocast, non-float32, empty inputs, ``AXIAL_DEEPLAB_FUSED_ATTENTION=0``).
 """
 
 from __future__ import annotations
