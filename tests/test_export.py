@@ -206,7 +206,7 @@ def _tolerance(key: str, ref: torch.Tensor) -> float:
 
 def test_exports_equal_eager(exported, synthetic):
     """Network outputs within 1e-4, identical panoptic maps and centres, every test image (at most
-    two exceptions, on heatmap plateaus; see below)."""
+    two exceptions, on heatmap plateaus or semantic near-ties; see below)."""
     eager, backends = exported["eager"], exported["backends"]
     things_seen, plateaus, padding_effect = 0, [], 0.0
     for name, image in _test_images(synthetic[1]):
@@ -244,11 +244,18 @@ def test_exports_equal_eager(exported, synthetic):
                     window = heat[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1]
                     assert float(window.max() - heat[y, x]) <= 1e-6, (where, (y, x))
                 plateaus.append(where)
-                theirs = {"semantic": got["semantic_prob"], "center": got["center"],
-                          "offset": got["offset"]}  # fmt: skip
-                expected = dict(zip(("panoptic", "centers"), (t.numpy() for t in panoptic_prediction(
-                    theirs, eager.postprocessing, thing_ids=eager.metadata.thing_ids,
-                    label_divisor=eager.metadata.label_divisor)), strict=True))  # fmt: skip
+                expected = _own_prediction(got, eager)
+            elif not np.array_equal(got["panoptic"].numpy(), expected["panoptic"]):
+                # Likewise semantic near-ties: pixels whose two likeliest classes are within the
+                # backends' round-off of each other (1e-3 each way), where another backend may
+                # pick the other class. Every differing pixel must be one, and the graph's
+                # post-processing must equal ours on the backend's own network outputs.
+                differ = got["panoptic"].numpy() != expected["panoptic"]
+                top2 = raw["semantic"].topk(2, dim=0).values  # [2, H, W]
+                gap = float((top2[0] - top2[1]).numpy()[differ].max())
+                assert gap <= 2 * _tolerance("semantic", raw["semantic"]), (where, gap)
+                plateaus.append(where)
+                expected = _own_prediction(got, eager)
             np.testing.assert_array_equal(got["panoptic"].numpy(), expected["panoptic"], where)
             np.testing.assert_array_equal(got["centers"].numpy(), expected["centers"], where)
             expected = {"panoptic": panoptic.numpy(), "centers": centers.numpy()}
@@ -256,6 +263,17 @@ def test_exports_equal_eager(exported, synthetic):
     if exported["name"] in PADDED:  # padding changes the outputs far beyond the tolerance
         assert padding_effect > 10, padding_effect
     assert len(plateaus) <= 2, plateaus  # rare: identical maps everywhere else
+
+
+def _own_prediction(got: dict, eager) -> dict[str, np.ndarray]:
+    """Our post-processing on a backend's own network outputs ``got``: its panoptic map and
+    centres."""
+    theirs = {"semantic": got["semantic_prob"], "center": got["center"], "offset": got["offset"]}
+    panoptic, centers = panoptic_prediction(
+        theirs, eager.postprocessing, thing_ids=eager.metadata.thing_ids,
+        label_divisor=eager.metadata.label_divisor,
+    )  # fmt: skip
+    return {"panoptic": panoptic.numpy(), "centers": centers.numpy()}
 
 
 def _off_plateau(exported, paths, count: int) -> list[Path]:
