@@ -35,11 +35,25 @@ _SUPPORTED: bool | None = None
 _POOL: tuple[tuple[int, int], ThreadPoolExecutor] | None = None
 
 
+def enabled() -> bool:
+    """Whether ``$AXIAL_DEEPLAB_FUSED_ATTENTION`` lets the compiled kernels run (it is not ``0``)."""
+    return os.environ.get(ENV, "1") != "0"
+
+
+def intercepted() -> bool:
+    """Whether something other than eager float32 execution is watching or rewriting the ops
+    (compile/export/jit tracing, a ``TorchDispatchMode``, CPU autocast): the compiled kernels
+    step aside then, as opaque calls would hide their work."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    return _get_current_dispatch_mode() is not None or autocast_enabled("cpu")
+
+
 def available() -> bool:
     """Whether the compiled kernel is here, this CPU runs it, and ``$AXIAL_DEEPLAB_FUSED_ATTENTION``
     is not ``0``."""
     global _SUPPORTED
-    if _fused_eval is None or os.environ.get(ENV, "1") == "0":
+    if _fused_eval is None or not enabled():
         return False
     if _SUPPORTED is None:
         _SUPPORTED = bool(_fused_eval.supported())
@@ -50,9 +64,7 @@ def applies(layer: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether ``layer(x)`` may run fused (see the module's docstring)."""
     if not (type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32):
         return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return False
-    if _get_current_dispatch_mode() is not None or autocast_enabled("cpu"):
+    if intercepted():
         return False
     norms = (layer.qkv_norm, layer.logits_norm, layer.output_norm)
     if any(uses_batch_stats(bn) for bn in norms):

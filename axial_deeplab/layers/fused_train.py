@@ -23,18 +23,14 @@ dispatch modes, autocast, non-float32, empty inputs, ``AXIAL_DEEPLAB_FUSED_ATTEN
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import fused_eval, logit_stats
 from .attention_core import key_ranges
 from .batch_norm import update_running_stats, uses_batch_stats
 from .logit_stats import window_terms, with_band
-from .precision import autocast_enabled
 from .relative_position import extended_index
 
 try:
@@ -50,7 +46,7 @@ def available() -> bool:
     """Whether the compiled kernel is here, this CPU runs it, and ``$AXIAL_DEEPLAB_FUSED_ATTENTION``
     is not ``0``."""
     global _SUPPORTED
-    if _fused_train is None or os.environ.get(fused_eval.ENV, "1") == "0":
+    if _fused_train is None or not fused_eval.enabled():
         return False
     if _SUPPORTED is None:
         _SUPPORTED = bool(_fused_train.supported())
@@ -63,11 +59,7 @@ def applies(layer: torch.nn.Module, x: torch.Tensor) -> bool:
         plain = type(t) in (torch.Tensor, torch.nn.Parameter)
         if not (plain and t.device.type == "cpu" and t.dtype == torch.float32):
             return False
-    if x.numel() == 0:
-        return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return False
-    if _get_current_dispatch_mode() is not None or autocast_enabled("cpu"):
+    if x.numel() == 0 or fused_eval.intercepted():
         return False
     return available()
 
@@ -107,6 +99,16 @@ def _threads(tasks: int) -> int:
     return max(1, min(torch.get_num_threads(), tasks))
 
 
+def _tasks(images: int, lines: int, heads: int) -> int:
+    """The kernel's tasks: every (group of 8 of the images' lines, head)."""
+    return -(-images * lines // LANES) * heads
+
+
+def _ranges(lo: torch.Tensor | None, hi: torch.Tensor | None) -> list[int]:
+    """The addresses of the key ranges, zeros for the whole axis."""
+    return [0, 0] if lo is None else [lo.data_ptr(), hi.data_ptr()]
+
+
 def _descriptor(maps: list[int], tables=(), moments=(), sizes=()) -> list[int]:
     """A call's descriptor (``_fused_train.c``): four maps (QKV, OUT, GQKV, XOUT: 20 entries,
     zeros for the ones not used), the addresses ``tables`` (rq, rk, rv, lo, hi, w, gr, scales)
@@ -128,7 +130,7 @@ class FusedMoments(torch.autograd.Function):
         n, _, h, w = qkv.shape
         length, lines = (h, w) if axis == "height" else (w, h)
         tables = [t.detach().contiguous() for t in (sum_q, gram_q, sum_k, gram_k)]
-        tasks = -(-n * lines // LANES) * g
+        tasks = _tasks(n, lines, g)
         sums = qkv.new_zeros(_threads(tasks), 6, g, dtype=torch.float64)
         sizes = (n, lines, g, length, dk, 1, length)
         descriptor = _descriptor(_map(qkv, axis), (), [t.data_ptr() for t in tables], sizes)
@@ -144,7 +146,7 @@ class FusedMoments(torch.autograd.Function):
         qkv, *tables = ctx.saved_tensors
         axis, g, dk = ctx.geometry
         length = ctx.sizes[3]
-        tasks = -(-ctx.sizes[0] * ctx.sizes[1] // LANES) * g
+        tasks = _tasks(ctx.sizes[0], ctx.sizes[1], g)
         coef = torch.cat([grad_total, grad_squares]).to(qkv.dtype).contiguous()  # [6 G]
         grad_qkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
         grad_qkv[:, 2 * g * dk :].zero_()  # (the values': the kernel writes q and k)
@@ -179,20 +181,21 @@ class FusedAxial(torch.autograd.Function):
         length, lines = (h, w) if axis == "height" else (w, h)
         dk, dv = rq.shape[0], rv.shape[0]
         win = length if lo is None else int((hi - lo).max())
-        tasks = -(-n * lines // LANES) * g
+        tasks = _tasks(n, lines, g)
         weights = qkv.new_empty(tasks, length, win, LANES)
         out = torch.empty_like(qkv, memory_format=torch.contiguous_format)
         tables = [t.contiguous() for t in (rq, rk, rv)]
         scales = scales.contiguous()
-        ranges = [0, 0] if lo is None else [lo.data_ptr(), hi.data_ptr()]
-        addresses = [t.data_ptr() for t in tables] + ranges + [weights.data_ptr(), 0]
+        addresses = [t.data_ptr() for t in tables] + _ranges(lo, hi) + [weights.data_ptr(), 0]
         sizes = (n, lines, g, length, dk, dv, win)
         descriptor = _descriptor(
             _map(qkv, axis) + _map(out, axis), addresses + [scales.data_ptr()], (), sizes
         )
         batch_stats = norm is not None and uses_batch_stats(norm)
-        parts = {_SUMS: out.new_zeros(_threads(tasks), 2 * g * dv, 3, dtype=torch.float64)}
-        _run(descriptor, tasks, ATTEND, parts if batch_stats else {})
+        parts = {}  # the output norm's batch statistics, per part
+        if batch_stats:
+            parts[_SUMS] = out.new_zeros(_threads(tasks), 2 * g * dv, 3, dtype=torch.float64)
+        _run(descriptor, tasks, ATTEND, parts)
         ctx.geometry, ctx.sizes = geometry, sizes
         if norm is None:
             ctx.save_for_backward(qkv, scales, *tables, weights)
@@ -224,9 +227,8 @@ class FusedAxial(torch.autograd.Function):
         grad_qkv = torch.empty_like(qkv, memory_format=torch.contiguous_format)
         size = (2 * dk + dv) * (2 * length + 1)
         table_grads = qkv.new_zeros(_threads(tasks), size + 3 * g)
-        ranges = [0, 0] if lo is None else [lo.data_ptr(), hi.data_ptr()]
-        addresses = [t.data_ptr() for t in (rq, rk, rv)] + ranges + [weights.data_ptr(), 0]
-        addresses.append(scales.data_ptr())
+        addresses = [t.data_ptr() for t in (rq, rk, rv)] + _ranges(lo, hi)
+        addresses += [weights.data_ptr(), 0, scales.data_ptr()]
         maps = _map(qkv, axis) + _map(grad_out, axis) + _map(grad_qkv, axis)
         grad_weight = grad_bias = None
         coef = None
