@@ -23,6 +23,8 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..layers.precision import MixedPrecision
+from ..layers.winograd import pays_off as winograd_pays_off
+from ..layers.winograd import use_winograd
 from .backbone.axial_blocks import AxialBlock
 
 # Modules whose ``forward`` applies the named norm to the named conv's output and uses that output
@@ -90,16 +92,30 @@ def fold_batch_norms(model: nn.Module) -> int:
 
 
 def inference_model(
-    model: nn.Module, *, channels_last: bool = True, mixed_precision: bool = False
+    model: nn.Module,
+    *,
+    channels_last: bool = True,
+    mixed_precision: bool = False,
+    winograd: bool | None = None,
 ) -> nn.Module:
     """An eval-mode copy of ``model`` for inference: batch norms folded (``fold_batch_norms``),
     parameters frozen and, with ``channels_last``, convolution weights in channels-last memory
     (a model with a ``channels_last`` attribute, as ``PanopticDeepLab``, also runs its
     activations so); with ``mixed_precision``, wrapped in ``layers.precision.MixedPrecision``
-    (bfloat16 on CPUs, float16 on GPUs; float32 outputs). ``model`` itself is not changed."""
+    (bfloat16 on CPUs, float16 on GPUs; float32 outputs). ``model`` itself is not changed.
+
+    ``winograd``: compute the wide 3x3 convolutions by NNPACK's Winograd algorithm on the CPU
+    (``layers.winograd``; float32 only, round-off ~1e-4 of the outputs' spread); the model then
+    runs on NCHW memory whatever ``channels_last`` says. ``None``: where it pays off
+    (``winograd.pays_off``), in float32 and only when ``channels_last`` is asked for, which
+    the evaluation and inference paths do on the CPU only."""
     fused = copy.deepcopy(model).eval()
     fused.requires_grad_(False)
     fold_batch_norms(fused)
+    if winograd is None:
+        winograd = channels_last and not mixed_precision and winograd_pays_off(fused)
+    if winograd and use_winograd(fused):
+        channels_last = False
     if channels_last:
         fused.to(memory_format=torch.channels_last)
         if hasattr(fused, "channels_last"):

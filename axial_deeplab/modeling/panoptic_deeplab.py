@@ -78,7 +78,8 @@ class PanopticDeepLab(nn.Module):
         self.offset_head = offset_head
         self.align_corners = align_corners
         # Run the network on channels-last activations (faster CPU convolutions; set by
-        # ``fusion.inference_model``); the outputs are contiguous either way.
+        # ``fusion.inference_model``), otherwise on NCHW ones whatever the images' layout; the
+        # outputs are contiguous either way.
         self.channels_last = False
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, -1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, -1, 1, 1), False)
@@ -90,8 +91,9 @@ class PanopticDeepLab(nn.Module):
                 f"images: expected [N, {self.pixel_mean.shape[1]}, H, W], got {list(images.shape)}"
             )
         x = (images - self.pixel_mean) / self.pixel_std  # [N, 3, H, W]
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(
+            memory_format=torch.channels_last if self.channels_last else torch.contiguous_format
+        )
         features = self.backbone(x)
         return self.predict_from_features(features, tuple(images.shape[2:]))
 
