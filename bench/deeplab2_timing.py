@@ -203,6 +203,8 @@ def ours_runner(folder: str, config: str, compile_model: bool = False, amp: bool
     def floor(peak: float) -> dict:
         result = arithmetic_floor(plain, image, peak)
         result["winograd"] = {"convolutions": swapped, "share": winograd_share if swapped else 0}
+        if swapped:
+            result["winograd"].update(winograd_errors(plain, image))
         return result
 
     return run, (lambda: last), info, floor
@@ -234,6 +236,44 @@ def arithmetic_floor(model, image, earlier_peak: float = 0.0) -> dict:
         "matmul_peak_flop_per_s": peak,
         "floor_seconds": counter.get_total_flops() / peak,
     }
+
+
+def winograd_errors(model, image, crop: int = 96) -> dict:
+    """How far each Winograd convolution of ``model`` is from a float64 direct one on its own
+    input in a pass over ``image`` (a ``crop`` x ``crop`` window at the map's centre, halo
+    included): the largest max |error| / spread of the outputs over the convolutions, for
+    Winograd and for oneDNN's direct float32 convolution. Float32 runs of random-weight models
+    are chaotic (see above), so this per-convolution error is what says the two algorithms
+    compute the same network."""
+    import torch
+    import torch.nn.functional as F
+
+    from axial_deeplab.layers.winograd import WinogradConv2d
+
+    worst = {"winograd": 0.0, "direct": 0.0}
+
+    def check(conv, inputs: tuple, _output) -> None:
+        x = inputs[0]
+        top, left = max(x.shape[2] // 2 - crop // 2, 0), max(x.shape[3] // 2 - crop // 2, 0)
+        x = x[:, :, top : top + crop, left : left + crop]
+        bias = None if conv.bias is None else conv.bias.double()
+        exact = F.conv2d(x.double(), conv.weight.double(), bias, padding=1)
+        spread = exact.std().item()
+        for name, y in (
+            ("winograd", WinogradConv2d.forward(conv, x)),  # forward(): no hooks again
+            ("direct", F.conv2d(x, conv.weight, conv.bias, padding=1)),
+        ):
+            error = (y.double() - exact).abs().max().item() / spread
+            worst[name] = max(worst[name], error)
+
+    hooks = [m.register_forward_hook(check) for m in model.modules() if type(m) is WinogradConv2d]
+    try:
+        with torch.no_grad():
+            model(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {"max_error_of_spread": worst}
 
 
 def agreement(folder: str, last: dict, info: dict) -> dict:
@@ -310,7 +350,10 @@ def floor_line(r: dict) -> str:
         + (
             f"; ours computes {f['winograd']['convolutions']} 3x3 convolutions "
             f"({f['winograd']['share']:.0%} of the convolution work) by Winograd's algorithm, "
-            "with fewer multiplies: the floor bounds a direct implementation, not ours"
+            "with fewer multiplies: the floor bounds a direct implementation, not ours. Each "
+            "on its input in this pass against float64, max |error| / output spread: Winograd "
+            f"{f['winograd']['max_error_of_spread']['winograd']:.1e}, oneDNN direct "
+            f"{f['winograd']['max_error_of_spread']['direct']:.1e}"
             if f.get("winograd", {}).get("convolutions")
             else ""
         )
