@@ -236,6 +236,33 @@ def test_autocast_runs_the_attention_in_float32(monkeypatch, training):
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("fused", ["1", "0"], ids=["compiled", "pytorch"])
+@pytest.mark.parametrize("mode", ["train", "eval", "eval-grad"])
+@pytest.mark.parametrize("case", CASES[2:9:3], ids=lambda c: f"{c[0]}-{c[1]}-stride{c[5]}")
+def test_empty_batch(monkeypatch, fused, mode, case):
+    """N = 0 (an empty shard of a batch): the shape one image would give, no error (the
+    PyTorch path's chunking raised IndexError on zero lines)."""
+    monkeypatch.setenv("AXIAL_DEEPLAB_FUSED_ATTENTION", fused)
+    axis, span_mode, span, h, w, stride, stride_mode = case
+    layer = AxialAttention(
+        8,
+        8,
+        axis=axis,
+        num_heads=2,
+        span=span,
+        span_mode=span_mode,
+        stride=stride,
+        stride_mode=stride_mode,
+    ).train(mode == "train")
+    with torch.no_grad():
+        one = layer.eval()(torch.randn(1, 8, h, w))
+    layer.train(mode == "train")
+    x = torch.randn(0, 8, h, w, requires_grad=mode != "eval")
+    with torch.set_grad_enabled(mode != "eval"):
+        out = layer(x)
+    assert out.shape == (0, *one.shape[1:])
+
+
 def test_relative_table_sizes():
     from axial_deeplab.layers import table_size
 

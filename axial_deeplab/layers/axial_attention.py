@@ -155,6 +155,8 @@ class AxialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input [N, {self.in_channels}, H, W], got {list(x.shape)}")
+        if x.shape[0] == 0:  # no lines to attend over (the chunked PyTorch path needs one)
+            return self._apply_stride(x.new_zeros(0, self.out_channels, *x.shape[2:]))
         if fused_eval.applies(self, x):  # inference on an AVX2 CPU: one compiled pass
             return self._apply_stride(fused_eval.attend(self, x))
         if fused_train.applies(self, x):  # training on an AVX2 CPU: compiled, backward included
