@@ -133,6 +133,15 @@ def test_steps_aside(calls, monkeypatch, case):
         assert conv.weight.grad is not None
 
 
+def test_unavailable_without_nnpack(monkeypatch):
+    """A PyTorch build without the private NNPACK functions: no Winograd, no error."""
+    monkeypatch.setattr(winograd, "_AVAILABLE", None)
+    monkeypatch.delattr(torch, "_nnpack_available")
+    assert not winograd.available()
+    model = inference_model(toy())
+    assert not any(type(m) is WinogradConv2d for m in model.modules())
+
+
 def test_eligible_convolutions():
     assert winograd.eligible(nn.Conv2d(128, 256, 3, padding=1))
     assert winograd.eligible(nn.Conv2d(128, 128, 3, padding=1, bias=False))

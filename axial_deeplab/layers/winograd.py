@@ -43,8 +43,13 @@ def available() -> bool:
     if os.environ.get(ENV, "1") == "0":
         return False
     if _AVAILABLE is None:
-        # Also initialises NNPACK, which _nnpack_spatial_convolution does not do by itself.
-        _AVAILABLE = bool(torch._nnpack_available())
+        # Private PyTorch functions: a build without them runs the direct convolutions. The
+        # first call also initialises NNPACK, which _nnpack_spatial_convolution does not do
+        # by itself (it fails on every call until then).
+        check = getattr(torch, "_nnpack_available", None)
+        _AVAILABLE = bool(
+            check is not None and hasattr(torch, "_nnpack_spatial_convolution") and check()
+        )
     return _AVAILABLE
 
 
